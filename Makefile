@@ -1,0 +1,35 @@
+# Two entry points (README): `make demo` runs the main job, `make test` the test suite.
+# Both create or reuse the project virtual environment $(VENV).
+#
+# Torch is never replaced: if the environment already has torch (e.g. a CPU build), the
+# package is installed under a constraint pinning that exact version, so pip cannot pull
+# another (CUDA) build on top of it. A fresh environment gets $(TORCH_SPEC) first; a GPU user
+# who wants a specific CUDA build installs it into $(VENV) before running make (README).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.monai_diffreg-installed
+CONSTRAINTS := $(VENV)/torch-constraint.txt
+
+.PHONY: setup demo test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(CONSTRAINTS)
+	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/monai-diffreg register --sample --bundle svf_optim --output-dir outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --timeout 900
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info

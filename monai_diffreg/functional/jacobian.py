@@ -1,0 +1,68 @@
+"""Spatial derivatives and Jacobians of displacement fields (central differences)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..validation import check_field, check_spatial_tensor
+
+__all__ = ["spatial_gradient", "jacobian_matrix", "jacobian_determinant"]
+
+
+def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
+    """Derivatives of every channel along every spatial axis, per voxel.
+
+    Central differences ``(x[i+1] - x[i-1]) / 2`` inside, one-sided differences on the border.
+
+    Args:
+        x: ``(B, C, *spatial)``.
+
+    Returns:
+        ``(B, C, D, *spatial)`` where index ``[:, c, j]`` is ``d x_c / d axis_j`` (per voxel).
+    """
+    ndim = check_spatial_tensor(x, "x", "spatial_gradient")
+    if min(x.shape[2:]) < 2:
+        raise ValueError(f"spatial_gradient(): every spatial axis needs >= 2 voxels, got shape {tuple(x.shape)}")
+    grads = torch.gradient(x, dim=tuple(range(2, ndim + 2)))
+    return torch.stack(grads, dim=2)
+
+
+def jacobian_matrix(ddf: torch.Tensor) -> torch.Tensor:
+    """Jacobian of ``phi(x) = x + u(x)``: ``J = I + grad u``.
+
+    Args:
+        ddf: ``(B, D, *spatial)`` displacement in voxels.
+
+    Returns:
+        ``(B, D, D, *spatial)``; ``J[:, i, j] = d phi_i / d x_j``.
+    """
+    ndim = check_field(ddf, "ddf", "jacobian_matrix")
+    eye = torch.eye(ndim, dtype=ddf.dtype, device=ddf.device).view(1, ndim, ndim, *([1] * ndim))
+    return spatial_gradient(ddf) + eye
+
+
+def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``phi(x) = x + u(x)`` at every voxel.
+
+    The value is the same in voxel and physical units (the voxel scaling cancels), so no
+    spacing is needed. ``det J <= 0`` marks folding.
+
+    Args:
+        ddf: ``(B, D, *spatial)`` displacement in voxels.
+
+    Returns:
+        ``(B, 1, *spatial)`` determinant map.
+    """
+    jac = jacobian_matrix(ddf)
+    ndim = jac.shape[1]
+    # move the (D, D) matrix axes last for torch.linalg.det; closed forms are faster than LU here
+    m = jac.permute(0, *range(3, ndim + 3), 1, 2)
+    if ndim == 2:
+        det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
+    else:
+        det = (
+            m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0])
+        )
+    return det.unsqueeze(1)
