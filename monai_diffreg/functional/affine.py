@@ -1,0 +1,154 @@
+"""Affine transforms in voxel coordinates and their displacement fields.
+
+An affine transform is a matrix ``(B, D, D + 1)`` holding ``[A | t]`` that maps a **fixed-grid
+voxel index** ``x`` (axis order = tensor axis order) to a **moving-grid voxel index**
+``y = A x + t``. This is the space of the package's displacement fields, so the transform's
+displacement is ``u(x) = A x + t - x`` (:func:`affine_to_ddf`) and
+``warp(moving, affine_to_ddf(matrix, shape))`` resamples the moving image onto the fixed grid.
+It is also :func:`scipy.ndimage.affine_transform`'s convention (``output[x] = input[A x + t]``).
+
+For optimisation, :func:`affine_from_params` parameterises the matrix about a centre ``c``
+(typically the image centre), ``y = (I + L)(x - c) + c + t``, so that the zero parameter
+vector is the identity and rotations/scalings do not drag translations with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .grid import identity_grid
+
+__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine"]
+
+
+def _check_matrix(matrix: object, caller: str, ndim: int | None = None) -> int:
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"{caller}(): 'matrix' must be a torch.Tensor, got {type(matrix).__name__}")
+    d = matrix.shape[1] if matrix.ndim == 3 else -1
+    if matrix.ndim != 3 or d not in (2, 3) or matrix.shape[2] != d + 1 or (ndim is not None and d != ndim):
+        dims = f"{ndim}" if ndim is not None else "D"
+        raise ValueError(
+            f"{caller}(): 'matrix' must have shape (B, {dims}, {dims}+1) with D = 2 or 3"
+            f"{'' if ndim is None else f' for a {ndim}D grid'}, got {tuple(matrix.shape)}"
+        )
+    return d
+
+
+def _check_shape(spatial_shape: Sequence[int], caller: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in spatial_shape)
+    if len(shape) not in (2, 3) or any(s < 1 for s in shape):
+        raise ValueError(f"{caller}(): 'spatial_shape' must be 2 or 3 positive integers, got {tuple(spatial_shape)!r}")
+    return shape
+
+
+def num_affine_params(ndim: int) -> int:
+    """Number of parameters of :func:`affine_from_params`: ``D * D + D`` (12 in 3D, 6 in 2D)."""
+    if ndim not in (2, 3):
+        raise ValueError(f"num_affine_params(): 'ndim' must be 2 or 3, got {ndim!r}")
+    return ndim * ndim + ndim
+
+
+def identity_affine(batch: int, ndim: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Identity matrices ``[I | 0]``.
+
+    Args:
+        batch: batch size ``B``.
+        ndim: spatial dimension ``D`` (2 or 3).
+        dtype: floating dtype.
+        device: tensor device.
+
+    Returns:
+        ``(B, D, D + 1)`` tensor.
+    """
+    if ndim not in (2, 3):
+        raise ValueError(f"identity_affine(): 'ndim' must be 2 or 3, got {ndim!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"identity_affine(): 'batch' must be an integer >= 1, got {batch!r}")
+    eye = torch.eye(ndim, ndim + 1, dtype=dtype, device=device)
+    return eye.unsqueeze(0).repeat(batch, 1, 1)
+
+
+def affine_to_ddf(matrix: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Displacement field of a voxel-space affine transform: ``u(x) = A x + t - x``.
+
+    Args:
+        matrix: ``(B, D, D + 1)`` ``[A | t]`` mapping fixed-grid voxel indices to moving-grid
+            voxel indices (module docstring).
+        spatial_shape: the fixed grid ``(*spatial)``, ``D`` integers.
+
+    Returns:
+        ``(B, D, *spatial_shape)`` displacement in voxels, in the matrix's dtype and device;
+        differentiable with respect to ``matrix``.
+    """
+    shape = _check_shape(spatial_shape, "affine_to_ddf")
+    ndim = _check_matrix(matrix, "affine_to_ddf", ndim=len(shape))
+    grid = identity_grid(shape, matrix.device, matrix.dtype)  # (D, *S)
+    linear = matrix[:, :, :ndim] - torch.eye(ndim, dtype=matrix.dtype, device=matrix.device)
+    ddf = torch.einsum("bij,j...->bi...", linear, grid)
+    return ddf + matrix[:, :, ndim].view(*matrix.shape[:2], *([1] * ndim))
+
+
+def affine_from_params(params: torch.Tensor, centre: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """Affine matrix from an unconstrained parameter vector, about a centre.
+
+    ``y = (I + L)(x - c) + c + t``, i.e. ``A = I + L`` and translation column ``c + t - A c``.
+    The parameters are ``params = [L.flatten() (row-major, D*D values), t (D values)]``:
+    12 in 3D (``L`` 3x3 then ``t`` 3), 6 in 2D (``L`` 2x2 then ``t`` 2); all zeros is the
+    identity. ``L`` is dimensionless (rotation, scaling and shear together), ``t`` is in voxels
+    and is the displacement of the centre ``c``. Every parameter enters linearly, which keeps
+    gradient descent well conditioned.
+
+    Args:
+        params: ``(B, D * D + D)``.
+        centre: ``(D,)`` or ``(B, D)`` centre in voxel indices (e.g. ``(n - 1) / 2`` per axis).
+
+    Returns:
+        ``(B, D, D + 1)`` matrix, differentiable with respect to ``params``.
+    """
+    if not isinstance(params, torch.Tensor) or params.ndim != 2 or params.shape[1] not in (6, 12):
+        shape = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
+        raise ValueError(f"affine_from_params(): 'params' must have shape (B, 6) in 2D or (B, 12) in 3D, got {shape}")
+    ndim = 2 if params.shape[1] == 6 else 3
+    centre = torch.as_tensor(centre, dtype=params.dtype, device=params.device)
+    if centre.shape[-1] != ndim or centre.ndim not in (1, 2) or (centre.ndim == 2 and centre.shape[0] != params.shape[0]):
+        raise ValueError(
+            f"affine_from_params(): 'centre' must have shape ({ndim},) or ({params.shape[0]}, {ndim}), "
+            f"got {tuple(centre.shape)}"
+        )
+    centre = centre.expand(params.shape[0], ndim)
+    linear = torch.eye(ndim, dtype=params.dtype, device=params.device) + params[:, : ndim * ndim].view(-1, ndim, ndim)
+    offset = centre + params[:, ndim * ndim :] - torch.einsum("bij,bj->bi", linear, centre)
+    return torch.cat([linear, offset.unsqueeze(-1)], dim=2)
+
+
+def rescale_affine(matrix: torch.Tensor, from_shape: Sequence[int], to_shape: Sequence[int]) -> torch.Tensor:
+    """Express a voxel-space affine matrix on another grid covering the same extent.
+
+    Grids of different resolution share their extent as in :func:`resize_field`
+    (``align_corners=False``): voxel ``x'`` of a grid with ``N`` voxels along an axis sits at
+    ``x = (x' + 0.5) * n / N - 0.5`` on the grid with ``n`` voxels. With ``T`` that map
+    (``x = S x' + o``), the matrix on the new grid is ``T^-1 M T`` (the same physical transform).
+
+    Args:
+        matrix: ``(B, D, D + 1)`` on the grid ``from_shape``, both fixed and moving grids
+            having that shape.
+        from_shape: spatial shape the matrix is expressed on.
+        to_shape: spatial shape to express it on.
+
+    Returns:
+        ``(B, D, D + 1)`` matrix in voxel indices of ``to_shape``.
+    """
+    src = _check_shape(from_shape, "rescale_affine")
+    dst = _check_shape(to_shape, "rescale_affine")
+    ndim = _check_matrix(matrix, "rescale_affine", ndim=len(src))
+    if len(dst) != ndim:
+        raise ValueError(f"rescale_affine(): 'to_shape' must have {ndim} entries like 'from_shape', got {dst!r}")
+    scale = torch.tensor([n / m for n, m in zip(src, dst)], dtype=matrix.dtype, device=matrix.device)
+    origin = 0.5 * scale - 0.5
+    linear = matrix[:, :, :ndim] * scale.view(1, 1, ndim) / scale.view(1, ndim, 1)
+    # y' = S^-1 (A (S x' + o) + t - o)
+    shift = (torch.einsum("bij,j->bi", matrix[:, :, :ndim], origin) + matrix[:, :, ndim] - origin) / scale
+    return torch.cat([linear, shift.unsqueeze(-1)], dim=2)
