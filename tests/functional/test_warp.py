@@ -1,0 +1,79 @@
+"""Warp: exact translations, identity, MONAI Warp agreement, gradcheck, bad input."""
+
+import warnings
+
+import pytest
+import torch
+from monai.networks.blocks import Warp as MonaiWarp
+
+from monai_diffreg.functional import warp
+
+
+def _constant_field(shape, vector, dtype=torch.float32):
+    ndim = len(shape)
+    return torch.tensor(vector, dtype=dtype).view(1, ndim, *([1] * ndim)).expand(1, ndim, *shape).clone()
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (8, 9, 7)])
+def test_identity_field_returns_image(shape):
+    image = torch.rand(2, 3, *shape)
+    ddf = torch.zeros(2, len(shape), *shape)
+    torch.testing.assert_close(warp(image, ddf), image, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape,shift", [((12, 10), (2, -3)), ((8, 9, 7), (1, 2, -1))])
+def test_integer_translation_is_exact(shape, shift):
+    """warped(x) = image(x + t): the interior equals the image rolled by -t, exactly."""
+    image = torch.rand(1, 1, *shape, dtype=torch.float64)
+    warped = warp(image, _constant_field(shape, shift, torch.float64))
+    expected = torch.roll(image, shifts=[-s for s in shift], dims=list(range(2, 2 + len(shape))))
+    interior = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shift, shape))
+    torch.testing.assert_close(warped[(..., *interior)], expected[(..., *interior)], atol=1e-12, rtol=0)
+
+
+def test_fractional_translation_of_linear_ramp_is_exact():
+    """Linear interpolation reproduces a linear function exactly: ramp(x + 0.3) = ramp(x) + 0.3."""
+    shape = (6, 7, 8)
+    ramp = torch.arange(8, dtype=torch.float64).view(1, 1, 1, 1, 8).expand(1, 1, *shape)
+    warped = warp(ramp, _constant_field(shape, (0.0, 0.0, 0.3), torch.float64))
+    torch.testing.assert_close(warped[..., :-1], ramp[..., :-1] + 0.3, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+@pytest.mark.parametrize("shape", [(11, 13), (7, 9, 8)])
+def test_matches_monai_warp(mode, padding_mode, shape):
+    image = torch.rand(2, 2, *shape)
+    ddf = torch.randn(2, len(shape), *shape) * 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = MonaiWarp(mode=mode, padding_mode=padding_mode)(image, ddf)
+    torch.testing.assert_close(warp(image, ddf, mode=mode, padding_mode=padding_mode), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (4, 5, 3)])
+def test_gradcheck_float64(shape):
+    image = torch.rand(1, 2, *shape, dtype=torch.float64, requires_grad=True)
+    # keep sample points away from voxel boundaries, where linear interpolation has kinks
+    ddf = (torch.rand(1, len(shape), *shape, dtype=torch.float64) * 0.6 + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda i, d: warp(i, d), (image, ddf), eps=1e-6, atol=1e-5)
+
+
+def test_labels_keep_their_values_with_nearest():
+    labels = torch.randint(0, 5, (1, 1, 9, 9, 9)).float()
+    warped = warp(labels, torch.randn(1, 3, 9, 9, 9), mode="nearest")
+    assert set(warped.unique().tolist()) <= set(labels.unique().tolist())
+
+
+def test_bad_input_messages():
+    image = torch.rand(1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match=r"warp\(\): 'ddf' must have shape \(1, 3, 8, 8, 8\)"):
+        warp(image, torch.zeros(1, 3, 8, 8, 7))
+    with pytest.raises(ValueError, match=r"warp\(\): 'ddf' must have 3 channels"):
+        warp(image, torch.zeros(1, 2, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"warp\(\): 'image' must be 4D .* or 5D"):
+        warp(torch.rand(8, 8, 8), torch.zeros(1, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"warp\(\): 'mode' must be one of"):
+        warp(image, torch.zeros(1, 3, 8, 8, 8), mode="cubic")
+    with pytest.raises(TypeError, match=r"warp\(\): 'image' must be a torch.Tensor, got ndarray"):
+        warp(image.numpy(), torch.zeros(1, 3, 8, 8, 8))
