@@ -1,0 +1,10 @@
+"""Registration evaluation metrics (Learn2Reg vocabulary), each a function and a MONAI metric class.
+
+Every metric is a stateless function returning per-case values, plus a thin
+:class:`monai.metrics.CumulativeIterationMetric` subclass that accumulates them over
+iterations and reduces them with MONAI's reductions (NaN = skipped, as in ``DiceMetric``).
+"""
+
+from .dice import DiceOverlapMetric, dice_per_label, mean_dice
+
+__all__ = ["DiceOverlapMetric", "dice_per_label", "mean_dice"]

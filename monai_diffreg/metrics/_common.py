@@ -1,0 +1,128 @@
+"""Input checks and reductions shared by the metrics (private).
+
+Every metric reduces a per-voxel map to one value per case over the voxels kept by an
+optional border ``crop`` and an optional ``mask``; these helpers do that once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..validation import check_positive, check_spatial_tensor
+
+__all__ = ["check_spacing", "check_crop", "check_mask", "crop_border", "masked_mean", "masked_std", "vector_norm_mm"]
+
+
+def check_spacing(spacing: float | Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...]:
+    """Voxel size per spatial axis (tensor axis order), ``None`` meaning 1 (results in voxels).
+
+    Args:
+        spacing: one positive number (isotropic) or ``ndim`` positive numbers, or ``None``.
+        ndim: number of spatial axes.
+        caller: the public callable's name, for error messages.
+
+    Returns:
+        ``ndim`` floats.
+    """
+    if spacing is None:
+        return (1.0,) * ndim
+    if isinstance(spacing, torch.Tensor):
+        spacing = spacing.tolist()
+    if isinstance(spacing, (int, float)):
+        spacing = (spacing,) * ndim
+    if not isinstance(spacing, Sequence) or len(spacing) != ndim:
+        raise ValueError(f"{caller}(): 'spacing' must be a number or {ndim} numbers (one per spatial axis), got {spacing!r}")
+    return tuple(check_positive(s, "spacing", caller) for s in spacing)
+
+
+def check_crop(crop: int, spatial: Sequence[int], caller: str) -> int:
+    """Validate a border crop (voxels removed at both ends of every spatial axis)."""
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
+        raise ValueError(f"{caller}(): 'crop' must be an integer >= 0, got {crop!r}")
+    if any(2 * crop >= n for n in spatial):
+        raise ValueError(
+            f"{caller}(): 'crop'={crop} leaves no voxel of the spatial shape {tuple(int(n) for n in spatial)}"
+        )
+    return crop
+
+
+def check_mask(mask: object, like: torch.Tensor, caller: str) -> torch.Tensor | None:
+    """Validate a region mask ``(B or 1, 1, *spatial)`` of 0/1 (or bool) values; return it as bool.
+
+    Args:
+        mask: ``None`` or the mask; non-zero voxels are evaluated.
+        like: the ``(B, C, *spatial)`` tensor whose batch size and spatial shape the mask must match.
+        caller: the public callable's name.
+    """
+    if mask is None:
+        return None
+    check_spatial_tensor(mask, "mask", caller, spatial_dims=like.ndim - 2, channels=1)
+    if mask.shape[0] not in (1, like.shape[0]) or mask.shape[2:] != like.shape[2:]:  # type: ignore[union-attr]
+        expected = (int(like.shape[0]), 1, *(int(s) for s in like.shape[2:]))
+        raise ValueError(f"{caller}(): 'mask' must have shape {expected} (or batch size 1), got {tuple(mask.shape)}")  # type: ignore[union-attr]
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):  # type: ignore[union-attr]
+        raise ValueError(f"{caller}(): 'mask' must hold only 0 and 1 (or be bool)")
+    return mask.to(device=like.device, dtype=torch.bool)  # type: ignore[union-attr]
+
+
+def crop_border(x: torch.Tensor, crop: int) -> torch.Tensor:
+    """Remove ``crop`` voxels at both ends of every spatial axis of ``(B, C, *spatial)``."""
+    if crop == 0:
+        return x
+    return x[(slice(None), slice(None), *(slice(crop, -crop) for _ in x.shape[2:]))]
+
+
+def _kept(values: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened ``(B, N)`` values with excluded voxels zeroed (so NaN/Inf there cannot leak) and 0/1 weights."""
+    if keep is None:
+        return values.flatten(1), torch.ones_like(values.flatten(1))
+    keep = keep.expand_as(values).flatten(1)
+    return torch.where(keep, values.flatten(1), torch.zeros((), dtype=values.dtype, device=values.device)), keep.to(values.dtype)
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``(B, 1, *spatial)`` values over the voxels where ``keep`` is true; NaN when none is.
+
+    Args:
+        values: ``(B, 1, *spatial)``.
+        keep: bool ``(B or 1, 1, *spatial)``, or ``None`` for every voxel.
+
+    Returns:
+        ``(B,)``.
+    """
+    v, w = _kept(values, keep)
+    return (v * w).sum(1) / w.sum(1)
+
+
+def masked_std(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Population standard deviation (``ddof = 0``, as ``numpy.std``) over the kept voxels; NaN when none.
+
+    Args:
+        values: ``(B, 1, *spatial)``.
+        keep: bool ``(B or 1, 1, *spatial)``, or ``None`` for every voxel.
+
+    Returns:
+        ``(B,)``.
+    """
+    v, w = _kept(values, keep)
+    mean = (v * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+    return (((v - mean) ** 2 * w).sum(1) / w.sum(1)).sqrt()
+
+
+def vector_norm_mm(vectors: torch.Tensor, spacing: Sequence[float], dim: int = 1) -> torch.Tensor:
+    """Euclidean length of voxel-unit vectors in physical units: ``sqrt(sum_i (s_i v_i)^2)``.
+
+    Args:
+        vectors: tensor whose axis ``dim`` holds the D components in tensor axis order.
+        spacing: D voxel sizes (mm per voxel) in the same order.
+        dim: the component axis.
+
+    Returns:
+        ``vectors`` with axis ``dim`` reduced to the norm.
+    """
+    shape = [1] * vectors.ndim
+    shape[dim] = len(spacing)
+    scale = torch.tensor(spacing, dtype=vectors.dtype, device=vectors.device).view(shape)
+    return torch.linalg.vector_norm(vectors * scale, dim=dim)

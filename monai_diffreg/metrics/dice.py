@@ -1,0 +1,104 @@
+"""Dice overlap per label between two integer label maps (Learn2Reg's DSC).
+
+``Dice_l = 2 |P_l ∩ T_l| / (|P_l| + |T_l|)`` with ``P_l = {pred == l}`` and ``T_l = {target == l}``.
+A label absent from either map is skipped (NaN) and left out of means, as in the Learn2Reg
+evaluation (``skip_if_absent_from="either"``); see :func:`dice_per_label` for the other choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.utils import MetricReduction
+
+from ..validation import check_choice
+from ._base import ReducedMetric
+from ._labels import SKIP_IF_ABSENT_FROM, check_label_maps, check_labels, resolve_labels, skipped_labels
+
+__all__ = ["dice_per_label", "mean_dice", "DiceOverlapMetric"]
+
+
+def dice_per_label(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    skip_if_absent_from: str = "either",
+) -> torch.Tensor:
+    """Dice coefficient of every label, per case.
+
+    Args:
+        pred: ``(B, 1, *spatial)`` integer label map (2D or 3D), typically the moving labels warped
+            with ``mode="nearest"``. Any dtype whose values are integers; a floating map with a
+            non-integer value raises ``ValueError``.
+        target: ``(B, 1, *spatial)`` integer label map, typically the fixed labels.
+        labels: the L labels to score, in output column order; ``None``: every non-zero label
+            present in ``pred`` or ``target`` (anywhere in the batch), ascending.
+        skip_if_absent_from: when a label is reported as NaN (skipped):
+            ``"either"`` (default, Learn2Reg): when it is missing from ``pred`` or from ``target``;
+            ``"target"``: only when it is missing from ``target``, so a structure present in
+            ``target`` that the registration lost entirely scores 0 (MONAI ``DiceMetric``'s
+            ``ignore_empty=True``). Learn2Reg decides absence on the fixed and the *unwarped*
+            moving maps; to reproduce it exactly pass ``labels`` present in both and ``"target"``.
+
+    Returns:
+        ``(B, L)`` float32 Dice in ``[0, 1]``, NaN where skipped.
+    """
+    pred, target = check_label_maps(pred, target, "dice_per_label")
+    labels = resolve_labels(labels, pred, target, "dice_per_label")
+    skipped = skipped_labels(pred, target, labels, skip_if_absent_from, "dice_per_label")
+    scores = torch.zeros(skipped.shape, dtype=torch.float64, device=pred.device)
+    for j, lab in enumerate(labels):
+        p, t = (pred == lab).flatten(1), (target == lab).flatten(1)
+        overlap = (p & t).sum(1).double()
+        scores[:, j] = 2.0 * overlap / (p.sum(1) + t.sum(1)).double()
+    return scores.masked_fill(skipped, float("nan")).float()
+
+
+def mean_dice(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor | None = None,
+    skip_if_absent_from: str = "either",
+) -> torch.Tensor:
+    """Mean Dice over the labels that are not skipped, per case (see :func:`dice_per_label`).
+
+    Returns:
+        ``(B,)`` float32; NaN for a case where every label is skipped.
+    """
+    return torch.nanmean(dice_per_label(pred, target, labels, skip_if_absent_from), dim=1)
+
+
+class DiceOverlapMetric(ReducedMetric):
+    """MONAI metric accumulating :func:`dice_per_label` over iterations.
+
+    Call it as ``metric(y_pred=warped_labels, y=fixed_labels)`` with integer label maps
+    ``(B, 1, *spatial)`` (or lists of ``(1, *spatial)`` maps), then :meth:`aggregate`.
+
+    Args:
+        labels: the labels to score. Given: the buffer holds ``(cases, L)`` Dice values, so
+            ``reduction="mean_batch"`` gives the mean Dice of each label. ``None``: each case's
+            labels are found in its maps, which differ between cases, so the buffer holds the
+            per-case mean Dice ``(cases, 1)`` instead.
+        skip_if_absent_from: ``"either"`` or ``"target"`` (see :func:`dice_per_label`).
+        reduction: MONAI reduction over non-NaN values (see :class:`ReducedMetric`).
+        get_not_nans: return the count of non-NaN values as well.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | None = None,
+        skip_if_absent_from: str = "either",
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
+        self.labels = check_labels(labels, type(self).__name__)
+        self.skip_if_absent_from = check_choice(skip_if_absent_from, "skip_if_absent_from", type(self).__name__, SKIP_IF_ABSENT_FROM)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """Dice ``(B, L)`` (labels given) or per-case mean Dice ``(B, 1)`` (``labels=None``)."""
+        if self.labels is None:
+            return mean_dice(y_pred, y, None, self.skip_if_absent_from).unsqueeze(1)  # type: ignore[arg-type]
+        return dice_per_label(y_pred, y, self.labels, self.skip_if_absent_from)  # type: ignore[arg-type]
