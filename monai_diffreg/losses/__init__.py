@@ -1,0 +1,13 @@
+"""Registration losses: each a stateless function plus a MONAI-style ``_Loss`` class.
+
+Every function takes batched tensors ``(B, C, *spatial)`` with 2 or 3 spatial axes, validates
+its inputs (errors name the function and the argument) and supports
+``reduction in ("mean", "sum", "none")`` where a per-element value exists.
+"""
+
+from .ncc import LocalNCCLoss, local_ncc_loss
+
+__all__ = [
+    "LocalNCCLoss",
+    "local_ncc_loss",
+]
