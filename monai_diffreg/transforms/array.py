@@ -1,0 +1,183 @@
+"""Array transforms (MONAI style): one channel-first image ``(C, *spatial)`` in, one out.
+
+Random transforms follow torchio's split: ``randomize()`` draws a parameter dict with the
+transform's own ``self.R`` (so MONAI's ``set_random_state`` makes runs reproducible),
+``apply_params(img, params)`` applies a parameter dict deterministically, and ``.params``
+exposes the last draw so any augmentation can be replayed, logged or inverted.
+The maths lives in the stateless modules :mod:`.deformation` and :mod:`.synthesis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor, get_track_meta
+from monai.transforms import InvertibleTransform, RandomizableTransform
+from monai.transforms.inverse import TraceKeys
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from ..functional import warp
+from ..functional.warp import PADDING_MODES, WARP_MODES
+from ..validation import check_choice
+from .deformation import (
+    DEFAULT_CONTROL_SPACING,
+    DEFAULT_MAX_DISPLACEMENT,
+    deformation_from_params,
+    sample_smooth_velocity_params,
+)
+
+__all__ = ["RandSmoothDeformation", "as_channel_first", "torch_generator_from", "warp_channel_first"]
+
+
+def as_channel_first(img: NdarrayOrTensor, name: str, caller: str) -> torch.Tensor:
+    """Convert ``img`` to a tensor (keeping MONAI metadata) and check it is ``(C, *spatial)``, 2D or 3D."""
+    if not isinstance(img, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{caller}(): '{name}' must be a torch.Tensor or numpy array, got {type(img).__name__}")
+    tensor = convert_to_tensor(img, track_meta=get_track_meta())
+    if tensor.ndim not in (3, 4) or any(s == 0 for s in tensor.shape):
+        raise ValueError(f"{caller}(): '{name}' must be channel-first (C, *spatial) with 2 or 3 non-empty spatial "
+                         f"axes, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def torch_generator_from(state: np.random.RandomState) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from a MONAI transform's ``self.R``, so ``set_random_state`` governs it."""
+    return torch.Generator().manual_seed(int(state.randint(0, 2**31 - 1)))
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+def _work_dtype(data: torch.Tensor) -> torch.dtype:
+    return data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def warp_channel_first(img: NdarrayOrTensor, ddf: torch.Tensor, mode: str = "bilinear",
+                       padding_mode: str = "border") -> torch.Tensor:
+    """Warp a channel-first image ``(C, *spatial)`` by a batched DDF ``(1, D, *spatial)`` (package convention).
+
+    Integer images (label maps) are warped as float and cast back after rounding; use ``"nearest"``
+    for them so that only existing values appear. The result keeps ``img``'s type, dtype and metadata.
+    """
+    caller = "warp_channel_first"
+    image = as_channel_first(img, "img", caller)
+    check_choice(mode, "mode", caller, WARP_MODES)
+    check_choice(padding_mode, "padding_mode", caller, PADDING_MODES)
+    data = _plain(image)
+    warped = warp(data.unsqueeze(0).to(_work_dtype(data)), ddf.to(data.device), mode=mode, padding_mode=padding_mode)[0]
+    if not data.dtype.is_floating_point:
+        warped = warped.round()
+    return convert_to_dst_type(warped, dst=image, dtype=data.dtype)[0]
+
+
+class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
+    """Warp an image by a random smooth diffeomorphism ``exp(v)`` (see :mod:`.deformation`).
+
+    ``randomize(img)`` draws the velocity's control-point values for ``img``'s grid;
+    ``__call__`` warps; ``apply_params(img, params, inverse=True)`` applies the inverse
+    ``exp(-v)`` of any recorded draw. On a :class:`~monai.data.MetaTensor` the draw is also
+    pushed to ``applied_operations``, so :meth:`inverse` (and MONAI's ``Invertd``) undo it.
+
+    Args:
+        prob: probability of deforming (otherwise the image is returned unchanged).
+        control_spacing: distance between control points in voxels; larger is smoother.
+        max_displacement: bound on every displacement component, in voxels.
+        mode: interpolation, ``"bilinear"`` or ``"nearest"`` (label maps: values preserved).
+        padding_mode: outside the image, ``"border"``, ``"zeros"`` or ``"reflection"``.
+        num_steps: scaling-and-squaring steps.
+
+    Example::
+
+        deform = RandSmoothDeformation(max_displacement=4.0).set_random_state(0)
+        warped = deform(image)                      # (C, *spatial)
+        again = deform.apply_params(image, deform.params)            # identical
+        back = deform.apply_params(warped, deform.params, inverse=True)  # ~ image
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        control_spacing: float | Sequence[float] = DEFAULT_CONTROL_SPACING,
+        max_displacement: float = DEFAULT_MAX_DISPLACEMENT,
+        mode: str = "bilinear",
+        padding_mode: str = "border",
+        num_steps: int = 7,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.control_spacing = control_spacing
+        self.max_displacement = max_displacement
+        self.mode = check_choice(mode, "mode", "RandSmoothDeformation", WARP_MODES)
+        self.padding_mode = check_choice(padding_mode, "padding_mode", "RandSmoothDeformation", PADDING_MODES)
+        self.num_steps = num_steps
+        self._params: dict[str, Any] | None = None
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The last parameters drawn by :meth:`randomize` (None when the last draw did not deform)."""
+        return self._params
+
+    def randomize(self, data: NdarrayOrTensor | Sequence[int]) -> None:
+        """Decide whether to deform and draw the parameters for ``data``'s grid.
+
+        Args:
+            data: a channel-first image ``(C, *spatial)`` or a spatial shape.
+        """
+        super().randomize(None)
+        if not self._do_transform:
+            self._params = None
+            return
+        shape = tuple(data.shape[1:]) if isinstance(data, (torch.Tensor, np.ndarray)) else tuple(data)
+        self._params = sample_smooth_velocity_params(
+            shape, self.control_spacing, self.max_displacement, generator=torch_generator_from(self.R)
+        )
+
+    def fields(self, params: Mapping[str, Any], spatial_shape: Sequence[int], device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """``velocity``, ``ddf`` and ``inverse_ddf`` ``(1, D, *spatial)`` of ``params`` (see :func:`deformation_from_params`)."""
+        return deformation_from_params(params, spatial_shape, num_steps=self.num_steps, device=device, dtype=dtype)
+
+    def apply_params(self, img: NdarrayOrTensor, params: Mapping[str, Any], inverse: bool = False,
+                     mode: str | None = None, padding_mode: str | None = None) -> torch.Tensor:
+        """Warp ``img`` deterministically by the deformation ``params`` (or by its inverse).
+
+        Args:
+            img: ``(C, *spatial)``; integer images are warped as float and cast back (use ``"nearest"``).
+            params: output of :func:`sample_smooth_velocity_params` (e.g. ``self.params``).
+            inverse: apply ``exp(-v)`` instead of ``exp(v)``.
+            mode: overrides the constructor's interpolation for this call.
+            padding_mode: overrides the constructor's padding for this call.
+
+        Returns:
+            ``(C, *spatial)`` warped image, same type, dtype and metadata as ``img``.
+        """
+        image = as_channel_first(img, "img", "RandSmoothDeformation.apply_params")
+        data = _plain(image)
+        fields = self.fields(params, data.shape[1:], device=data.device, dtype=_work_dtype(data))
+        ddf = fields["inverse_ddf" if inverse else "ddf"]
+        return warp_channel_first(image, ddf, self.mode if mode is None else mode,
+                                  self.padding_mode if padding_mode is None else padding_mode)
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> torch.Tensor:
+        """Deform ``img`` (``(C, *spatial)``) with a new draw (or the last one when ``randomize=False``)."""
+        image = as_channel_first(img, "img", "RandSmoothDeformation")
+        if randomize:
+            self.randomize(image)
+        if self._do_transform and self._params is None:
+            raise RuntimeError("RandSmoothDeformation(): randomize=False but no parameters were drawn yet")
+        out = self.apply_params(image, self._params) if self._do_transform else image
+        return self.push_transform(out, extra_info={"params": self._params})
+
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:
+        """Undo the most recent deformation recorded in a MetaTensor's ``applied_operations``."""
+        transform = self.pop_transform(data)
+        if not transform[TraceKeys.DO_TRANSFORM]:
+            return data
+        with self.trace_transform(False):
+            return self.apply_params(data, transform[TraceKeys.EXTRA_INFO]["params"], inverse=True)

@@ -1,0 +1,127 @@
+"""Dictionary transforms (MONAI style): the array transforms of :mod:`.array` applied to keys of a dict.
+
+Random dictionary transforms draw ONE set of parameters per call and apply it to every key
+(images and their label maps move together), exposing it as ``.params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
+from monai.transforms.inverse import TraceKeys
+from monai.utils import ensure_tuple_rep
+
+from ..functional.warp import PADDING_MODES, WARP_MODES
+from ..validation import check_choice
+from .array import RandSmoothDeformation, as_channel_first, warp_channel_first
+from .deformation import DEFAULT_CONTROL_SPACING, DEFAULT_MAX_DISPLACEMENT
+
+__all__ = ["RandSmoothDeformationd"]
+
+
+class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTransform):
+    """Dictionary version of :class:`~monai_diffreg.transforms.array.RandSmoothDeformation`.
+
+    The SAME random diffeomorphism warps every key (e.g. an image bilinearly and its label map
+    with ``"nearest"``), so label maps stay aligned with their images. With ``ddf_key`` the
+    displacement that was applied is stored in the dict as a ``(D, *spatial)`` float32 tensor
+    (zeros when ``prob`` skipped the call), so a synthetic pair carries its ground truth: for
+    ``fixed = warp(moving, ddf)``, ``ddf`` is the displacement a registration of ``moving`` to
+    ``fixed`` should find (package convention). ``inverse_ddf_key`` stores ``exp(-v)`` likewise.
+
+    Args:
+        keys: keys of the channel-first images ``(C, *spatial)`` to deform; all must share a grid.
+        prob: probability of deforming.
+        control_spacing: distance between control points in voxels.
+        max_displacement: bound on every displacement component, in voxels.
+        mode: interpolation per key (one value or one per key): ``"bilinear"`` or ``"nearest"``.
+        padding_mode: outside the image, per key: ``"border"``, ``"zeros"`` or ``"reflection"``.
+        num_steps: scaling-and-squaring steps.
+        ddf_key: where to store the applied displacement (None: not stored).
+        inverse_ddf_key: where to store the inverse displacement (None: not stored).
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example::
+
+        deform = RandSmoothDeformationd(("image", "label"), mode=("bilinear", "nearest"), ddf_key="true_ddf")
+        out = deform({"image": image, "label": label})
+    """
+
+    backend = RandSmoothDeformation.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        control_spacing: float | Sequence[float] = DEFAULT_CONTROL_SPACING,
+        max_displacement: float = DEFAULT_MAX_DISPLACEMENT,
+        mode: str | Sequence[str] = "bilinear",
+        padding_mode: str | Sequence[str] = "border",
+        num_steps: int = 7,
+        ddf_key: Hashable | None = None,
+        inverse_ddf_key: Hashable | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        caller = "RandSmoothDeformationd"
+        self.mode = tuple(check_choice(m, "mode", caller, WARP_MODES) for m in ensure_tuple_rep(mode, len(self.keys)))
+        self.padding_mode = tuple(
+            check_choice(p, "padding_mode", caller, PADDING_MODES) for p in ensure_tuple_rep(padding_mode, len(self.keys))
+        )
+        self.deformer = RandSmoothDeformation(1.0, control_spacing, max_displacement, num_steps=num_steps)
+        self.ddf_key = ddf_key
+        self.inverse_ddf_key = inverse_ddf_key
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The last parameters drawn (None when the last call did not deform)."""
+        return self.deformer.params if self._do_transform else None
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.deformer.set_random_state(seed, state)
+        return self
+
+    def _spatial_shape(self, d: Mapping[Hashable, Any]) -> tuple[int, ...] | None:
+        shapes = {key: tuple(as_channel_first(d[key], str(key), "RandSmoothDeformationd").shape[1:])
+                  for key in self.key_iterator(d)}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"RandSmoothDeformationd(): all keys must share one spatial shape, got {shapes}")
+        return next(iter(shapes.values()), None)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        shape = self._spatial_shape(d)
+        self.randomize(None)
+        if shape is None:
+            return d
+        if self._do_transform:
+            self.deformer.randomize(shape)
+        params = self.params
+        fields = self.deformer.fields(params, shape) if params is not None else None
+        for key, mode, padding_mode in self.key_iterator(d, self.mode, self.padding_mode):
+            image = as_channel_first(d[key], str(key), "RandSmoothDeformationd")
+            if fields is not None:
+                image = warp_channel_first(image, fields["ddf"], mode=mode, padding_mode=padding_mode)
+            d[key] = self.push_transform(image, extra_info={"params": params, "mode": mode, "padding_mode": padding_mode})
+        for store_key, field_name in ((self.ddf_key, "ddf"), (self.inverse_ddf_key, "inverse_ddf")):
+            if store_key is not None:
+                d[store_key] = fields[field_name][0] if fields is not None else torch.zeros(len(shape), *shape)
+        return d
+
+    def inverse(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Undo the deformation on every key, from the parameters recorded in each MetaTensor."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            transform = self.pop_transform(d[key])
+            if transform[TraceKeys.DO_TRANSFORM]:
+                info = transform[TraceKeys.EXTRA_INFO]
+                d[key] = self.deformer.apply_params(d[key], info["params"], inverse=True, mode=info["mode"],
+                                                    padding_mode=info["padding_mode"])
+        return d
