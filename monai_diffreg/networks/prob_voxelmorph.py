@@ -1,0 +1,207 @@
+"""Probabilistic diffeomorphic VoxelMorph with the improved (smoothed) posterior.
+
+Dalca, Balakrishnan, Guttag, Sabuncu: "Unsupervised learning for fast probabilistic
+diffeomorphic registration" (MICCAI 2018) and "Improved probabilistic diffeomorphic
+registration with CNNs" (MIDL/NeurIPS workshop 2018). A U-Net maps (moving, fixed) to the
+mean and log variance of a Gaussian posterior over a stationary velocity field ``z``; ``z``
+is integrated by scaling and squaring to ``phi = exp(z)`` and ``phi^-1 = exp(-z)``.
+
+Facts from the reference (TensorFlow) implementation that the papers leave out: the mean
+head's weights are initialised ~ N(0, 1e-5) and the log-variance head's ~ N(0, 1e-10) with
+bias -10 (a tiny initial variance, so training starts stable); the velocity field lives at
+half the input resolution and the displacement is upsampled with its vectors rescaled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..functional.integrate import integrate_velocity
+from ..functional.resize import resize_field, resize_image
+from ..functional.warp import warp
+from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
+from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
+from .vxm_unet import VxmUNet
+
+__all__ = ["ProbabilisticVoxelMorph"]
+
+
+class ProbabilisticVoxelMorph(nn.Module):
+    """Probabilistic diffeomorphic VoxelMorph (diagonal or smoothed posterior, bidirectional outputs).
+
+    Geometry. The images ``(B, C, *S)`` are first resampled by ``image_scale`` (area
+    averaging, e.g. 0.5 runs the network on 2 mm images when given 1 mm ones) to ``S'``, padded
+    at the end of every axis (edge values) to a multiple of the U-Net's divisor
+    ``2**len(enc_channels)``; the U-Net returns features at ``1 / int_downsize`` of that
+    grid, cropped to the ``n = ceil(S' / int_downsize)`` cells that overlap the image. The
+    velocity grid therefore has voxels ``int_downsize / image_scale`` input voxels wide,
+    and velocities are in those voxels. :meth:`velocity_to_ddf` integrates on that grid,
+    upsamples by ``int_downsize`` with vector rescaling, crops to ``S'`` and resizes to ``S``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of moving + fixed (2 for single-channel images).
+        enc_channels: U-Net encoder widths (VoxelMorph's default).
+        dec_channels: U-Net decoder widths (VoxelMorph's default).
+        int_downsize: the velocity field is predicted at ``1 / int_downsize`` of the network's
+            input resolution (a power of two; 2 as in VoxelMorph).
+        image_scale: resampling factor applied to the images before the network (1.0: none).
+            The network must be used at the resolution it was trained at.
+        num_steps: scaling-and-squaring steps (7).
+        posterior: ``"diagonal"`` (``z = mu + D r``) or ``"smoothed"`` (``z = mu + C(D r)``).
+        prior_lambda: prior precision scale ``lambda``; sets the smoothing scale of the
+            ``"smoothed"`` posterior (:func:`~monai_diffreg.networks.posterior.posterior_smoothing_sigma`).
+
+    ``forward(moving, fixed)`` returns a dict with always the same keys (``n`` = velocity grid):
+
+    * ``"velocity_mean"``: ``(B, D, *n)`` posterior mean ``mu``.
+    * ``"velocity_log_var"``: ``(B, D, *n)`` log of the posterior variance (diagonal of ``D D^T``).
+    * ``"velocity"``: ``(B, D, *n)`` the field integrated: a posterior sample in ``train()``
+      mode, the mean in ``eval()`` mode.
+    * ``"ddf"``: ``(B, D, *S)`` displacement of ``phi = exp(velocity)``, input voxels; it
+      warps the moving image onto the fixed one.
+    * ``"inverse_ddf"``: ``(B, D, *S)`` displacement of ``phi^-1 = exp(-velocity)``.
+    * ``"warped"``: ``(B, C_moving, *S)`` moving image warped by ``ddf``.
+    * ``"warped_fixed"``: ``(B, C_fixed, *S)`` fixed image warped by ``inverse_ddf``.
+
+    :meth:`sample` adds ``"uncertainty"`` from ``K`` posterior samples.
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 2, enc_channels: Sequence[int] = (16, 32, 32, 32),
+                 dec_channels: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_downsize: int = 2,
+                 image_scale: float = 1.0, num_steps: int = 7, posterior: str = "diagonal",
+                 prior_lambda: float = 10.0) -> None:
+        super().__init__()
+        caller = "ProbabilisticVoxelMorph"
+        if not isinstance(in_channels, int) or in_channels < 2 or in_channels % 2:
+            raise ValueError(f"{caller}(): 'in_channels' must be an even integer >= 2 (moving + fixed), got {in_channels!r}")
+        if not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.int_downsize = int_downsize
+        self.image_scale = check_positive(image_scale, "image_scale", caller)
+        self.num_steps = num_steps
+        self.posterior = check_choice(posterior, "posterior", caller, POSTERIORS)
+        self.prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
+        self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize)
+        conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
+        self.mean_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
+        self.log_var_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
+        nn.init.normal_(self.mean_head.weight, 0.0, 1e-5)
+        nn.init.zeros_(self.mean_head.bias)
+        nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
+        nn.init.constant_(self.log_var_head.bias, -10.0)
+
+    @property
+    def smoothing_sigma(self) -> float:
+        """``sigma_c`` of the smoothed posterior, in velocity-grid voxels."""
+        return posterior_smoothing_sigma(self.prior_lambda, self.spatial_dims)
+
+    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
+        return tuple(max(1, int(round(s * self.image_scale))) for s in spatial_size)
+
+    def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
+        return tuple(math.ceil(s / self.int_downsize) for s in self.network_size(spatial_size))
+
+    def _check_pair(self, caller: str, moving: torch.Tensor, fixed: torch.Tensor) -> None:
+        check_spatial_tensor(moving, "moving", caller, spatial_dims=self.spatial_dims)
+        check_spatial_tensor(fixed, "fixed", caller, spatial_dims=self.spatial_dims)
+        if moving.shape[0] != fixed.shape[0] or moving.shape[2:] != fixed.shape[2:]:
+            raise ValueError(
+                f"{caller}(): 'moving' and 'fixed' must share batch and spatial sizes, "
+                f"got {tuple(moving.shape)} and {tuple(fixed.shape)}"
+            )
+        if moving.shape[1] + fixed.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{caller}(): 'moving' and 'fixed' channels must add up to in_channels={self.in_channels}, "
+                f"got {moving.shape[1]} + {fixed.shape[1]}"
+            )
+
+    def posterior_params(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log variance ``(B, D, *n)`` for the pair."""
+        self._check_pair("ProbabilisticVoxelMorph", moving, fixed)
+        x = torch.cat([moving, fixed], dim=1)
+        x = resize_image(x, size=self.network_size(x.shape[2:]), mode="area")
+        divisor = self.unet.divisor
+        pad = []
+        for s in reversed(x.shape[2:]):
+            pad += [0, -s % divisor]
+        features = self.unet(F.pad(x, pad, mode="replicate"))
+        crop = (slice(None), slice(None), *(slice(0, n) for n in self.velocity_size(moving.shape[2:])))
+        return self.mean_head(features)[crop], self.log_var_head(features)[crop]
+
+    def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``.
+
+        Args:
+            velocity: ``(B, D, *n)`` with ``n = self.velocity_size(spatial_size)``.
+            spatial_size: ``S``, the input images' spatial shape.
+        """
+        check_field(velocity, "velocity", "ProbabilisticVoxelMorph.velocity_to_ddf")
+        expected = self.velocity_size(spatial_size)
+        if tuple(velocity.shape[2:]) != expected:
+            raise ValueError(
+                f"ProbabilisticVoxelMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} "
+                f"for images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}"
+            )
+        ddf = integrate_velocity(velocity, self.num_steps)
+        ddf = resize_field(ddf, size=[n * self.int_downsize for n in expected])
+        ddf = ddf[(slice(None), slice(None), *(slice(0, s) for s in self.network_size(spatial_size)))]
+        return resize_field(ddf, size=list(spatial_size))
+
+    def outputs_from_velocity(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                              velocity_mean: torch.Tensor, velocity_log_var: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output dict (see the class docstring) for a given velocity field."""
+        size = moving.shape[2:]
+        ddf = self.velocity_to_ddf(velocity, size)
+        inverse_ddf = self.velocity_to_ddf(-velocity, size)
+        return {
+            "ddf": ddf,
+            "inverse_ddf": inverse_ddf,
+            "velocity": velocity,
+            "velocity_mean": velocity_mean,
+            "velocity_log_var": velocity_log_var,
+            "warped": warp(moving, ddf),
+            "warped_fixed": warp(fixed, inverse_ddf),
+        }
+
+    def sample_velocity(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """One posterior sample with this model's posterior type and smoothing scale."""
+        return sample_velocity(mean, log_var, self.posterior, self.smoothing_sigma)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""
+        mean, log_var = self.posterior_params(moving, fixed)
+        velocity = self.sample_velocity(mean, log_var) if self.training else mean
+        return self.outputs_from_velocity(moving, fixed, velocity, mean, log_var)
+
+    def sample(self, moving: torch.Tensor, fixed: torch.Tensor, num_samples: int = 10) -> dict[str, torch.Tensor]:
+        """Mean registration plus per-voxel uncertainty from ``num_samples`` posterior samples.
+
+        Returns the keys of :meth:`forward` computed from the posterior mean, plus
+        ``"uncertainty"``: ``(B, 1, *S)`` the standard deviation of the displacement vector
+        over the samples, ``sqrt(sum_d var_k(u_d^k(x)))`` (unbiased variance over ``k``), in
+        input voxels. Samples are accumulated one at a time (Welford), so memory does not grow
+        with ``num_samples``. Wrap in ``torch.no_grad()`` at inference.
+        """
+        if not isinstance(num_samples, int) or num_samples < 2:
+            raise ValueError(f"ProbabilisticVoxelMorph.sample(): 'num_samples' must be an integer >= 2, got {num_samples!r}")
+        mean, log_var = self.posterior_params(moving, fixed)
+        outputs = self.outputs_from_velocity(moving, fixed, mean, mean, log_var)
+        running_mean = torch.zeros_like(outputs["ddf"])
+        sum_sq = torch.zeros_like(outputs["ddf"])
+        for k in range(1, num_samples + 1):
+            ddf = self.velocity_to_ddf(self.sample_velocity(mean, log_var), moving.shape[2:])
+            delta = ddf - running_mean
+            running_mean = running_mean + delta / k
+            sum_sq = sum_sq + delta * (ddf - running_mean)
+        outputs["uncertainty"] = torch.sqrt((sum_sq / (num_samples - 1)).sum(dim=1, keepdim=True))
+        return outputs
