@@ -6,8 +6,11 @@ its inputs (errors name the function and the argument) and supports
 """
 
 from .ncc import LocalNCCLoss, local_ncc_loss
+from .regularization import GradientLoss, gradient_loss
 
 __all__ = [
+    "GradientLoss",
+    "gradient_loss",
     "LocalNCCLoss",
     "local_ncc_loss",
 ]
