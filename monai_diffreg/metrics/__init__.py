@@ -6,5 +6,13 @@ iterations and reduces them with MONAI's reductions (NaN = skipped, as in ``Dice
 """
 
 from .dice import DiceOverlapMetric, dice_per_label, mean_dice
+from .hd95 import Hausdorff95Metric, hausdorff95_per_label, mean_hausdorff95
 
-__all__ = ["DiceOverlapMetric", "dice_per_label", "mean_dice"]
+__all__ = [
+    "DiceOverlapMetric",
+    "dice_per_label",
+    "mean_dice",
+    "Hausdorff95Metric",
+    "hausdorff95_per_label",
+    "mean_hausdorff95",
+]

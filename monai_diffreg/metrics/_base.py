@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
 from ..validation import check_choice
+from ._labels import SKIP_IF_ABSENT_FROM, check_labels
 
-__all__ = ["ReducedMetric"]
+__all__ = ["ReducedMetric", "PerLabelMetric"]
 
 REDUCTIONS = tuple(r.value for r in MetricReduction)
 
@@ -51,3 +55,39 @@ class ReducedMetric(CumulativeIterationMetric):
         # do_metric_reduction zeroes NaNs in place: work on a copy so the buffer survives
         f, not_nans = do_metric_reduction(data.clone(), reduction)
         return (f, not_nans) if self.get_not_nans else f
+
+
+class PerLabelMetric(ReducedMetric):
+    """Base of the label-map metrics: subclasses implement :meth:`_per_label` returning ``(B, L)``.
+
+    Args:
+        labels: the labels to score. Given: the buffer holds ``(cases, L)`` values, so
+            ``reduction="mean_batch"`` gives the mean of each label. ``None``: each case's labels
+            are found in its maps and differ between cases, so the buffer holds the per-case mean
+            over labels ``(cases, 1)`` instead.
+        skip_if_absent_from: ``"either"`` or ``"target"``: which missing labels are skipped (NaN).
+        reduction: MONAI reduction over non-NaN values (see :class:`ReducedMetric`).
+        get_not_nans: return the count of non-NaN values as well.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | None = None,
+        skip_if_absent_from: str = "either",
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
+        name = type(self).__name__
+        self.labels = check_labels(labels, name)
+        self.skip_if_absent_from = check_choice(skip_if_absent_from, "skip_if_absent_from", name, SKIP_IF_ABSENT_FROM)
+
+    def _per_label(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _per_label")
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """Per-label values ``(B, L)`` (labels given) or their per-case mean ``(B, 1)`` (``labels=None``)."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__}(): 'y' (the target label map) is required")
+        values = self._per_label(y_pred, y, **kwargs)
+        return values if self.labels is not None else torch.nanmean(values, dim=1, keepdim=True)

@@ -15,25 +15,24 @@ from ..validation import check_positive, check_spatial_tensor
 __all__ = ["check_spacing", "check_crop", "check_mask", "crop_border", "masked_mean", "masked_std", "vector_norm_mm"]
 
 
-def check_spacing(spacing: float | Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...]:
+def check_spacing(spacing: float | Sequence[float] | None, ndim: int | None, caller: str) -> tuple[float, ...]:
     """Voxel size per spatial axis (tensor axis order), ``None`` meaning 1 (results in voxels).
 
     Args:
         spacing: one positive number (isotropic) or ``ndim`` positive numbers, or ``None``.
-        ndim: number of spatial axes.
+        ndim: number of spatial axes; ``None`` when not known yet (a setting checked at construction).
         caller: the public callable's name, for error messages.
 
     Returns:
-        ``ndim`` floats.
+        ``ndim`` floats (as many as given when ``ndim`` is None).
     """
-    if spacing is None:
-        return (1.0,) * ndim
     if isinstance(spacing, torch.Tensor):
         spacing = spacing.tolist()
-    if isinstance(spacing, (int, float)):
-        spacing = (spacing,) * ndim
-    if not isinstance(spacing, Sequence) or len(spacing) != ndim:
-        raise ValueError(f"{caller}(): 'spacing' must be a number or {ndim} numbers (one per spatial axis), got {spacing!r}")
+    if spacing is None or isinstance(spacing, (int, float)):
+        spacing = (1.0 if spacing is None else spacing,) * (ndim or 1)
+    if not isinstance(spacing, Sequence) or isinstance(spacing, str) or len(spacing) != (ndim or len(spacing)):
+        expected = "a number or a sequence of numbers" if ndim is None else f"a number or {ndim} numbers (one per spatial axis)"
+        raise ValueError(f"{caller}(): 'spacing' must be {expected}, got {spacing!r}")
     return tuple(check_positive(s, "spacing", caller) for s in spacing)
 
 

@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.utils import MetricReduction
 
-from ..validation import check_choice
-from ._base import ReducedMetric
-from ._labels import SKIP_IF_ABSENT_FROM, check_label_maps, check_labels, resolve_labels, skipped_labels
+from ._base import PerLabelMetric
+from ._labels import check_label_maps, resolve_labels, skipped_labels
 
 __all__ = ["dice_per_label", "mean_dice", "DiceOverlapMetric"]
 
@@ -70,7 +68,7 @@ def mean_dice(
     return torch.nanmean(dice_per_label(pred, target, labels, skip_if_absent_from), dim=1)
 
 
-class DiceOverlapMetric(ReducedMetric):
+class DiceOverlapMetric(PerLabelMetric):
     """MONAI metric accumulating :func:`dice_per_label` over iterations.
 
     Call it as ``metric(y_pred=warped_labels, y=fixed_labels)`` with integer label maps
@@ -79,26 +77,11 @@ class DiceOverlapMetric(ReducedMetric):
     Args:
         labels: the labels to score. Given: the buffer holds ``(cases, L)`` Dice values, so
             ``reduction="mean_batch"`` gives the mean Dice of each label. ``None``: each case's
-            labels are found in its maps, which differ between cases, so the buffer holds the
-            per-case mean Dice ``(cases, 1)`` instead.
+            labels are found in its maps, so the buffer holds the per-case mean Dice ``(cases, 1)``.
         skip_if_absent_from: ``"either"`` or ``"target"`` (see :func:`dice_per_label`).
-        reduction: MONAI reduction over non-NaN values (see :class:`ReducedMetric`).
+        reduction: MONAI reduction over non-NaN values (see :class:`~monai_diffreg.metrics._base.ReducedMetric`).
         get_not_nans: return the count of non-NaN values as well.
     """
 
-    def __init__(
-        self,
-        labels: Sequence[int] | None = None,
-        skip_if_absent_from: str = "either",
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        get_not_nans: bool = False,
-    ) -> None:
-        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
-        self.labels = check_labels(labels, type(self).__name__)
-        self.skip_if_absent_from = check_choice(skip_if_absent_from, "skip_if_absent_from", type(self).__name__, SKIP_IF_ABSENT_FROM)
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
-        """Dice ``(B, L)`` (labels given) or per-case mean Dice ``(B, 1)`` (``labels=None``)."""
-        if self.labels is None:
-            return mean_dice(y_pred, y, None, self.skip_if_absent_from).unsqueeze(1)  # type: ignore[arg-type]
-        return dice_per_label(y_pred, y, self.labels, self.skip_if_absent_from)  # type: ignore[arg-type]
+    def _per_label(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return dice_per_label(y_pred, y, self.labels, self.skip_if_absent_from)
