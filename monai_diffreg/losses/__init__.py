@@ -5,6 +5,7 @@ its inputs (errors name the function and the argument) and supports
 ``reduction in ("mean", "sum", "none")`` where a per-element value exists.
 """
 
+from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .regularization import GradientLoss, gradient_loss
 
@@ -12,5 +13,7 @@ __all__ = [
     "GradientLoss",
     "gradient_loss",
     "LocalNCCLoss",
+    "MSELoss",
     "local_ncc_loss",
+    "mse_loss",
 ]
