@@ -7,6 +7,14 @@ iterations and reduces them with MONAI's reductions (NaN = skipped, as in ``Dice
 
 from .dice import DiceOverlapMetric, dice_per_label, mean_dice
 from .hd95 import Hausdorff95Metric, hausdorff95_per_label, mean_hausdorff95
+from .jacobian import (
+    SD_LOG_JACOBIAN_VARIANTS,
+    FoldingMetric,
+    SDLogJacobianMetric,
+    folding_percentage,
+    sd_log_jacobian,
+    sd_log_jacobian_l2r,
+)
 
 __all__ = [
     "DiceOverlapMetric",
@@ -15,4 +23,10 @@ __all__ = [
     "Hausdorff95Metric",
     "hausdorff95_per_label",
     "mean_hausdorff95",
+    "FoldingMetric",
+    "SDLogJacobianMetric",
+    "SD_LOG_JACOBIAN_VARIANTS",
+    "folding_percentage",
+    "sd_log_jacobian",
+    "sd_log_jacobian_l2r",
 ]

@@ -36,11 +36,17 @@ def check_spacing(spacing: float | Sequence[float] | None, ndim: int | None, cal
     return tuple(check_positive(s, "spacing", caller) for s in spacing)
 
 
-def check_crop(crop: int, spatial: Sequence[int], caller: str) -> int:
-    """Validate a border crop (voxels removed at both ends of every spatial axis)."""
+def check_crop(crop: int, spatial: Sequence[int] | None, caller: str) -> int:
+    """Validate a border crop (voxels removed at both ends of every spatial axis).
+
+    Args:
+        crop: the crop, an integer >= 0.
+        spatial: the spatial shape it applies to, or ``None`` when not known yet (a setting).
+        caller: the public callable's name.
+    """
     if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
         raise ValueError(f"{caller}(): 'crop' must be an integer >= 0, got {crop!r}")
-    if any(2 * crop >= n for n in spatial):
+    if spatial is not None and any(2 * crop >= n for n in spatial):
         raise ValueError(
             f"{caller}(): 'crop'={crop} leaves no voxel of the spatial shape {tuple(int(n) for n in spatial)}"
         )
