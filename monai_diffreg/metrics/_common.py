@@ -12,7 +12,7 @@ import torch
 
 from ..validation import check_positive, check_spatial_tensor
 
-__all__ = ["check_spacing", "check_crop", "check_mask", "crop_border", "masked_mean", "masked_std", "vector_norm_mm"]
+__all__ = ["check_spacing", "check_crop", "check_mask", "crop_border", "masked_mean", "masked_std", "vector_norm_mm", "mean_vector_norm"]
 
 
 def check_spacing(spacing: float | Sequence[float] | None, ndim: int | None, caller: str) -> tuple[float, ...]:
@@ -131,3 +131,12 @@ def vector_norm_mm(vectors: torch.Tensor, spacing: Sequence[float], dim: int = 1
     shape[dim] = len(spacing)
     scale = torch.tensor(spacing, dtype=vectors.dtype, device=vectors.device).view(shape)
     return torch.linalg.vector_norm(vectors * scale, dim=dim)
+
+
+def mean_vector_norm(vectors: torch.Tensor, spacing: Sequence[float], keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean physical length of a vector field ``(B, D, *spatial)`` over the kept voxels.
+
+    Returns:
+        ``(B,)``; NaN where ``keep`` keeps no voxel.
+    """
+    return masked_mean(vector_norm_mm(vectors, spacing).unsqueeze(1), keep)
