@@ -5,6 +5,7 @@ its inputs (errors name the function and the argument) and supports
 ``reduction in ("mean", "sum", "none")`` where a per-element value exists.
 """
 
+from .dice import SoftDiceLoss, soft_dice_loss
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .regularization import GradientLoss, gradient_loss
@@ -14,6 +15,8 @@ __all__ = [
     "gradient_loss",
     "LocalNCCLoss",
     "MSELoss",
+    "SoftDiceLoss",
     "local_ncc_loss",
     "mse_loss",
+    "soft_dice_loss",
 ]

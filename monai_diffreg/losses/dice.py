@@ -1,0 +1,92 @@
+"""Soft multi-label Dice loss on one-hot / probability maps (the segmentation term of VoxelMorph)."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.modules.loss import _Loss
+
+from ..validation import check_positive, check_spatial_tensor
+from ._utils import check_reduction, check_same_shape, promote_float, reduce_loss
+
+__all__ = ["soft_dice_loss", "SoftDiceLoss"]
+
+
+def _check_include_background(include_background: object, caller: str) -> bool:
+    if not isinstance(include_background, bool):
+        raise ValueError(f"{caller}(): 'include_background' must be True or False, got {include_background!r}")
+    return include_background
+
+
+def soft_dice_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-5,
+    reduction: str = "mean",
+    include_background: bool = True,
+) -> torch.Tensor:
+    """Soft Dice loss ``1 - Dice`` per sample and label, averaged over labels by default.
+
+    For sample ``b`` and label ``l`` (sums over voxels)::
+
+        Dice_bl = (2 sum(p_bl t_bl) + eps) / (sum p_bl + sum t_bl + eps)
+        loss_bl = 1 - Dice_bl
+
+    This is :class:`monai.losses.DiceLoss` with ``smooth_nr = smooth_dr = eps`` (no activation,
+    no one-hot conversion), so a label absent from both maps scores ``Dice = 1`` (loss 0) rather
+    than NaN. The segmentation term of improved probabilistic VoxelMorph (Dalca et al. 2018,
+    eq. 3) is ``-sum_l Dice_l``; ``1 - mean_l Dice_l`` has the same minimiser and gradients
+    scaled by ``1 / L``, and lies in ``[0, 1]``. In registration ``pred`` is usually the moving
+    one-hot label map warped with linear interpolation, ``target`` the fixed one-hot map.
+
+    Args:
+        pred: ``(B, L, *spatial)`` probability / one-hot maps, 2 or 3 spatial axes, one channel
+            per label (values expected in [0, 1]; not checked).
+        target: maps of the same shape.
+        eps: positive smoothing added to numerator and denominator.
+        reduction: ``"mean"`` (over samples and labels), ``"sum"``, or ``"none"`` for the
+            ``(B, L)`` per-sample, per-label losses (``(B, L - 1)`` without background).
+        include_background: whether channel 0 (background) counts; with ``False`` at least 2
+            channels are required.
+
+    Returns:
+        a scalar, or a ``(B, L)`` / ``(B, L - 1)`` tensor for ``"none"``.
+    """
+    caller = "soft_dice_loss"
+    check_spatial_tensor(pred, "pred", caller)
+    check_spatial_tensor(target, "target", caller)
+    check_same_shape(pred, target, "pred", "target", caller)
+    eps = check_positive(eps, "eps", caller)
+    reduction = check_reduction(reduction, caller)
+    if not _check_include_background(include_background, caller):
+        if pred.shape[1] < 2:
+            raise ValueError(
+                f"{caller}(): include_background=False needs >= 2 label channels in 'pred', got shape {tuple(pred.shape)}"
+            )
+        pred, target = pred[:, 1:], target[:, 1:]
+    p, t = promote_float(pred).flatten(2), promote_float(target).flatten(2)
+    dice = (2.0 * (p * t).sum(dim=2) + eps) / (p.sum(dim=2) + t.sum(dim=2) + eps)
+    return reduce_loss(1.0 - dice, reduction)
+
+
+class SoftDiceLoss(_Loss):
+    """Soft multi-label Dice loss as a MONAI-style loss: ``loss(pred, target)``.
+
+    See :func:`soft_dice_loss` (``1 - Dice`` per sample and label, MONAI ``DiceLoss`` smoothing).
+
+    Args:
+        eps: positive smoothing added to numerator and denominator.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(B, L)`` values).
+        include_background: whether label channel 0 counts.
+    """
+
+    def __init__(self, eps: float = 1e-5, reduction: str = "mean", include_background: bool = True) -> None:
+        super().__init__(reduction=check_reduction(reduction, "SoftDiceLoss"))
+        self.eps = check_positive(eps, "eps", "SoftDiceLoss")
+        self.include_background = _check_include_background(include_background, "SoftDiceLoss")
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: ``pred``, ``target``: ``(B, L, *spatial)`` one-hot / probability maps of the same shape."""
+        return soft_dice_loss(pred, target, self.eps, self.reduction, self.include_background)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, reduction={self.reduction!r}, include_background={self.include_background}"
