@@ -6,18 +6,40 @@ Stateless maths lives in :mod:`.deformation`, :mod:`.synthesis`, :mod:`.intensit
 :mod:`.dictionary` their dictionary versions, as in MONAI.
 """
 
-from .array import RandSmoothDeformation, warp_channel_first
+from .array import RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
 from .control_grid import control_grid_shape, upsample_control_grid
 from .deformation import deformation_from_params, sample_smooth_velocity_params, smooth_velocity_from_params
-from .dictionary import RandSmoothDeformationd
+from .dictionary import RandSmoothDeformationd, RandSynthesizeImaged
+from .synthesis import (
+    add_gaussian_noise,
+    apply_gamma,
+    bias_field_from_coefficients,
+    gaussian_blur,
+    label_intensity_image,
+    min_max_normalize,
+    random_label_map,
+    sample_synthesis_params,
+    synthesize_image,
+)
 
 __all__ = [
     "RandSmoothDeformation",
     "RandSmoothDeformationd",
+    "RandSynthesizeImaged",
+    "SynthesizeImageFromLabels",
+    "add_gaussian_noise",
+    "apply_gamma",
+    "bias_field_from_coefficients",
     "control_grid_shape",
     "deformation_from_params",
+    "gaussian_blur",
+    "label_intensity_image",
+    "min_max_normalize",
+    "random_label_map",
     "sample_smooth_velocity_params",
+    "sample_synthesis_params",
     "smooth_velocity_from_params",
+    "synthesize_image",
     "upsample_control_grid",
     "warp_channel_first",
 ]

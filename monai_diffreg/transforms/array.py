@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
-from monai.data import MetaTensor, get_track_meta
 from monai.transforms import InvertibleTransform, RandomizableTransform
 from monai.transforms.inverse import TraceKeys
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_dst_type
 
 from ..functional import warp
 from ..functional.warp import PADDING_MODES, WARP_MODES
@@ -29,28 +28,10 @@ from .deformation import (
     deformation_from_params,
     sample_smooth_velocity_params,
 )
+from .synthesis import sample_synthesis_params, synthesize_image
+from .utils import as_channel_first, integer_labels, plain_tensor, torch_generator_from
 
-__all__ = ["RandSmoothDeformation", "as_channel_first", "torch_generator_from", "warp_channel_first"]
-
-
-def as_channel_first(img: NdarrayOrTensor, name: str, caller: str) -> torch.Tensor:
-    """Convert ``img`` to a tensor (keeping MONAI metadata) and check it is ``(C, *spatial)``, 2D or 3D."""
-    if not isinstance(img, (torch.Tensor, np.ndarray)):
-        raise TypeError(f"{caller}(): '{name}' must be a torch.Tensor or numpy array, got {type(img).__name__}")
-    tensor = convert_to_tensor(img, track_meta=get_track_meta())
-    if tensor.ndim not in (3, 4) or any(s == 0 for s in tensor.shape):
-        raise ValueError(f"{caller}(): '{name}' must be channel-first (C, *spatial) with 2 or 3 non-empty spatial "
-                         f"axes, got shape {tuple(tensor.shape)}")
-    return tensor
-
-
-def torch_generator_from(state: np.random.RandomState) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from a MONAI transform's ``self.R``, so ``set_random_state`` governs it."""
-    return torch.Generator().manual_seed(int(state.randint(0, 2**31 - 1)))
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+__all__ = ["RandSmoothDeformation", "SynthesizeImageFromLabels", "warp_channel_first"]
 
 
 def _work_dtype(data: torch.Tensor) -> torch.dtype:
@@ -68,7 +49,7 @@ def warp_channel_first(img: NdarrayOrTensor, ddf: torch.Tensor, mode: str = "bil
     image = as_channel_first(img, "img", caller)
     check_choice(mode, "mode", caller, WARP_MODES)
     check_choice(padding_mode, "padding_mode", caller, PADDING_MODES)
-    data = _plain(image)
+    data = plain_tensor(image)
     warped = warp(data.unsqueeze(0).to(_work_dtype(data)), ddf.to(data.device), mode=mode, padding_mode=padding_mode)[0]
     if not data.dtype.is_floating_point:
         warped = warped.round()
@@ -158,7 +139,7 @@ class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
             ``(C, *spatial)`` warped image, same type, dtype and metadata as ``img``.
         """
         image = as_channel_first(img, "img", "RandSmoothDeformation.apply_params")
-        data = _plain(image)
+        data = plain_tensor(image)
         fields = self.fields(params, data.shape[1:], device=data.device, dtype=_work_dtype(data))
         ddf = fields["inverse_ddf" if inverse else "ddf"]
         return warp_channel_first(image, ddf, self.mode if mode is None else mode,
@@ -181,3 +162,75 @@ class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
             return data
         with self.trace_transform(False):
             return self.apply_params(data, transform[TraceKeys.EXTRA_INFO]["params"], inverse=True)
+
+
+class SynthesizeImageFromLabels(RandomizableTransform):
+    """Synthesise a random-contrast image from a label map (SynthMorph; see :mod:`.synthesis`).
+
+    ``randomize(labels)`` draws intensities for the labels present, blur, bias field, gamma and
+    noise; ``__call__`` synthesises; ``apply_params(labels, params)`` replays any draw exactly.
+    The label map itself is never modified.
+
+    Args:
+        mean_range: per-label mean intensity ~ ``U(mean_range)``.
+        std_range: per-label standard deviation ~ ``U(std_range)``.
+        max_blur_sigma: blur standard deviation per axis ~ ``U(0, max_blur_sigma)`` voxels.
+        max_bias_std: log-bias values ~ ``N(0, s^2)``, ``s ~ U(0, max_bias_std)`` (0: no bias field).
+        bias_control_spacing: distance between bias control points in voxels.
+        gamma_std: ``gamma = exp(N(0, gamma_std^2))`` (0: no gamma change).
+        max_noise_std: additive noise standard deviation ~ ``U(0, max_noise_std)`` (0: no noise).
+
+    Input ``(1, *spatial)`` integer-valued label map (float maps with whole values are accepted);
+    output ``(1, *spatial)`` float32 image in [0, 1] carrying the label map's metadata.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        mean_range: Sequence[float] = (0.0, 1.0),
+        std_range: Sequence[float] = (0.0, 0.1),
+        max_blur_sigma: float = 1.0,
+        max_bias_std: float = 0.3,
+        bias_control_spacing: float | Sequence[float] = 32.0,
+        gamma_std: float = 0.25,
+        max_noise_std: float = 0.05,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.settings = {
+            "mean_range": mean_range, "std_range": std_range, "max_blur_sigma": max_blur_sigma,
+            "max_bias_std": max_bias_std, "bias_control_spacing": bias_control_spacing,
+            "gamma_std": gamma_std, "max_noise_std": max_noise_std,
+        }
+        self._params: dict[str, Any] | None = None
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        """The last parameters drawn by :meth:`randomize`."""
+        return self._params
+
+    def _labels(self, labels: NdarrayOrTensor, caller: str) -> tuple[torch.Tensor, torch.Tensor]:
+        label_map = as_channel_first(labels, "labels", caller)
+        if label_map.shape[0] != 1:
+            raise ValueError(f"{caller}(): 'labels' must have 1 channel, got shape {tuple(label_map.shape)}")
+        return label_map, integer_labels(label_map, "labels", caller)
+
+    def randomize(self, data: NdarrayOrTensor) -> None:
+        """Draw synthesis parameters for the label map ``data`` ``(1, *spatial)``."""
+        _, values = self._labels(data, "SynthesizeImageFromLabels.randomize")
+        self._params = sample_synthesis_params(values.unique(), values.shape[1:], **self.settings,
+                                               generator=torch_generator_from(self.R))
+
+    def apply_params(self, labels: NdarrayOrTensor, params: Mapping[str, Any]) -> torch.Tensor:
+        """Synthesise deterministically from ``labels`` ``(1, *spatial)`` with ``params``; returns ``(1, *spatial)``."""
+        label_map, values = self._labels(labels, "SynthesizeImageFromLabels.apply_params")
+        image = synthesize_image(values.unsqueeze(0), params)[0]
+        return convert_to_dst_type(image, dst=label_map, dtype=torch.float32)[0]
+
+    def __call__(self, labels: NdarrayOrTensor, randomize: bool = True) -> torch.Tensor:
+        """Synthesise an image from ``labels`` with a new draw (or the last one when ``randomize=False``)."""
+        if randomize:
+            self.randomize(labels)
+        if self._params is None:
+            raise RuntimeError("SynthesizeImageFromLabels(): randomize=False but no parameters were drawn yet")
+        return self.apply_params(labels, self._params)

@@ -18,10 +18,12 @@ from monai.utils import ensure_tuple_rep
 
 from ..functional.warp import PADDING_MODES, WARP_MODES
 from ..validation import check_choice
-from .array import RandSmoothDeformation, as_channel_first, warp_channel_first
+from .array import RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
 from .deformation import DEFAULT_CONTROL_SPACING, DEFAULT_MAX_DISPLACEMENT
+from .synthesis import sample_synthesis_params
+from .utils import as_channel_first, integer_labels, torch_generator_from
 
-__all__ = ["RandSmoothDeformationd"]
+__all__ = ["RandSmoothDeformationd", "RandSynthesizeImaged"]
 
 
 class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTransform):
@@ -124,4 +126,83 @@ class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTran
                 info = transform[TraceKeys.EXTRA_INFO]
                 d[key] = self.deformer.apply_params(d[key], info["params"], inverse=True, mode=info["mode"],
                                                     padding_mode=info["padding_mode"])
+        return d
+
+
+class RandSynthesizeImaged(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`~monai_diffreg.transforms.array.SynthesizeImageFromLabels`.
+
+    For each label key, an image is synthesised and stored under the matching ``image_keys``
+    entry; the label maps are left untouched. With ``independent=True`` (SynthMorph's choice for
+    the fixed and moving images of a pair) every key gets its own contrast; with ``False`` one
+    draw (over the union of label values) serves all keys. ``.params`` maps each image key to the
+    parameters used, so any sample can be replayed with ``synthesizer.apply_params``.
+
+    Args:
+        keys: label-map keys, each ``(1, *spatial)`` integer-valued.
+        image_keys: output image keys, one per label key.
+        independent: draw separate parameters for every key.
+        mean_range, std_range, max_blur_sigma, max_bias_std, bias_control_spacing, gamma_std,
+            max_noise_std: see :class:`~monai_diffreg.transforms.array.SynthesizeImageFromLabels`.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example::
+
+        synth = RandSynthesizeImaged(("fixed_labels", "moving_labels"), image_keys=("fixed", "moving"))
+    """
+
+    backend = SynthesizeImageFromLabels.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_keys: KeysCollection,
+        independent: bool = True,
+        mean_range: Sequence[float] = (0.0, 1.0),
+        std_range: Sequence[float] = (0.0, 0.1),
+        max_blur_sigma: float = 1.0,
+        max_bias_std: float = 0.3,
+        bias_control_spacing: float | Sequence[float] = 32.0,
+        gamma_std: float = 0.25,
+        max_noise_std: float = 0.05,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.image_keys = ensure_tuple_rep(image_keys, len(self.keys))
+        self.independent = independent
+        self.synthesizer = SynthesizeImageFromLabels(mean_range, std_range, max_blur_sigma, max_bias_std,
+                                                     bias_control_spacing, gamma_std, max_noise_std)
+        self._params: dict[Hashable, dict[str, Any]] = {}
+
+    @property
+    def params(self) -> dict[Hashable, dict[str, Any]]:
+        """Parameters of the last call, by image key."""
+        return self._params
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.synthesizer.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to decide up front: parameters are drawn per key in ``__call__``."""
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        pairs = list(self.key_iterator(d, self.image_keys))
+        self._params = {}
+        shared = None
+        if pairs and not self.independent:
+            maps = [integer_labels(as_channel_first(d[k], str(k), "RandSynthesizeImaged"), str(k), "RandSynthesizeImaged")
+                    for k, _ in pairs]
+            shared = sample_synthesis_params(torch.cat([m.flatten() for m in maps]).unique(), maps[0].shape[1:],
+                                             **self.synthesizer.settings,
+                                             generator=torch_generator_from(self.synthesizer.R))
+        for key, image_key in pairs:
+            if shared is None:
+                self.synthesizer.randomize(d[key])
+            params = self.synthesizer.params if shared is None else shared
+            d[image_key] = self.synthesizer.apply_params(d[key], params)
+            self._params[image_key] = params
         return d
