@@ -16,6 +16,7 @@ from .jacobian import (
     sd_log_jacobian,
     sd_log_jacobian_l2r,
 )
+from .tre import TREMetric, target_registration_error
 
 __all__ = [
     "DiceOverlapMetric",
@@ -32,4 +33,6 @@ __all__ = [
     "folding_percentage",
     "sd_log_jacobian",
     "sd_log_jacobian_l2r",
+    "TREMetric",
+    "target_registration_error",
 ]
