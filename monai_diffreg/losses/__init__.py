@@ -6,6 +6,7 @@ its inputs (errors name the function and the argument) and supports
 """
 
 from .dice import SoftDiceLoss, soft_dice_loss
+from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .regularization import GradientLoss, gradient_loss
@@ -13,8 +14,11 @@ from .regularization import GradientLoss, gradient_loss
 __all__ = [
     "GradientLoss",
     "gradient_loss",
+    "degree_matrix",
+    "kl_svf_laplacian",
     "LocalNCCLoss",
     "MSELoss",
+    "ProbabilisticSVFKLLoss",
     "SoftDiceLoss",
     "local_ncc_loss",
     "mse_loss",
