@@ -8,6 +8,7 @@ iterations and reduces them with MONAI's reductions (NaN = skipped, as in ``Dice
 from .dice import DiceOverlapMetric, dice_per_label, mean_dice
 from .field_error import EndPointErrorMetric, endpoint_error
 from .hd95 import Hausdorff95Metric, hausdorff95_per_label, mean_hausdorff95
+from .inverse_consistency import InverseConsistencyMetric, inverse_consistency_error
 from .jacobian import (
     SD_LOG_JACOBIAN_VARIANTS,
     FoldingMetric,
@@ -27,6 +28,8 @@ __all__ = [
     "mean_hausdorff95",
     "EndPointErrorMetric",
     "endpoint_error",
+    "InverseConsistencyMetric",
+    "inverse_consistency_error",
     "FoldingMetric",
     "SDLogJacobianMetric",
     "SD_LOG_JACOBIAN_VARIANTS",
