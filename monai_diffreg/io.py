@@ -1,0 +1,413 @@
+"""Writing and reading registration results: images, ITK displacement fields, JSON summaries.
+
+Every writer is **atomic**: the file is written to a temporary file in the destination
+folder and moved into place with :func:`os.replace`, so a failure (disk full, bad data,
+interrupted process) leaves neither a partial file nor a temporary file behind, and a
+reader never sees a half-written file.
+
+Geometry conventions
+--------------------
+* A tensor's spatial axes are the image file's voxel axes ``(i, j[, k])`` in that order (as
+  MONAI's ``LoadImage`` returns them), and an **affine** is MONAI's/nibabel's
+  voxel-to-world matrix in **RAS** millimetres: ``(D + 1, D + 1)`` or ``(4, 4)`` (a 2D image
+  may carry either).
+* Our displacement field (:mod:`monai_diffreg.functional`) ``u`` lives on the fixed grid in
+  fixed-grid voxels: fixed voxel ``x`` is matched to the point at voxel coordinate ``x + u(x)``
+  of the same grid, i.e. to world point ``A_f (x + u(x))``.
+* ITK works in **LPS** physical space and an ``itk.DisplacementFieldTransform`` maps a fixed
+  physical point ``p`` to ``p + d(p)`` (``itk.ResampleImageFilter`` then samples the moving
+  image there). With ``F = diag(-1, -1, 1)`` (RAS <-> LPS) and ``M`` the linear part of the
+  fixed affine, the written field is therefore ``d(x) = F M u(x)`` in millimetres, on an ITK
+  image whose geometry is the fixed grid (origin ``F o``, direction and spacing from ``F M``).
+  In 2D, ITK's plane is the first two LPS axes, so ``d = (F M)[:2, :2] u``.
+* ``ddf.nii.gz`` is a NIfTI vector image (``intent_code`` 1007, shape ``(*S, 1, D)``) laid out
+  exactly as ITK writes one, which ITK, SimpleITK and ANTs read as a displacement field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .functional.grid import identity_grid
+from .functional.warp import PADDING_MODES, WARP_MODES
+from .validation import check_choice, check_field, check_spatial_tensor
+
+__all__ = [
+    "atomic_path",
+    "save_image",
+    "save_displacement_field",
+    "load_displacement_field",
+    "save_json",
+    "spatial_affine",
+    "ddf_to_itk_field",
+    "itk_field_to_ddf",
+    "resample_to_fixed",
+]
+
+_LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
+
+
+def _full_suffix(path: Path) -> str:
+    """``.nii.gz`` for ``a.nii.gz``, ``.json`` for ``a.json`` (image writers pick the format from it)."""
+    suffixes = path.suffixes
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager yielding a temporary path to write instead of ``path``.
+
+    On a clean exit the temporary file replaces ``path`` (:func:`os.replace`, atomic on one
+    file system); on an exception it is removed and the exception propagates, so ``path`` is
+    either the complete new file, or untouched. The temporary file sits in the same folder
+    (hidden, same extension, so writers choosing the format by extension still work).
+
+    Args:
+        path: destination file; its parent folder must exist.
+
+    Yields:
+        the temporary path to write.
+    """
+    path = Path(path)
+    suffix = _full_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def _to_numpy(x: object, name: str, caller: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(x).detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{caller}(): '{name}' must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def spatial_affine(affine: object, ndim: int, caller: str = "spatial_affine") -> np.ndarray:
+    """Return the ``(D + 1, D + 1)`` voxel-to-RAS affine of a ``D``-dimensional grid.
+
+    Args:
+        affine: ``(D + 1, D + 1)`` or ``(4, 4)`` matrix (array, tensor or MetaTensor affine);
+            for a 2D grid given a ``(4, 4)``, the in-plane rows/columns ``(0, 1, 3)`` are kept.
+        ndim: number of spatial axes (2 or 3).
+        caller: name of the public callable for error messages.
+
+    Returns:
+        float64 ``(D + 1, D + 1)`` array.
+    """
+    a = np.asarray(_to_numpy(affine, "affine", caller) if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    if a.shape == (4, 4) and ndim == 2:
+        a = a[np.ix_([0, 1, 3], [0, 1, 3])]
+    if a.shape != (ndim + 1, ndim + 1) or not np.all(np.isfinite(a)):
+        raise ValueError(
+            f"{caller}(): 'affine' must be a finite ({ndim + 1}, {ndim + 1}) or (4, 4) matrix for a {ndim}D grid, "
+            f"got shape {a.shape}"
+        )
+    if abs(np.linalg.det(a[:ndim, :ndim])) < 1e-12:
+        raise ValueError(f"{caller}(): 'affine' must be invertible, got a singular matrix {a.tolist()}")
+    return a
+
+
+def _nifti_affine(affine: np.ndarray) -> np.ndarray:
+    """Embed a ``(D + 1, D + 1)`` affine into the ``(4, 4)`` NIfTI affine."""
+    ndim = affine.shape[0] - 1
+    if ndim == 3:
+        return affine
+    out = np.eye(4)
+    out[np.ix_([0, 1, 3], [0, 1, 3])] = affine
+    return out
+
+
+def _spatial_array(image: object, spatial_dims: int | None, name: str, caller: str) -> tuple[np.ndarray, int]:
+    """``(*S)`` or ``(*S, C)`` array from ``(*S)``, ``(C, *S)`` or ``(1, C, *S)`` input."""
+    arr = _to_numpy(image, name, caller)
+    if spatial_dims is None:
+        spatial_dims = 2 if arr.ndim == 2 else 3
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"{caller}(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
+    extra = arr.ndim - spatial_dims
+    if extra == 2:
+        if arr.shape[0] != 1:
+            raise ValueError(f"{caller}(): '{name}' must hold one image (batch size 1), got shape {arr.shape}")
+        arr = arr[0]
+        extra = 1
+    if extra not in (0, 1):
+        raise ValueError(
+            f"{caller}(): '{name}' must have shape (*S), (C, *S) or (1, C, *S) with {spatial_dims} spatial axes, "
+            f"got shape {arr.shape}"
+        )
+    if extra == 1:
+        arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    return arr, spatial_dims
+
+
+def _label_dtype(arr: np.ndarray, caller: str, name: str) -> np.dtype:
+    if arr.size and not np.array_equal(arr, np.round(arr)):
+        raise ValueError(f"{caller}(): '{name}' is saved as a label map but holds non-integer values")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    raise ValueError(f"{caller}(): '{name}' label values [{lo}, {hi}] do not fit in int32")
+
+
+def save_image(image: object, affine: object, path: str | os.PathLike, *, label: bool = False,
+               spatial_dims: int | None = None) -> Path:
+    """Write an image as NIfTI (atomic).
+
+    Args:
+        image: ``(*S)``, ``(C, *S)`` or ``(1, C, *S)`` array/tensor/MetaTensor. ``C > 1`` is
+            written as the last NIfTI axis.
+        affine: voxel-to-RAS affine of the grid, ``(D + 1, D + 1)`` or ``(4, 4)``.
+        path: destination (``.nii`` or ``.nii.gz``); its folder must exist.
+        label: write as a label map: values must be integers and are stored in the smallest
+            of ``uint8``/``int16``/``int32`` that holds them. Otherwise integer and bool data
+            keep an integer type and floating data is stored as ``float32``.
+        spatial_dims: number of spatial axes; default 2 for a 2D array and 3 otherwise (pass 2
+            for channel-first 2D images).
+
+    Returns:
+        the written path.
+    """
+    import nibabel as nib
+
+    arr, ndim = _spatial_array(image, spatial_dims, "image", "save_image")
+    aff = _nifti_affine(spatial_affine(affine, ndim, "save_image"))
+    if label:
+        arr = arr.astype(_label_dtype(arr, "save_image", "image"))
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(_label_dtype(arr, "save_image", "image"))
+    else:
+        arr = arr.astype(np.float32)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr), aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def _ddf_array(ddf: object, caller: str) -> np.ndarray:
+    arr = _to_numpy(ddf, "ddf", caller).astype(np.float64)
+    if arr.ndim in (4, 5) and arr.shape[0] == 1:
+        arr = arr[0]
+    ndim = arr.ndim - 1
+    if ndim not in (2, 3) or arr.shape[0] != ndim:
+        raise ValueError(f"{caller}(): 'ddf' must have shape (1, D, *S) or (D, *S) with D = 2 or 3, got {np.shape(ddf)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{caller}(): 'ddf' contains NaN/Inf values")
+    return arr
+
+
+def _lps_linear(affine: np.ndarray) -> np.ndarray:
+    """``(F M)[:D, :D]``: fixed voxel steps to LPS millimetres."""
+    ndim = affine.shape[0] - 1
+    return _LPS_FLIP[:ndim, :ndim] @ affine[:ndim, :ndim]
+
+
+def ddf_to_itk_field(ddf: object, fixed_affine: object) -> np.ndarray:
+    """Convert a voxel DDF on the fixed grid to ITK physical displacements (LPS, mm).
+
+    ``d(x) = (F M)[:D, :D] u(x)`` (module docstring).
+
+    Args:
+        ddf: ``(1, D, *S)`` or ``(D, *S)`` displacement in fixed-grid voxels.
+        fixed_affine: voxel-to-RAS affine of the fixed grid.
+
+    Returns:
+        float64 ``(D, *S)`` displacement in millimetres, LPS components.
+    """
+    u = _ddf_array(ddf, "ddf_to_itk_field")
+    ndim = u.shape[0]
+    linear = _lps_linear(spatial_affine(fixed_affine, ndim, "ddf_to_itk_field"))
+    return np.einsum("ij,j...->i...", linear, u)
+
+
+def itk_field_to_ddf(field: np.ndarray, fixed_affine: object) -> np.ndarray:
+    """Inverse of :func:`ddf_to_itk_field`: ``u(x) = (F M)^-1 d(x)``.
+
+    Args:
+        field: ``(D, *S)`` LPS displacement in millimetres.
+        fixed_affine: voxel-to-RAS affine of the grid.
+
+    Returns:
+        float64 ``(D, *S)`` displacement in voxels.
+    """
+    ndim = field.shape[0]
+    linear = _lps_linear(spatial_affine(fixed_affine, ndim, "itk_field_to_ddf"))
+    return np.einsum("ij,j...->i...", np.linalg.inv(linear), field)
+
+
+def save_displacement_field(ddf: object, fixed_affine: object, path: str | os.PathLike) -> Path:
+    """Write a voxel DDF as an ITK displacement field on the fixed grid (atomic).
+
+    The file applies in ITK exactly as our :func:`~monai_diffreg.functional.warp` does:
+    ``itk.DisplacementFieldTransform`` with this field, used by ``itk.ResampleImageFilter``
+    on the fixed image's grid, resamples the moving image (in its own file's geometry) the
+    way ``warp(moving_on_fixed_grid, ddf)`` does (module docstring for the maths; tested
+    against ITK). The layout is the one ITK itself writes for an
+    ``itk.Image[itk.Vector[itk.F, D], D]``: a NIfTI vector image (``intent_code`` 1007,
+    shape ``(*S, 1, D)``, 2D padded to ``(X, Y, 1, 1, 2)``), float32 LPS millimetres, the
+    fixed affine as qform and sform; ITK, SimpleITK and ANTs read it as a displacement field.
+    It is written with nibabel, which avoids loading ITK (seconds) in every run.
+
+    Args:
+        ddf: ``(1, D, *S)`` or ``(D, *S)`` displacement in fixed-grid voxels (package convention).
+        fixed_affine: voxel-to-RAS affine of the fixed grid (``(D + 1, D + 1)`` or ``(4, 4)``).
+        path: destination, ``.nii.gz`` or ``.nii``.
+
+    Returns:
+        the written path.
+    """
+    import nibabel as nib
+
+    u = _ddf_array(ddf, "save_displacement_field")
+    ndim = u.shape[0]
+    affine = spatial_affine(fixed_affine, ndim, "save_displacement_field")
+    field = np.einsum("ij,j...->i...", _lps_linear(affine), u)
+    data = np.moveaxis(field, 0, -1).astype(np.float32)  # (*S, D)
+    data = data.reshape(*data.shape[:ndim], *([1] * (4 - ndim)), ndim)  # (*S, [1,] 1, D)
+    image = nib.Nifti1Image(data, _nifti_affine(affine))
+    image.header.set_intent("vector")
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return Path(path)
+
+
+def load_displacement_field(path: str | os.PathLike) -> tuple[torch.Tensor, np.ndarray]:
+    """Read an ITK displacement field (NIfTI vector image) and express it in voxels of its grid.
+
+    Args:
+        path: file written by :func:`save_displacement_field` (or by ITK/ANTs/SimpleITK as NIfTI).
+
+    Returns:
+        ``(ddf, affine)``: ``ddf`` float32 ``(1, D, *S)`` in voxels (package convention) and
+        ``affine`` the grid's ``(4, 4)`` voxel-to-RAS affine (2D embedded in 4x4).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_displacement_field(): 'path' {str(path)!r} does not exist")
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float64)
+    except Exception as err:  # nibabel raises several types for corrupt files
+        raise ValueError(f"load_displacement_field(): cannot read {str(path)!r} as NIfTI: {err}") from None
+    ndim = data.shape[-1] if data.ndim == 5 else -1
+    if ndim not in (2, 3) or any(s != 1 for s in data.shape[ndim:-1]):
+        raise ValueError(
+            f"load_displacement_field(): {str(path)!r} must be a NIfTI vector image of shape (*S, 1, D) "
+            f"(2D: (X, Y, 1, 1, 2)), got shape {data.shape}"
+        )
+    field = np.moveaxis(data.reshape(*data.shape[:ndim], ndim), -1, 0)
+    affine = spatial_affine(image.affine, ndim, "load_displacement_field")
+    return torch.as_tensor(itk_field_to_ddf(field, affine), dtype=torch.float32).unsqueeze(0), _nifti_affine(affine)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"save_json(): cannot serialise a {type(value).__name__}")
+
+
+def _replace_non_finite(value: object) -> object:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _replace_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_non_finite(v) for v in value]
+    return value
+
+
+def save_json(data: Mapping, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (atomic). NaN/Inf become ``null``; numpy/torch scalars are converted."""
+    text = json.dumps(_replace_non_finite(json.loads(json.dumps(data, default=_json_default))), indent=2,
+                      sort_keys=False, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def resample_to_fixed(moving: torch.Tensor, moving_affine: object, fixed_affine: object,
+                      fixed_shape: Sequence[int], ddf: torch.Tensor | None = None, mode: str = "bilinear",
+                      padding_mode: str = "zeros") -> torch.Tensor:
+    """Resample a moving image from its own grid onto the fixed grid, through a fixed-grid DDF.
+
+    Fixed voxel ``x`` takes the moving value at moving voxel ``y = A_m^-1 A_f (x + u(x))``
+    (``u = 0`` when ``ddf`` is None): one interpolation from the original moving image,
+    exactly what ITK does with the field written by :func:`save_displacement_field`.
+
+    Args:
+        moving: ``(1, C, *S_m)`` image on its own grid.
+        moving_affine: voxel-to-RAS affine of the moving grid.
+        fixed_affine: voxel-to-RAS affine of the fixed grid.
+        fixed_shape: fixed spatial shape ``S``.
+        ddf: optional ``(1, D, *S)`` displacement in fixed-grid voxels.
+        mode: ``"bilinear"`` or ``"nearest"`` (label maps).
+        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"`` outside the moving grid.
+
+    Returns:
+        ``(1, C, *S)`` image on the fixed grid, in ``moving``'s floating dtype (float32 for
+        integer input).
+    """
+    ndim = check_spatial_tensor(moving, "moving", "resample_to_fixed")
+    check_choice(mode, "mode", "resample_to_fixed", WARP_MODES)
+    check_choice(padding_mode, "padding_mode", "resample_to_fixed", PADDING_MODES)
+    shape = tuple(int(s) for s in fixed_shape)
+    if len(shape) != ndim:
+        raise ValueError(f"resample_to_fixed(): 'fixed_shape' must have {ndim} entries, got {shape}")
+    a_m = spatial_affine(moving_affine, ndim, "resample_to_fixed")
+    a_f = spatial_affine(fixed_affine, ndim, "resample_to_fixed")
+    vox = np.linalg.solve(a_m, a_f)  # fixed voxel -> moving voxel
+    dtype = moving.dtype if moving.is_floating_point() else torch.float32
+    data = torch.as_tensor(moving).to(dtype)
+    points = identity_grid(shape, moving.device, torch.float64).unsqueeze(0)
+    if ddf is not None:
+        check_field(ddf, "ddf", "resample_to_fixed")
+        if tuple(ddf.shape) != (moving.shape[0], ndim, *shape):
+            raise ValueError(
+                f"resample_to_fixed(): 'ddf' must have shape {(moving.shape[0], ndim, *shape)}, got {tuple(ddf.shape)}"
+            )
+        points = points + ddf.to(device=moving.device, dtype=torch.float64)
+    lin = torch.as_tensor(vox[:ndim, :ndim], device=moving.device)
+    off = torch.as_tensor(vox[:ndim, ndim], device=moving.device).view(1, ndim, *([1] * ndim))
+    coords = torch.einsum("ij,bj...->bi...", lin, points) + off
+    size = torch.tensor([2.0 / max(n - 1, 1) for n in moving.shape[2:]], dtype=torch.float64, device=moving.device)
+    coords = coords * size.view(1, ndim, *([1] * ndim)) - 1.0
+    grid = coords.permute(0, *range(2, ndim + 2), 1).flip(-1).to(dtype)
+    if grid.shape[0] != data.shape[0]:
+        grid = grid.expand(data.shape[0], *grid.shape[1:])
+    return torch.nn.functional.grid_sample(data, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
