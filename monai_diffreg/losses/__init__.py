@@ -1,8 +1,22 @@
 """Registration losses: each a stateless function plus a MONAI-style ``_Loss`` class.
 
 Every function takes batched tensors ``(B, C, *spatial)`` with 2 or 3 spatial axes, validates
-its inputs (errors name the function and the argument) and supports
-``reduction in ("mean", "sum", "none")`` where a per-element value exists.
+its inputs (errors name the function and the argument), evaluates in at least float32 and
+supports ``reduction in ("mean", "sum", "none")``; ``"none"`` returns the per-voxel map where
+one exists (NCC, MSE), per-sample-per-label values for Dice and per-sample values for the
+gradient penalty and the KL term.
+
+=============================  ==============================  ===================================
+function                       class                           what
+=============================  ==============================  ===================================
+:func:`local_ncc_loss`         :class:`LocalNCCLoss`           ``-`` local squared NCC (VoxelMorph)
+:func:`mse_loss`               :class:`MSELoss`                ``(p - t)^2 / (2 sigma^2)``
+:func:`soft_dice_loss`         :class:`SoftDiceLoss`           ``1 - soft Dice`` per label
+:func:`gradient_loss`          :class:`GradientLoss`           forward-difference l2 / l1 penalty
+:func:`kl_svf_laplacian`       :class:`ProbabilisticSVFKLLoss` KL vs Laplacian prior (+ :func:`degree_matrix`)
+(wrapper)                      :class:`BidirectionalLoss`      ``0.5 (loss(y o phi, x) + loss(x o phi^-1, y))``
+(wrapper)                      :class:`MultiResolutionLoss`    weighted sum over pyramid levels
+=============================  ==============================  ===================================
 """
 
 from .dice import SoftDiceLoss, soft_dice_loss
@@ -10,17 +24,20 @@ from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .regularization import GradientLoss, gradient_loss
+from .wrappers import BidirectionalLoss, MultiResolutionLoss
 
 __all__ = [
-    "GradientLoss",
+    "local_ncc_loss",
+    "LocalNCCLoss",
+    "mse_loss",
+    "MSELoss",
+    "soft_dice_loss",
+    "SoftDiceLoss",
     "gradient_loss",
+    "GradientLoss",
     "degree_matrix",
     "kl_svf_laplacian",
-    "LocalNCCLoss",
-    "MSELoss",
     "ProbabilisticSVFKLLoss",
-    "SoftDiceLoss",
-    "local_ncc_loss",
-    "mse_loss",
-    "soft_dice_loss",
+    "BidirectionalLoss",
+    "MultiResolutionLoss",
 ]
