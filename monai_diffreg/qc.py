@@ -1,0 +1,192 @@
+"""Quality-control picture of one registration: a single PNG a person can judge at a glance.
+
+Columns: fixed, moving (on the fixed grid), warped moving, a checkerboard of fixed and warped
+(edges should continue across tiles), the deformation grid (regular grid lines mapped by
+``phi(x) = x + u(x)``) and the Jacobian determinant map (diverging colours centred at 1:
+blue = local shrinking, red = expansion, folds ``det J <= 0`` marked in black). Rows: the
+central slice of each orthogonal plane in 3D (one row in 2D).
+
+With the fixed image's affine, volumes are shown in RAS orientation with the anatomical
+plane names (axial, coronal, sagittal), right to the viewer's right, superior/anterior up,
+and the voxel aspect ratio is respected; without it, planes are named by tensor axis.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .functional.jacobian import jacobian_determinant
+from .io import atomic_path, spatial_affine
+
+__all__ = ["save_qc_figure", "checkerboard"]
+
+_PLANE_NAMES_RAS = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def _volume(x: object, name: str, ndim: int) -> np.ndarray:
+    """``(*S)`` float64 array from ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)`` with ``ndim`` spatial axes."""
+    if isinstance(x, torch.Tensor):
+        arr = torch.as_tensor(x).detach().cpu().double().numpy()
+    elif isinstance(x, np.ndarray):
+        arr = x.astype(np.float64)
+    else:
+        raise TypeError(f"save_qc_figure(): '{name}' must be a numpy array or torch tensor, got {type(x).__name__}")
+    while arr.ndim > ndim and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != ndim:
+        raise ValueError(f"save_qc_figure(): '{name}' must be one {ndim}D image like 'ddf', got shape {np.shape(x)}")
+    return arr
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Alternate square tiles of ``a`` and ``b`` (same 2D shape); about ``tiles`` tiles along the longer side."""
+    size = max(1, max(a.shape) // tiles)
+    idx = np.indices(a.shape) // size
+    return np.where(idx.sum(axis=0) % 2 == 0, a, b)
+
+
+def _robust_scale(x: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(x, [1, 99])
+    if hi <= lo:
+        lo, hi = float(x.min()), float(x.max()) + 1e-12
+    return np.clip((x - lo) / (hi - lo), 0, 1)
+
+
+def _orient(volumes: list[np.ndarray], ddf: np.ndarray, affine: np.ndarray | None):
+    """Reorient volumes (and the field's components) to RAS; return them with voxel sizes."""
+    ndim = ddf.shape[0]
+    if affine is None or ndim == 2:
+        spacing = np.ones(ndim) if affine is None else np.linalg.norm(affine[:ndim, :ndim], axis=0)
+        return volumes, ddf, spacing, affine is not None
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(affine)  # per input axis: (output axis, +1/-1)
+    volumes = [nio.apply_orientation(v, ornt) for v in volumes]
+    comps = [nio.apply_orientation(c, ornt) for c in ddf]
+    out = np.empty((ndim, *volumes[0].shape))
+    for axis, (target, sign) in enumerate(ornt):
+        out[int(target)] = sign * comps[axis]
+    spacing = np.empty(ndim)
+    spacing[ornt[:, 0].astype(int)] = np.linalg.norm(affine[:ndim, :ndim], axis=0)
+    return volumes, out, spacing, True
+
+
+def _planes(shape: tuple[int, ...], anatomical: bool):
+    """(name, normal axis or None, slice index, in-plane axes) for each displayed plane."""
+    if len(shape) == 2:
+        return [("2D image", None, None, (0, 1))]
+    order = (2, 1, 0) if anatomical else (0, 1, 2)
+    planes = []
+    for normal in order:
+        axes = tuple(a for a in range(3) if a != normal)
+        name = _PLANE_NAMES_RAS[normal] if anatomical else f"axis {normal}"
+        planes.append((name, normal, shape[normal] // 2, axes))
+    return planes
+
+
+def _slice(x: np.ndarray, normal: int | None, index: int | None) -> np.ndarray:
+    return x if normal is None else np.take(x, index, axis=normal)
+
+
+def _draw_grid(ax, ddf2: np.ndarray, spacing2: np.ndarray, lines: int = 24) -> None:
+    """Grid lines of the in-plane axes mapped by phi(x) = x + u(x) (display: x = first axis, y = second)."""
+    na, nb = ddf2.shape[1:]
+    step = max(1, max(na, nb) // lines)
+    a, b = np.meshgrid(np.arange(na), np.arange(nb), indexing="ij")
+    pa, pb = a + ddf2[0], b + ddf2[1]
+    kw = dict(color="tab:blue", linewidth=0.6)
+    for i in range(0, na, step):
+        ax.plot(pa[i, :], pb[i, :], **kw)
+    for j in range(0, nb, step):
+        ax.plot(pa[:, j], pb[:, j], **kw)
+    ax.set_xlim(-0.5, na - 0.5)
+    ax.set_ylim(-0.5, nb - 0.5)
+    ax.set_aspect(spacing2[1] / spacing2[0])
+    ax.set_facecolor("white")
+
+
+def save_qc_figure(fixed: object, moving: object, warped: object, ddf: object, path: str | os.PathLike,
+                   det_jacobian: object | None = None, title: str | None = None,
+                   affine: object | None = None) -> Path:
+    """Write the QC picture of a registration as one PNG (matplotlib Agg canvas, atomic).
+
+    Args:
+        fixed: fixed image ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)``.
+        moving: moving image on the fixed grid, same shape.
+        warped: warped moving image, same shape.
+        ddf: displacement ``(1, D, *S)`` or ``(D, *S)`` in fixed-grid voxels (package convention).
+        path: destination PNG.
+        det_jacobian: optional ``det J`` map ``(*S)``/``(1, 1, *S)``; computed from ``ddf``
+            (central differences) when None.
+        title: optional figure title (e.g. the method and the file names).
+        affine: optional fixed-grid voxel-to-RAS affine: RAS display orientation, plane
+            names and voxel aspect (module docstring).
+
+    Returns:
+        the written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap, TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    field = torch.as_tensor(ddf.detach().cpu() if isinstance(ddf, torch.Tensor) else np.asarray(ddf)).double()
+    if field.ndim in (3, 4) and field.shape[0] == field.ndim - 1:
+        field = field.unsqueeze(0)
+    ndim = field.ndim - 2
+    if ndim not in (2, 3) or field.shape[0] != 1 or field.shape[1] != ndim:
+        raise ValueError(f"save_qc_figure(): 'ddf' must have shape (1, D, *S) or (D, *S), got {tuple(np.shape(ddf))}")
+    images = [_volume(x, n, ndim) for x, n in ((fixed, "fixed"), (moving, "moving"), (warped, "warped"))]
+    spatial = tuple(field.shape[2:])
+    for img, name in zip(images, ("fixed", "moving", "warped")):
+        if img.shape != spatial:
+            raise ValueError(f"save_qc_figure(): '{name}' must have spatial shape {spatial} like 'ddf', got {img.shape}")
+    detj = (jacobian_determinant(field)[0, 0].numpy() if det_jacobian is None
+            else _volume(det_jacobian, "det_jacobian", ndim))
+    aff = None if affine is None else spatial_affine(affine, ndim, "save_qc_figure")
+    (fix, mov, wrp, detj), u, spacing, anatomical = _orient([*images, detj], field[0].numpy(), aff)
+    fix, mov, wrp = (_robust_scale(v) for v in (fix, mov, wrp))
+
+    fold_pct = 100.0 * float(np.mean(detj <= 0))
+    span = max(1.0 - float(np.percentile(detj, 0.5)), float(np.percentile(detj, 99.5)) - 1.0, 0.05)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - span, vmax=1.0 + span)
+    fold_cmap = ListedColormap(["black"])
+
+    planes = _planes(fix.shape, anatomical)
+    columns = ["fixed", "moving", "warped moving", "checkerboard fixed | warped", "deformation grid",
+               f"det J (black: det J <= 0, {fold_pct:.3f}%)"]
+    fig = Figure(figsize=(3.0 * len(columns), 3.2 * len(planes) + 0.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg rendering without pyplot: no global backend change, no GUI
+    axes = np.atleast_2d(fig.subplots(len(planes), len(columns), squeeze=False))
+    for row, (name, normal, index, inplane) in enumerate(planes):
+        sp2 = spacing[list(inplane)]
+        aspect = sp2[1] / sp2[0]
+        shown = [_slice(v, normal, index) for v in (fix, mov, wrp)]
+        panels = [*shown, checkerboard(shown[0], shown[2])]
+        for col, panel in enumerate(panels):
+            axes[row, col].imshow(panel.T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect,
+                                  interpolation="nearest")
+        u2 = np.stack([_slice(u[a], normal, index) for a in inplane])
+        _draw_grid(axes[row, 4], u2, sp2)
+        dj = _slice(detj, normal, index)
+        im = axes[row, 5].imshow(dj.T, cmap="RdBu_r", norm=norm, origin="lower", aspect=aspect,
+                                 interpolation="nearest")
+        folds = np.ma.masked_where(dj.T > 0, np.ones_like(dj.T))
+        axes[row, 5].imshow(folds, cmap=fold_cmap, origin="lower", aspect=aspect, interpolation="nearest")
+        fig.colorbar(im, ax=axes[row, 5], fraction=0.046, pad=0.04, label="det J")
+        label = name if normal is None else f"{name} (slice {index})"
+        axes[row, 0].set_ylabel(label, fontsize=11)
+        for col in range(len(columns)):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+            if row == 0:
+                axes[row, col].set_title(columns[col], fontsize=10)
+    orientation = "RAS view: patient right on the viewer's right, superior/anterior up" if anatomical else \
+        "tensor axes: first in-plane axis to the right, second up"
+    fig.suptitle((title + "\n" if title else "") + orientation, fontsize=11)
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png")
+    return Path(path)
