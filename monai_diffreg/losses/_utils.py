@@ -6,9 +6,9 @@ from enum import Enum
 
 import torch
 
-from ..validation import check_choice
+from ..validation import check_choice, check_spatial_tensor
 
-__all__ = ["REDUCTIONS", "check_reduction", "check_same_shape", "reduce_loss", "promote_float"]
+__all__ = ["REDUCTIONS", "check_reduction", "check_same_shape", "check_image_pair", "reduce_loss", "promote_float"]
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -26,6 +26,14 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str,
             f"{caller}(): '{name_a}' and '{name_b}' must have the same shape, "
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def check_image_pair(pred: object, target: object, caller: str) -> int:
+    """Check ``pred`` and ``target`` are ``(B, C, *spatial)`` tensors of one shape; return the spatial rank."""
+    ndim = check_spatial_tensor(pred, "pred", caller)
+    check_spatial_tensor(target, "target", caller)
+    check_same_shape(pred, target, "pred", "target", caller)  # type: ignore[arg-type]
+    return ndim
 
 
 def reduce_loss(x: torch.Tensor, reduction: str) -> torch.Tensor:

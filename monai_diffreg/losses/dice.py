@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from ..validation import check_positive, check_spatial_tensor
-from ._utils import check_reduction, check_same_shape, promote_float, reduce_loss
+from ..validation import check_positive
+from ._utils import check_image_pair, check_reduction, promote_float, reduce_loss
 
 __all__ = ["soft_dice_loss", "SoftDiceLoss"]
 
@@ -52,15 +52,14 @@ def soft_dice_loss(
         a scalar, or a ``(B, L)`` / ``(B, L - 1)`` tensor for ``"none"``.
     """
     caller = "soft_dice_loss"
-    check_spatial_tensor(pred, "pred", caller)
-    check_spatial_tensor(target, "target", caller)
-    check_same_shape(pred, target, "pred", "target", caller)
+    check_image_pair(pred, target, caller)
     eps = check_positive(eps, "eps", caller)
     reduction = check_reduction(reduction, caller)
     if not _check_include_background(include_background, caller):
         if pred.shape[1] < 2:
             raise ValueError(
-                f"{caller}(): include_background=False needs >= 2 label channels in 'pred', got shape {tuple(pred.shape)}"
+                f"{caller}(): include_background=False needs >= 2 label channels in 'pred', "
+                f"got shape {tuple(pred.shape)}"
             )
         pred, target = pred[:, 1:], target[:, 1:]
     p, t = promote_float(pred).flatten(2), promote_float(target).flatten(2)

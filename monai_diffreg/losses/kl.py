@@ -101,7 +101,8 @@ def kl_svf_laplacian(
     check_same_shape(velocity_mean, velocity_log_var, "velocity_mean", "velocity_log_var", caller)
     if min(velocity_mean.shape[2:]) < 2:
         raise ValueError(
-            f"{caller}(): every spatial axis of 'velocity_mean' needs >= 2 voxels, got shape {tuple(velocity_mean.shape)}"
+            f"{caller}(): every spatial axis of 'velocity_mean' needs >= 2 voxels, "
+            f"got shape {tuple(velocity_mean.shape)}"
         )
     prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
     reduction = check_reduction(reduction, caller)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from ..validation import check_positive, check_spatial_tensor
-from ._utils import check_reduction, check_same_shape, promote_float, reduce_loss
+from ..validation import check_positive
+from ._utils import check_image_pair, check_reduction, promote_float, reduce_loss
 
 __all__ = ["mse_loss", "MSELoss"]
 
 
-def mse_loss(pred: torch.Tensor, target: torch.Tensor, image_sigma: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+def mse_loss(
+    pred: torch.Tensor, target: torch.Tensor, image_sigma: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
     """Image term of the probabilistic VoxelMorph loss, ``1 / (2 sigma^2) * mean (pred - target)^2``.
 
     The paper (Dalca et al., improved probabilistic VoxelMorph, 2018) writes the negative log
@@ -32,9 +34,7 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, image_sigma: float = 1.0,
         a scalar, or the ``(B, C, *spatial)`` map ``(pred - target)^2 / (2 sigma^2)`` for ``"none"``.
     """
     caller = "mse_loss"
-    check_spatial_tensor(pred, "pred", caller)
-    check_spatial_tensor(target, "target", caller)
-    check_same_shape(pred, target, "pred", "target", caller)
+    check_image_pair(pred, target, caller)
     image_sigma = check_positive(image_sigma, "image_sigma", caller)
     reduction = check_reduction(reduction, caller)
     diff = promote_float(pred) - promote_float(target)

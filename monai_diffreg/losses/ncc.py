@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from ..validation import check_positive, check_spatial_tensor
-from ._utils import check_reduction, check_same_shape, promote_float, reduce_loss
+from ..validation import check_positive
+from ._utils import check_image_pair, check_reduction, promote_float, reduce_loss
 
 __all__ = ["local_ncc_loss", "LocalNCCLoss"]
 
@@ -96,9 +96,7 @@ def local_ncc_loss(
         a scalar for ``"mean"`` / ``"sum"``; the ``(B, C, *spatial)`` map ``-ncc`` for ``"none"``.
     """
     caller = "local_ncc_loss"
-    ndim = check_spatial_tensor(pred, "pred", caller)
-    check_spatial_tensor(target, "target", caller)
-    check_same_shape(pred, target, "pred", "target", caller)
+    ndim = check_image_pair(pred, target, caller)
     window = _check_window(window, caller)
     sizes = [window] * ndim if isinstance(window, int) else list(window)
     if len(sizes) != ndim:

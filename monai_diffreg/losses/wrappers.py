@@ -72,7 +72,9 @@ class MultiResolutionLoss(_Loss):
         self.loss = _check_loss(loss, caller)
         if weights is not None:
             if isinstance(weights, (str, torch.Tensor)) or not isinstance(weights, Sequence) or len(weights) == 0:
-                raise ValueError(f"{caller}(): 'weights' must be a non-empty sequence of numbers or None, got {weights!r}")
+                raise ValueError(
+                    f"{caller}(): 'weights' must be a non-empty sequence of numbers or None, got {weights!r}"
+                )
             weights = [check_positive(w, "weights", caller, allow_zero=True) for w in weights]
         self.weights = weights
 
@@ -89,7 +91,9 @@ class MultiResolutionLoss(_Loss):
                 )
         lengths = [len(seq) for seq in inputs]
         if len(set(lengths)) != 1 or lengths[0] == 0:
-            raise ValueError(f"{caller}(): every argument must hold the same number (>= 1) of levels, got lengths {lengths}")
+            raise ValueError(
+                f"{caller}(): every argument must hold the same number (>= 1) of levels, got lengths {lengths}"
+            )
         weights = [1.0] * lengths[0] if self.weights is None else self.weights
         if len(weights) != lengths[0]:
             raise ValueError(f"{caller}(): got {lengths[0]} levels but {len(weights)} 'weights' {weights}")

@@ -64,7 +64,8 @@ def test_gradcheck_float64():
 
 def test_module_matches_function():
     loss = SoftDiceLoss(include_background=False, reduction="none")
-    torch.testing.assert_close(loss(PRED, TARGET), soft_dice_loss(PRED, TARGET, include_background=False, reduction="none"))
+    expected = soft_dice_loss(PRED, TARGET, include_background=False, reduction="none")
+    torch.testing.assert_close(loss(PRED, TARGET), expected)
     assert "include_background=False" in repr(loss)
     assert soft_dice_loss(PRED.half(), TARGET.long()).dtype == torch.float32
 

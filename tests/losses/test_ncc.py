@@ -71,7 +71,9 @@ def test_independent_images_score_near_zero():
     assert float(-inside.mean()) == pytest.approx(1 / 80, rel=0.15)
 
 
-@pytest.mark.parametrize("spatial_dims, shape, window", [(2, (2, 2, 24, 20), 9), (2, (1, 1, 24, 20), 3), (3, (2, 1, 12, 10, 14), 5)])
+@pytest.mark.parametrize(
+    "spatial_dims, shape, window", [(2, (2, 2, 24, 20), 9), (2, (1, 1, 24, 20), 3), (3, (2, 1, 12, 10, 14), 5)]
+)
 def test_agrees_with_monai_rectangular(spatial_dims, shape, window):
     pred, target = torch.rand(shape), torch.rand(shape)
     for reduction in ("mean", "sum", "none"):
