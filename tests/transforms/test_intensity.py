@@ -1,0 +1,64 @@
+"""Percentile intensity scaling: NumPy cross-check, clipping, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_diffreg.transforms.array import NormalizeIntensityPercentile
+from monai_diffreg.transforms.dictionary import NormalizeIntensityPercentiled
+from monai_diffreg.transforms.intensity import normalize_intensity_percentile, percentile
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 13.7, 50.0, 99.5, 100.0])
+def test_percentile_matches_numpy(q):
+    x = torch.randn(3, 17, 11, dtype=torch.float64)
+    assert float(percentile(x, q)) == pytest.approx(float(np.percentile(x.numpy(), q)), abs=1e-12)
+
+
+def test_normalization_maps_percentiles_to_unit_range():
+    x = torch.arange(1001.0)  # values 0..1000, shuffled onto a 7 x 11 x 13 grid
+    x = x[torch.randperm(x.numel())].view(1, 7, 11, 13)
+    y = normalize_intensity_percentile(x, 10.0, 90.0, clip=False)
+    low, high = np.percentile(x.numpy(), [10.0, 90.0])
+    torch.testing.assert_close(y, ((x - low) / (high - low)).float())
+    clipped = normalize_intensity_percentile(x, 10.0, 90.0)
+    assert float(clipped.min()) == 0.0 and float(clipped.max()) == 1.0
+    assert float((clipped == 0).float().mean()) == pytest.approx(0.1, abs=0.002)
+    assert normalize_intensity_percentile(x.double()).dtype == torch.float64
+    assert normalize_intensity_percentile(x.to(torch.int16)).dtype == torch.float32
+
+
+def test_robust_to_a_hot_voxel():
+    x = torch.rand(1, 20, 20, generator=torch.Generator().manual_seed(0))
+    x[0, 3, 3] = 1e6
+    y = normalize_intensity_percentile(x)
+    assert float(y[x < 1].median()) > 0.3  # min-max would squash everything to ~0
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"normalize_intensity_percentile\(\): 'image' is constant"):
+        normalize_intensity_percentile(torch.full((1, 4, 4), 3.0))
+    nan = torch.rand(1, 4, 4)
+    nan[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="'image' contains 1 NaN/Inf value"):
+        normalize_intensity_percentile(nan)
+    with pytest.raises(ValueError, match="percentiles must satisfy 0 <= lower < upper <= 100"):
+        normalize_intensity_percentile(torch.rand(1, 4, 4), 50.0, 50.0)
+    mostly_blank = torch.zeros(1, 20, 20)
+    mostly_blank[0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="equal 0.5th and 99.5th percentiles"):
+        normalize_intensity_percentile(mostly_blank)
+
+
+def test_array_and_dictionary_transforms():
+    image = MetaTensor(torch.rand(1, 9, 8, 7) * 50 + 10, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = NormalizeIntensityPercentile(1.0, 99.0)(image)
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, image.affine)
+    torch.testing.assert_close(out.as_tensor(), normalize_intensity_percentile(image.as_tensor(), 1.0, 99.0))
+    d = NormalizeIntensityPercentiled(("fixed", "moving"))({"fixed": image, "moving": image * 3})
+    torch.testing.assert_close(d["fixed"].as_tensor(), d["moving"].as_tensor())
+    with pytest.raises(ValueError, match=r"NormalizeIntensityPercentile\(\): 'moving' is constant"):
+        NormalizeIntensityPercentiled(("fixed", "moving"))({"fixed": image, "moving": torch.ones(1, 4, 4)})
