@@ -121,7 +121,7 @@ def test_image_constant_in_one_half():
     assert torch.isfinite(pred.grad).all()
 
 
-@pytest.mark.parametrize("shape, window", [((1, 1, 5, 6), 3), ((1, 2, 3, 4, 3), (3, 1, 3))])
+@pytest.mark.parametrize("shape, window", [((1, 1, 5, 6), 3), ((1, 1, 3, 4, 3), (3, 1, 3))])
 def test_gradcheck_float64(shape, window):
     pred = torch.rand(shape, dtype=torch.float64, requires_grad=True)
     target = torch.rand(shape, dtype=torch.float64, requires_grad=True)
