@@ -1,0 +1,1 @@
+"""Building blocks of the MONAI Label app: settings, atlas, registration service, infer tasks, errors."""

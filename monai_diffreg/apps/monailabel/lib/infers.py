@@ -1,0 +1,136 @@
+"""The app's MONAI Label infer tasks.
+
+* :class:`AtlasPropagationTask` (``atlas_propagation_<method>``, one per registration
+  method): the atlas label map warped onto the requested image (nearest interpolation),
+  written on the image's own grid (its shape and affine), with the atlas label names.
+* :class:`AtlasRegisterTask` (``register``): the atlas image warped onto the requested image
+  for visual checking, or, with the request parameter ``"result": "ddf"``, the displacement
+  field as an ITK displacement field on the image's grid (physical units, LPS; see
+  :func:`monai_diffreg.io.save_displacement_field`).
+
+Both subclass MONAI Label's :class:`~monailabel.interfaces.tasks.infer_v2.InferTask` rather
+than ``BasicInferTask``: registration is not "pre-transforms, one network on one image,
+post-transforms" but an optimisation (or a network plus refinement) on an image *pair*; the
+work is done by :class:`~.service.AtlasRegistrationService`. Like ``BasicInferTask`` they
+advertise the ``device`` choice in their config and return ``label_names`` and
+``latencies`` in the result JSON. The returned file is a fresh temporary file, which MONAI
+Label deletes once it is sent (or copies into the datastore when ``save_label`` is set).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.utils.others.generic import device_list
+
+from monai_diffreg.io import save_displacement_field, save_image
+
+from . import errors
+from .service import AtlasRegistrationService, Registration
+
+__all__ = ["AtlasPropagationTask", "AtlasRegisterTask", "REGISTER_RESULTS"]
+
+#: Files the ``register`` task can return (request parameter ``result``).
+REGISTER_RESULTS = ("warped", "ddf")
+
+
+def _temporary_nifti() -> str:
+    with tempfile.NamedTemporaryFile(suffix=".nii.gz", prefix="monai_diffreg_", delete=False) as handle:
+        return handle.name
+
+
+def _result_json(registration: Registration, cached: bool, start: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "method": registration.method,
+        "cached": cached,
+        "latencies": {"registration": round(registration.seconds, 3), "total": round(time.perf_counter() - start, 3)},
+        **extra,
+    }
+
+
+class _AtlasTask(InferTask):
+    """Shared request handling: the image path MONAI Label resolved, and the service."""
+
+    def __init__(self, service: AtlasRegistrationService, type: str, labels: dict[str, int], description: str):
+        super().__init__(type=type, labels=labels, dimension=service.spatial_dims, description=description,
+                         config={"device": device_list()})
+        self.service = service
+
+    def is_valid(self) -> bool:
+        return True
+
+    @staticmethod
+    def _image_path(request: dict[str, Any]) -> str:
+        image = request.get("image")
+        if not isinstance(image, str) or not image:
+            raise errors.bad_request("the request names no image: pass ?image=<id> or upload a file")
+        return image
+
+
+class AtlasPropagationTask(_AtlasTask):
+    """Atlas labels propagated to the requested image by registration with one method.
+
+    Args:
+        service: the app's registration service.
+        method: registration method (``monai_diffreg.methods.available_methods()``).
+    """
+
+    def __init__(self, service: AtlasRegistrationService, method: str):
+        super().__init__(
+            service,
+            InferType.SEGMENTATION,
+            service.label_names,
+            f"Atlas-based labelling: the atlas is registered to the image ({'affine, then ' if service.config.affine else ''}"
+            f"{method}: {service.method_infos[method].description}) and its label map is warped onto the image's grid",
+        )
+        self.method = method
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        start = time.perf_counter()
+        registration, cached = self.service.register(self._image_path(request), self.method, request.get("device"))
+        path = _temporary_nifti()
+        save_image(registration.result.warped_labels, registration.affine, path, label=True)
+        return path, _result_json(registration, cached, start, label_names=self.service.label_names,
+                                  atlas=self.service.describe())
+
+
+class AtlasRegisterTask(_AtlasTask):
+    """The atlas registered to the requested image: warped atlas image or displacement field.
+
+    Request parameters: ``result`` (``"warped"``, default, or ``"ddf"``) and ``method``
+    (default: the ``register_method`` setting).
+
+    Args:
+        service: the app's registration service.
+    """
+
+    def __init__(self, service: AtlasRegistrationService):
+        super().__init__(
+            service,
+            InferType.OTHERS,
+            {},
+            "Registers the atlas to the image; returns the warped atlas image (params result='warped') or the "
+            "displacement field as an ITK displacement field on the image's grid (result='ddf')",
+        )
+        self._config.update({"result": list(REGISTER_RESULTS), "method": list(service.methods)})
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        start = time.perf_counter()
+        what = request.get("result", "warped")
+        if isinstance(what, list):  # the task's config advertises the choices as a list
+            what = what[0]
+        if what not in REGISTER_RESULTS:
+            raise errors.bad_request(f"register: 'result' must be one of {list(REGISTER_RESULTS)}, got {what!r}")
+        method = request.get("method", self.service.config.register_method)
+        if isinstance(method, list):
+            method = method[0]
+        registration, cached = self.service.register(self._image_path(request), method, request.get("device"))
+        path = _temporary_nifti()
+        if what == "ddf":
+            save_displacement_field(registration.result.ddf, registration.affine, path)
+        else:
+            save_image(registration.result.warped, registration.affine, path)
+        return path, _result_json(registration, cached, start, result=what, atlas=self.service.describe())

@@ -1,0 +1,159 @@
+"""The MONAI Label app's building blocks in-process: settings, atlas checks, error statuses.
+
+These run without MONAI Label (the real-server tests are in ``test_monailabel_app.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_diffreg.apps import monailabel_app_dir
+from monai_diffreg.apps.monailabel.lib import errors
+from monai_diffreg.apps.monailabel.lib.atlas import load_atlas, parse_label_names
+from monai_diffreg.apps.monailabel.lib.config import DEFAULT_METHOD_OPTIONS, parse_conf
+
+METHODS = ("svf_optim", "vxm_prob")
+
+
+def _write(path, array, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture
+def atlas_files(tmp_path):
+    """A 12^3 atlas: a bright cube labelled 1 inside a dimmer shell labelled 2, LAS 2 mm affine."""
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2
+    labels[4:8, 4:8, 4:8] = 1
+    image = labels.astype(np.float32) * 50.0 + 1.0
+    return _write(tmp_path / "atlas.nii.gz", image, affine), _write(tmp_path / "labels.nii.gz", labels, affine)
+
+
+def test_app_dir_holds_main():
+    assert (monailabel_app_dir() / "main.py").is_file()
+    assert (monailabel_app_dir() / "lib" / "infers.py").is_file()
+
+
+def test_parse_conf_defaults():
+    config = parse_conf({}, METHODS)
+    assert config.atlas_image is None and config.atlas_labels is None
+    assert config.affine is True and config.cache_size == 4 and config.register_method == "svf_optim"
+    assert config.options_for("svf_optim") == DEFAULT_METHOD_OPTIONS["svf_optim"]
+    assert config.options_for("vxm_prob") == {}
+    assert config.resolve_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_parse_conf_values():
+    config = parse_conf({"atlas_image": "a.nii", "atlas_labels": "b.nii", "affine": "false", "cache_size": "0",
+                         "device": "cpu", "svf_optim": '{"x": 3}', "register_method": "vxm_prob",
+                         "server_mode": "true"}, METHODS)
+    assert config.atlas_image.name == "a.nii" and config.atlas_labels.name == "b.nii"
+    assert config.affine is False and config.cache_size == 0 and config.device == "cpu"
+    assert config.options_for("svf_optim") == {**DEFAULT_METHOD_OPTIONS["svf_optim"], "x": 3}
+    assert config.register_method == "vxm_prob"
+
+
+@pytest.mark.parametrize(
+    "conf, match",
+    [
+        ({"atlas_image": "a.nii"}, "'atlas_image' is set but 'atlas_labels' is not"),
+        ({"atlas_labels": "b.nii"}, "'atlas_labels' is set but 'atlas_image' is not"),
+        ({"affine": "maybe"}, "'affine' must be true or false, got 'maybe'"),
+        ({"cache_size": "many"}, "'cache_size' must be an integer >= 0, got 'many'"),
+        ({"cache_size": "-1"}, "'cache_size' must be an integer >= 0, got -1"),
+        ({"svf_optim": "[1, 2]"}, "'svf_optim' must be a JSON object of register\\(\\) options"),
+        ({"svf_optim": "{iterations: 3}"}, "'svf_optim' must be a JSON object"),
+        ({"register_method": "nope"}, "'register_method' must be one of \\['svf_optim', 'vxm_prob'\\], got 'nope'"),
+        ({"device": "gpu0"}, "'gpu0' is not a device"),
+    ],
+)
+def test_parse_conf_errors(conf, match):
+    with pytest.raises(ValueError, match=match):
+        parse_conf(conf, METHODS)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        parse_conf({"device": "cuda"}, METHODS)
+
+
+def test_parse_label_names_both_directions(tmp_path):
+    expected = {"grey_matter": 1, "white_matter": 2}
+    assert parse_label_names('{"white_matter": 2, "grey_matter": 1}') == expected
+    assert parse_label_names('{"1": "grey_matter", "2": "white_matter"}') == expected
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps(expected))
+    assert parse_label_names(str(path)) == expected
+    assert list(parse_label_names({"b": 2, "a": 1})) == ["a", "b"]  # ordered by value
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("missing.json", "no such file"),
+        ("{not json", "not valid JSON"),
+        ("{}", "is empty"),
+        ('{"a": 0}', "positive integer, got 0"),
+        ('{"a": 1.5}', "positive integer, got 1.5"),
+        ('{"a": "x"}', "must be an integer, got 'x'"),
+        ('{"a": 1, "b": 1}', "several names to the value\\(s\\) \\[1\\]"),
+        ('{"1": "a", "2": "a"}', "repeats the name 'a'"),
+    ],
+)
+def test_parse_label_names_errors(tmp_path, monkeypatch, spec, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        parse_label_names(spec)
+
+
+def test_load_atlas(atlas_files):
+    image, labels = atlas_files
+    atlas = load_atlas(image, labels, '{"cube": 1, "shell": 2}')
+    assert atlas.spatial_dims == 3 and tuple(atlas.image.shape) == (1, 12, 12, 12)
+    assert atlas.labels.dtype == torch.int64 and atlas.label_names == {"cube": 1, "shell": 2}
+    np.testing.assert_allclose(np.asarray(atlas.labels.affine), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    assert load_atlas(image, labels).label_names == {"label_1": 1, "label_2": 2}
+    assert atlas.describe()["label_names"] == {"cube": 1, "shell": 2}
+
+
+def test_load_atlas_errors(atlas_files, tmp_path):
+    image, labels = atlas_files
+    with pytest.raises(FileNotFoundError, match="'atlas_image' file not found"):
+        load_atlas(tmp_path / "nope.nii.gz", labels)
+    with pytest.raises(ValueError, match="unnamed value\\(s\\): \\[2\\]"):
+        load_atlas(image, labels, '{"cube": 1}')
+    with pytest.raises(ValueError, match="absent from 'atlas_labels': \\{'extra': 3\\}"):
+        load_atlas(image, labels, '{"cube": 1, "shell": 2, "extra": 3}')
+    shifted = _write(tmp_path / "shifted.nii.gz", nib.load(str(labels)).get_fdata().astype(np.uint8), np.eye(4))
+    with pytest.raises(ValueError, match="must have the affine of 'atlas_image'"):
+        load_atlas(image, shifted)
+    small = _write(tmp_path / "small.nii.gz", np.ones((6, 6, 6), np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="must have the shape of 'atlas_image' \\(12, 12, 12\\), got \\(6, 6, 6\\)"):
+        load_atlas(image, small)
+    empty = _write(tmp_path / "empty.nii.gz", np.zeros((12, 12, 12), np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="holds no foreground label"):
+        load_atlas(image, empty)
+    fractional = _write(tmp_path / "frac.nii.gz", np.full((12, 12, 12), 0.5, np.float32), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="must be a label map of integer values"):
+        load_atlas(image, fractional)
+    flat = _write(tmp_path / "flat.nii.gz", np.ones((12, 12, 12), np.float32), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="'atlas_image' is constant"):
+        load_atlas(flat, labels)
+
+
+def test_request_error_statuses():
+    assert errors.bad_request("x").status == 400
+    assert errors.not_found("x").status == 404
+    assert errors.unprocessable("x").status == 422
+    error = errors.atlas_unavailable("no atlas")
+    assert error.status == 503 and error.message == "no atlas" and str(error) == "no atlas"
+    with pytest.raises(ValueError):
+        errors.RequestError(999, "not an HTTP status")
