@@ -6,10 +6,24 @@ Stateless maths lives in :mod:`.deformation`, :mod:`.synthesis`, :mod:`.intensit
 :mod:`.dictionary` their dictionary versions, as in MONAI.
 """
 
-from .array import RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
+from .array import (
+    NormalizeIntensityPercentile,
+    PadToDivisible,
+    RandSmoothDeformation,
+    SynthesizeImageFromLabels,
+    warp_channel_first,
+)
 from .control_grid import control_grid_shape, upsample_control_grid
 from .deformation import deformation_from_params, sample_smooth_velocity_params, smooth_velocity_from_params
-from .dictionary import RandSmoothDeformationd, RandSynthesizeImaged
+from .dictionary import (
+    LoadRegistrationPaird,
+    NormalizeIntensityPercentiled,
+    PadToDivisibled,
+    RandSmoothDeformationd,
+    RandSynthesizeImaged,
+)
+from .intensity import normalize_intensity_percentile, percentile
+from .spatial import crop_back, divisible_padding, load_channel_first, pad_to_divisible
 from .synthesis import (
     add_gaussian_noise,
     apply_gamma,
@@ -23,6 +37,11 @@ from .synthesis import (
 )
 
 __all__ = [
+    "LoadRegistrationPaird",
+    "NormalizeIntensityPercentile",
+    "NormalizeIntensityPercentiled",
+    "PadToDivisible",
+    "PadToDivisibled",
     "RandSmoothDeformation",
     "RandSmoothDeformationd",
     "RandSynthesizeImaged",
@@ -31,10 +50,16 @@ __all__ = [
     "apply_gamma",
     "bias_field_from_coefficients",
     "control_grid_shape",
+    "crop_back",
     "deformation_from_params",
+    "divisible_padding",
     "gaussian_blur",
     "label_intensity_image",
+    "load_channel_first",
     "min_max_normalize",
+    "normalize_intensity_percentile",
+    "pad_to_divisible",
+    "percentile",
     "random_label_map",
     "sample_smooth_velocity_params",
     "sample_synthesis_params",

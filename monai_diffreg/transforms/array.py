@@ -4,7 +4,8 @@ Random transforms follow torchio's split: ``randomize()`` draws a parameter dict
 transform's own ``self.R`` (so MONAI's ``set_random_state`` makes runs reproducible),
 ``apply_params(img, params)`` applies a parameter dict deterministically, and ``.params``
 exposes the last draw so any augmentation can be replayed, logged or inverted.
-The maths lives in the stateless modules :mod:`.deformation` and :mod:`.synthesis`.
+The maths lives in the stateless modules :mod:`.deformation`, :mod:`.synthesis`,
+:mod:`.intensity` and :mod:`.spatial`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
-from monai.transforms import InvertibleTransform, RandomizableTransform
+from monai.transforms import DivisiblePad, InvertibleTransform, RandomizableTransform, Transform
 from monai.transforms.inverse import TraceKeys
 from monai.utils import TransformBackends, convert_to_dst_type
 
@@ -28,10 +29,18 @@ from .deformation import (
     deformation_from_params,
     sample_smooth_velocity_params,
 )
+from .intensity import normalize_intensity_percentile
+from .spatial import crop_back, divisible_padding
 from .synthesis import sample_synthesis_params, synthesize_image
 from .utils import as_channel_first, integer_labels, plain_tensor, torch_generator_from
 
-__all__ = ["RandSmoothDeformation", "SynthesizeImageFromLabels", "warp_channel_first"]
+__all__ = [
+    "NormalizeIntensityPercentile",
+    "PadToDivisible",
+    "RandSmoothDeformation",
+    "SynthesizeImageFromLabels",
+    "warp_channel_first",
+]
 
 
 def _work_dtype(data: torch.Tensor) -> torch.dtype:
@@ -234,3 +243,62 @@ class SynthesizeImageFromLabels(RandomizableTransform):
         if self._params is None:
             raise RuntimeError("SynthesizeImageFromLabels(): randomize=False but no parameters were drawn yet")
         return self.apply_params(labels, self._params)
+
+
+class NormalizeIntensityPercentile(Transform):
+    """Scale intensities linearly so that the ``lower``/``upper`` percentiles map to 0/1 (see :mod:`.intensity`).
+
+    Args:
+        lower: lower percentile in [0, 100).
+        upper: upper percentile in (lower, 100].
+        clip: clip the result to [0, 1].
+
+    Input ``(C, *spatial)`` (percentiles over all channels together); output float32 (float64
+    stays float64) with the input's metadata. A constant image or one holding NaN/Inf raises
+    ``ValueError``.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, lower: float = 0.5, upper: float = 99.5, clip: bool = True) -> None:
+        self.lower, self.upper, self.clip = lower, upper, clip
+
+    def __call__(self, img: NdarrayOrTensor, name: str = "img") -> torch.Tensor:
+        """Normalise ``img``; ``name`` labels it in error messages (the dictionary version passes its key)."""
+        image = as_channel_first(img, name, "NormalizeIntensityPercentile")
+        out = normalize_intensity_percentile(plain_tensor(image), self.lower, self.upper, self.clip,
+                                             name=name, caller="NormalizeIntensityPercentile")
+        return convert_to_dst_type(out, dst=image, dtype=out.dtype)[0]
+
+
+class PadToDivisible(DivisiblePad):
+    """MONAI :class:`~monai.transforms.DivisiblePad` that also records the padding it applied.
+
+    On MetaTensors, MONAI's :meth:`inverse` undoes the padding from ``applied_operations``. For
+    plain tensors, and for outputs computed from the padded image (e.g. a displacement field
+    predicted on the padded grid), ``self.padding`` holds ``((before, after), ...)`` per spatial
+    axis of the last call and :meth:`crop_back` removes it from the trailing spatial axes.
+
+    Args:
+        k: every spatial size becomes a multiple of ``k`` (one value or one per axis).
+        mode: padding mode (MONAI/PyTorch names: ``"constant"``, ``"replicate"``, ``"reflect"``, ...).
+        method: ``"symmetric"`` or ``"end"``.
+        kwargs: passed to MONAI's ``DivisiblePad`` (e.g. ``value`` for constant padding).
+    """
+
+    def __init__(self, k: int | Sequence[int], mode: str = "constant", method: str = "symmetric", **kwargs) -> None:
+        super().__init__(k=k, mode=mode, method=method, **kwargs)
+        self.padding: tuple[tuple[int, int], ...] | None = None
+
+    def __call__(self, img: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[override]
+        """Pad ``img`` ``(C, *spatial)`` (arguments as MONAI ``DivisiblePad``) and record the padding."""
+        image = as_channel_first(img, "img", "PadToDivisible")
+        self.padding = divisible_padding(image.shape[1:], self.k, self.method)
+        return super().__call__(image, *args, **kwargs)
+
+    def crop_back(self, x: torch.Tensor, padding: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """Remove ``padding`` (default: that of the last call) from the trailing spatial axes of ``x``."""
+        padding = self.padding if padding is None else padding
+        if padding is None:
+            raise RuntimeError("PadToDivisible.crop_back(): no padding recorded yet; call the transform first")
+        return crop_back(x, padding)

@@ -6,24 +6,33 @@ Random dictionary transforms draw ONE set of parameters per call and apply it to
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
+from monai.data import MetaTensor
+from monai.transforms import DivisiblePadd, InvertibleTransform, MapTransform, Orientation, RandomizableTransform, ResampleToMatch
 from monai.transforms.inverse import TraceKeys
 from monai.utils import ensure_tuple_rep
 
 from ..functional.warp import PADDING_MODES, WARP_MODES
 from ..validation import check_choice
-from .array import RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
+from .array import NormalizeIntensityPercentile, RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
 from .deformation import DEFAULT_CONTROL_SPACING, DEFAULT_MAX_DISPLACEMENT
+from .spatial import check_image, check_labels, divisible_padding, load_channel_first
 from .synthesis import sample_synthesis_params
 from .utils import as_channel_first, integer_labels, torch_generator_from
 
-__all__ = ["RandSmoothDeformationd", "RandSynthesizeImaged"]
+__all__ = [
+    "LoadRegistrationPaird",
+    "NormalizeIntensityPercentiled",
+    "PadToDivisibled",
+    "RandSmoothDeformationd",
+    "RandSynthesizeImaged",
+]
 
 
 class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTransform):
@@ -205,4 +214,137 @@ class RandSynthesizeImaged(RandomizableTransform, MapTransform):
             params = self.synthesizer.params if shared is None else shared
             d[image_key] = self.synthesizer.apply_params(d[key], params)
             self._params[image_key] = params
+        return d
+
+
+class NormalizeIntensityPercentiled(MapTransform):
+    """Dictionary version of :class:`~monai_diffreg.transforms.array.NormalizeIntensityPercentile`.
+
+    Each key is scaled by its own percentiles; errors name the key.
+    """
+
+    backend = NormalizeIntensityPercentile.backend
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5, clip: bool = True,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = NormalizeIntensityPercentile(lower, upper, clip)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key], name=str(key))
+        return d
+
+
+class PadToDivisibled(DivisiblePadd):
+    """MONAI :class:`~monai.transforms.DivisiblePadd` that records the padding of every key in ``self.padding``.
+
+    MONAI's ``inverse`` undoes it on MetaTensors; for plain tensors and predicted fields use
+    :func:`~monai_diffreg.transforms.spatial.crop_back` with ``self.padding[key]``.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        self.padding = {
+            key: divisible_padding(as_channel_first(data[key], str(key), "PadToDivisibled").shape[1:],
+                                   self.padder.k, self.padder.method)
+            for key in self.key_iterator(data)
+        }
+        return super().__call__(data, lazy=lazy)
+
+
+class LoadRegistrationPaird(MapTransform):
+    """Load a fixed/moving pair (and optional label maps) from files onto the fixed image's grid.
+
+    Steps, with a clear error for every way the input can be wrong:
+
+    1. each path exists (``FileNotFoundError``) and is readable by MONAI
+       :class:`~monai.transforms.LoadImage` - NIfTI, NRRD, MHA, ... (``ValueError``), every error
+       naming the key and the path;
+    2. each image is a single-channel 2D or 3D image, all of the same dimensionality; intensity
+       images are finite and not constant; label maps hold whole numbers only;
+    3. every image is re-oriented to ``orientation`` (default RAS; ``None`` keeps the files' axes).
+       Re-orienting only permutes and flips axes and updates the affine to match, so the fixed
+       image keeps exactly the same voxel centres in world space and its values are never
+       interpolated; with ``orientation=None`` its data, affine and shape are exactly the file's;
+    4. the moving image (``image_mode``, default linear) and the label maps (nearest) are
+       resampled by MONAI :class:`~monai.transforms.ResampleToMatch` onto the fixed grid, which
+       is never changed: outputs computed on it can be written with ``data["fixed"].affine``.
+
+    Output values are ``(1, *spatial)`` float32 MetaTensors (label maps too, with whole values,
+    as MONAI's ``LoadImage`` gives them) with their affines in ``.affine``.
+
+    Args:
+        fixed_key, moving_key: keys of the two required image paths.
+        fixed_labels_key, moving_labels_key: keys of optional label-map paths (None: never read).
+        orientation: axis codes such as ``"RAS"`` (the first D letters are used for 2D), or None.
+        image_mode: interpolation of the moving image, ``"bilinear"`` or ``"nearest"``.
+        padding_mode: value outside the moving image's field of view: ``"border"``, ``"zeros"``
+            or ``"reflection"``.
+        reader: optional MONAI reader (name or instance) forced for every file.
+
+    Values may also be already loaded ``(1, *spatial)`` MetaTensors, which skip step 1.
+    """
+
+    def __init__(
+        self,
+        fixed_key: str = "fixed",
+        moving_key: str = "moving",
+        fixed_labels_key: str | None = "fixed_labels",
+        moving_labels_key: str | None = "moving_labels",
+        orientation: str | None = "RAS",
+        image_mode: str = "bilinear",
+        padding_mode: str = "border",
+        reader: object | None = None,
+    ) -> None:
+        self.label_keys = tuple(k for k in (fixed_labels_key, moving_labels_key) if k is not None)
+        super().__init__((fixed_key, moving_key, *self.label_keys), allow_missing_keys=True)
+        caller = "LoadRegistrationPaird"
+        if orientation is not None and (not isinstance(orientation, str) or len(orientation) != 3):
+            raise ValueError(f"{caller}(): 'orientation' must be three axis codes such as 'RAS', or None, "
+                             f"got {orientation!r}")
+        self.fixed_key, self.moving_key = fixed_key, moving_key
+        self.orientation = orientation
+        self.image_mode = check_choice(image_mode, "image_mode", caller, WARP_MODES)
+        self.padding_mode = check_choice(padding_mode, "padding_mode", caller, PADDING_MODES)
+        self.reader = reader
+        self.resampler = ResampleToMatch()
+
+    def _load(self, value: object, key: str) -> MetaTensor:
+        caller = "LoadRegistrationPaird"
+        if isinstance(value, (str, os.PathLike)):
+            image = load_channel_first(value, key, caller, self.reader)
+        elif isinstance(value, MetaTensor):
+            image = value
+            if image.ndim not in (3, 4) or image.shape[0] != 1:
+                raise ValueError(f"{caller}(): '{key}' must be a single-channel 2D or 3D image (1, *spatial), "
+                                 f"got shape {tuple(image.shape)}")
+        else:
+            raise TypeError(f"{caller}(): '{key}' must be a file path or a MetaTensor, got {type(value).__name__}")
+        if key in self.label_keys:
+            check_labels(image, key, caller)
+        else:
+            check_image(image, key, caller)
+        return image
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        caller = "LoadRegistrationPaird"
+        d = dict(data)
+        for key in (self.fixed_key, self.moving_key):
+            if key not in d:
+                raise KeyError(f"{caller}(): required key '{key}' is missing, got keys {sorted(map(str, d))}")
+        loaded = {key: self._load(d[key], str(key)) for key in self.key_iterator(d)}
+        ndim = loaded[self.fixed_key].ndim - 1
+        for key, image in loaded.items():
+            if image.ndim - 1 != ndim:
+                raise ValueError(f"{caller}(): '{key}' is {image.ndim - 1}D but '{self.fixed_key}' is {ndim}D")
+        if self.orientation is not None:
+            orient = Orientation(self.orientation[:ndim], labels=(("L", "R"), ("P", "A"), ("I", "S")))
+            loaded = {key: orient(image) for key, image in loaded.items()}
+        fixed = loaded[self.fixed_key]
+        for key, image in loaded.items():
+            if key != self.fixed_key:
+                mode = self.image_mode if key == self.moving_key else "nearest"
+                loaded[key] = self.resampler(image, fixed, mode=mode, padding_mode=self.padding_mode)
+        d.update(loaded)
         return d
