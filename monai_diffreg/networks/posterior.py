@@ -29,10 +29,10 @@ import math
 
 import torch
 
-from ..functional.smoothing import gaussian_smooth
+from ..functional.smoothing import gaussian_kernel1d, gaussian_smooth
 from ..validation import check_choice, check_field, check_positive
 
-__all__ = ["POSTERIORS", "posterior_smoothing_sigma", "sample_velocity"]
+__all__ = ["POSTERIORS", "posterior_smoothing_sigma", "smoothed_posterior_degree", "sample_velocity"]
 
 POSTERIORS = ("diagonal", "smoothed")
 
@@ -53,6 +53,29 @@ def posterior_smoothing_sigma(prior_lambda: float, spatial_dims: int = 3) -> flo
     if spatial_dims not in (2, 3):
         raise ValueError(f"posterior_smoothing_sigma(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
     return (2 * spatial_dims * prior_lambda) ** (1.0 / spatial_dims) / math.sqrt(2 * math.pi)
+
+
+def smoothed_posterior_degree(smoothing_sigma: float, spatial_dims: int = 3) -> float:
+    """Diagonal ``(C^T L C)_jj`` of the graph Laplacian seen through the smoothing ``C`` (interior voxel).
+
+    With ``Sigma = C D D^T C^T`` the exact KL from the prior ``N(0, (lambda L)^-1)`` is, up to
+    constants, ``0.5 sum_j (lambda c D_j^2 - log D_j^2) + 0.5 lambda mu^T L mu`` with
+    ``c = (C^T L C)_jj`` (``tr(L C D^2 C^T) = sum_j D_j^2 (C^T L C)_jj``, ``log det Sigma =
+    2 log det C + sum_j log D_j^2``): the diagonal posterior's KL with the neighbour count ``2n``
+    replaced by ``c``, the Dirichlet energy of the smoothing kernel ``k`` (sum over grid edges of
+    squared differences). For the separable kernel ``k(x) = prod_i k1(x_i)``,
+    ``c = n * sum_t (k1(t + 1) - k1(t))^2 * (sum_t k1(t)^2)^(n - 1)``. ``c = 2n`` without smoothing.
+
+    Args:
+        smoothing_sigma: ``sigma_c`` in voxels (> 0).
+        spatial_dims: ``n``, 2 or 3.
+    """
+    check_positive(smoothing_sigma, "smoothing_sigma", "smoothed_posterior_degree")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"smoothed_posterior_degree(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
+    k1 = torch.nn.functional.pad(gaussian_kernel1d(smoothing_sigma, dtype=torch.float64), (1, 1))
+    energy = float(((k1[1:] - k1[:-1]) ** 2).sum())
+    return spatial_dims * energy * float((k1**2).sum()) ** (spatial_dims - 1)
 
 
 def sample_velocity(mean: torch.Tensor, log_var: torch.Tensor, posterior: str = "diagonal",

@@ -1,0 +1,199 @@
+"""Synthetic training pairs for registration networks: SynthMorph-style shapes and an augmented template.
+
+:class:`SyntheticPairDataset` is a map-style dataset of infinitely many pairs whose item ``i``
+is a deterministic function of ``(seed, i)`` (one :class:`torch.Generator` per item), so a
+training run can be resumed exactly without saving any data-loader state. Each item is one of:
+
+* **shapes** (SynthMorph, Hoffmann et al. 2022): a random label map of smooth blobs
+  (:func:`~monai_diffreg.transforms.synthesis.random_label_map`), deformed by two independent
+  random smooth diffeomorphisms (:mod:`~monai_diffreg.transforms.deformation` parameters,
+  integrated by scaling and squaring)
+  into the moving and fixed label maps; each is turned into an image by the GMM synthesis
+  (:func:`~monai_diffreg.transforms.synthesis.synthesize_image`) with its own blur, bias,
+  gamma, noise and texture draws. Both images share the per-label mean intensities up to a
+  jitter of ``intensity_jitter``, so they have the same contrast (mono-modal pairs, as the
+  image term of the loss requires) yet differ in appearance.
+* **template**: the MNI ICBM152 2009a template (skull-stripped T1 and its GM/WM labels,
+  :func:`monai_diffreg.datasets.load_mni152`), reoriented to ``orientation`` and resampled by
+  ``template_scale``, randomly cropped to ``spatial_size``, deformed by two random smooth
+  diffeomorphisms, and given random bias field, gamma and noise per image (inside the brain:
+  the background stays 0, as in skull-stripped scans).
+
+Every pair is flipped along each axis with probability ``flip_probability`` (both images
+and labels alike). Labels come as soft one-hot maps with ``num_label_channels`` channels
+(shapes: ``shape_labels`` labels; template: background, GM, WM, the rest zero), warped with
+linear interpolation. No real subject is used: the labelled evaluation brain
+(``voxelmorph/test_scan.npz``) must never be given to this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import Orientation
+from torch.utils.data import Dataset
+
+from ..functional import integrate_velocity, resize_image, warp
+from ..transforms.deformation import sample_smooth_velocity_params, smooth_velocity_from_params
+from ..transforms.synthesis import (
+    add_gaussian_noise,
+    apply_gamma,
+    bias_field_from_coefficients,
+    min_max_normalize,
+    random_label_map,
+    sample_synthesis_params,
+    synthesize_image,
+)
+
+__all__ = ["SyntheticPairDataset"]
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class SyntheticPairDataset(Dataset):
+    """Deterministic, unbounded stream of synthetic registration pairs; see the module docstring.
+
+    Args:
+        spatial_size: size of every image ``(*S)``, 2D or 3D (the template needs 3D).
+        length: nominal number of items (``__len__``); item ``i`` exists for any ``i >= 0``.
+        seed: base seed; item ``i`` uses a generator seeded with ``seed * 2**32 + i``.
+        template_folder: the ``mni152_2009a`` folder, or None for shapes only.
+        template_probability: probability that an item is a template pair (when a folder is given).
+        template_scale: resampling factor of the 1 mm template (0.5: 2 mm voxels).
+        orientation: axis codes the template is reoriented to (``"LIA"``: FreeSurfer's conformed
+            layout, that of the VoxelMorph data).
+        shape_labels: number of blob labels of a shapes pair.
+        num_label_channels: channels of the one-hot label maps (>= max(shape_labels, 3)).
+        blob_spacing: range of the blob size in voxels.
+        control_spacing: range of the control-point spacing of the random deformations, voxels.
+        max_displacement: range of the bound on each velocity component, voxels.
+        bias_control_spacing: control-point spacing of the random bias fields, voxels.
+        intensity_jitter: largest change of a label's mean intensity between the two images of a shapes pair.
+        flip_probability: probability of flipping a pair along each axis.
+
+    Items are dicts of float32 CPU tensors: ``"moving"``, ``"fixed"`` ``(1, *S)`` in [0, 1] and
+    ``"moving_labels"``, ``"fixed_labels"`` ``(num_label_channels, *S)``.
+    """
+
+    def __init__(self, spatial_size: Sequence[int], length: int = 10**9, seed: int = 0,
+                 template_folder: str | Path | None = None, template_probability: float = 0.5,
+                 template_scale: float = 0.5, orientation: str = "LIA", shape_labels: int = 16,
+                 num_label_channels: int = 16, blob_spacing: Sequence[float] = (4.0, 12.0),
+                 control_spacing: Sequence[float] = (4.0, 16.0), max_displacement: Sequence[float] = (0.0, 4.0),
+                 bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5) -> None:
+        caller = "SyntheticPairDataset"
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        if len(self.spatial_size) not in (2, 3) or min(self.spatial_size) < 4:
+            raise ValueError(f"{caller}(): 'spatial_size' must be 2 or 3 sizes >= 4, got {tuple(spatial_size)}")
+        if num_label_channels < max(shape_labels, 3):
+            raise ValueError(f"{caller}(): 'num_label_channels' must be >= max(shape_labels, 3) = "
+                             f"{max(shape_labels, 3)}, got {num_label_channels}")
+        self.length = int(length)
+        self.seed = int(seed)
+        self.template_probability = float(template_probability) if template_folder is not None else 0.0
+        self.shape_labels = int(shape_labels)
+        self.num_label_channels = int(num_label_channels)
+        self.blob_spacing = tuple(blob_spacing)
+        self.control_spacing = tuple(control_spacing)
+        self.max_displacement = tuple(max_displacement)
+        self.bias_control_spacing = float(bias_control_spacing)
+        self.intensity_jitter = float(intensity_jitter)
+        self.flip_probability = float(flip_probability)
+        self.template: dict[str, torch.Tensor] | None = None
+        if template_folder is not None:
+            if len(self.spatial_size) != 3:
+                raise ValueError(f"{caller}(): the template is 3D, got a 2D 'spatial_size' {self.spatial_size}")
+            self.template = self._prepare_template(template_folder, template_scale, orientation)
+
+    @staticmethod
+    def _prepare_template(folder: str | Path, scale: float, orientation: str) -> dict[str, torch.Tensor]:
+        from ..datasets import load_mni152
+
+        mni = load_mni152(folder)
+        reorient = Orientation(axcodes=orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+        image = reorient(mni["image"]).as_tensor()
+        gm, wm = reorient(mni["gm"]).as_tensor(), reorient(mni["wm"]).as_tensor()
+        soft = torch.cat([(1.0 - gm - wm).clamp(min=0.0), gm, wm])
+        size = [max(1, round(s * scale)) for s in image.shape[1:]]
+        return {
+            "image": resize_image(image[None], size=size, mode="area")[0],
+            "labels": resize_image(soft[None], size=size, mode="area")[0],
+        }
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed((self.seed * 2**32 + int(index)) % 2**63)
+        if self.template is not None and float(torch.rand((), generator=generator)) < self.template_probability:
+            item = self._template_pair(generator)
+        else:
+            item = self._shapes_pair(generator)
+        for axis in range(len(self.spatial_size)):
+            if float(torch.rand((), generator=generator)) < self.flip_probability:
+                item = {k: v.flip(axis + 1) for k, v in item.items()}
+        return item
+
+    def _random_ddf(self, generator: torch.Generator) -> torch.Tensor:
+        params = sample_smooth_velocity_params(
+            self.spatial_size, _uniform(generator, *self.control_spacing), _uniform(generator, *self.max_displacement),
+            generator=generator,
+        )
+        return integrate_velocity(smooth_velocity_from_params(params))
+
+    def _one_hot(self, soft: torch.Tensor) -> torch.Tensor:
+        return F.pad(soft, [0, 0] * len(self.spatial_size) + [0, self.num_label_channels - soft.shape[0]])
+
+    def _shapes_pair(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        labels = random_label_map(self.spatial_size, self.shape_labels, _uniform(generator, *self.blob_spacing),
+                                  max_displacement=0.0, generator=generator).float()
+        item: dict[str, torch.Tensor] = {}
+        means = None
+        for name in ("moving", "fixed"):
+            warped = warp(labels, self._random_ddf(generator), mode="nearest").long()
+            params = sample_synthesis_params(torch.arange(self.shape_labels), self.spatial_size,
+                                             bias_control_spacing=self.bias_control_spacing, generator=generator)
+            if means is None:
+                means = params["means"]
+            else:
+                jitter = (torch.rand(means.shape, generator=generator) * 2 - 1) * self.intensity_jitter
+                params["means"] = (means + jitter).clamp(0.0, 1.0)
+            item[name] = synthesize_image(warped, params)[0]
+            onehot = F.one_hot(warped[0, 0], self.shape_labels).movedim(-1, 0).float()
+            item[f"{name}_labels"] = self._one_hot(onehot)
+        return item
+
+    def _crop_template(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = self.template["image"], self.template["labels"]  # type: ignore[index]
+        pad = []
+        for have, want in zip(reversed(image.shape[1:]), reversed(self.spatial_size)):
+            extra = max(0, want - have)
+            pad += [extra // 2, extra - extra // 2]
+        image = F.pad(image, pad)
+        labels = F.pad(labels, pad)
+        labels[0] = labels[0] + (labels.sum(0) == 0).float()  # padding is background
+        starts = [int(torch.randint(0, have - want + 1, (), generator=generator))
+                  for have, want in zip(image.shape[1:], self.spatial_size)]
+        crop = (slice(None), *(slice(s, s + n) for s, n in zip(starts, self.spatial_size)))
+        return image[crop], labels[crop]
+
+    def _template_pair(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        image, labels = self._crop_template(generator)
+        item: dict[str, torch.Tensor] = {}
+        for name in ("moving", "fixed"):
+            ddf = self._random_ddf(generator)
+            warped = warp(image[None], ddf)
+            foreground = (warped > 1e-3).float()  # the scans have a zero background: keep it
+            params = sample_synthesis_params([0], self.spatial_size, bias_control_spacing=self.bias_control_spacing,
+                                             generator=generator)
+            warped = warped * bias_field_from_coefficients(params["bias_coefficients"], self.spatial_size)
+            warped = apply_gamma(min_max_normalize(warped), params["gamma"])
+            noise = torch.Generator().manual_seed(params["seed"])
+            item[name] = (min_max_normalize(add_gaussian_noise(warped, params["noise_std"], noise)) * foreground)[0]
+            item[f"{name}_labels"] = self._one_hot(warp(labels[None], ddf)[0])
+        return item

@@ -1,0 +1,135 @@
+"""Training loss of probabilistic diffeomorphic VoxelMorph (improved posterior, bidirectional, Dice).
+
+Dalca et al., "Improved probabilistic diffeomorphic registration with CNNs" (2018):
+
+    L = image term + KL[q(z | x, y) || p(z)] + alpha * L_seg
+
+* **image term** for a posterior sample ``z_k`` (one sample per step, ``K = 1``): with
+  ``image_loss="mse"`` the Gaussian likelihood ``1 / (2 sigma^2) ||x - y o phi_z||^2``
+  (:func:`~monai_diffreg.losses.mse.mse_loss`, a per-voxel mean); ``bidirectional=True``
+  averages it with the inverse direction ``||y - x o phi_z^-1||^2``, which is eq. 2's
+  ``1 / (4 sigma^2) (...)``. ``image_loss="ncc"`` uses local squared NCC
+  (:func:`~monai_diffreg.losses.ncc.local_ncc_loss`) instead, as VoxelMorph offers.
+  Either is multiplied by ``image_weight``.
+* **KL** from the Laplacian prior ``N(0, (lambda L)^-1)``,
+  :func:`~monai_diffreg.losses.kl.kl_svf_laplacian` (the reference code's normalisation).
+  For the smoothed posterior ``Sigma = C D D^T C^T`` the exact KL is the diagonal one with
+  the neighbour count ``2n`` replaced by ``c = (C^T L C)_jj``
+  (:func:`~monai_diffreg.networks.posterior.smoothed_posterior_degree`); we evaluate it by
+  shifting the log variance by ``log(c / 2n)`` before the diagonal formula, which equals the
+  exact value up to an additive constant (border voxels keep their own degree).
+  Without this the optimum ``D^2 = 1 / (2n lambda)`` would be shrunk again by the smoothing
+  and the smoothed samples would carry almost no variance.
+* **segmentation term** ``alpha (1 - mean_l Dice_l)`` between the moving one-hot labels
+  warped (linear interpolation) by ``phi`` and the fixed labels (and, when bidirectional,
+  the fixed labels warped by ``phi^-1`` against the moving ones), averaged over the labels
+  present in either map (:func:`~monai_diffreg.losses.dice.soft_dice_loss`). The paper's
+  ``-sum_l Dice_l`` has the same minimiser. Labels are needed only for training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch.nn.modules.loss import _Loss
+
+from ..functional.warp import warp
+from ..networks.posterior import POSTERIORS, posterior_smoothing_sigma, smoothed_posterior_degree
+from ..validation import check_choice, check_positive, check_spatial_tensor
+from .dice import soft_dice_loss
+from .kl import kl_svf_laplacian
+from .mse import mse_loss
+from .ncc import local_ncc_loss
+
+__all__ = ["ProbabilisticSVFLoss", "IMAGE_LOSSES", "present_label_dice_loss"]
+
+IMAGE_LOSSES = ("mse", "ncc")
+_REQUIRED_OUTPUTS = ("warped", "warped_fixed", "ddf", "inverse_ddf", "velocity_mean", "velocity_log_var")
+
+
+def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - Dice`` averaged over the (sample, label) pairs where the label appears in either map.
+
+    Args:
+        pred, target: ``(B, L, *spatial)`` one-hot / probability maps.
+
+    Returns:
+        scalar; 0 when no label is present anywhere.
+    """
+    per_label = soft_dice_loss(pred, target, reduction="none")
+    present = (pred.flatten(2).sum(dim=2) > 0) | (target.flatten(2).sum(dim=2) > 0)
+    return (per_label * present).sum() / present.sum().clamp(min=1)
+
+
+class ProbabilisticSVFLoss(_Loss):
+    """Composite training loss of probabilistic VoxelMorph; see the module docstring.
+
+    Args:
+        image_loss: ``"mse"`` (the paper's Gaussian likelihood) or ``"ncc"`` (local NCC, window ``ncc_window``).
+        image_sigma: image noise standard deviation for ``"mse"`` (intensity units).
+        prior_lambda: prior precision scale ``lambda`` (must match the network's).
+        bidirectional: add the inverse-direction image (and Dice) terms (eq. 2).
+        dice_weight: ``alpha`` of the segmentation term (0 disables it; labels then optional).
+        posterior: ``"diagonal"`` or ``"smoothed"`` (must match the network's), selects the KL.
+        image_weight: multiplies the image term.
+        ncc_window: window of the NCC image term.
+
+    ``forward(outputs, fixed, moving, fixed_labels=None, moving_labels=None)`` takes the
+    network's output dict (keys ``warped``, ``warped_fixed``, ``ddf``, ``inverse_ddf``,
+    ``velocity_mean``, ``velocity_log_var``), the images ``(B, C, *S)`` and optional one-hot
+    labels ``(B, L, *S)``, and returns a dict of scalars: ``"image"``, ``"kl"``, ``"dice"``
+    (0 when ``dice_weight = 0``) and ``"loss" = image + kl + dice_weight * dice``.
+    """
+
+    def __init__(self, image_loss: str = "mse", image_sigma: float = 0.02, prior_lambda: float = 10.0,
+                 bidirectional: bool = True, dice_weight: float = 0.0, posterior: str = "diagonal",
+                 image_weight: float = 1.0, ncc_window: int = 9) -> None:
+        super().__init__()
+        caller = "ProbabilisticSVFLoss"
+        self.image_loss = check_choice(image_loss, "image_loss", caller, IMAGE_LOSSES)
+        self.image_sigma = check_positive(image_sigma, "image_sigma", caller)
+        self.prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
+        self.bidirectional = bool(bidirectional)
+        self.dice_weight = check_positive(dice_weight, "dice_weight", caller, allow_zero=True)
+        self.posterior = check_choice(posterior, "posterior", caller, POSTERIORS)
+        self.image_weight = check_positive(image_weight, "image_weight", caller)
+        self.ncc_window = ncc_window
+
+    def image_term(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The (unweighted) image dissimilarity between a warped image and its target."""
+        if self.image_loss == "mse":
+            return mse_loss(pred, target, self.image_sigma)
+        return local_ncc_loss(pred, target, window=self.ncc_window)
+
+    def kl_term(self, velocity_mean: torch.Tensor, velocity_log_var: torch.Tensor) -> torch.Tensor:
+        """KL from the prior for this posterior type (up to a constant for ``"smoothed"``)."""
+        if self.posterior == "smoothed":
+            ndim = velocity_mean.ndim - 2
+            degree = smoothed_posterior_degree(posterior_smoothing_sigma(self.prior_lambda, ndim), ndim)
+            velocity_log_var = velocity_log_var + math.log(degree / (2 * ndim))
+        return kl_svf_laplacian(velocity_mean, velocity_log_var, self.prior_lambda)
+
+    def forward(self, outputs: Mapping[str, torch.Tensor], fixed: torch.Tensor, moving: torch.Tensor,
+                fixed_labels: torch.Tensor | None = None,
+                moving_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        caller = "ProbabilisticSVFLoss"
+        missing = [k for k in _REQUIRED_OUTPUTS if k not in outputs]
+        if missing:
+            raise ValueError(f"{caller}(): 'outputs' lacks key(s) {missing}; expected the network's dict {list(_REQUIRED_OUTPUTS)}")
+        image = self.image_term(outputs["warped"], fixed)
+        if self.bidirectional:
+            image = 0.5 * (image + self.image_term(outputs["warped_fixed"], moving))
+        kl = self.kl_term(outputs["velocity_mean"], outputs["velocity_log_var"])
+        dice = torch.zeros((), dtype=kl.dtype, device=kl.device)
+        if self.dice_weight > 0:
+            if fixed_labels is None or moving_labels is None:
+                raise ValueError(f"{caller}(): dice_weight={self.dice_weight} needs 'fixed_labels' and 'moving_labels', got None")
+            check_spatial_tensor(fixed_labels, "fixed_labels", caller)
+            check_spatial_tensor(moving_labels, "moving_labels", caller, channels=fixed_labels.shape[1])
+            dice = present_label_dice_loss(warp(moving_labels, outputs["ddf"]), fixed_labels)
+            if self.bidirectional:
+                dice = 0.5 * (dice + present_label_dice_loss(warp(fixed_labels, outputs["inverse_ddf"]), moving_labels))
+        image = self.image_weight * image
+        return {"image": image, "kl": kl, "dice": dice, "loss": image + kl + self.dice_weight * dice}
