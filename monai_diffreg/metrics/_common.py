@@ -6,34 +6,48 @@ optional border ``crop`` and an optional ``mask``; these helpers do that once.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..validation import check_positive, check_spatial_tensor
 
-__all__ = ["check_spacing", "check_crop", "check_mask", "crop_border", "masked_mean", "masked_std", "vector_norm_mm", "mean_vector_norm"]
+__all__ = [
+    "check_spacing",
+    "check_crop",
+    "check_mask",
+    "crop_border",
+    "masked_mean",
+    "masked_std",
+    "vector_norm_mm",
+    "mean_vector_norm",
+]
 
 
 def check_spacing(spacing: float | Sequence[float] | None, ndim: int | None, caller: str) -> tuple[float, ...]:
     """Voxel size per spatial axis (tensor axis order), ``None`` meaning 1 (results in voxels).
 
     Args:
-        spacing: one positive number (isotropic) or ``ndim`` positive numbers, or ``None``.
+        spacing: one positive number (isotropic) or ``ndim`` positive numbers (a sequence, numpy
+            array or tensor, e.g. nibabel's ``header.get_zooms()``), or ``None``.
         ndim: number of spatial axes; ``None`` when not known yet (a setting checked at construction).
         caller: the public callable's name, for error messages.
 
     Returns:
         ``ndim`` floats (as many as given when ``ndim`` is None).
     """
-    if isinstance(spacing, torch.Tensor):
+    if isinstance(spacing, (torch.Tensor, np.ndarray)):
         spacing = spacing.tolist()
-    if spacing is None or isinstance(spacing, (int, float)):
+    if spacing is None or isinstance(spacing, numbers.Real):
         spacing = (1.0 if spacing is None else spacing,) * (ndim or 1)
     if not isinstance(spacing, Sequence) or isinstance(spacing, str) or len(spacing) != (ndim or len(spacing)):
         expected = "a number or a sequence of numbers" if ndim is None else f"a number or {ndim} numbers (one per spatial axis)"
         raise ValueError(f"{caller}(): 'spacing' must be {expected}, got {spacing!r}")
-    return tuple(check_positive(s, "spacing", caller) for s in spacing)
+    # numpy scalars (nibabel zooms are float32) become Python floats; anything else fails the check
+    values = [float(s) if isinstance(s, numbers.Real) and not isinstance(s, bool) else s for s in spacing]
+    return tuple(check_positive(s, "spacing", caller) for s in values)
 
 
 def check_crop(crop: int, spatial: Sequence[int] | None, caller: str) -> int:

@@ -18,6 +18,10 @@ def test_constant_error_2d_with_spacing():
     assert endpoint_error(ddf, true_ddf).item() == pytest.approx(5.0)
     assert endpoint_error(ddf, true_ddf, spacing=(2.0, 1.0)).item() == pytest.approx(math.sqrt(36 + 16))
     assert endpoint_error(true_ddf, true_ddf, spacing=0.5).item() == 0.0
+    # spacing as nibabel gives it (numpy float32 zooms), as an array or a tensor
+    for spacing in (tuple(np.float32([2.0, 1.0])), np.array([2.0, 1.0]), torch.tensor([2.0, 1.0])):
+        assert endpoint_error(ddf, true_ddf, spacing=spacing).item() == pytest.approx(math.sqrt(36 + 16))
+    assert endpoint_error(ddf, true_ddf, spacing=np.float32(2.0)).item() == pytest.approx(10.0)
 
 
 def test_mask_and_batch_3d_against_numpy():
