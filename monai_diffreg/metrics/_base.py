@@ -11,9 +11,10 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
 from ..validation import check_choice
+from ._common import check_spacing
 from ._labels import SKIP_IF_ABSENT_FROM, check_labels
 
-__all__ = ["ReducedMetric", "PerLabelMetric"]
+__all__ = ["ReducedMetric", "SpacingMetric", "PerLabelMetric"]
 
 REDUCTIONS = tuple(r.value for r in MetricReduction)
 
@@ -56,6 +57,34 @@ class ReducedMetric(CumulativeIterationMetric):
         f, not_nans = do_metric_reduction(data.clone(), reduction)
         return (f, not_nans) if self.get_not_nans else f
 
+    def _require_y(self, y: torch.Tensor | None, what: str) -> torch.Tensor:
+        """``y``, or a clear error naming what it should have been."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__}(): 'y' ({what}) is required")
+        return y
+
+
+class SpacingMetric(ReducedMetric):
+    """A :class:`ReducedMetric` measuring in mm: holds a default spacing that a call may override.
+
+    Args:
+        spacing: default voxel size in mm (tensor axis order, or one number), or ``None`` for
+            voxels; ``metric(..., spacing=...)`` overrides it for one call.
+        reduction: MONAI reduction over non-NaN values (see :class:`ReducedMetric`).
+        get_not_nans: return the count of non-NaN values as well.
+    """
+
+    def __init__(
+        self, spacing: float | Sequence[float] | None = None, reduction: str = "mean", get_not_nans: bool = False
+    ) -> None:
+        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
+        check_spacing(spacing, None, type(self).__name__)
+        self.spacing = spacing
+
+    def _spacing(self, kwargs: dict[str, Any]) -> float | Sequence[float] | None:
+        """The spacing of this call: ``kwargs["spacing"]`` if given, else the default."""
+        return kwargs.get("spacing", self.spacing)
+
 
 class PerLabelMetric(ReducedMetric):
     """Base of the label-map metrics: subclasses implement :meth:`_per_label` returning ``(B, L)``.
@@ -87,7 +116,5 @@ class PerLabelMetric(ReducedMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-label values ``(B, L)`` (labels given) or their per-case mean ``(B, 1)`` (``labels=None``)."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__}(): 'y' (the target label map) is required")
-        values = self._per_label(y_pred, y, **kwargs)
+        values = self._per_label(y_pred, self._require_y(y, "the target label map"), **kwargs)
         return values if self.labels is not None else torch.nanmean(values, dim=1, keepdim=True)

@@ -1,8 +1,9 @@
 """Dice overlap per label between two integer label maps (Learn2Reg's DSC).
 
 ``Dice_l = 2 |P_l ∩ T_l| / (|P_l| + |T_l|)`` with ``P_l = {pred == l}`` and ``T_l = {target == l}``.
-A label absent from either map is skipped (NaN) and left out of means, as in the Learn2Reg
-evaluation (``skip_if_absent_from="either"``); see :func:`dice_per_label` for the other choice.
+By default a label absent from either map is skipped (NaN) and left out of means, as Learn2Reg
+skips labels absent from the fixed or the moving image; see :func:`dice_per_label` for the
+exact Learn2Reg rule and MONAI's.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..validation import check_field
-from ._base import ReducedMetric
+from ._base import SpacingMetric
 from ._common import check_mask, check_spacing, mean_vector_norm
 
 __all__ = ["endpoint_error", "EndPointErrorMetric"]
@@ -44,7 +44,7 @@ def endpoint_error(
     return mean_vector_norm(ddf - true_ddf.to(ddf), spacing, keep)
 
 
-class EndPointErrorMetric(ReducedMetric):
+class EndPointErrorMetric(SpacingMetric):
     """MONAI metric accumulating :func:`endpoint_error`.
 
     Call it as ``metric(y_pred=ddf, y=true_ddf, mask=None, spacing=None)`` (``spacing`` per call
@@ -56,16 +56,7 @@ class EndPointErrorMetric(ReducedMetric):
         get_not_nans: return the count of non-NaN values as well.
     """
 
-    def __init__(
-        self, spacing: float | Sequence[float] | None = None, reduction: str = "mean", get_not_nans: bool = False
-    ) -> None:
-        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
-        check_spacing(spacing, None, type(self).__name__)
-        self.spacing = spacing
-
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case mean end-point error ``(B, 1)``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__}(): 'y' (the true displacement field) is required")
-        spacing = kwargs.get("spacing", self.spacing)
-        return endpoint_error(y_pred, y, spacing, kwargs.get("mask")).unsqueeze(1)
+        true_ddf = self._require_y(y, "the true displacement field")
+        return endpoint_error(y_pred, true_ddf, self._spacing(kwargs), kwargs.get("mask")).unsqueeze(1)

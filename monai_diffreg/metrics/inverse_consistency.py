@@ -17,7 +17,7 @@ import torch
 
 from ..functional import compose_ddf
 from ..validation import check_field
-from ._base import ReducedMetric
+from ._base import SpacingMetric
 from ._common import check_crop, check_mask, check_spacing, crop_border, mean_vector_norm
 
 __all__ = ["inverse_consistency_error", "InverseConsistencyMetric"]
@@ -61,7 +61,7 @@ def inverse_consistency_error(
     return torch.stack(errors).mean(0)
 
 
-class InverseConsistencyMetric(ReducedMetric):
+class InverseConsistencyMetric(SpacingMetric):
     """MONAI metric accumulating :func:`inverse_consistency_error`.
 
     Call it as ``metric(y_pred=ddf_forward, y=ddf_inverse, mask=None, spacing=None)``
@@ -83,17 +83,14 @@ class InverseConsistencyMetric(ReducedMetric):
         reduction: str = "mean",
         get_not_nans: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
-        name = type(self).__name__
-        check_spacing(spacing, None, name)
-        self.spacing = spacing
-        self.crop = check_crop(crop, None, name)
+        super().__init__(spacing=spacing, reduction=reduction, get_not_nans=get_not_nans)
+        self.crop = check_crop(crop, None, type(self).__name__)
         self.symmetric = bool(symmetric)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case mean inverse-consistency error ``(B, 1)``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__}(): 'y' (the inverse displacement field) is required")
-        spacing = kwargs.get("spacing", self.spacing)
-        error = inverse_consistency_error(y_pred, y, spacing, kwargs.get("mask"), self.crop, self.symmetric)
+        ddf_inverse = self._require_y(y, "the inverse displacement field")
+        error = inverse_consistency_error(
+            y_pred, ddf_inverse, self._spacing(kwargs), kwargs.get("mask"), self.crop, self.symmetric
+        )
         return error.unsqueeze(1)

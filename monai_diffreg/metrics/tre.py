@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_field
-from ._base import ReducedMetric
+from ._base import SpacingMetric
 from ._common import check_spacing, vector_norm_mm
 
 __all__ = ["target_registration_error", "TREMetric"]
@@ -100,7 +100,7 @@ def target_registration_error(
     return vector_norm_mm(mapped - moving, spacing, dim=-1)
 
 
-class TREMetric(ReducedMetric):
+class TREMetric(SpacingMetric):
     """MONAI metric accumulating the mean :func:`target_registration_error` of each case.
 
     Call it as ``metric(y_pred=ddf, fixed_points=..., moving_points=..., spacing=None)`` with
@@ -114,19 +114,10 @@ class TREMetric(ReducedMetric):
         get_not_nans: return the count of non-NaN values as well.
     """
 
-    def __init__(
-        self, spacing: float | Sequence[float] | None = None, reduction: str = "mean", get_not_nans: bool = False
-    ) -> None:
-        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
-        check_spacing(spacing, None, type(self).__name__)
-        self.spacing = spacing
-
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """Per-case mean TRE ``(B, 1)``; the landmarks come as keyword arguments, ``y`` is unused."""
         missing = [k for k in ("fixed_points", "moving_points") if k not in kwargs]
         if missing:
             raise ValueError(f"{type(self).__name__}(): keyword argument(s) {missing} are required")
-        tre = target_registration_error(
-            kwargs["fixed_points"], kwargs["moving_points"], y_pred, kwargs.get("spacing", self.spacing)
-        )
+        tre = target_registration_error(kwargs["fixed_points"], kwargs["moving_points"], y_pred, self._spacing(kwargs))
         return tre.mean(dim=1, keepdim=True)
