@@ -130,7 +130,7 @@ class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
 
     def fields(self, params: Mapping[str, Any], spatial_shape: Sequence[int], device: torch.device | str | None = None,
                dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """``velocity``, ``ddf`` and ``inverse_ddf`` ``(1, D, *spatial)`` of ``params`` (see :func:`deformation_from_params`)."""
+        """The ``(1, D, *spatial)`` fields of ``params``, as :func:`deformation_from_params` returns them."""
         return deformation_from_params(params, spatial_shape, num_steps=self.num_steps, device=device, dtype=dtype)
 
     def apply_params(self, img: NdarrayOrTensor, params: Mapping[str, Any], inverse: bool = False,
@@ -181,36 +181,32 @@ class SynthesizeImageFromLabels(RandomizableTransform):
     The label map itself is never modified.
 
     Args:
-        mean_range: per-label mean intensity ~ ``U(mean_range)``.
-        std_range: per-label standard deviation ~ ``U(std_range)``.
-        max_blur_sigma: blur standard deviation per axis ~ ``U(0, max_blur_sigma)`` voxels.
-        max_bias_std: log-bias values ~ ``N(0, s^2)``, ``s ~ U(0, max_bias_std)`` (0: no bias field).
-        bias_control_spacing: distance between bias control points in voxels.
-        gamma_std: ``gamma = exp(N(0, gamma_std^2))`` (0: no gamma change).
-        max_noise_std: additive noise standard deviation ~ ``U(0, max_noise_std)`` (0: no noise).
+        settings: keyword arguments of :func:`~monai_diffreg.transforms.synthesis.sample_synthesis_params`
+            (all optional): ``mean_range`` (per-label mean ~ U), ``std_range`` (per-label std ~ U),
+            ``max_blur_sigma`` (voxels), ``max_bias_std`` (0: no bias field), ``bias_control_spacing``
+            (voxels), ``gamma_std`` (0: no gamma change), ``max_noise_std`` (0: no noise). They are
+            checked when the transform is built.
 
     Input ``(1, *spatial)`` integer-valued label map (float maps with whole values are accepted);
     output ``(1, *spatial)`` float32 image in [0, 1] carrying the label map's metadata.
+
+    Example::
+
+        synth = SynthesizeImageFromLabels(max_noise_std=0.0).set_random_state(0)
+        image = synth(labels)
+        same = synth.apply_params(labels, synth.params)
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(
-        self,
-        mean_range: Sequence[float] = (0.0, 1.0),
-        std_range: Sequence[float] = (0.0, 0.1),
-        max_blur_sigma: float = 1.0,
-        max_bias_std: float = 0.3,
-        bias_control_spacing: float | Sequence[float] = 32.0,
-        gamma_std: float = 0.25,
-        max_noise_std: float = 0.05,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
-        self.settings = {
-            "mean_range": mean_range, "std_range": std_range, "max_blur_sigma": max_blur_sigma,
-            "max_bias_std": max_bias_std, "bias_control_spacing": bias_control_spacing,
-            "gamma_std": gamma_std, "max_noise_std": max_noise_std,
-        }
+        try:
+            sample_synthesis_params([0], (2, 2), **settings)  # fail at construction on bad names or values
+        except TypeError as error:
+            raise TypeError(f"SynthesizeImageFromLabels(): unknown setting ({error}); "
+                            "see sample_synthesis_params for the accepted ones") from None
+        self.settings = settings
         self._params: dict[str, Any] | None = None
 
     @property

@@ -23,12 +23,13 @@ __all__ = ["as_spatial_shape", "per_axis", "control_grid_shape", "upsample_contr
 
 def as_spatial_shape(spatial_shape: Sequence[int], caller: str) -> tuple[int, ...]:
     """Validate a 2D or 3D spatial shape of positive integers and return it as a tuple."""
+    message = f"{caller}(): 'spatial_shape' must be 2 or 3 positive integers, got {spatial_shape!r}"
     try:
         shape = tuple(int(s) for s in spatial_shape)
     except (TypeError, ValueError):
-        raise ValueError(f"{caller}(): 'spatial_shape' must be 2 or 3 positive integers, got {spatial_shape!r}") from None
-    if len(shape) not in (2, 3) or any(s < 1 for s in shape) or any(s != float(t) for s, t in zip(shape, spatial_shape)):
-        raise ValueError(f"{caller}(): 'spatial_shape' must be 2 or 3 positive integers, got {spatial_shape!r}")
+        raise ValueError(message) from None
+    if len(shape) not in (2, 3) or any(s < 1 or s != float(t) for s, t in zip(shape, spatial_shape)):
+        raise ValueError(message)
     return shape
 
 

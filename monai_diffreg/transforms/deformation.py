@@ -98,7 +98,8 @@ def _check_params(params: object, caller: str) -> torch.Tensor:
     if not isinstance(coefficients, torch.Tensor) or coefficients.ndim not in (4, 5) or \
             coefficients.shape[0] != 1 or coefficients.shape[1] != coefficients.ndim - 2:
         shape = tuple(coefficients.shape) if isinstance(coefficients, torch.Tensor) else type(coefficients).__name__
-        raise ValueError(f"{caller}(): params['coefficients'] must be a (1, D, *grid) tensor with D = 2 or 3, got {shape}")
+        raise ValueError(f"{caller}(): params['coefficients'] must be a (1, D, *grid) tensor with D = 2 or 3, "
+                         f"got {shape}")
     return coefficients
 
 

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import DivisiblePadd, InvertibleTransform, MapTransform, Orientation, RandomizableTransform, ResampleToMatch
+from monai.transforms import (
+    DivisiblePadd,
+    InvertibleTransform,
+    MapTransform,
+    Orientation,
+    RandomizableTransform,
+    ResampleToMatch,
+)
 from monai.transforms.inverse import TraceKeys
 from monai.utils import ensure_tuple_rep
 
@@ -22,7 +29,7 @@ from ..functional.warp import PADDING_MODES, WARP_MODES
 from ..validation import check_choice
 from .array import NormalizeIntensityPercentile, RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
 from .deformation import DEFAULT_CONTROL_SPACING, DEFAULT_MAX_DISPLACEMENT
-from .spatial import check_image, check_labels, divisible_padding, load_channel_first
+from .spatial import check_image, divisible_padding, load_channel_first
 from .synthesis import sample_synthesis_params
 from .utils import as_channel_first, integer_labels, torch_generator_from
 
@@ -81,10 +88,10 @@ class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTran
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         caller = "RandSmoothDeformationd"
-        self.mode = tuple(check_choice(m, "mode", caller, WARP_MODES) for m in ensure_tuple_rep(mode, len(self.keys)))
-        self.padding_mode = tuple(
-            check_choice(p, "padding_mode", caller, PADDING_MODES) for p in ensure_tuple_rep(padding_mode, len(self.keys))
-        )
+        count = len(self.keys)
+        self.mode = tuple(check_choice(m, "mode", caller, WARP_MODES) for m in ensure_tuple_rep(mode, count))
+        self.padding_mode = tuple(check_choice(p, "padding_mode", caller, PADDING_MODES)
+                                  for p in ensure_tuple_rep(padding_mode, count))
         self.deformer = RandSmoothDeformation(1.0, control_spacing, max_displacement, num_steps=num_steps)
         self.ddf_key = ddf_key
         self.inverse_ddf_key = inverse_ddf_key
@@ -120,7 +127,8 @@ class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTran
             image = as_channel_first(d[key], str(key), "RandSmoothDeformationd")
             if fields is not None:
                 image = warp_channel_first(image, fields["ddf"], mode=mode, padding_mode=padding_mode)
-            d[key] = self.push_transform(image, extra_info={"params": params, "mode": mode, "padding_mode": padding_mode})
+            info = {"params": params, "mode": mode, "padding_mode": padding_mode}
+            d[key] = self.push_transform(image, extra_info=info)
         for store_key, field_name in ((self.ddf_key, "ddf"), (self.inverse_ddf_key, "inverse_ddf")):
             if store_key is not None:
                 d[store_key] = fields[field_name][0] if fields is not None else torch.zeros(len(shape), *shape)
@@ -151,9 +159,9 @@ class RandSynthesizeImaged(RandomizableTransform, MapTransform):
         keys: label-map keys, each ``(1, *spatial)`` integer-valued.
         image_keys: output image keys, one per label key.
         independent: draw separate parameters for every key.
-        mean_range, std_range, max_blur_sigma, max_bias_std, bias_control_spacing, gamma_std,
-            max_noise_std: see :class:`~monai_diffreg.transforms.array.SynthesizeImageFromLabels`.
         allow_missing_keys: don't raise if a key is missing.
+        settings: synthesis settings, as for
+            :class:`~monai_diffreg.transforms.array.SynthesizeImageFromLabels`.
 
     Example::
 
@@ -162,26 +170,16 @@ class RandSynthesizeImaged(RandomizableTransform, MapTransform):
 
     backend = SynthesizeImageFromLabels.backend
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        image_keys: KeysCollection,
-        independent: bool = True,
-        mean_range: Sequence[float] = (0.0, 1.0),
-        std_range: Sequence[float] = (0.0, 0.1),
-        max_blur_sigma: float = 1.0,
-        max_bias_std: float = 0.3,
-        bias_control_spacing: float | Sequence[float] = 32.0,
-        gamma_std: float = 0.25,
-        max_noise_std: float = 0.05,
-        allow_missing_keys: bool = False,
-    ) -> None:
+    def __init__(self, keys: KeysCollection, image_keys: KeysCollection, independent: bool = True,
+                 allow_missing_keys: bool = False, **settings: Any) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
-        self.image_keys = ensure_tuple_rep(image_keys, len(self.keys))
+        self.image_keys = tuple(image_keys) if isinstance(image_keys, (list, tuple)) else (image_keys,)
+        if len(self.image_keys) != len(self.keys):
+            raise ValueError(f"RandSynthesizeImaged(): 'image_keys' must name one output per label key "
+                             f"{list(self.keys)}, got {list(self.image_keys)}")
         self.independent = independent
-        self.synthesizer = SynthesizeImageFromLabels(mean_range, std_range, max_blur_sigma, max_bias_std,
-                                                     bias_control_spacing, gamma_std, max_noise_std)
+        self.synthesizer = SynthesizeImageFromLabels(**settings)
         self._params: dict[Hashable, dict[str, Any]] = {}
 
     @property
@@ -203,8 +201,8 @@ class RandSynthesizeImaged(RandomizableTransform, MapTransform):
         self._params = {}
         shared = None
         if pairs and not self.independent:
-            maps = [integer_labels(as_channel_first(d[k], str(k), "RandSynthesizeImaged"), str(k), "RandSynthesizeImaged")
-                    for k, _ in pairs]
+            caller = "RandSynthesizeImaged"
+            maps = [integer_labels(as_channel_first(d[k], str(k), caller), str(k), caller) for k, _ in pairs]
             shared = sample_synthesis_params(torch.cat([m.flatten() for m in maps]).unique(), maps[0].shape[1:],
                                              **self.synthesizer.settings,
                                              generator=torch_generator_from(self.synthesizer.R))
@@ -322,7 +320,7 @@ class LoadRegistrationPaird(MapTransform):
         else:
             raise TypeError(f"{caller}(): '{key}' must be a file path or a MetaTensor, got {type(value).__name__}")
         if key in self.label_keys:
-            check_labels(image, key, caller)
+            integer_labels(image, key, caller)
         else:
             check_image(image, key, caller)
         return image

@@ -16,14 +16,14 @@ from monai.data import MetaTensor
 from monai.transforms import DivisiblePad, EnsureChannelFirst, LoadImage
 
 from ..validation import check_finite, check_not_constant
-from .utils import integer_labels
 
-__all__ = ["divisible_padding", "pad_to_divisible", "crop_back", "load_channel_first", "check_image", "check_labels"]
+__all__ = ["divisible_padding", "pad_to_divisible", "crop_back", "load_channel_first", "check_image"]
 
 PAD_MODES = ("constant", "replicate", "reflect")
 
 
-def divisible_padding(spatial_shape: Sequence[int], k: int | Sequence[int], method: str = "symmetric") -> tuple[tuple[int, int], ...]:
+def divisible_padding(spatial_shape: Sequence[int], k: int | Sequence[int],
+                      method: str = "symmetric") -> tuple[tuple[int, int], ...]:
     """Padding ``((before, after), ...)`` per spatial axis that makes every size a multiple of ``k``.
 
     Same rule as MONAI :class:`~monai.transforms.DivisiblePad` (which computes it): ``"symmetric"``
@@ -90,7 +90,7 @@ def crop_back(x: torch.Tensor, padding: Sequence[Sequence[int]]) -> torch.Tensor
 
 
 def load_channel_first(path: str | os.PathLike, key: str, caller: str, reader: object | None = None) -> MetaTensor:
-    """Read an image file (NIfTI, NRRD, MHA, ... through MONAI :class:`~monai.transforms.LoadImage`) as ``(C, *spatial)``.
+    """Read an image file (NIfTI, NRRD, MHA, ...: MONAI :class:`~monai.transforms.LoadImage`) as ``(C, *spatial)``.
 
     Raises:
         FileNotFoundError: the file does not exist (message names ``key`` and ``path``).
@@ -113,8 +113,3 @@ def check_image(image: torch.Tensor, key: str, caller: str) -> None:
     """Raise unless ``image`` is finite and not constant (a registrable intensity image)."""
     check_finite(image, key, caller)
     check_not_constant(image, key, caller)
-
-
-def check_labels(labels: torch.Tensor, key: str, caller: str) -> None:
-    """Raise unless ``labels`` holds only whole numbers (float storage is accepted)."""
-    integer_labels(labels, key, caller)

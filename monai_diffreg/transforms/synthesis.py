@@ -49,8 +49,9 @@ _PARAM_KEYS = ("label_values", "means", "stds", "blur_sigma", "bias_coefficients
 
 def _check_labels(labels: object, caller: str) -> int:
     ndim = check_spatial_tensor(labels, "labels", caller, channels=1)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():  # type: ignore[union-attr]
-        raise ValueError(f"{caller}(): 'labels' must hold integers (e.g. torch.int64), got dtype {labels.dtype}")  # type: ignore[union-attr]
+    dtype = labels.dtype  # type: ignore[union-attr]
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(f"{caller}(): 'labels' must hold integers (e.g. torch.int64), got dtype {dtype}")
     return ndim
 
 

@@ -72,7 +72,8 @@ def _blobs(world: np.ndarray) -> np.ndarray:
     """A smooth test pattern of world coordinates (..., D) in mm."""
     d = world.shape[-1]
     c1, c2 = np.array([3.0, 6.0, 9.0][:d]), np.array([-4.0, 12.0, 4.0][:d])
-    return np.exp(-((world - c1) ** 2).sum(-1) / (2 * 7.0**2)) + 0.6 * np.exp(-((world - c2) ** 2).sum(-1) / (2 * 5.0**2))
+    blob1 = np.exp(-((world - c1) ** 2).sum(-1) / (2 * 7.0**2))
+    return blob1 + 0.6 * np.exp(-((world - c2) ** 2).sum(-1) / (2 * 5.0**2))
 
 
 def _world(affine: np.ndarray, shape) -> np.ndarray:
@@ -109,7 +110,8 @@ def nifti_pair(tmp_path):
 
 @pytest.mark.parametrize("orientation", ["RAS", None])
 def test_known_physical_shift_appears_after_resampling(nifti_pair, orientation):
-    out = LoadRegistrationPaird(orientation=orientation)({k: nifti_pair[k] for k in ("fixed", "moving", "moving_labels")})
+    paths = {k: nifti_pair[k] for k in ("fixed", "moving", "moving_labels")}
+    out = LoadRegistrationPaird(orientation=orientation)(paths)
     fixed, moving, labels = out["fixed"], out["moving"], out["moving_labels"]
     assert fixed.shape == moving.shape == labels.shape and moving.dtype == torch.float32
     affine = fixed.affine.numpy()

@@ -109,7 +109,8 @@ def test_synthesis_bad_input():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_array_transform(shape):
-    labels = MetaTensor(random_label_map(shape, 5, generator=_gen(7))[0].float(), affine=torch.diag(torch.tensor([2.0] * len(shape) + [1.0])))
+    affine = torch.diag(torch.tensor([2.0] * len(shape) + [1.0]))
+    labels = MetaTensor(random_label_map(shape, 5, generator=_gen(7))[0].float(), affine=affine)
     before = labels.clone()
     synth = SynthesizeImageFromLabels().set_random_state(0)
     image = synth(labels)
@@ -135,6 +136,12 @@ def test_dictionary_transform_independent_and_shared():
     assert torch.equal(out["fixed_labels"], labels) and set(synth.params) == {"fixed", "moving"}
     assert not torch.equal(out["fixed"], out["moving"])  # own contrast per key
     assert torch.equal(synth.synthesizer.apply_params(labels, synth.params["moving"]), out["moving"])
+    with pytest.raises(ValueError, match="'image_keys' must name one output per label key"):
+        RandSynthesizeImaged(("fixed_labels", "moving_labels"), "fixed")
+    with pytest.raises(TypeError, match=r"SynthesizeImageFromLabels\(\): unknown setting"):
+        RandSynthesizeImaged("fixed_labels", "fixed", noise=0.1)
+    with pytest.raises(ValueError, match="'max_noise_std' must be a finite number >= 0"):
+        SynthesizeImageFromLabels(max_noise_std=-1.0)
     shared = RandSynthesizeImaged(("fixed_labels", "moving_labels"), ("fixed", "moving"), independent=False,
                                   **NO_TEXTURE).set_random_state(1)(data)
     assert torch.equal(shared["fixed"], shared["moving"])
