@@ -111,7 +111,7 @@ def check_choice(value: object, name: str, caller: str, choices: Sequence[str]) 
 
 def check_positive(value: float, name: str, caller: str, *, allow_zero: bool = False) -> float:
     """Validate a positive (or non-negative) finite number and return it as float."""
-    ok = isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{caller}(): '{name}' must be a finite number {bound}, got {value!r}")

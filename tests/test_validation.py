@@ -42,6 +42,6 @@ def test_value_checks():
     with pytest.raises(ValueError, match=r"f\(\): 'loss' must be one of \['ncc', 'mse'\], got 'mi'"):
         check_choice("mi", "loss", "f", ("ncc", "mse"))
     assert check_positive(0, "w", "f", allow_zero=True) == 0.0
-    for bad in (-1, float("nan"), float("inf"), "1"):
+    for bad in (-1, float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match=r"f\(\): 'w' must be a finite number > 0"):
             check_positive(bad, "w", "f")
