@@ -1,0 +1,503 @@
+"""One-call registration: ``monai_diffreg.register(fixed, moving, bundle=...)``.
+
+Pipeline of :func:`register`:
+
+1. **Inputs** (paths, numpy arrays, torch tensors or MONAI MetaTensors) become ``(1, *S)``
+   MetaTensors and are checked, each error naming the argument: one channel, 2D or 3D, same
+   dimensionality, finite, not constant, label maps integer-valued; plain arrays carry no
+   geometry, so they get an identity affine and must share the fixed image's shape.
+2. **Working grid**: :class:`~monai_diffreg.transforms.dictionary.LoadRegistrationPaird`
+   re-orients the images to ``orientation`` (RAS by default, the orientation learned models
+   are trained in) and resamples the moving image (linear) and label maps (nearest) onto the
+   fixed grid. Re-orienting only permutes/flips axes: the voxel centres are the fixed file's.
+3. A **misalignment check** (foreground centroids more than ``MISALIGNMENT_MM`` apart, or
+   foreground Dice below ``MISALIGNMENT_DICE``) warns with :class:`MisalignmentWarning`
+   suggesting ``affine=True`` when the affine stage is off.
+4. Optional **affine stage** (:func:`monai_diffreg.engines.affine.optimise_affine`), then the
+   **deformable method** (:func:`monai_diffreg.methods.load_method`) on the affinely aligned
+   moving image. The total field is ``compose_ddf(affine_ddf, deformable_ddf)`` (the affine
+   applied to the deformed grid), its inverse ``compose_ddf(inverse_deformable, inverse_affine)``.
+5. **Back to the fixed file's axes**: fields and maps are permuted/flipped back from the
+   working orientation, so every output lies on the fixed image's own grid with its affine.
+6. **Outputs**: the warped image and label maps are resampled from the **original** moving
+   data (its own grid) through the total field in one interpolation (linear / nearest, zero
+   outside the moving field of view), exactly as ITK applies the written ``ddf.nii.gz``
+   (:func:`monai_diffreg.io.resample_to_fixed`).
+7. **Metrics**: folding percentage and both SDlogJ variants (:mod:`monai_diffreg.metrics`,
+   crop 2), Dice before/after per label when both label maps are given, end-point error (mm)
+   against ``true_ddf`` when given (the built-in sample), timings in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from . import __version__
+from .functional import compose_ddf
+from .functional.affine import affine_to_ddf
+from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
+from .methods import check_method_output, find_method, load_method
+from .metrics import dice_per_label, endpoint_error, folding_percentage, sd_log_jacobian, sd_log_jacobian_l2r
+from .transforms.spatial import check_image, load_channel_first
+from .transforms.utils import integer_labels, plain_tensor
+
+__all__ = ["register", "RegistrationResult", "MisalignmentWarning", "misalignment", "MISALIGNMENT_MM",
+           "MISALIGNMENT_DICE", "AFFINE_METRICS"]
+
+MISALIGNMENT_MM = 15.0
+MISALIGNMENT_DICE = 0.6
+AFFINE_METRICS = ("ncc", "mi", "mse")
+_CALLER = "register"
+
+
+class MisalignmentWarning(UserWarning):
+    """The pair looks grossly misaligned: a deformable method alone will likely fail (use ``affine=True``)."""
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _squeeze_leading(x: torch.Tensor) -> torch.Tensor:
+    """Drop leading singleton axes (batch, channel) while more than 2 axes remain: ``(1, 1, *S) -> (*S)``."""
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    return x
+
+
+def _as_image(value: object, name: str) -> MetaTensor:
+    """``(1, *S)`` MetaTensor from a path, array, tensor or MetaTensor (shape rules in :func:`register`)."""
+    if isinstance(value, (str, os.PathLike)):
+        return load_channel_first(value, name, _CALLER)
+    if isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise TypeError(f"{_CALLER}(): '{name}' must hold numbers, got dtype {value.dtype}")
+        value = torch.as_tensor(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{_CALLER}(): '{name}' must be a file path, numpy array, torch tensor or MetaTensor, "
+                        f"got {type(value).__name__}")
+    shape = tuple(value.shape)
+    data = _squeeze_leading(value)
+    if data.ndim not in (2, 3) or min(data.shape) < 2:
+        raise ValueError(f"{_CALLER}(): '{name}' must be a single-channel 2D or 3D image: (*S), (1, *S) or "
+                         f"(1, 1, *S) with at least 2 voxels per axis, got shape {shape}")
+    data = data.unsqueeze(0)
+    if data.dtype == torch.bool:
+        data = data.to(torch.uint8)
+    if isinstance(value, MetaTensor):
+        affine = value.affine
+        if affine.shape[-1] not in (data.ndim, 4):
+            affine = torch.eye(data.ndim, dtype=torch.float64)
+        return MetaTensor(plain_tensor(data), affine=affine.clone())
+    return MetaTensor(data.detach().cpu(), affine=torch.eye(data.ndim, dtype=torch.float64))
+
+
+def _check_inputs(images: dict[str, MetaTensor], has_geometry: dict[str, bool]) -> None:
+    ndim = images["fixed"].ndim - 1
+    for name, image in images.items():
+        if image.ndim - 1 != ndim:
+            raise ValueError(f"{_CALLER}(): '{name}' is {image.ndim - 1}D (shape {tuple(image.shape[1:])}) but "
+                             f"'fixed' is {ndim}D (shape {tuple(images['fixed'].shape[1:])})")
+        if not has_geometry[name] and tuple(image.shape) != tuple(images["fixed"].shape):
+            raise ValueError(f"{_CALLER}(): '{name}' is an array without an affine, so it must be on the fixed grid "
+                             f"(shape {tuple(images['fixed'].shape[1:])}), got shape {tuple(image.shape[1:])}; "
+                             f"pass files or MetaTensors with affines to resample it")
+        if name.endswith("labels"):
+            integer_labels(image, name, _CALLER)
+        else:
+            check_image(image, name, _CALLER)
+
+
+def _voxel_map(a_from: np.ndarray, a_to: np.ndarray, shape_to: tuple[int, ...]) -> list[tuple[int, int]]:
+    """For each axis j of grid ``from``: (axis i of grid ``to``, sign) when the grids share voxel centres."""
+    ndim = len(shape_to)
+    t = np.linalg.solve(a_to, a_from)  # from-voxel -> to-voxel
+    perm = np.round(t[:ndim, :ndim])
+    mapping = []
+    for j in range(ndim):
+        i = int(np.argmax(np.abs(perm[:, j])))
+        sign = int(perm[i, j])
+        expected_offset = 0 if sign > 0 else shape_to[i] - 1
+        if abs(sign) != 1 or abs(t[i, ndim] - expected_offset) > 1e-3:
+            raise RuntimeError("register(): internal error: the working grid is not a re-orientation of the fixed grid")
+        mapping.append((i, sign))
+    if not np.allclose(t[:ndim, :ndim], perm, atol=1e-4):
+        raise RuntimeError("register(): internal error: the working grid is not a re-orientation of the fixed grid")
+    return mapping
+
+
+def _to_file_axes(x: torch.Tensor, mapping: list[tuple[int, int]], is_field: bool) -> torch.Tensor:
+    """Permute/flip ``(1, C, *S_work)`` to the fixed file's axes; fields also get their components mapped."""
+    out = x.permute(0, 1, *(2 + i for i, _ in mapping))
+    flips = [2 + j for j, (_, sign) in enumerate(mapping) if sign < 0]
+    if flips:
+        out = out.flip(flips)
+    if is_field:
+        out = torch.stack([sign * out[:, i] for i, sign in mapping], dim=1)
+    return out.contiguous()
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    """Foreground mask: above 10% of the way from the 1st to the 99th intensity percentile."""
+    flat = x.flatten().float()
+    sample = flat[:: max(1, flat.numel() // 200_000)]
+    lo, hi = torch.quantile(sample, 0.01), torch.quantile(sample, 0.99)
+    return x > lo + 0.1 * (hi - lo)
+
+
+def misalignment(fixed: torch.Tensor, moving: torch.Tensor, affine: object) -> dict[str, float]:
+    """How far apart two images on the same grid look: foreground centroid distance and overlap.
+
+    Args:
+        fixed: ``(1, 1, *S)`` or ``(1, *S)`` image.
+        moving: the moving image on the same grid.
+        affine: voxel-to-RAS affine of the grid (for millimetres).
+
+    Returns:
+        ``{"centroid_distance_mm": ..., "foreground_dice": ...}`` (foreground: intensity above
+        10% of the 1st-99th percentile range).
+    """
+    masks = [_foreground(_squeeze_leading(plain_tensor(torch.as_tensor(x)))) for x in (fixed, moving)]
+    ndim = masks[0].ndim
+    lin = torch.as_tensor(spatial_affine(affine, ndim, "misalignment")[:ndim, :ndim])
+    centroids = []
+    for mask in masks:
+        idx = torch.nonzero(mask).double()
+        centroids.append(idx.mean(0) if len(idx) else torch.full((ndim,), float("nan"), dtype=torch.float64))
+    distance = float(torch.linalg.norm(lin @ (centroids[0] - centroids[1])))
+    inter = float((masks[0] & masks[1]).sum())
+    total = float(masks[0].sum() + masks[1].sum())
+    return {"centroid_distance_mm": distance, "foreground_dice": 2 * inter / total if total else float("nan")}
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def _dice_dict(pred: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
+    labels = sorted(set(torch.unique(target).tolist()) - {0})
+    if not labels:
+        return {"mean": float("nan"), "per_label": {}}
+    scores = dice_per_label(pred, target, labels=labels)[0]
+    return {"mean": float(torch.nanmean(scores)), "per_label": {str(int(k)): float(v) for k, v in zip(labels, scores)}}
+
+
+def _field_metrics(ddf: torch.Tensor) -> dict[str, float]:
+    crop = 2 if min(ddf.shape[2:]) > 4 else 0
+    return {
+        "folding_percent": float(folding_percentage(ddf, crop=crop)[0]),
+        "sd_log_jacobian": float(sd_log_jacobian(ddf, crop=crop)[0]),
+        "sd_log_jacobian_learn2reg": float(sd_log_jacobian_l2r(ddf, crop=crop)[0]),
+        "jacobian_crop_voxels": crop,
+    }
+
+
+# ----------------------------------------------------------------------------------------- result
+@dataclass
+class RegistrationResult:
+    """Everything :func:`register` produced, on the fixed image's grid (fixed file's axes).
+
+    Attributes:
+        warped: ``(1, 1, *S)`` MetaTensor, the moving image warped onto the fixed grid, with
+            the fixed affine.
+        ddf: ``(1, D, *S)`` total displacement in fixed-grid voxels (package convention; affine
+            stage included), fixed -> moving, pull-back.
+        fixed: ``(1, 1, *S)`` the fixed image (MetaTensor with its affine).
+        moving: ``(1, 1, *S)`` the moving image resampled onto the fixed grid, not deformed.
+        inverse_ddf: ``(1, D, *S)`` moving -> fixed displacement when the method gives one.
+        uncertainty: ``(1, 1, *S)`` when the method gives one (e.g. posterior std).
+        warped_labels: ``(1, 1, *S)`` MetaTensor (int64) when moving labels were given.
+        fixed_labels: the fixed label map on the fixed grid, when given.
+        affine_matrix: ``(1, D, D + 1)`` voxel affine of the affine stage (working grid), if run.
+        metrics: dict (module docstring), JSON-serialisable.
+        info: method, inputs and settings, for ``summary.json``.
+    """
+
+    warped: MetaTensor
+    ddf: torch.Tensor
+    fixed: MetaTensor
+    moving: MetaTensor
+    inverse_ddf: torch.Tensor | None = None
+    uncertainty: torch.Tensor | None = None
+    warped_labels: MetaTensor | None = None
+    fixed_labels: MetaTensor | None = None
+    affine_matrix: torch.Tensor | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The fixed grid's voxel-to-RAS affine."""
+        return np.asarray(self.fixed.affine, dtype=np.float64)
+
+    def summary(self) -> dict[str, Any]:
+        """The content of ``summary.json``: info, grid and metrics."""
+        return {**self.info, "grid": {"shape": list(self.ddf.shape[2:]), "affine": self.affine.tolist()},
+                "metrics": self.metrics}
+
+    def save(self, output_dir: str | os.PathLike, qc: bool = True) -> dict[str, Path]:
+        """Write the results into ``output_dir`` (created if needed).
+
+        Files: ``warped.nii.gz``, ``ddf.nii.gz`` (ITK displacement field, LPS mm, see
+        :func:`monai_diffreg.io.save_displacement_field`), ``warped_labels.nii.gz`` (moving
+        labels given), ``inverse_ddf.nii.gz`` and ``uncertainty.nii.gz`` (when the method gives
+        them), ``summary.json`` and ``qc.png`` (``qc=True``).
+
+        Everything is first written to a hidden temporary folder inside ``output_dir`` and
+        moved into place only when every file is complete, so a failure leaves no file
+        behind (and removes ``output_dir`` again if this call created it).
+
+        Returns:
+            ``{file name: path}`` of the written files.
+        """
+        out = Path(output_dir)
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".monai_diffreg-", dir=out))
+        try:
+            files = self._write(staging, qc)
+            final = {}
+            for name, path in files.items():
+                os.replace(path, out / name)
+                final[name] = out / name
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return final
+
+    def _write(self, folder: Path, qc: bool) -> dict[str, Path]:
+        affine = self.affine
+        ndim = self.ddf.shape[1]
+        files = {"warped.nii.gz": save_image(self.warped, affine, folder / "warped.nii.gz", spatial_dims=ndim),
+                 "ddf.nii.gz": save_displacement_field(self.ddf, affine, folder / "ddf.nii.gz")}
+        if self.warped_labels is not None:
+            files["warped_labels.nii.gz"] = save_image(self.warped_labels, affine, folder / "warped_labels.nii.gz",
+                                                       label=True, spatial_dims=ndim)
+        if self.inverse_ddf is not None:
+            files["inverse_ddf.nii.gz"] = save_displacement_field(self.inverse_ddf, affine,
+                                                                  folder / "inverse_ddf.nii.gz")
+        if self.uncertainty is not None:
+            files["uncertainty.nii.gz"] = save_image(self.uncertainty, affine, folder / "uncertainty.nii.gz",
+                                                     spatial_dims=ndim)
+        if qc:
+            from .qc import save_qc_figure
+
+            method = self.info.get("method", "")
+            files["qc.png"] = save_qc_figure(self.fixed, self.moving, self.warped, self.ddf, folder / "qc.png",
+                                             title=f"monai_diffreg: {method}", affine=affine)
+        summary = self.summary()
+        summary["files"] = sorted([*files, "summary.json"])
+        files["summary.json"] = save_json(summary, folder / "summary.json")
+        return files
+
+
+# ----------------------------------------------------------------------------------------- register
+def _describe(value: object) -> str:
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    return f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
+
+
+def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    ndim = matrix.shape[1]
+    inv = torch.linalg.inv(matrix[:, :, :ndim])
+    return torch.cat([inv, -(inv @ matrix[:, :, ndim:])], dim=2)
+
+
+def register(
+    fixed: object,
+    moving: object,
+    bundle: str | os.PathLike = "vxm_prob",
+    *,
+    fixed_labels: object | None = None,
+    moving_labels: object | None = None,
+    affine: bool = False,
+    affine_metric: str = "ncc",
+    affine_options: Mapping[str, Any] | None = None,
+    true_ddf: torch.Tensor | None = None,
+    orientation: str | None = "RAS",
+    device: str | torch.device | None = None,
+    output_dir: str | os.PathLike | None = None,
+    qc: bool = True,
+    **method_options: Any,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a named method and return (and optionally write) the result.
+
+    Args:
+        fixed: the fixed image: a file path (NIfTI, NRRD, MHA, ... anything MONAI's
+            ``LoadImage`` reads), a numpy array / torch tensor ``(*S)``, ``(1, *S)`` or
+            ``(1, 1, *S)`` (2D or 3D; leading singleton axes are dropped, identity affine), or a
+            MONAI MetaTensor of those shapes (its affine is used).
+        moving: the moving image, same kinds. Files and MetaTensors may be on another grid
+            (resampled); plain arrays must have the fixed image's shape.
+        bundle: method name (``"svf_optim"``, ``"vxm_prob"``, ...; see
+            :func:`monai_diffreg.methods.available_methods`) or a bundle folder.
+        fixed_labels: optional fixed label map (integer values), same kinds.
+        moving_labels: optional moving label map: warped (nearest) into ``warped_labels``.
+        affine: run the affine stage first (recommended unless the pair is already affinely
+            aligned; learned bundles assume it is).
+        affine_metric: similarity of the affine stage: ``"ncc"`` (same contrast), ``"mi"``
+            (different contrasts) or ``"mse"``.
+        affine_options: further arguments of :func:`monai_diffreg.engines.affine.optimise_affine`
+            (``levels``, ``iterations``, ``learning_rate``, ...).
+        true_ddf: optional known field ``(1, D, *S)`` in fixed-grid voxels (e.g. the built-in
+            sample's), for the end-point error in the metrics.
+        orientation: axis codes of the working grid the method sees (default ``"RAS"``) or None
+            to use the fixed file's axes; outputs are always on the fixed file's grid.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available, else CPU).
+        output_dir: when given, :meth:`RegistrationResult.save` writes the files there.
+        qc: also write ``qc.png`` when saving.
+        method_options: options of the method (built-in: constructor arguments; bundles:
+            config overrides by id, e.g. ``**{"method#iterations": 50}``).
+
+    Returns:
+        a :class:`RegistrationResult`.
+
+    Raises:
+        ValueError / TypeError / FileNotFoundError: bad input, with a message naming the argument;
+        nothing is written then.
+    """
+    times = {}
+    start = time.perf_counter()
+    if not isinstance(affine, bool):
+        raise TypeError(f"{_CALLER}(): 'affine' must be True or False, got {affine!r}")
+    if affine_metric not in AFFINE_METRICS:
+        raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    method_info = find_method(bundle, _CALLER, "bundle")
+
+    # 1. inputs
+    t0 = time.perf_counter()
+    given = {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels}
+    given = {k: v for k, v in given.items() if v is not None}
+    images = {name: _as_image(value, name) for name, value in given.items()}
+    has_geometry = {name: isinstance(value, (str, os.PathLike, MetaTensor)) for name, value in given.items()}
+    _check_inputs(images, has_geometry)
+    ndim = images["fixed"].ndim - 1
+    if true_ddf is not None and (not isinstance(true_ddf, torch.Tensor)
+                                 or tuple(true_ddf.shape) != (1, ndim, *images["fixed"].shape[1:])):
+        got = tuple(true_ddf.shape) if isinstance(true_ddf, torch.Tensor) else type(true_ddf).__name__
+        raise ValueError(f"{_CALLER}(): 'true_ddf' must be a tensor of shape {(1, ndim, *images['fixed'].shape[1:])}, "
+                         f"got {got}")
+
+    # 2. working grid
+    from .transforms.dictionary import LoadRegistrationPaird
+
+    loader = LoadRegistrationPaird(orientation=orientation)
+    work = loader(dict(images))
+    fixed_affine = spatial_affine(images["fixed"].affine, ndim, _CALLER)
+    work_affine = spatial_affine(work["fixed"].affine, ndim, _CALLER)
+    file_shape = tuple(int(s) for s in images["fixed"].shape[1:])
+    mapping = _voxel_map(fixed_affine, work_affine, tuple(int(s) for s in work["fixed"].shape[1:]))
+
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        return plain_tensor(x).float().unsqueeze(0).to(dev)
+
+    fixed_w, moving_w = on_device(work["fixed"]), on_device(work["moving"])
+    times["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    method = load_method(bundle, device=dev, **method_options)
+    times["load_method"] = time.perf_counter() - t0
+
+    # 3. misalignment check
+    check = misalignment(work["fixed"], work["moving"], work_affine)
+    if check["centroid_distance_mm"] > MISALIGNMENT_MM or check["foreground_dice"] < MISALIGNMENT_DICE:
+        advice = "it is included (affine=True)" if affine else "use affine=True (CLI: --affine)"
+        warnings.warn(
+            f"{_CALLER}(): the pair looks misaligned (foreground centroids {check['centroid_distance_mm']:.1f} mm apart, "
+            f"foreground Dice {check['foreground_dice']:.2f}); deformable methods assume affinely aligned inputs: "
+            f"{advice}", MisalignmentWarning, stacklevel=2)
+
+    # 4. affine stage + deformable method
+    affine_ddf = matrix = None
+    t0 = time.perf_counter()
+    if affine:
+        from .engines.affine import optimise_affine
+
+        stage = optimise_affine(fixed_w, moving_w, metric=affine_metric, **dict(affine_options or {}))
+        matrix, affine_ddf, moving_in = stage["matrix"].detach(), stage["ddf"].detach(), stage["warped"].detach()
+    else:
+        moving_in = moving_w
+    times["affine"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = check_method_output(method(fixed_w, moving_in), fixed_w, method_info.name)
+    times["registration"] = time.perf_counter() - t0
+
+    with torch.no_grad():
+        ddf_w = out["ddf"].detach().float()
+        inverse_w = out.get("inverse_ddf")
+        if affine_ddf is not None:
+            ddf_w = compose_ddf(affine_ddf, ddf_w)
+            if inverse_w is not None:
+                inverse_affine = affine_to_ddf(_inverse_matrix(matrix.double()).float(), fixed_w.shape[2:])
+                inverse_w = compose_ddf(inverse_w.detach().float(), inverse_affine)
+
+        # 5. back to the fixed file's axes
+        t0 = time.perf_counter()
+        ddf = _to_file_axes(ddf_w, mapping, is_field=True).cpu()
+        inverse = None if inverse_w is None else _to_file_axes(inverse_w.detach().float(), mapping, True).cpu()
+        uncertainty = out.get("uncertainty")
+        if uncertainty is not None:
+            uncertainty = _to_file_axes(uncertainty.detach().float(), mapping, is_field=False).cpu()
+
+        # 6. outputs from the original moving data, one interpolation
+        def resample(name: str, field: torch.Tensor | None, mode: str) -> MetaTensor:
+            src = images[name]
+            data = resample_to_fixed(plain_tensor(src).float().unsqueeze(0), src.affine, fixed_affine, file_shape,
+                                     field, mode=mode)
+            if mode == "nearest":
+                data = data.round().to(torch.int64)
+            return MetaTensor(data, affine=images["fixed"].affine.clone())
+
+        warped = resample("moving", ddf, "bilinear")
+        moving_on_fixed = resample("moving", None, "bilinear")
+        fixed_out = MetaTensor(plain_tensor(images["fixed"]).float().unsqueeze(0), affine=images["fixed"].affine.clone())
+        warped_labels = resample("moving_labels", ddf, "nearest") if "moving_labels" in images else None
+        fixed_labels_out = None
+        if "fixed_labels" in images:
+            fixed_labels_out = resample("fixed_labels", None, "nearest")
+        times["resample"] = time.perf_counter() - t0
+
+        # 7. metrics
+        metrics: dict[str, Any] = _field_metrics(ddf.double())
+        metrics["misalignment_before"] = check
+        spacing = [float(v) for v in np.linalg.norm(fixed_affine[:ndim, :ndim], axis=0)]
+        if warped_labels is not None and fixed_labels_out is not None:
+            metrics["dice_before"] = _dice_dict(resample("moving_labels", None, "nearest"), fixed_labels_out)
+            metrics["dice_after"] = _dice_dict(warped_labels, fixed_labels_out)
+        if true_ddf is not None:
+            truth = true_ddf.detach().double().cpu()
+            metrics["epe_mm"] = float(endpoint_error(ddf.double(), truth, spacing=spacing)[0])
+            metrics["epe_before_mm"] = float(endpoint_error(torch.zeros_like(truth), truth, spacing=spacing)[0])
+    times["total"] = time.perf_counter() - start
+    metrics["seconds"] = {k: round(v, 4) for k, v in times.items()}
+
+    info = {
+        "monai_diffreg_version": __version__,
+        "method": method_info.name,
+        "method_location": method_info.location,
+        "method_options": {k: repr(v) for k, v in method_options.items()},
+        "affine_stage": {"enabled": affine, "metric": affine_metric if affine else None,
+                         "matrix_voxels": None if matrix is None else matrix[0].cpu().tolist()},
+        "device": str(dev),
+        "inputs": {name: _describe(value) for name, value in given.items()},
+        "spacing_mm": spacing,
+    }
+    result = RegistrationResult(
+        warped=warped, ddf=ddf, fixed=fixed_out, moving=moving_on_fixed, inverse_ddf=inverse, uncertainty=uncertainty,
+        warped_labels=warped_labels, fixed_labels=fixed_labels_out, affine_matrix=matrix, metrics=metrics, info=info,
+    )
+    if output_dir is not None:
+        result.save(output_dir, qc=qc)
+    return result
+

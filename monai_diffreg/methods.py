@@ -1,0 +1,263 @@
+"""Registration methods by name: the built-in optimisation method and learned MONAI bundles.
+
+The method contract
+-------------------
+A registration method is any callable object implementing :class:`RegistrationMethod`::
+
+    out = method(fixed, moving)
+
+* ``fixed``, ``moving``: float tensors ``(1, 1, *S)`` (2D or 3D) on the **fixed grid** (the
+  moving image is already resampled onto it, and affinely pre-aligned when the caller asked
+  for an affine stage), on the device the method was loaded for. Intensities are as read
+  from the files: intensity normalisation is the method's own business.
+* ``out``: a dict with at least ``"ddf"``, ``(1, D, *S)`` in fixed-grid voxels, pull-back
+  from fixed to moving (package convention, :mod:`monai_diffreg.functional`); optionally
+  ``"inverse_ddf"`` (same layout, moving to fixed), ``"velocity"`` (the stationary velocity
+  field) and ``"uncertainty"`` ``(1, 1, *S)`` (e.g. the posterior standard deviation of a
+  probabilistic model). Other keys are ignored by the API.
+
+Where methods come from
+-----------------------
+* **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"svf_optim"`` is
+  :class:`monai_diffreg.engines.SVFRegistration` (multi-resolution optimisation of a
+  stationary velocity field); options are its constructor arguments.
+* **Bundles**: a MONAI bundle folder whose ``configs/inference.json`` defines the id
+  ``"method"``, which :class:`monai.bundle.ConfigParser` instantiates into an object obeying
+  the contract above. Before parsing, ``bundle_root`` is set to the bundle folder and, when a
+  device is requested, ``device`` to ``$torch.device('<device>')`` (the config should build
+  its network on ``@device``). Options are config overrides by id (``"method#iterations"``);
+  an id that the config does not define is an error.
+
+A bundle is found by name (:func:`resolve_bundle`), in this order: a path to a bundle folder;
+each folder of ``$MONAI_DIFFREG_BUNDLES`` (``os.pathsep``-separated); ``<repo>/bundles`` in a
+source checkout (``Path(monai_diffreg.__file__).parents[1] / "bundles"``); the installed copy
+``<sys.prefix>/share/monai_diffreg/bundles`` (``setup.cfg`` ``data_files``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = [
+    "RegistrationMethod",
+    "MethodInfo",
+    "BUILTIN_METHODS",
+    "bundle_search_paths",
+    "available_methods",
+    "find_method",
+    "resolve_bundle",
+    "load_method",
+    "check_method_output",
+]
+
+_INFERENCE_CONFIG = Path("configs") / "inference.json"
+_METHOD_ID = "method"
+
+
+@runtime_checkable
+class RegistrationMethod(Protocol):
+    """A registration method: ``method(fixed, moving) -> {"ddf": ..., ...}`` (module docstring)."""
+
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid."""
+
+
+#: name -> (factory called with the options, or "module:attr" of one imported on first use; one-line description)
+BUILTIN_METHODS: dict[str, tuple[str | Callable[..., object], str]] = {
+    "svf_optim": ("monai_diffreg.engines:SVFRegistration",
+                  "built-in: multi-resolution optimisation of a stationary velocity field (no training)"),
+}
+
+
+def _build_builtin(name: str, options: Mapping[str, Any]) -> object:
+    """Instantiate a built-in method, rejecting options its constructor does not take."""
+    factory = BUILTIN_METHODS[name][0]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"load_method(): unknown option(s) {unknown} for '{name}'; valid options: {valid}")
+    return factory(**options)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One available method: its name, kind (``"builtin"`` or ``"bundle"``), location and description."""
+
+    name: str
+    kind: str
+    location: str
+    description: str
+
+
+def bundle_search_paths() -> list[Path]:
+    """Folders searched for bundles by name, in order (module docstring)."""
+    paths = [Path(p) for p in os.environ.get("MONAI_DIFFREG_BUNDLES", "").split(os.pathsep) if p]
+    paths.append(Path(__file__).resolve().parents[1] / "bundles")
+    paths.append(Path(sys.prefix) / "share" / "monai_diffreg" / "bundles")
+    return paths
+
+
+def _is_bundle(folder: Path) -> bool:
+    return (folder / _INFERENCE_CONFIG).is_file()
+
+
+def _description(bundle: Path) -> str:
+    meta = bundle / "configs" / "metadata.json"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "MONAI bundle"
+    return str(data.get("description") or data.get("name") or "MONAI bundle").splitlines()[0]
+
+
+def _bundles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in bundle_search_paths():
+        if root.is_dir():
+            for folder in sorted(root.iterdir()):
+                if folder.name not in found and _is_bundle(folder):
+                    found[folder.name] = folder
+    return found
+
+
+def available_methods() -> list[MethodInfo]:
+    """Every method :func:`load_method` accepts by name: built-in ones first, then bundles found."""
+    infos = [MethodInfo(name, "builtin", "monai_diffreg", desc) for name, (_, desc) in BUILTIN_METHODS.items()]
+    infos += [MethodInfo(name, "bundle", str(path), _description(path))
+              for name, path in _bundles().items() if name not in BUILTIN_METHODS]
+    return infos
+
+
+def find_method(name_or_path: str | os.PathLike, caller: str = "find_method",
+                argument: str = "name_or_path") -> MethodInfo:
+    """Look a method up by built-in name, bundle name or bundle path (no code is run).
+
+    Args:
+        name_or_path: what the user asked for.
+        caller, argument: public callable and argument names for the error message.
+
+    Raises:
+        ValueError: no such method; the message lists the available methods.
+    """
+    if isinstance(name_or_path, str) and name_or_path in BUILTIN_METHODS:
+        return MethodInfo(name_or_path, "builtin", "monai_diffreg", BUILTIN_METHODS[name_or_path][1])
+    if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if path.is_dir() and _is_bundle(path):
+            return MethodInfo(path.name, "bundle", str(path.resolve()), _description(path))
+        found = _bundles().get(os.fspath(name_or_path)) if isinstance(name_or_path, str) else None
+        if found is not None:
+            return MethodInfo(found.name, "bundle", str(found), _description(found))
+    names = ", ".join(info.name for info in available_methods())
+    raise ValueError(f"{caller}(): '{argument}' is not a known method or bundle: {name_or_path!r}; available: {names} "
+                     f"(or a path to a bundle folder with {_INFERENCE_CONFIG.as_posix()})")
+
+
+def resolve_bundle(name: str | os.PathLike) -> Path:
+    """Folder of the bundle called ``name`` (or at path ``name``).
+
+    Raises:
+        ValueError: no such bundle; the message lists the available methods.
+    """
+    info = find_method(name, "resolve_bundle", "name")
+    if info.kind != "bundle":
+        raise ValueError(f"resolve_bundle(): '{name}' is a built-in method, not a bundle")
+    return Path(info.location)
+
+
+def _load_bundle_method(bundle: Path, device: str | torch.device | None, options: Mapping[str, Any]) -> object:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / _INFERENCE_CONFIG))
+    meta = bundle / "configs" / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(str(meta))
+    if _METHOD_ID not in parser:
+        raise ValueError(f"load_method(): bundle {str(bundle)!r} defines no id '{_METHOD_ID}' in "
+                         f"{_INFERENCE_CONFIG.as_posix()} (see monai_diffreg.methods for the contract)")
+    unknown = [key for key in options if key not in parser]
+    if unknown:
+        raise ValueError(f"load_method(): option(s) {unknown} are not ids of {bundle.name}'s "
+                         f"{_INFERENCE_CONFIG.as_posix()}; pass config ids such as '{_METHOD_ID}#<argument>'")
+    parser["bundle_root"] = str(bundle)
+    if device is not None:
+        parser["device"] = f"$torch.device('{torch.device(device)}')"
+    for key, value in options.items():
+        parser[key] = value
+    return parser.get_parsed_content(_METHOD_ID)
+
+
+def load_method(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                **options: Any) -> RegistrationMethod:
+    """Instantiate a registration method by name or bundle path.
+
+    Args:
+        name_or_path: a built-in name (``"svf_optim"``), a bundle name (``"vxm_prob"``) or a
+            path to a bundle folder.
+        device: device to run on (``"cpu"``, ``"cuda"``, ``"cuda:1"``); default: the method's
+            own default. Built-in ``nn.Module`` methods are moved there; bundles get it as
+            their ``device`` id.
+        options: built-in methods: constructor arguments; bundles: config overrides by id.
+
+    Returns:
+        the method object (see the module docstring for its contract).
+
+    Raises:
+        ValueError: unknown name (the message lists the available methods) or bad options.
+    """
+    info = find_method(name_or_path, "load_method", "name_or_path")
+    if info.kind == "builtin":
+        method = _build_builtin(info.name, options)
+        if device is not None and isinstance(method, torch.nn.Module):
+            method = method.to(torch.device(device))
+    else:
+        method = _load_bundle_method(Path(info.location), device, options)
+    if not callable(method):
+        raise TypeError(f"load_method(): '{name_or_path}' built a {type(method).__name__}, which is not callable")
+    return method  # type: ignore[return-value]
+
+
+def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """Validate a method's output against the contract and return it as a dict.
+
+    Args:
+        out: what ``method(fixed, moving)`` returned.
+        fixed: the fixed input ``(1, 1, *S)``.
+        name: the method's name, for messages.
+
+    Returns:
+        the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``).
+    """
+    spatial = tuple(fixed.shape[2:])
+    ndim = len(spatial)
+    if not isinstance(out, Mapping) or "ddf" not in out:
+        got = sorted(map(str, out)) if isinstance(out, Mapping) else type(out).__name__
+        raise ValueError(f"method '{name}' must return a dict with key 'ddf', got {got}")
+    expected = {"ddf": (1, ndim, *spatial), "inverse_ddf": (1, ndim, *spatial), "velocity": (1, ndim, *spatial),
+                "uncertainty": (1, 1, *spatial)}
+    for key, shape in expected.items():
+        value = out.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"method '{name}' returned '{key}' of shape {got}, expected {shape}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"method '{name}' returned a non-finite '{key}' (NaN/Inf)")
+    return dict(out)

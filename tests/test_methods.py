@@ -1,0 +1,101 @@
+"""Tests for monai_diffreg.methods: the method registry, bundle lookup and the method contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from monai_diffreg import methods
+from monai_diffreg.methods import (
+    RegistrationMethod,
+    available_methods,
+    check_method_output,
+    load_method,
+    resolve_bundle,
+)
+
+TOY_CONFIG = {
+    "imports": ["$import torch"],
+    "device": "$torch.device('cpu')",
+    "shift": 1.0,
+    "method": "$lambda fixed, moving: {'ddf': torch.full((1, fixed.ndim - 2, *fixed.shape[2:]), float(@shift), "
+              "device=@device), 'root': @bundle_root}",
+}
+
+
+def write_toy_bundle(root, name="toy_bundle", config=None):
+    """A minimal bundle whose method returns a constant shift (no network, no weights)."""
+    folder = root / name
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / "inference.json").write_text(json.dumps(config or TOY_CONFIG))
+    (folder / "configs" / "metadata.json").write_text(json.dumps({"name": name, "description": "toy shift\nmore"}))
+    return folder
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONAI_DIFFREG_BUNDLES", str(tmp_path))
+    write_toy_bundle(tmp_path)
+    return tmp_path
+
+
+def test_available_methods_lists_builtin_and_bundles(bundle_dir):
+    infos = {info.name: info for info in available_methods()}
+    assert infos["svf_optim"].kind == "builtin"
+    assert infos["toy_bundle"].kind == "bundle"
+    assert infos["toy_bundle"].description == "toy shift"
+    assert infos["toy_bundle"].location == str(bundle_dir / "toy_bundle")
+
+
+def test_resolve_bundle_by_name_and_path(bundle_dir):
+    assert resolve_bundle("toy_bundle") == bundle_dir / "toy_bundle"
+    assert resolve_bundle(bundle_dir / "toy_bundle") == (bundle_dir / "toy_bundle").resolve()
+    with pytest.raises(ValueError, match=r"resolve_bundle\(\): 'name' is not a known method or bundle: 'nope'; available: svf_optim.*toy_bundle"):
+        resolve_bundle("nope")
+
+
+def test_search_paths_include_checkout_and_install(monkeypatch):
+    monkeypatch.delenv("MONAI_DIFFREG_BUNDLES", raising=False)
+    paths = methods.bundle_search_paths()
+    assert paths[0].name == "bundles" and paths[0].parent == methods.Path(methods.__file__).resolve().parents[1]
+    assert paths[1].parts[-3:] == ("share", "monai_diffreg", "bundles")
+
+
+def test_load_bundle_method_with_overrides(bundle_dir):
+    method = load_method("toy_bundle", device="cpu", shift=2.5)
+    assert isinstance(method, RegistrationMethod)
+    fixed = torch.zeros(1, 1, 4, 5, 6)
+    out = method(fixed, fixed)
+    torch.testing.assert_close(out["ddf"], torch.full((1, 3, 4, 5, 6), 2.5))
+    assert out["root"] == str(bundle_dir / "toy_bundle")
+    with pytest.raises(ValueError, match=r"option\(s\) \['nonsense'\] are not ids of toy_bundle"):
+        load_method("toy_bundle", nonsense=1)
+
+
+def test_load_method_errors(bundle_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"load_method\(\): 'name_or_path' is not a known method or bundle: 'vxm_nope'; available: .*svf_optim"):
+        load_method("vxm_nope")
+    broken = write_toy_bundle(tmp_path / "other", "broken", config={"x": 1})
+    with pytest.raises(ValueError, match="defines no id 'method'"):
+        load_method(broken)
+    with pytest.raises(ValueError, match=r"load_method\(\): unknown option\(s\) \['not_an_option'\] for 'svf_optim'; valid options"):
+        load_method("svf_optim", not_an_option=3)
+
+
+def test_builtin_svf_optim_is_registered():
+    method = load_method("svf_optim")
+    assert callable(method)
+
+
+def test_check_method_output():
+    fixed = torch.zeros(1, 1, 4, 4)
+    good = {"ddf": torch.zeros(1, 2, 4, 4), "uncertainty": torch.ones(1, 1, 4, 4), "extra": "ignored"}
+    assert check_method_output(good, fixed, "m")["extra"] == "ignored"
+    with pytest.raises(ValueError, match="method 'm' must return a dict with key 'ddf', got tuple"):
+        check_method_output((torch.zeros(1, 2, 4, 4),), fixed, "m")
+    with pytest.raises(ValueError, match=r"returned 'inverse_ddf' of shape \(1, 3, 4, 4\), expected \(1, 2, 4, 4\)"):
+        check_method_output({"ddf": torch.zeros(1, 2, 4, 4), "inverse_ddf": torch.zeros(1, 3, 4, 4)}, fixed, "m")
+    with pytest.raises(ValueError, match="returned a non-finite 'ddf'"):
+        check_method_output({"ddf": torch.full((1, 2, 4, 4), float("nan"))}, fixed, "m")
