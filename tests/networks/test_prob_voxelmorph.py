@@ -1,0 +1,164 @@
+"""ProbabilisticVoxelMorph: fixed output keys and shapes, initialisation, exp(v) / exp(-v), gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_diffreg.functional import compose_ddf, gaussian_smooth, integrate_velocity, resize_field
+from monai_diffreg.networks import ProbabilisticVoxelMorph
+
+KEYS = {"ddf", "inverse_ddf", "velocity", "velocity_mean", "velocity_log_var", "warped", "warped_fixed"}
+SMALL = {"enc_channels": (4, 8), "dec_channels": (8, 8, 8)}
+
+
+def _model(spatial_dims, **kwargs):
+    return ProbabilisticVoxelMorph(spatial_dims, **{**SMALL, **kwargs})
+
+
+def _set_constant_velocity(model, values):
+    """Make the mean head output the constant vector ``values`` everywhere."""
+    with torch.no_grad():
+        model.mean_head.weight.zero_()
+        model.mean_head.bias.copy_(torch.tensor(values))
+
+
+@pytest.mark.parametrize("spatial_dims,size,scale,downsize,velocity_size", [
+    (2, (33, 47), 1.0, 2, (17, 24)),
+    (2, (32, 40), 0.5, 1, (16, 20)),
+    (3, (9, 10, 11), 1.0, 2, (5, 5, 6)),
+    (3, (16, 18, 21), 0.5, 2, (4, 5, 5)),  # 21 * 0.5 rounds to 10 (half to even)
+])
+@pytest.mark.parametrize("posterior", ["diagonal", "smoothed"])
+def test_keys_and_shapes(spatial_dims, size, scale, downsize, velocity_size, posterior):
+    model = _model(spatial_dims, image_scale=scale, int_downsize=downsize, posterior=posterior)
+    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(moving, fixed)
+        assert set(out) == KEYS
+        for key in ("ddf", "inverse_ddf"):
+            assert out[key].shape == (2, spatial_dims, *size)
+        for key in ("velocity", "velocity_mean", "velocity_log_var"):
+            assert out[key].shape == (2, spatial_dims, *velocity_size)
+        assert out["warped"].shape == out["warped_fixed"].shape == (2, 1, *size)
+    assert model.velocity_size(size) == velocity_size
+    model.eval()
+    with torch.no_grad():
+        sampled = model.sample(moving, fixed, num_samples=3)
+    assert set(sampled) == KEYS | {"uncertainty"}
+    assert sampled["uncertainty"].shape == (2, 1, *size)
+
+
+def test_initial_field_is_near_zero_and_variance_tiny():
+    model = ProbabilisticVoxelMorph(3).eval()  # VoxelMorph's default widths
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        out = model(moving, fixed)
+    assert out["ddf"].abs().max() < 1e-2
+    assert out["inverse_ddf"].abs().max() < 1e-2
+    assert torch.allclose(out["velocity_log_var"], torch.full_like(out["velocity_log_var"], -10.0), atol=1e-3)
+    assert float(model.mean_head.weight.detach().std()) == pytest.approx(1e-5, rel=0.2)
+    assert torch.allclose(out["warped"], moving, atol=1e-2)
+
+
+def test_eval_uses_mean_and_train_samples():
+    model = _model(2)
+    with torch.no_grad():
+        model.log_var_head.bias.fill_(0.0)
+    moving, fixed = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    model.eval()
+    out = model(moving, fixed)
+    assert torch.equal(out["velocity"], out["velocity_mean"])
+    model.train()
+    a, b = model(moving, fixed), model(moving, fixed)
+    assert not torch.equal(a["velocity"], a["velocity_mean"])
+    assert not torch.equal(a["velocity"], b["velocity"])
+
+
+@pytest.mark.parametrize("scale,downsize", [(1.0, 2), (0.5, 2), (1.0, 1)])
+def test_constant_velocity_is_an_exact_translation(scale, downsize):
+    """A constant velocity c (velocity-grid voxels) integrates to the translation c * downsize / scale."""
+    model = _model(3, image_scale=scale, int_downsize=downsize).eval()
+    _set_constant_velocity(model, [0.5, -0.25, 0.75])
+    moving, fixed = torch.rand(1, 1, 16, 20, 24), torch.rand(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        out = model(moving, fixed)
+    factor = downsize / scale
+    expected = torch.tensor([0.5, -0.25, 0.75]).view(1, 3, 1, 1, 1) * factor
+    torch.testing.assert_close(out["ddf"], expected.expand_as(out["ddf"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["inverse_ddf"], -expected.expand_as(out["ddf"]), atol=1e-5, rtol=0)
+
+
+def test_ddf_is_exp_velocity_and_inverse_is_exp_minus_velocity():
+    model = _model(3).eval()
+    with torch.no_grad():
+        model.mean_head.weight.normal_(0.0, 1.0)
+    moving, fixed = (gaussian_smooth(torch.rand(1, 1, 24, 24, 24), 2.0) for _ in range(2))
+    with torch.no_grad():
+        out = model(moving, fixed)
+    v = out["velocity"]
+    assert v.abs().max() > 0.3  # a real, non-trivial field
+    torch.testing.assert_close(out["ddf"], resize_field(integrate_velocity(v, 7), size=(24, 24, 24)))
+    torch.testing.assert_close(out["inverse_ddf"], resize_field(integrate_velocity(-v, 7), size=(24, 24, 24)))
+    # phi o phi^-1 ~ id away from the border (interpolation error only)
+    inner = (slice(None), slice(None), *[slice(4, -4)] * 3)
+    residual = compose_ddf(out["ddf"], out["inverse_ddf"])[inner].abs().max()
+    assert residual < 0.1 * out["ddf"][inner].abs().max()
+
+
+def test_gradients_reach_every_parameter():
+    model = _model(2, posterior="smoothed").train()
+    moving, fixed = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    out = model(moving, fixed)
+    loss = ((out["warped"] - fixed) ** 2).mean() + ((out["warped_fixed"] - moving) ** 2).mean()
+    loss = loss + out["velocity_log_var"].exp().mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_uncertainty_grows_with_posterior_variance():
+    model = _model(2).eval()
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        small = model.sample(moving, fixed, num_samples=4)["uncertainty"]
+        model.log_var_head.bias.fill_(-2.0)
+        large = model.sample(moving, fixed, num_samples=4)["uncertainty"]
+    assert bool((small >= 0).all()) and small.max() < 0.05
+    # std of one component of the displacement ~ exp(-1) * 2 (half-resolution voxels), two components
+    assert 0.3 < float(large.mean()) < 3.0
+
+
+def test_velocity_to_ddf_checks_grid():
+    model = _model(2)
+    with pytest.raises(ValueError, match=r"velocity_to_ddf\(\): 'velocity' must have spatial shape \(8, 8\)"):
+        model.velocity_to_ddf(torch.zeros(1, 2, 9, 9), (16, 16))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"posterior": "full"}, r"'posterior' must be one of \['diagonal', 'smoothed'\]"),
+    ({"in_channels": 3}, r"'in_channels' must be an even integer"),
+    ({"int_downsize": 3}, r"'int_downsize' must be a power of two"),
+    ({"int_downsize": 8}, r"'int_downsize' must be a power of two between 1 and 4"),
+    ({"image_scale": 0}, r"'image_scale' must be a finite number > 0"),
+    ({"prior_lambda": -1.0}, r"'prior_lambda' must be a finite number > 0"),
+    ({"num_steps": -1}, r"'num_steps' must be an integer >= 0"),
+])
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _model(2, **kwargs)
+
+
+def test_bad_inputs():
+    model = _model(3)
+    a = torch.rand(1, 1, 16, 16, 16)
+    with pytest.raises(ValueError, match=r"'moving' must be 5D"):
+        model(torch.rand(1, 1, 16, 16), a)
+    with pytest.raises(ValueError, match=r"must share batch and spatial sizes"):
+        model(a, torch.rand(1, 1, 16, 16, 17))
+    with pytest.raises(ValueError, match=r"channels must add up to in_channels=2, got 2 \+ 1"):
+        model(torch.rand(1, 2, 16, 16, 16), a)
+    with pytest.raises(ValueError, match=r"'num_samples' must be an integer >= 2"):
+        model.sample(a, a, num_samples=1)
