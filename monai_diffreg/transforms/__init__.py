@@ -19,6 +19,7 @@ from .dictionary import (
     LoadRegistrationPaird,
     NormalizeIntensityPercentiled,
     PadToDivisibled,
+    RandLabelMapd,
     RandSmoothDeformationd,
     RandSynthesizeImaged,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "NormalizeIntensityPercentiled",
     "PadToDivisible",
     "PadToDivisibled",
+    "RandLabelMapd",
     "RandSmoothDeformation",
     "RandSmoothDeformationd",
     "RandSynthesizeImaged",

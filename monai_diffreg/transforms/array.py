@@ -22,7 +22,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from ..functional import warp
 from ..functional.warp import PADDING_MODES, WARP_MODES
-from ..validation import check_choice
+from ..validation import check_choice, check_positive
 from .deformation import (
     DEFAULT_CONTROL_SPACING,
     DEFAULT_MAX_DISPLACEMENT,
@@ -100,11 +100,14 @@ class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
         padding_mode: str = "border",
         num_steps: int = 7,
     ) -> None:
+        caller = "RandSmoothDeformation"
         RandomizableTransform.__init__(self, prob)
         self.control_spacing = control_spacing
-        self.max_displacement = max_displacement
-        self.mode = check_choice(mode, "mode", "RandSmoothDeformation", WARP_MODES)
-        self.padding_mode = check_choice(padding_mode, "padding_mode", "RandSmoothDeformation", PADDING_MODES)
+        self.max_displacement = check_positive(max_displacement, "max_displacement", caller, allow_zero=True)
+        self.mode = check_choice(mode, "mode", caller, WARP_MODES)
+        self.padding_mode = check_choice(padding_mode, "padding_mode", caller, PADDING_MODES)
+        if not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
         self.num_steps = num_steps
         self._params: dict[str, Any] | None = None
 
@@ -169,8 +172,7 @@ class RandSmoothDeformation(RandomizableTransform, InvertibleTransform):
         transform = self.pop_transform(data)
         if not transform[TraceKeys.DO_TRANSFORM]:
             return data
-        with self.trace_transform(False):
-            return self.apply_params(data, transform[TraceKeys.EXTRA_INFO]["params"], inverse=True)
+        return self.apply_params(data, transform[TraceKeys.EXTRA_INFO]["params"], inverse=True)
 
 
 class SynthesizeImageFromLabels(RandomizableTransform):

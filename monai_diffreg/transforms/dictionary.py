@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import (
     DivisiblePadd,
     InvertibleTransform,
@@ -23,20 +23,22 @@ from monai.transforms import (
     ResampleToMatch,
 )
 from monai.transforms.inverse import TraceKeys
-from monai.utils import ensure_tuple_rep
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from ..functional.warp import PADDING_MODES, WARP_MODES
 from ..validation import check_choice
 from .array import NormalizeIntensityPercentile, RandSmoothDeformation, SynthesizeImageFromLabels, warp_channel_first
+from .control_grid import as_spatial_shape
 from .deformation import DEFAULT_CONTROL_SPACING, DEFAULT_MAX_DISPLACEMENT
 from .spatial import check_image, divisible_padding, load_channel_first
-from .synthesis import sample_synthesis_params
+from .synthesis import random_label_map, sample_synthesis_params
 from .utils import as_channel_first, integer_labels, torch_generator_from
 
 __all__ = [
     "LoadRegistrationPaird",
     "NormalizeIntensityPercentiled",
     "PadToDivisibled",
+    "RandLabelMapd",
     "RandSmoothDeformationd",
     "RandSynthesizeImaged",
 ]
@@ -106,32 +108,30 @@ class RandSmoothDeformationd(RandomizableTransform, MapTransform, InvertibleTran
         self.deformer.set_random_state(seed, state)
         return self
 
-    def _spatial_shape(self, d: Mapping[Hashable, Any]) -> tuple[int, ...] | None:
-        shapes = {key: tuple(as_channel_first(d[key], str(key), "RandSmoothDeformationd").shape[1:])
-                  for key in self.key_iterator(d)}
-        if len(set(shapes.values())) > 1:
-            raise ValueError(f"RandSmoothDeformationd(): all keys must share one spatial shape, got {shapes}")
-        return next(iter(shapes.values()), None)
-
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        shape = self._spatial_shape(d)
+        images = {key: as_channel_first(d[key], str(key), "RandSmoothDeformationd") for key in self.key_iterator(d)}
+        shapes = {key: tuple(image.shape[1:]) for key, image in images.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"RandSmoothDeformationd(): all keys must share one spatial shape, got {shapes}")
         self.randomize(None)
-        if shape is None:
+        if not images:
             return d
+        shape, device = next(iter(shapes.values())), next(iter(images.values())).device
         if self._do_transform:
             self.deformer.randomize(shape)
         params = self.params
-        fields = self.deformer.fields(params, shape) if params is not None else None
+        fields = self.deformer.fields(params, shape, device=device) if params is not None else None
         for key, mode, padding_mode in self.key_iterator(d, self.mode, self.padding_mode):
-            image = as_channel_first(d[key], str(key), "RandSmoothDeformationd")
+            image = images[key]
             if fields is not None:
                 image = warp_channel_first(image, fields["ddf"], mode=mode, padding_mode=padding_mode)
             info = {"params": params, "mode": mode, "padding_mode": padding_mode}
             d[key] = self.push_transform(image, extra_info=info)
         for store_key, field_name in ((self.ddf_key, "ddf"), (self.inverse_ddf_key, "inverse_ddf")):
             if store_key is not None:
-                d[store_key] = fields[field_name][0] if fields is not None else torch.zeros(len(shape), *shape)
+                d[store_key] = fields[field_name][0] if fields is not None else torch.zeros(len(shape), *shape,
+                                                                                            device=device)
         return d
 
     def inverse(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
@@ -212,6 +212,51 @@ class RandSynthesizeImaged(RandomizableTransform, MapTransform):
             params = self.synthesizer.params if shared is None else shared
             d[image_key] = self.synthesizer.apply_params(d[key], params)
             self._params[image_key] = params
+        return d
+
+
+class RandLabelMapd(RandomizableTransform, MapTransform):
+    """Put a random label map of smooth blobs (:func:`~monai_diffreg.transforms.synthesis.random_label_map`)
+    under every key, for training without any labelled data (SynthMorph).
+
+    Every key receives the SAME ``(1, *spatial)`` int64 map (a MetaTensor with an identity
+    affine); deforming the keys independently afterwards (e.g. one :class:`RandSmoothDeformationd`
+    per key, with ``ddf_key``) yields a fixed and a moving label map with known correspondence,
+    from which :class:`RandSynthesizeImaged` makes the images. Existing values under the keys
+    are replaced.
+
+    Args:
+        keys: where to store the label map.
+        spatial_shape: ``(*spatial)`` of the maps, 2D or 3D.
+        num_labels: number of labels (values ``0 .. num_labels - 1``).
+        blob_spacing: typical blob size in voxels.
+        max_displacement: bound of the warp that makes the blobs irregular, in voxels (0: none).
+
+    Example::
+
+        pipeline = Compose([
+            RandLabelMapd(("fixed_labels", "moving_labels"), (64, 64, 64), num_labels=16),
+            RandSmoothDeformationd("fixed_labels", mode="nearest", ddf_key="true_ddf"),
+            RandSynthesizeImaged(("fixed_labels", "moving_labels"), ("fixed", "moving")),
+        ])
+        sample = pipeline({})   # fixed = moving warped by sample["true_ddf"], contrasts independent
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_shape: Sequence[int], num_labels: int = 16,
+                 blob_spacing: float = 8.0, max_displacement: float = 3.0) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.settings = {"spatial_shape": as_spatial_shape(spatial_shape, "RandLabelMapd"), "num_labels": num_labels,
+                         "blob_spacing": blob_spacing, "max_displacement": max_displacement}
+
+    def randomize(self, data: Any = None) -> None:
+        """Nothing to decide up front: the map is drawn in ``__call__``."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        labels = random_label_map(**self.settings, generator=torch_generator_from(self.R))[0]
+        for key in self.keys:
+            d[key] = convert_to_tensor(labels.clone(), track_meta=get_track_meta())
         return d
 
 

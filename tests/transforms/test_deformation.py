@@ -153,6 +153,12 @@ def test_nearest_keeps_label_values_and_dtype(shape):
 def test_array_transform_bad_input():
     with pytest.raises(ValueError, match=r"RandSmoothDeformation\(\): 'mode' must be one of"):
         RandSmoothDeformation(mode="cubic")
+    with pytest.raises(ValueError, match=r"RandSmoothDeformation\(\): 'max_displacement' must be a finite number"):
+        RandSmoothDeformation(max_displacement=float("nan"))
+    with pytest.raises(ValueError, match="'num_steps' must be an integer >= 0"):
+        RandSmoothDeformation(num_steps=-1)
+    with pytest.raises(RuntimeError, match="no parameters were drawn yet"):
+        RandSmoothDeformation()(torch.rand(1, 8, 8), randomize=False)
     with pytest.raises(ValueError, match=r"must be channel-first \(C, \*spatial\)"):
         RandSmoothDeformation()(torch.rand(8, 8))
     with pytest.raises(TypeError, match="must be a torch.Tensor or numpy array"):

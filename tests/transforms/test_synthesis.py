@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Compose
 
 from monai_diffreg.transforms.array import SynthesizeImageFromLabels
-from monai_diffreg.transforms.dictionary import RandSynthesizeImaged
+from monai_diffreg.functional import warp
+from monai_diffreg.transforms.dictionary import RandLabelMapd, RandSmoothDeformationd, RandSynthesizeImaged
 from monai_diffreg.transforms.synthesis import (
     add_gaussian_noise,
     apply_gamma,
@@ -145,3 +147,24 @@ def test_dictionary_transform_independent_and_shared():
     shared = RandSynthesizeImaged(("fixed_labels", "moving_labels"), ("fixed", "moving"), independent=False,
                                   **NO_TEXTURE).set_random_state(1)(data)
     assert torch.equal(shared["fixed"], shared["moving"])
+
+
+def test_label_free_synthmorph_pair_carries_its_ground_truth():
+    pipeline = Compose([
+        RandLabelMapd(("fixed_labels", "moving_labels"), (32, 28), num_labels=6, blob_spacing=6.0),
+        RandSmoothDeformationd("fixed_labels", mode="nearest", max_displacement=3.0, ddf_key="true_ddf"),
+        RandSynthesizeImaged(("fixed_labels", "moving_labels"), ("fixed", "moving")),
+    ]).set_random_state(0)
+    sample = pipeline({})
+    fixed_labels, moving_labels = sample["fixed_labels"].as_tensor(), sample["moving_labels"].as_tensor()
+    assert fixed_labels.shape == (1, 32, 28) and fixed_labels.dtype == torch.int64
+    assert not torch.equal(fixed_labels, moving_labels)
+    # the stored displacement maps the moving labels exactly onto the fixed labels
+    warped = warp(moving_labels[None].float(), sample["true_ddf"][None], mode="nearest")[0]
+    assert torch.equal(warped.long(), fixed_labels)
+    for key in ("fixed", "moving"):
+        assert sample[key].shape == (1, 32, 28) and float(sample[key].min()) >= 0.0 and float(sample[key].max()) <= 1.0
+    again = pipeline.set_random_state(0)({})
+    assert torch.equal(again["fixed"].as_tensor(), sample["fixed"].as_tensor())
+    with pytest.raises(ValueError, match=r"RandLabelMapd\(\): 'spatial_shape' must be 2 or 3 positive integers"):
+        RandLabelMapd("labels", (32,))
