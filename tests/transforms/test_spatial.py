@@ -144,8 +144,8 @@ def test_fixed_grid_is_kept(nifti_pair):
     np.testing.assert_array_equal(exact["fixed"].numpy().ravel()[order_exact], ras["fixed"].numpy().ravel()[order_ras])
 
 
-def test_mha_pair_written_by_itk(tmp_path):
-    """2D .mha files (ITK: LPS physical space, index order x, y) with different spacings and origins."""
+def test_mha_and_nrrd_pair_written_by_itk(tmp_path):
+    """2D .mha and .nrrd files (ITK: LPS physical space, index order x, y), different spacings and origins."""
     shift_lps = np.array([3.0, -2.0])
 
     def write(path, spacing, origin, shape_xy, shift):
@@ -158,7 +158,7 @@ def test_mha_pair_written_by_itk(tmp_path):
         return str(path)
 
     fixed = write(tmp_path / "fixed.mha", (1.5, 1.0), (-20.0, -15.0), (30, 40), np.zeros(2))
-    moving = write(tmp_path / "moving.mha", (0.75, 0.75), (-30.0, -30.0), (80, 90), shift_lps)
+    moving = write(tmp_path / "moving.nrrd", (0.75, 0.75), (-30.0, -30.0), (80, 90), shift_lps)
     out = LoadRegistrationPaird()({"fixed": fixed, "moving": moving})
     assert out["fixed"].shape == out["moving"].shape and out["fixed"].ndim == 3
     world_ras = _world(out["fixed"].affine.numpy(), out["fixed"].shape[1:])
