@@ -118,6 +118,10 @@ class RegistrationTrainer:
                             ("log_interval", log_interval)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{caller}(): '{name}' must be an integer >= 1, got {value!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"{caller}(): 'num_workers' must be an integer >= 0, got {num_workers!r}")
+        if not isinstance(resume, bool):
+            raise ValueError(f"{caller}(): 'resume' must be True or False, got {resume!r}")
         self.network = network
         self.loss_function = loss_function
         self.optimizer = optimizer

@@ -1,0 +1,133 @@
+"""RegistrationTrainer: bitwise resume, NaN stop without saving, logging, checkpoints, real DDP (gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_diffreg.engines.training import RegistrationTrainer, latest_checkpoint, save_atomic
+from monai_diffreg.engines.training_data import SyntheticPairDataset
+from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
+from monai_diffreg.networks import ProbabilisticVoxelMorph
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: OpenMP threads only add contention on a loaded machine (100x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _trainer(output_dir, max_iterations, resume=False, loss=None, **kwargs):
+    torch.manual_seed(0)
+    network = ProbabilisticVoxelMorph(2, enc_channels=(4, 8), dec_channels=(8, 8, 8), posterior="smoothed", prior_lambda=2.0)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    dataset = SyntheticPairDataset((16, 16), seed=3, shape_labels=4, num_label_channels=4)
+    loss = loss or ProbabilisticSVFLoss("mse", image_sigma=0.1, prior_lambda=2.0, posterior="smoothed", dice_weight=1.0)
+    return RegistrationTrainer(network, loss, optimizer, dataset, max_iterations, output_dir, batch_size=2,
+                               checkpoint_interval=kwargs.pop("checkpoint_interval", 2), log_interval=1,
+                               resume=resume, seed=5, **kwargs)
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = _trainer(tmp_path / "a", 4)
+    straight.run()
+    first = _trainer(tmp_path / "b", 2)
+    first.run()
+    resumed = _trainer(tmp_path / "b", 4, resume=True)
+    resumed.run()
+    assert resumed.iteration == 4
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    start = torch.load(tmp_path / "b" / "checkpoint_0000002.pt", weights_only=False)["model"]
+    assert any(not torch.equal(start[k], b[k]) for k in b)  # the resumed half did train
+    log = (tmp_path / "b" / "train_log.txt").read_text()
+    assert "resumed from" in log and "iteration 4/4" in log and "loss=" in log and "s/it=" in log
+
+
+def test_checkpoints_rotation_and_atomic_files(tmp_path):
+    _trainer(tmp_path, 5, checkpoint_interval=1, keep_checkpoints=2).run()
+    names = sorted(p.name for p in tmp_path.glob("checkpoint_*.pt"))
+    assert names == ["checkpoint_0000004.pt", "checkpoint_0000005.pt"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint_0000005.pt"
+    assert not list(tmp_path.glob(".*tmp*"))
+    checkpoint = torch.load(tmp_path / "checkpoint_0000005.pt", weights_only=False)
+    assert checkpoint["iteration"] == 5 and {"model", "optimizer", "rng_states", "lr_scheduler"} <= set(checkpoint)
+
+
+class _NaNAtSecondCall(ProbabilisticSVFLoss):
+    calls = 0
+
+    def forward(self, *args, **kwargs):
+        terms = super().forward(*args, **kwargs)
+        type(self).calls += 1
+        if type(self).calls == 2:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def test_nan_loss_stops_without_saving(tmp_path):
+    loss = _NaNAtSecondCall("mse", image_sigma=0.1, prior_lambda=2.0)
+    trainer = _trainer(tmp_path, 5, loss=loss, checkpoint_interval=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at iteration 2 .*nothing saved"):
+        trainer.run()
+    assert not (tmp_path / "model.pt").exists()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_0000001.pt"]
+
+
+def test_save_atomic_replaces(tmp_path):
+    save_atomic({"a": 1}, tmp_path / "x.pt")
+    save_atomic({"a": 2}, tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt") == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match=r"RegistrationTrainer\(\): 'max_iterations' must be an integer >= 1, got 0"):
+        _trainer(tmp_path, 0)
+    with pytest.raises(ValueError, match=r"'num_workers' must be an integer >= 0, got -1"):
+        _trainer(tmp_path, 1, num_workers=-1)
+
+
+_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_training import _trainer
+trainer = _trainer({out!r}, 3, distributed=True)
+trainer.run()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ddp_two_processes_gloo(tmp_path):
+    """Real DDP: 2 CPU processes (gloo) train 3 iterations; replicas stay identical, rank 0 writes."""
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613", str(script)]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint_0000003.pt", weights_only=False)
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
+    assert not torch.equal(checkpoint["rng_states"][0], checkpoint["rng_states"][1])
+    assert (tmp_path / "run" / "model.pt").exists()
+    # DDP averaged the gradients of different data: the result differs from one process on rank 0's data
+    single = _trainer(tmp_path / "single", 3)
+    single.run()
+    ddp_weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    single_weights = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
+    assert any(not torch.equal(ddp_weights[k], single_weights[k]) for k in ddp_weights)
