@@ -1,0 +1,65 @@
+"""Tests for the built-in sample (monai_diffreg.sample and monai_diffreg/data/sample)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_diffreg.sample import MNI_NOTICE, SAMPLE_SHAPE, _crop_box, gm_wm_labels, sample_paths
+
+
+def test_sample_files_small_and_complete():
+    paths = sample_paths()
+    total = sum(p.stat().st_size for p in paths["fixed"].parent.iterdir())
+    assert total < 5 * 1024 * 1024
+    for name in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        img = nib.load(paths[name])
+        assert img.shape == SAMPLE_SHAPE == (160, 192, 160)
+        assert all(n % 16 == 0 for n in img.shape)
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        np.testing.assert_allclose(img.header.get_zooms(), (1.0, 1.0, 1.0))
+        assert img.get_data_dtype() == np.uint8
+    labels = np.asarray(nib.load(paths["fixed_labels"]).dataobj)
+    assert set(np.unique(labels).tolist()) == {0, 1, 2}
+    info = json.loads((paths["fixed"].parent / "sample.json").read_text())
+    np.testing.assert_allclose(info["affine"], nib.load(paths["fixed"]).affine)
+
+
+def test_notice_is_the_mni_notice(shared_data):
+    readme = (shared_data / "README.md").read_text()
+    notice = readme.split("## MNI ICBM152 notice (must accompany any copy or derivative that ships)\n", 1)[1].strip()
+    shipped = sample_paths()["notice"].read_text()
+    assert shipped == MNI_NOTICE
+    assert notice in shipped
+
+
+def test_fixed_image_is_the_template_crop(shared_data):
+    """The fixed image is the template's T1, unchanged inside the brain mask, at the recorded crop."""
+    source = nib.load(shared_data / "mni152_2009a" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    fixed = nib.load(sample_paths()["fixed"])
+    start = json.loads((sample_paths()["fixed"].parent / "sample.json").read_text())["crop_start_in_template"]
+    np.testing.assert_allclose(fixed.affine[:3, 3], source.affine[:3, 3] + np.asarray(start, dtype=float))
+    template = np.asarray(source.dataobj)[tuple(slice(s, s + n) for s, n in zip(start, SAMPLE_SHAPE))]
+    data = np.asarray(fixed.dataobj)
+    inside = data > 0
+    assert inside.mean() > 0.3
+    np.testing.assert_array_equal(data[inside], template[inside])
+
+
+def test_label_rule_hand_values():
+    p_gm = np.array([0.6, 0.3, 0.2, 0.4, 0.9])
+    p_wm = np.array([0.3, 0.6, 0.2, 0.4, 0.1])
+    mask = np.array([True, True, True, True, False])
+    # GM wins, WM wins, CSF (0.6 rest) wins, GM/WM tie -> GM, outside the mask -> 0
+    np.testing.assert_array_equal(gm_wm_labels(p_gm, p_wm, mask), [1, 2, 0, 1, 0])
+
+
+def test_crop_box_centres_and_fits():
+    mask = np.zeros((197, 233, 189), bool)
+    mask[30:170, 30:200, 5:150] = True
+    box = _crop_box(mask)
+    assert [s.stop - s.start for s in box] == list(SAMPLE_SHAPE)
+    assert box[0].start == 20 and box[2].start == 0  # centred on x; clipped at the bottom on z
