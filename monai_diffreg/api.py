@@ -308,6 +308,21 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
 
 
+def _check_device(device: str | torch.device | None) -> torch.device:
+    """The requested device (default CUDA when available), checked to be usable."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{_CALLER}(): 'device' must be a torch device such as 'cpu', 'cuda' or 'cuda:1', "
+                         f"got {device!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"{_CALLER}(): 'device' is {str(dev)!r} but that CUDA device is not available "
+                         f"({torch.cuda.device_count()} visible); use 'cpu'")
+    return dev
+
+
 def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
     ndim = matrix.shape[1]
     inv = torch.linalg.inv(matrix[:, :, :ndim])
@@ -373,7 +388,7 @@ def register(
         raise TypeError(f"{_CALLER}(): 'affine' must be True or False, got {affine!r}")
     if affine_metric not in AFFINE_METRICS:
         raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _check_device(device)
     method_info = find_method(bundle, _CALLER, "bundle")
 
     # 1. inputs

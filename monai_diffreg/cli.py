@@ -1,0 +1,224 @@
+"""Command line: ``monai-diffreg register ...`` and ``monai-diffreg methods``.
+
+Examples::
+
+    monai-diffreg register --sample --bundle svf_optim --output-dir outputs/demo
+    monai-diffreg register --fixed atlas.nii.gz --moving s1.nii.gz s2.nii.gz \\
+        --moving-labels s1_seg.nii.gz s2_seg.nii.gz --fixed-labels atlas_seg.nii.gz \\
+        --bundle vxm_prob --affine --output-dir results
+    monai-diffreg methods
+
+Several moving images form a batch: each is registered to the fixed image into its own
+sub-folder of ``--output-dir`` (named after the moving file), with a progress bar. User
+errors (bad files, bad options) print one line on stderr and exit with status 1 (argument
+errors: 2) without a traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+_PROG = "monai-diffreg"
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
+
+
+class _UserError(Exception):
+    """A problem with the command line itself, reported like argparse errors."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog=_PROG, description="Diffeomorphic image registration with MONAI.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,methods}")
+
+    reg = sub.add_parser("register", help="register moving image(s) to a fixed image and write the results",
+                         description="Register moving image(s) to a fixed image. Writes warped.nii.gz, ddf.nii.gz "
+                                     "(ITK displacement field), warped_labels.nii.gz, summary.json and qc.png.")
+    reg.add_argument("--fixed", metavar="F", help="fixed image file (NIfTI, NRRD, MHA, ...)")
+    reg.add_argument("--moving", metavar="M", nargs="+", help="moving image file(s); several = a batch")
+    reg.add_argument("--fixed-labels", metavar="L", help="fixed label map (for Dice)")
+    reg.add_argument("--moving-labels", metavar="L", nargs="+", help="moving label map(s), one per moving image")
+    reg.add_argument("--bundle", default="vxm_prob", metavar="NAME",
+                     help="method: a built-in name, a bundle name or a bundle folder (default: vxm_prob; "
+                          "see `monai-diffreg methods`)")
+    reg.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (one sub-folder per pair in a batch)")
+    reg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    reg.add_argument("--affine", action="store_true", help="run the affine stage before the deformable method")
+    reg.add_argument("--affine-metric", default="ncc", choices=("ncc", "mi", "mse"),
+                     help="similarity of the affine stage (mi for different contrasts)")
+    reg.add_argument("--orientation", default="RAS",
+                     help="axis codes of the grid the method works on, or 'none' for the fixed file's axes (default: RAS)")
+    reg.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="method option (built-in: constructor argument; bundle: config id), VALUE parsed as JSON "
+                          "when possible; repeatable")
+    reg.add_argument("--sample", action="store_true",
+                     help="use the built-in MNI152 sample as fixed/moving/labels (reports the field error)")
+    reg.add_argument("--no-qc", action="store_true", help="do not write qc.png")
+    reg.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    met = sub.add_parser("methods", help="list the available registration methods")
+    met.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UserError(f"--option must be KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or name
+    return Path(name).stem or name
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Argument combinations (argparse cannot express them)."""
+    if args.sample:
+        if args.fixed or args.moving or args.fixed_labels or args.moving_labels:
+            raise _UserError("--sample replaces --fixed/--moving/--fixed-labels/--moving-labels; give one or the other")
+        return
+    if not args.fixed or not args.moving:
+        raise _UserError("register needs --fixed and --moving (or --sample)")
+    if args.moving_labels and len(args.moving_labels) != len(args.moving):
+        raise _UserError(f"--moving-labels must give one label map per moving image: {len(args.moving)} moving, "
+                         f"{len(args.moving_labels)} label maps")
+
+
+def _pairs(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]], Any]:
+    """(fixed, [{moving, moving_labels, folder}], true_ddf) from checked arguments (loads the sample if asked)."""
+    true_ddf = None
+    if args.sample:
+        from .sample import load_sample
+
+        sample = load_sample()
+        paths = sample["paths"]
+        args.fixed, args.moving = str(paths["fixed"]), [str(paths["moving"])]
+        args.fixed_labels, args.moving_labels = str(paths["fixed_labels"]), [str(paths["moving_labels"])]
+        true_ddf = sample["true_ddf"]
+    labels = args.moving_labels or [None] * len(args.moving)
+    out = Path(args.output_dir)
+    pairs, used = [], set()
+    for moving, moving_labels in zip(args.moving, labels):
+        folder = out
+        if len(args.moving) > 1:
+            name, k = _stem(moving), 2
+            while name in used:
+                name, k = f"{_stem(moving)}_{k}", k + 1
+            used.add(name)
+            folder = out / name
+        pairs.append({"moving": moving, "moving_labels": moving_labels, "folder": folder})
+    return args.fixed, pairs, true_ddf
+
+
+def _line(message: object) -> str:
+    """One line of at most 600 characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _report(pair: dict[str, Any], result: Any) -> str:
+    m = result.metrics
+    parts = [f"{pair['moving']} -> {pair['folder']}:"]
+    if "dice_after" in m:
+        parts.append(f"Dice {m['dice_before']['mean']:.3f} -> {m['dice_after']['mean']:.3f},")
+    if "epe_mm" in m:
+        parts.append(f"field error {m['epe_before_mm']:.2f} -> {m['epe_mm']:.2f} mm,")
+    parts.append(f"det J <= 0: {m['folding_percent']:.3f}%, SDlogJ {m['sd_log_jacobian']:.3f},")
+    parts.append(f"{m['seconds']['total']:.1f} s")
+    return " ".join(parts)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .api import MisalignmentWarning, register
+    from .methods import find_method
+
+    options = _parse_options(args.option)
+    _check_args(args)
+    find_method(args.bundle, "register", "bundle")  # fail once, before any work, on an unknown method
+    fixed, pairs, true_ddf = _pairs(args)
+    orientation = None if str(args.orientation).lower() == "none" else args.orientation
+    failures = 0
+    batch = len(pairs) > 1
+    progress = tqdm(pairs, desc="registering", unit="pair", disable=not batch, file=sys.stderr)
+    for pair in progress:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = register(fixed, pair["moving"], args.bundle, fixed_labels=args.fixed_labels,
+                                  moving_labels=pair["moving_labels"], affine=args.affine,
+                                  affine_metric=args.affine_metric, true_ddf=true_ddf, orientation=orientation,
+                                  device=args.device, output_dir=pair["folder"], qc=not args.no_qc, **options)
+            except _USER_ERRORS as err:
+                if args.debug:
+                    raise
+                failures += 1
+                msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+                tqdm.write(f"{_PROG}: error: {_line(msg)}", file=sys.stderr)
+                continue
+            finally:
+                for w in caught:
+                    if issubclass(w.category, MisalignmentWarning):
+                        tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
+        tqdm.write(_report(pair, result), file=sys.stdout)
+    if batch:
+        print(f"{len(pairs) - failures}/{len(pairs)} pairs registered into {args.output_dir}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from .methods import available_methods
+
+    infos = available_methods()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        return 0
+    width = max(len(info.name) for info in infos)
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.kind:<7}  {info.description}  [{info.location}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 a pair failed, 2 bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "methods":
+            return _methods(args)
+        return _register(args)
+    except _UserError as err:
+        parser.error(str(err))  # exits with status 2
+    except _USER_ERRORS as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{_PROG}: error: {_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Tests for the command line (monai_diffreg.cli)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from monai_diffreg import methods
+from monai_diffreg.cli import main
+from monai_diffreg.functional import warp
+from monai_diffreg.io import save_image
+
+
+class ShiftMethod:
+    """Toy method: a constant displacement along axis 0 (voxels)."""
+
+    def __init__(self, shift=1.0):
+        self.shift = float(shift)
+
+    def __call__(self, fixed, moving):
+        ddf = torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:], device=fixed.device)
+        ddf[:, 0] = self.shift
+        return {"ddf": ddf}
+
+
+@pytest.fixture
+def shift_method(monkeypatch):
+    monkeypatch.setitem(methods.BUILTIN_METHODS, "shift", (ShiftMethod, "constant shift (test)"))
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (16, 14, 12)], indexing="ij")
+    image = np.exp(-sum((g - c) ** 2 for g, c in zip(grids, (8, 7, 6))) / 20.0)
+    labels = (image > 0.3).astype(np.int16) + (image > 0.7)
+    paths = {}
+    for name, data, lab in (("fixed", image, False), ("m1", image, False), ("m2", np.roll(image, 1, 0), False),
+                            ("fl", labels, True), ("l1", labels, True), ("l2", np.roll(labels, 1, 0), True)):
+        paths[name] = str(save_image(data, np.diag([-1.0, 1.0, 1.0, 1.0]), tmp_path / f"{name}.nii.gz", label=lab))
+    return paths
+
+
+def test_register_single_pair(shift_method, pair_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"], "--bundle", "shift",
+                 "--fixed-labels", pair_files["fl"], "--moving-labels", pair_files["l1"], "--output-dir", str(out),
+                 "--option", "shift=0.5", "--no-qc"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ddf.nii.gz", "summary.json", "warped.nii.gz",
+                                                    "warped_labels.nii.gz"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "shift" and summary["method_options"] == {"shift": "0.5"}
+    assert summary["metrics"]["dice_before"]["mean"] == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    assert "Dice 1.000 ->" in printed and "det J <= 0: 0.000%" in printed
+
+
+def test_register_batch_subfolders(shift_method, pair_files, tmp_path, capsys):
+    out = tmp_path / "batch"
+    code = main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"], pair_files["m2"],
+                 pair_files["m1"], "--bundle", "shift", "--output-dir", str(out), "--no-qc"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["m1", "m1_2", "m2"]
+    assert (out / "m2" / "ddf.nii.gz").is_file()
+    err = capsys.readouterr().err
+    assert "3/3 pairs registered" in err
+
+
+def test_methods_listing(capsys, monkeypatch, shift_method):
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert "svf_optim" in text and "shift" in text and "builtin" in text
+    assert main(["methods", "--json"]) == 0
+    names = [m["name"] for m in json.loads(capsys.readouterr().out)]
+    assert names[0] == "svf_optim" and "shift" in names
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", r"register\(\): 'moving' file not found"),
+    ("corrupt", r"register\(\): could not read 'moving' from"),
+    ("float_labels", r"register\(\): 'moving_labels' must be a label map of integer values"),
+    ("2d", r"register\(\): 'moving' is 2D"),
+    ("unknown_bundle", r"register\(\): 'bundle' is not a known method or bundle: 'nope'; available: svf_optim"),
+    ("device", r"register\(\): 'device' must be a torch device"),
+])
+def test_user_errors_one_line_no_traceback(shift_method, pair_files, tmp_path, capsys, case, match):
+    args = {"--fixed": pair_files["fixed"], "--moving": pair_files["m1"], "--bundle": "shift"}
+    if case == "missing":
+        args["--moving"] = str(tmp_path / "missing.nii.gz")
+    elif case == "corrupt":
+        (tmp_path / "corrupt.nii.gz").write_bytes(b"garbage")
+        args["--moving"] = str(tmp_path / "corrupt.nii.gz")
+    elif case == "float_labels":
+        save_image(np.full((16, 14, 12), 0.5, np.float32), np.eye(4), tmp_path / "fl.nii.gz")
+        args["--moving-labels"] = str(tmp_path / "fl.nii.gz")
+    elif case == "2d":
+        save_image(np.random.rand(16, 14).astype(np.float32), np.eye(4), tmp_path / "two.nii.gz")
+        args["--moving"] = str(tmp_path / "two.nii.gz")
+    elif case == "unknown_bundle":
+        args["--bundle"] = "nope"
+    elif case == "device":
+        args["--device"] = "gpu0"
+    out = tmp_path / "out"
+    argv = ["register", "--output-dir", str(out)] + [x for kv in args.items() for x in kv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("monai-diffreg: error: ")
+    assert pytest.importorskip("re").search(match, err[0])
+    assert not out.exists()
+
+
+def test_argument_errors_exit_2(pair_files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["register", "--output-dir", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert "register needs --fixed and --moving (or --sample)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["register", "--sample", "--fixed", pair_files["fixed"], "--output-dir", str(tmp_path / "o")])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"], pair_files["m2"],
+              "--moving-labels", pair_files["l1"], "--output-dir", str(tmp_path / "o")])
+    assert "one label map per moving image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"], "--option", "noequals",
+              "--output-dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_continues_after_a_bad_pair(shift_method, pair_files, tmp_path, capsys):
+    out = tmp_path / "batch"
+    code = main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"],
+                 str(tmp_path / "missing.nii.gz"), "--bundle", "shift", "--output-dir", str(out), "--no-qc"])
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["m1"]
+    assert "1/2 pairs registered" in capsys.readouterr().err
+
+
+def test_misalignment_warning_printed(shift_method, tmp_path, capsys):
+    ball = np.zeros((24, 24, 24), np.float32)
+    ball[4:10, 9:15, 9:15] = 1.0
+    save_image(ball, np.eye(4), tmp_path / "f.nii.gz")
+    save_image(np.roll(ball, 12, 0), np.eye(4), tmp_path / "m.nii.gz")
+    code = main(["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                 "--bundle", "shift", "--output-dir", str(tmp_path / "o"), "--no-qc"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "monai-diffreg: warning: register(): the pair looks misaligned" in err and "--affine" in err
+
+
+def test_console_entry_point_subprocess(tmp_path):
+    """The real process: one-line error on stderr, status 1, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "monai_diffreg.cli", "register", "--fixed", str(tmp_path / "nope.nii"),
+                           "--moving", str(tmp_path / "nope.nii"), "--bundle", "svf_optim", "--output-dir",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "monai-diffreg: error: register(): 'fixed' file not found" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_shift_is_applied(shift_method, pair_files, tmp_path):
+    """End to end through files: the written warped image is the moving image pulled by the method's field."""
+    import nibabel as nib
+
+    out = tmp_path / "o"
+    assert main(["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m1"], "--bundle", "shift",
+                 "--option", "shift=1", "--orientation", "none", "--output-dir", str(out), "--no-qc"]) == 0
+    moving = torch.as_tensor(np.asarray(nib.load(pair_files["m1"]).dataobj, dtype=np.float32))[None, None]
+    ddf = torch.zeros(1, 3, 16, 14, 12)
+    ddf[:, 0] = 1.0
+    expected = warp(moving, ddf, padding_mode="zeros")[0, 0].numpy()
+    np.testing.assert_allclose(np.asarray(nib.load(out / "warped.nii.gz").dataobj), expected, atol=1e-5)
