@@ -15,7 +15,7 @@ half the input resolution and the displacement is upsampled with its vectors res
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,8 @@ class ProbabilisticVoxelMorph(nn.Module):
     * ``"warped"``: ``(B, C_moving, *S)`` moving image warped by ``ddf``.
     * ``"warped_fixed"``: ``(B, C_fixed, *S)`` fixed image warped by ``inverse_ddf``.
 
-    :meth:`sample` adds ``"uncertainty"`` from ``K`` posterior samples.
+    :meth:`sample` adds ``"uncertainty"`` from ``K`` posterior samples; :meth:`refine` runs the
+    instance-specific optimisation of the velocity field from the network's mean.
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 2, enc_channels: Sequence[int] = (16, 32, 32, 32),
@@ -205,3 +206,59 @@ class ProbabilisticVoxelMorph(nn.Module):
             sum_sq = sum_sq + delta * (ddf - running_mean)
         outputs["uncertainty"] = torch.sqrt((sum_sq / (num_samples - 1)).sum(dim=1, keepdim=True))
         return outputs
+
+    def images_on_velocity_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """Area-average ``(B, C, *S)`` onto the velocity grid ``(B, C, *n)`` (the cells :meth:`velocity_to_ddf` uses).
+
+        The image is resampled by ``image_scale``, padded at the end (edge values) to
+        ``n * int_downsize`` and averaged over ``int_downsize``-wide cells, so voxel ``j`` of the
+        result covers exactly velocity cell ``j``.
+        """
+        check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_velocity_grid", spatial_dims=self.spatial_dims)
+        size = image.shape[2:]
+        x = resize_image(image, size=self.network_size(size), mode="area")
+        pad = []
+        for s, n in zip(reversed(x.shape[2:]), reversed(self.velocity_size(size))):
+            pad += [0, n * self.int_downsize - s]
+        return resize_image(F.pad(x, pad, mode="replicate"), size=self.velocity_size(size), mode="area")
+
+    def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: Callable | None = None,
+               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
+               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+        """Instance-specific optimisation: refine the velocity for this pair from the network's mean.
+
+        Minimises the training loss's image term plus its KL (the prior term on the velocity,
+        with the network's log variance held fixed) over the velocity field ``z`` by ``steps``
+        Adam iterations (:func:`monai_diffreg.engines.svf_optim.refine_velocity`), starting at
+        ``mu``. The image term is evaluated on the velocity grid (images area-averaged onto it,
+        :meth:`images_on_velocity_grid`): for ``int_downsize=1`` that is exactly the grid the
+        network sees and was trained on. The result stays a diffeomorphism ``exp(z)``.
+
+        Args:
+            moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
+            steps: Adam iterations (0 returns the network's mean registration).
+            loss_function: a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`
+                (its ``image_term`` and ``kl_term`` are used); default local NCC with this model's
+                ``prior_lambda`` and posterior type.
+            learning_rate: Adam step size, about the largest change of ``z`` per step in velocity voxels.
+            smoothing_sigma: optional Gaussian preconditioning of the updates (velocity voxels).
+            callback: ``callback(iteration, loss)`` after each step.
+
+        Returns:
+            the dict of :meth:`forward` for the refined velocity (``"velocity"`` and
+            ``"velocity_mean"`` both hold it; ``"velocity_log_var"`` is the network's), detached.
+        """
+        from ..engines.svf_optim import refine_velocity
+        from ..losses.prob_svf import ProbabilisticSVFLoss
+
+        if loss_function is None:
+            loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=self.prior_lambda, posterior=self.posterior)
+        with torch.no_grad():
+            mean, log_var = self.posterior_params(moving, fixed)
+        velocity, _ = refine_velocity(
+            self.images_on_velocity_grid(fixed), self.images_on_velocity_grid(moving), mean, steps,
+            loss_fn=loss_function.image_term, regularizer=lambda v: loss_function.kl_term(v, log_var),
+            learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, callback=callback,
+        )
+        with torch.no_grad():
+            return self.outputs_from_velocity(moving, fixed, velocity, velocity, log_var)

@@ -162,3 +162,56 @@ def test_bad_inputs():
         model(torch.rand(1, 2, 16, 16, 16), a)
     with pytest.raises(ValueError, match=r"'num_samples' must be an integer >= 2"):
         model.sample(a, a, num_samples=1)
+
+
+def _synthetic_pair(size=(32, 32)):
+    """A smooth random image and a copy deformed by a known smooth diffeomorphism."""
+    from monai_diffreg.functional import warp
+    from monai_diffreg.transforms.deformation import deformation_from_params, sample_smooth_velocity_params
+
+    generator = torch.Generator().manual_seed(1)
+    fixed = gaussian_smooth(torch.rand((1, 1, *size), generator=generator), 1.5)
+    fixed = (fixed - fixed.min()) / (fixed.max() - fixed.min())
+    params = sample_smooth_velocity_params(size, control_spacing=8.0, max_displacement=2.0, generator=generator)
+    moving = warp(fixed, deformation_from_params(params)["inverse_ddf"])
+    return moving, fixed
+
+
+def test_refine_improves_the_image_term_and_stays_diffeomorphic():
+    from monai_diffreg.functional import jacobian_determinant
+    from monai_diffreg.losses.ncc import local_ncc_loss
+
+    model = _model(2, int_downsize=1, prior_lambda=0.5).eval()
+    moving, fixed = _synthetic_pair()
+    with torch.no_grad():
+        before = model(moving, fixed)
+    history = []
+    after = model.refine(moving, fixed, steps=25, learning_rate=0.3, callback=lambda i, loss: history.append(loss))
+    assert set(after) == KEYS and len(history) == 25
+    assert history[-1] < history[0]
+    ncc_before = float(local_ncc_loss(before["warped"], fixed))
+    ncc_after = float(local_ncc_loss(after["warped"], fixed))
+    assert ncc_after < ncc_before - 0.05
+    assert float(((after["warped"] - fixed) ** 2).mean()) < 0.8 * float(((before["warped"] - fixed) ** 2).mean())
+    assert float(jacobian_determinant(after["ddf"]).min()) > 0
+    assert float(jacobian_determinant(after["inverse_ddf"]).min()) > 0
+    assert torch.equal(after["velocity"], after["velocity_mean"])
+
+
+def test_refine_without_steps_is_the_mean_prediction():
+    model = _model(2).eval()
+    moving, fixed = _synthetic_pair()
+    with torch.no_grad():
+        expected = model(moving, fixed)
+    out = model.refine(moving, fixed, steps=0)
+    for key in KEYS:
+        torch.testing.assert_close(out[key], expected[key])
+
+
+@pytest.mark.parametrize("scale,downsize,size", [(1.0, 2, (9, 12)), (0.5, 2, (20, 18)), (1.0, 1, (8, 8))])
+def test_images_on_velocity_grid_shape_and_mean(scale, downsize, size):
+    model = _model(2, image_scale=scale, int_downsize=downsize)
+    image = torch.full((1, 1, *size), 0.25)
+    small = model.images_on_velocity_grid(image)
+    assert small.shape == (1, 1, *model.velocity_size(size))
+    torch.testing.assert_close(small, torch.full_like(small, 0.25))
