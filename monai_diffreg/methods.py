@@ -19,8 +19,9 @@ A registration method is any callable object implementing :class:`RegistrationMe
 Where methods come from
 -----------------------
 * **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"svf_optim"`` is
-  :class:`monai_diffreg.engines.SVFRegistration` (multi-resolution optimisation of a
-  stationary velocity field); options are its constructor arguments.
+  :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
+  a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
+  options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
 * **Bundles**: a MONAI bundle folder whose ``configs/inference.json`` defines the id
   ``"method"``, which :class:`monai.bundle.ConfigParser` instantiates into an object obeying
   the contract above. Before parsing, ``bundle_root`` is set to the bundle folder and, when a
@@ -36,8 +37,6 @@ source checkout (``Path(monai_diffreg.__file__).parents[1] / "bundles"``); the i
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import sys
@@ -50,6 +49,7 @@ import torch
 
 __all__ = [
     "RegistrationMethod",
+    "PercentileNormalised",
     "MethodInfo",
     "BUILTIN_METHODS",
     "bundle_search_paths",
@@ -72,26 +72,48 @@ class RegistrationMethod(Protocol):
         """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid."""
 
 
-#: name -> (factory called with the options, or "module:attr" of one imported on first use; one-line description)
-BUILTIN_METHODS: dict[str, tuple[str | Callable[..., object], str]] = {
-    "svf_optim": ("monai_diffreg.engines:SVFRegistration",
-                  "built-in: multi-resolution optimisation of a stationary velocity field (no training)"),
+class PercentileNormalised:
+    """Run a method on inputs scaled to [0, 1] by their 0.5th and 99.5th percentiles (clipped).
+
+    Optimisation engines expect intensities of order 1 (MSE noise level, learning rates), and
+    the method contract leaves normalisation to the method; this adapter gives it to one.
+
+    Args:
+        method: a callable ``method(fixed, moving) -> dict`` (see the module docstring).
+    """
+
+    def __init__(self, method: Callable[[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]) -> None:
+        self.method = method
+
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        from .transforms.intensity import normalize_intensity_percentile
+
+        return self.method(normalize_intensity_percentile(fixed, name="fixed", caller="PercentileNormalised"),
+                           normalize_intensity_percentile(moving, name="moving", caller="PercentileNormalised"))
+
+    def __repr__(self) -> str:
+        return f"PercentileNormalised({self.method!r})"
+
+
+def _svf_optim(**options: Any) -> PercentileNormalised:
+    from .engines.svf_optim import SVFRegistration
+
+    return PercentileNormalised(SVFRegistration(**options))
+
+
+#: name -> (factory called with the method's options, one-line description)
+BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
+    "svf_optim": (_svf_optim, "built-in: multi-resolution optimisation of a stationary velocity field (no training); "
+                              "options: monai_diffreg.engines.svf_optim.optimise_svf arguments"),
 }
 
 
 def _build_builtin(name: str, options: Mapping[str, Any]) -> object:
-    """Instantiate a built-in method, rejecting options its constructor does not take."""
-    factory = BUILTIN_METHODS[name][0]
-    if isinstance(factory, str):
-        module, _, attr = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attr)
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        valid = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"load_method(): unknown option(s) {unknown} for '{name}'; valid options: {valid}")
-    return factory(**options)
+    """Instantiate a built-in method; a constructor rejecting an option becomes a ValueError."""
+    try:
+        return BUILTIN_METHODS[name][0](**options)
+    except TypeError as err:
+        raise ValueError(f"load_method(): bad option(s) {sorted(options)} for '{name}': {err}") from None
 
 
 @dataclass(frozen=True)
