@@ -1,0 +1,286 @@
+"""Benchmark cases built from the real shared data (``../shared/data``), cached on disk.
+
+Case groups (one results table each):
+
+``brain_synthetic`` (3D, 30 labels, known field)
+    ``fixed`` = ``voxelmorph/test_scan`` (1 mm, 160x192x224); ``moving`` = the same scan warped
+    by a known random smooth diffeomorphism ``phi = exp(v)``
+    (:func:`monai_diffreg.transforms.sample_smooth_velocity_params`, control points every
+    :data:`SYNTH_CONTROL_SPACING_MM` mm, velocity components up to
+    :data:`SYNTH_MAX_DISPLACEMENT_MM` mm: mean displacement about 3 mm in the brain, up to about
+    7 mm, identity Dice about 0.6: an inter-subject magnitude after affine alignment), with an
+    intensity change (gamma, smooth multiplicative bias, noise in the brain; :func:`intensity_change`).
+    ``moving(y) = fixed(y + u_phi(y))``, so the registration that maps ``moving`` back onto
+    ``fixed`` has the displacement of ``phi^-1 = exp(-v)``: that is ``true_ddf``. Moving labels
+    are the aseg warped with nearest neighbour. One case per seed.
+``mni_to_subject`` (3D, grey/white matter)
+    ``moving`` = the skull-stripped MNI152 2009a template, resampled onto the test_scan grid
+    through both RAS affines (brain centres of mass superimposed, since test_scan's origin is
+    unknown) and then affinely aligned to it with
+    :func:`monai_diffreg.engines.optimise_affine` (NCC, multi-resolution); its labels
+    (0/1/2 = bg/GM/WM, :func:`monai_diffreg.datasets.load_mni152`) follow with nearest.
+    ``fixed`` = test_scan with labels from its aseg by
+    :func:`monai_diffreg.datasets.aseg_to_tissue`: cerebral cortex 3/42 -> GM (1), cerebral
+    white matter 2/41 -> WM (2); the template's GM map also covers deep grey nuclei and the
+    cerebellar cortex, so no method reaches Dice 1 (the ceiling is the same for all).
+``pairs_2d`` (2D)
+    ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
+    known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
+    diffeomorphism and intensity change, as in ``brain_synthetic``; labels: two pseudo-tissue
+    classes of the slice (foreground of the Gaussian-smoothed slice split at its median
+    intensity: 1 darker, 2 brighter).
+
+Quick mode builds every case at half resolution (``scale = 0.5``: 2 mm voxels; the same
+deformations in millimetres), so a smoke run takes seconds per method.
+
+A case is a dict of tensors and settings (``(1, 1, *S)`` images and label maps, ``labels``:
+the label codes scored, ``spacing`` in mm, ``true_ddf`` and ``mask`` or None); it is built
+once and cached as ``<cache>/<name>@<scale>.pt``, keyed by :data:`CASES_VERSION`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from monai_diffreg.datasets import (
+    VOXELMORPH_LABELS,
+    aseg_to_tissue,
+    load_dipy_slice,
+    load_elastix_2d,
+    load_mni152,
+    load_voxelmorph_scan,
+)
+from monai_diffreg.engines.affine import optimise_affine
+from monai_diffreg.functional import resize_image, warp
+from monai_diffreg.transforms import control_grid_shape, deformation_from_params, sample_smooth_velocity_params
+from monai_diffreg.transforms.synthesis import (
+    add_gaussian_noise,
+    apply_gamma,
+    bias_field_from_coefficients,
+    min_max_normalize,
+)
+
+__all__ = [
+    "CASES_VERSION",
+    "GROUPS",
+    "SYNTH_CONTROL_SPACING_MM",
+    "SYNTH_MAX_DISPLACEMENT_MM",
+    "case_names",
+    "get_case",
+    "intensity_change",
+    "synthetic_pair",
+]
+
+#: Bump when a case's construction changes, so cached cases are rebuilt.
+CASES_VERSION = 1
+#: Case groups, in report order.
+GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
+#: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.
+SYNTH_CONTROL_SPACING_MM = 32.0
+SYNTH_MAX_DISPLACEMENT_MM = 10.0
+#: Intensity change of synthetic moving images: gamma = exp(N(0, s^2)); log bias ~ N(0, s^2) on
+#: control points every 64 mm; noise std ~ U(0, max) on the [0, 1] scale, inside the brain.
+GAMMA_LOG_STD = 0.2
+BIAS_LOG_STD = 0.1
+BIAS_CONTROL_SPACING_MM = 64.0
+MAX_NOISE_STD = 0.03
+
+
+def case_names(groups, seeds) -> list[tuple[str, str]]:
+    """``(group, case name)`` of every case of ``groups`` (subset of :data:`GROUPS`) for ``seeds``."""
+    names = []
+    for group in GROUPS:
+        if group not in groups:
+            continue
+        if group == "brain_synthetic":
+            names += [(group, f"brain_synthetic_s{s}") for s in seeds]
+        elif group == "mni_to_subject":
+            names.append((group, "mni_to_subject"))
+        else:
+            names += [(group, "elastix_2d")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
+    return names
+
+
+def _downsample(image: torch.Tensor, labels: torch.Tensor | None, scale: float):
+    """Image by area averaging and labels by nearest neighbour to ``round(n * scale)`` voxels."""
+    if scale == 1.0:
+        return image, labels
+    size = [max(2, round(n * scale)) for n in image.shape[2:]]
+    image = resize_image(image, size=size, mode="area")
+    return image, None if labels is None else resize_image(labels, size=size, mode="nearest")
+
+
+def intensity_change(image: torch.Tensor, mask: torch.Tensor, spacing: float, generator: torch.Generator) -> torch.Tensor:
+    """Random gamma, smooth multiplicative bias and in-mask noise on an image in [0, 1].
+
+    ``x -> minmax(clip(x ** gamma * exp(b) + mask * n, 0, 1))`` with the settings of the module
+    constants (:data:`GAMMA_LOG_STD`, :data:`BIAS_LOG_STD`, :data:`MAX_NOISE_STD`).
+
+    Args:
+        image: ``(1, 1, *S)`` in [0, 1].
+        mask: ``(1, 1, *S)`` bool region that receives noise (the brain: background stays 0).
+        spacing: voxel size in mm (sets the bias control grid).
+        generator: CPU generator (all draws come from it).
+    """
+    shape = image.shape[2:]
+    gamma = math.exp(float(torch.randn(1, generator=generator)) * GAMMA_LOG_STD)
+    grid = control_grid_shape(shape, BIAS_CONTROL_SPACING_MM / spacing)
+    bias = bias_field_from_coefficients(torch.randn((1, 1, *grid), generator=generator) * BIAS_LOG_STD, shape)
+    noise_std = float(torch.rand(1, generator=generator)) * MAX_NOISE_STD
+    changed = apply_gamma(image, gamma) * bias
+    changed = changed + mask * add_gaussian_noise(torch.zeros_like(image), noise_std, generator)
+    return min_max_normalize(changed.clamp(0.0, 1.0))
+
+
+def synthetic_pair(image: torch.Tensor, labels: torch.Tensor, seed: int, spacing: float) -> dict:
+    """Moving image/labels from a known smooth diffeomorphism and intensity change (module docstring).
+
+    Args:
+        image: ``(1, 1, *S)`` fixed image in [0, 1] (2D or 3D).
+        labels: ``(1, 1, *S)`` fixed label map.
+        seed: seeds the deformation and the intensity change.
+        spacing: voxel size in mm (deformation settings are in mm).
+
+    Returns:
+        dict with ``moving``, ``moving_labels`` and ``true_ddf`` (``exp(-v)``, voxels: the
+        field that registers ``moving`` to ``image``), and the settings.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    params = sample_smooth_velocity_params(
+        image.shape[2:], SYNTH_CONTROL_SPACING_MM / spacing, SYNTH_MAX_DISPLACEMENT_MM / spacing, generator=generator
+    )
+    fields = deformation_from_params(params)
+    moving = warp(image, fields["ddf"])
+    moving_labels = warp(labels, fields["ddf"], mode="nearest")
+    moving = intensity_change(moving, moving > 0, spacing, generator)
+    return {
+        "moving": moving,
+        "moving_labels": moving_labels,
+        "true_ddf": fields["inverse_ddf"],
+        "settings": {"seed": seed, "control_spacing_mm": SYNTH_CONTROL_SPACING_MM,
+                     "max_displacement_mm": SYNTH_MAX_DISPLACEMENT_MM},
+    }
+
+
+def _brain_synthetic(data: Path, seed: int, scale: float) -> dict:
+    image, seg = load_voxelmorph_scan(data / "voxelmorph" / "test_scan.npz")
+    image, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
+    spacing = 1.0 / scale
+    pair = synthetic_pair(image, seg, seed, spacing)
+    return {
+        "fixed": image, "moving": pair["moving"], "fixed_labels": seg, "moving_labels": pair["moving_labels"],
+        "labels": list(VOXELMORPH_LABELS), "true_ddf": pair["true_ddf"], "mask": seg > 0,
+        "spacing": [spacing] * 3, "settings": pair["settings"],
+    }
+
+
+def _resample_to(moving: np.ndarray, moving_affine: np.ndarray, shift: np.ndarray, fixed_shape, fixed_affine, order: int):
+    """``moving`` sampled at the world points ``fixed_affine @ index + shift`` (scipy, zero outside)."""
+    to_moving = np.linalg.inv(moving_affine) @ fixed_affine
+    offset = to_moving[:3, 3] + np.linalg.inv(moving_affine)[:3, :3] @ shift
+    return ndimage.affine_transform(moving, to_moving[:3, :3], offset, output_shape=tuple(fixed_shape), order=order)
+
+
+def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    return affine[:3, :3] @ np.array(ndimage.center_of_mass(mask)) + affine[:3, 3]
+
+
+def _mni_to_subject(data: Path, scale: float) -> dict:
+    image, seg = load_voxelmorph_scan(data / "voxelmorph" / "test_scan.npz")
+    fixed, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
+    # the downsampled grid covers the same extent: new voxel j is centred on old index (j + 0.5) / scale - 0.5
+    coarse = np.diag([1 / scale] * 3 + [1.0])
+    coarse[:3, 3] = 0.5 / scale - 0.5
+    affine = image.affine.numpy() @ coarse
+    fixed_labels = aseg_to_tissue(seg)
+    mni = load_mni152(data / "mni152_2009a", skull_strip=True)
+    mni_affine = mni["image"].affine.numpy()
+    shift = _world_centroid(mni["mask"][0].numpy() > 0, mni_affine) - _world_centroid(seg[0, 0].numpy() > 0, affine)
+    shape = fixed.shape[2:]
+    moving = _resample_to(mni["image"][0].numpy(), mni_affine, shift, shape, affine, order=1)
+    moving_labels = _resample_to(mni["labels"][0].numpy(), mni_affine, shift, shape, affine, order=0)
+    moving = torch.as_tensor(moving, dtype=torch.float32)[None, None]
+    moving_labels = torch.as_tensor(moving_labels, dtype=torch.float32)[None, None]
+    aligned = optimise_affine(fixed, moving, metric="ncc")
+    return {
+        "fixed": fixed, "moving": aligned["warped"].clamp(0.0, 1.0),
+        "fixed_labels": fixed_labels, "moving_labels": warp(moving_labels, aligned["ddf"], mode="nearest"),
+        "labels": [1, 2], "true_ddf": None, "mask": None, "spacing": [1.0 / scale] * 3,
+        "settings": {"affine_matrix": aligned["matrix"][0].tolist(), "centroid_shift_mm": shift.tolist(),
+                     "affine_final_loss": aligned["history"][-1]["loss"] if aligned["history"] else None},
+    }
+
+
+def _elastix_2d(data: Path, scale: float) -> dict:
+    pair = load_elastix_2d(data / "elastix_2d")
+    fixed, fixed_mask = _downsample(pair["fixed"].as_tensor()[None], pair["fixed_mask"].as_tensor()[None], scale)
+    moving, moving_mask = _downsample(pair["moving"].as_tensor()[None], pair["moving_mask"].as_tensor()[None], scale)
+    return {
+        "fixed": fixed, "moving": moving, "fixed_labels": fixed_mask, "moving_labels": moving_mask,
+        "labels": [1], "true_ddf": None, "mask": None, "spacing": [1.0 / scale] * 2, "settings": {},
+    }
+
+
+def _pseudo_tissue(image: torch.Tensor) -> torch.Tensor:
+    """0 = background, 1/2 = darker/brighter half of the foreground of the smoothed slice."""
+    smooth = ndimage.gaussian_filter(image[0, 0].numpy(), 1.0)
+    foreground = smooth > 0.1
+    labels = np.where(foreground, np.where(smooth > np.median(smooth[foreground]), 2, 1), 0)
+    return torch.as_tensor(labels, dtype=torch.float32)[None, None]
+
+
+def _dipy_synthetic(data: Path, seed: int, scale: float) -> dict:
+    image = load_dipy_slice(data / "dipy_2d" / "t1_coronal_slice.npy").as_tensor()[None]
+    image, _ = _downsample(image, None, scale)
+    labels = _pseudo_tissue(image)
+    spacing = 1.0 / scale
+    pair = synthetic_pair(image, labels, seed, spacing)
+    return {
+        "fixed": image, "moving": pair["moving"], "fixed_labels": labels, "moving_labels": pair["moving_labels"],
+        "labels": [1, 2], "true_ddf": pair["true_ddf"], "mask": labels > 0,
+        "spacing": [spacing] * 2, "settings": pair["settings"],
+    }
+
+
+def _build(data: Path, name: str, scale: float) -> dict:
+    if name.startswith("brain_synthetic_s"):
+        return _brain_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
+    if name.startswith("dipy_synthetic_s"):
+        return _dipy_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
+    if name == "mni_to_subject":
+        return _mni_to_subject(data, scale)
+    if name == "elastix_2d":
+        return _elastix_2d(data, scale)
+    raise ValueError(f"get_case(): unknown case {name!r}")
+
+
+def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Path:
+    """Path of the cached case file, building it first when missing or stale.
+
+    Args:
+        data: the shared ``data`` folder.
+        group: the case group (:data:`GROUPS`).
+        name: a name from :func:`case_names`.
+        scale: 1 (full resolution) or 0.5 (quick mode).
+        cache: folder of cached cases.
+    """
+    path = Path(cache) / f"{name}@{scale:g}.pt"
+    if path.is_file():
+        stored = torch.load(path, weights_only=True)
+        if stored.get("version") == CASES_VERSION:
+            return path
+    case = _build(Path(data), name, scale)
+    case.update({"name": name, "group": group, "scale": scale, "version": CASES_VERSION})
+    for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_ddf", "mask"):
+        if case[key] is not None:
+            case[key] = case[key].detach().contiguous().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(case, tmp)
+    tmp.replace(path)
+    return path

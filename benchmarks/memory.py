@@ -1,0 +1,96 @@
+"""Timing and peak-memory measurement of one call (standard library only, psutil optional).
+
+Used by :mod:`benchmarks.worker` and by ``benchmarks/peers/ants_syn.py`` (which runs in
+ANTsPy's own environment), so it must not import torch or the package.
+
+Why not ``tracemalloc``: it sees only Python's allocator, not torch/ITK/ANTs native buffers.
+Peak memory of a call is therefore measured on the resident set size (RSS) of the process
+(and its children) as ``max(sampled peak, ru_maxrss) - RSS before the call``:
+
+* a background thread samples RSS every ``interval`` seconds (psutil when installed, else
+  ``/proc/self/statm``), which catches the peak of a call even when an earlier, larger
+  allocation already set the process high-water mark;
+* ``resource.getrusage(...).ru_maxrss`` (the kernel's exact high-water mark) is used when it
+  grew during the call, so short spikes between samples are not missed.
+
+Every (method, case) runs in a fresh process, so memory cached by allocators from earlier
+calls does not hide the call's own needs.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+
+__all__ = ["rss_mb", "maxrss_mb", "measure"]
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _psutil_process():
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process()
+
+
+def rss_mb(include_children: bool = True) -> float:
+    """Resident set size of this process (plus its live children) in MB (2**20 bytes)."""
+    proc = _psutil_process()
+    if proc is None:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    total = proc.memory_info().rss
+    if include_children:
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:  # the child ended between listing and reading
+                pass
+    return total / 2**20
+
+
+def maxrss_mb() -> float:
+    """Kernel high-water mark of this process's RSS in MB (Linux ``ru_maxrss`` is in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, interval: float):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._stop_event = interval, rss_mb(), threading.Event()
+
+    def run(self):
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, rss_mb())
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, rss_mb())
+
+
+def measure(fn, *args, interval: float = 0.01, **kwargs):
+    """Call ``fn(*args, **kwargs)`` and measure it.
+
+    Returns:
+        ``(result, seconds, peak_mb)``: wall-clock seconds (``time.perf_counter``) and the
+        extra memory the call needed at its peak, in MB (see the module docstring).
+    """
+    before, high_water = rss_mb(), maxrss_mb()
+    sampler = _Sampler(interval)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        seconds = time.perf_counter() - start
+        peak = sampler.stop()
+    after_high_water = maxrss_mb()
+    if after_high_water > high_water:
+        peak = max(peak, after_high_water)
+    return result, seconds, max(peak - before, 0.0)
