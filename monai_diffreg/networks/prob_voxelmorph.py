@@ -106,7 +106,7 @@ class ProbabilisticVoxelMorph(nn.Module):
 
     def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
-        return tuple(max(1, int(round(s * self.image_scale))) for s in spatial_size)
+        return tuple(max(1, int(round(int(s) * self.image_scale))) for s in spatial_size)
 
     def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""

@@ -215,3 +215,18 @@ def test_images_on_velocity_grid_shape_and_mean(scale, downsize, size):
     small = model.images_on_velocity_grid(image)
     assert small.shape == (1, 1, *model.velocity_size(size))
     torch.testing.assert_close(small, torch.full_like(small, 0.25))
+
+
+def test_traced_export_reproduces_eager_output():
+    """torch.jit.trace (fixed input size) gives the eager outputs; check_trace is off because the
+    identity grids are cached lazily, so the first and second invocations record different graphs."""
+    model = _model(3, image_scale=0.5, int_downsize=1).eval()
+    with torch.no_grad():
+        model.mean_head.weight.normal_(0.0, 0.5)
+    moving, fixed = torch.rand(1, 1, 20, 24, 28), torch.rand(1, 1, 20, 24, 28)
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(model, (moving, fixed), strict=False, check_trace=False)
+        eager, exported = model(moving, fixed), traced(moving, fixed)
+    assert eager["ddf"].abs().max() > 0.1
+    for key in KEYS:
+        torch.testing.assert_close(exported[key], eager[key])
