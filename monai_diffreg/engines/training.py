@@ -292,5 +292,6 @@ class RegistrationTrainer:
         finally:
             self._close_logging()
             if self._owns_process_group and dist.is_initialized():
+                dist.barrier()  # no rank tears down while another still talks to the store
                 dist.destroy_process_group()
 
