@@ -235,11 +235,11 @@ def load_mni152(folder, skull_strip: bool = True) -> dict[str, MetaTensor]:
     }
 
 
-def _normalise(image: MetaTensor) -> MetaTensor:
-    """Min-max scale to [0, 1]."""
+def _normalise(image: MetaTensor, name: str, caller: str) -> MetaTensor:
+    """Min-max scale to [0, 1]; a constant image is an error."""
     lo, hi = image.min(), image.max()
     if hi <= lo:
-        raise ValueError(f"_normalise(): image {image.meta.get('filename_or_obj')} is constant ({float(lo)})")
+        raise ValueError(f"{caller}(): '{name}' is constant ({float(lo)}): {image.meta.get('filename_or_obj')}")
     return (image - lo) / (hi - lo)
 
 
@@ -263,7 +263,8 @@ def load_elastix_2d(folder, normalise: bool = True) -> dict[str, MetaTensor]:
     for key in ("fixed", "moving", "fixed_mask", "moving_mask"):
         out[key] = reader(_existing(folder / f"CT_2D_head_{key}.mha", "load_elastix_2d", "folder"))
     if normalise:
-        out["fixed"], out["moving"] = _normalise(out["fixed"]), _normalise(out["moving"])
+        for key in ("fixed", "moving"):
+            out[key] = _normalise(out[key], key, "load_elastix_2d")
     return out
 
 

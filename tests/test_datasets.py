@@ -209,3 +209,16 @@ def test_missing_files(loader, name, tmp_path):
 def test_mni152_missing_member(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"load_mni152\(\): 'folder' does not exist: .*mni_icbm152_t1"):
         load_mni152(tmp_path)
+
+
+def test_load_elastix_2d_constant_image(shared_data, tmp_path):
+    import shutil
+
+    import itk
+
+    for key in ("moving", "fixed_mask", "moving_mask"):
+        shutil.copy(shared_data / "elastix_2d" / f"CT_2D_head_{key}.mha", tmp_path)
+    itk.imwrite(itk.image_from_array(np.full((8, 8), 7, dtype=np.int16)), str(tmp_path / "CT_2D_head_fixed.mha"))
+    with pytest.raises(ValueError, match=r"load_elastix_2d\(\): 'fixed' is constant \(7.0\)"):
+        load_elastix_2d(tmp_path)
+    assert float(load_elastix_2d(tmp_path, normalise=False)["fixed"].max()) == 7.0
