@@ -71,7 +71,9 @@ class SyntheticPairDataset(Dataset):
         num_label_channels: channels of the one-hot label maps (>= max(shape_labels, 3)).
         blob_spacing: range of the blob size in voxels.
         control_spacing: range of the control-point spacing of the random deformations, voxels.
-        max_displacement: range of the bound on each velocity component, voxels.
+        max_displacement: range of the bound on each velocity component, voxels. Keep it well
+            below the spacing (the velocity's Jacobian reaches about ``2 * max / spacing``):
+            violent, folding-scale deformations cannot be learned by a smooth model.
         bias_control_spacing: control-point spacing of the random bias fields, voxels.
         intensity_jitter: largest change of a label's mean intensity between the two images of a shapes pair.
         flip_probability: probability of flipping a pair along each axis.
@@ -84,7 +86,7 @@ class SyntheticPairDataset(Dataset):
                  template_folder: str | Path | None = None, template_probability: float = 0.5,
                  template_scale: float = 0.5, orientation: str = "LIA", shape_labels: int = 16,
                  num_label_channels: int = 16, blob_spacing: Sequence[float] = (4.0, 12.0),
-                 control_spacing: Sequence[float] = (4.0, 16.0), max_displacement: Sequence[float] = (0.0, 4.0),
+                 control_spacing: Sequence[float] = (8.0, 16.0), max_displacement: Sequence[float] = (0.0, 3.0),
                  bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5) -> None:
         caller = "SyntheticPairDataset"
         self.spatial_size = tuple(int(s) for s in spatial_size)

@@ -56,6 +56,7 @@ class ProbabilisticVoxelMorph(nn.Module):
         posterior: ``"diagonal"`` (``z = mu + D r``) or ``"smoothed"`` (``z = mu + C(D r)``).
         prior_lambda: prior precision scale ``lambda``; sets the smoothing scale of the
             ``"smoothed"`` posterior (:func:`~monai_diffreg.networks.posterior.posterior_smoothing_sigma`).
+        norm: U-Net normalisation, ``None`` (VoxelMorph) or ``"instance"`` (see :class:`VxmUNet`).
 
     ``forward(moving, fixed)`` returns a dict with always the same keys (``n`` = velocity grid):
 
@@ -76,7 +77,7 @@ class ProbabilisticVoxelMorph(nn.Module):
     def __init__(self, spatial_dims: int = 3, in_channels: int = 2, enc_channels: Sequence[int] = (16, 32, 32, 32),
                  dec_channels: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_downsize: int = 2,
                  image_scale: float = 1.0, num_steps: int = 7, posterior: str = "diagonal",
-                 prior_lambda: float = 10.0) -> None:
+                 prior_lambda: float = 10.0, norm: str | None = None) -> None:
         super().__init__()
         caller = "ProbabilisticVoxelMorph"
         if not isinstance(in_channels, int) or in_channels < 2 or in_channels % 2:
@@ -90,7 +91,7 @@ class ProbabilisticVoxelMorph(nn.Module):
         self.num_steps = num_steps
         self.posterior = check_choice(posterior, "posterior", caller, POSTERIORS)
         self.prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
-        self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize)
+        self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize, norm)
         conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
         self.mean_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
         self.log_var_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)

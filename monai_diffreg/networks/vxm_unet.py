@@ -20,14 +20,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..validation import check_spatial_tensor
+from ..validation import check_choice, check_spatial_tensor
 
-__all__ = ["VxmUNet"]
+__all__ = ["VxmUNet", "NORMS"]
 
 
-def _conv_block(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Sequential:
-    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-    return nn.Sequential(conv(in_channels, out_channels, 3, padding=1), nn.LeakyReLU(0.2))
+NORMS = ("instance",)
+
+
+def _conv_block(spatial_dims: int, in_channels: int, out_channels: int, norm: str | None) -> nn.Sequential:
+    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2](in_channels, out_channels, 3, padding=1)
+    if norm is None:
+        return nn.Sequential(conv, nn.LeakyReLU(0.2))
+    return nn.Sequential(conv, (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2](out_channels, affine=True),
+                         nn.LeakyReLU(0.2))
 
 
 class VxmUNet(nn.Module):
@@ -48,13 +54,18 @@ class VxmUNet(nn.Module):
         dec_channels: one width per decoder level (``len(enc_channels)`` of them), then the
             widths of the extra convolutions at the output resolution.
         int_downsize: output resolution divisor, a power of two ``<= 2**len(enc_channels)``.
+        norm: ``None`` (VoxelMorph: convolution + LeakyReLU) or ``"instance"`` (instance
+            normalisation with affine parameters between them). Not in VoxelMorph; it makes
+            training converge in far fewer iterations (overfitting one 2D pair: local NCC
+            -0.56 without vs -0.80 with it after 200 Adam steps), which matters on a CPU budget.
 
     Input ``(B, in_channels, *spatial)`` with every spatial size divisible by :attr:`divisor`;
     output ``(B, dec_channels[-1], *(spatial // int_downsize))``.
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 2, enc_channels: Sequence[int] = (16, 32, 32, 32),
-                 dec_channels: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_downsize: int = 2) -> None:
+                 dec_channels: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_downsize: int = 2,
+                 norm: str | None = None) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"VxmUNet(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
@@ -70,6 +81,8 @@ class VxmUNet(nn.Module):
             raise ValueError(
                 f"VxmUNet(): 'int_downsize' must be a power of two between 1 and {2**levels}, got {int_downsize!r}"
             )
+        if norm is not None:
+            check_choice(norm, "norm", "VxmUNet", NORMS)
         self.spatial_dims = spatial_dims
         self.int_downsize = int_downsize
         self.divisor = 2**levels
@@ -77,17 +90,17 @@ class VxmUNet(nn.Module):
         self.encoder = nn.ModuleList()
         channels = in_channels
         for width in enc:
-            self.encoder.append(_conv_block(spatial_dims, channels, width))
+            self.encoder.append(_conv_block(spatial_dims, channels, width, norm))
             channels = width
         self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.decoder = nn.ModuleList()
         for i, width in enumerate(dec[:levels]):
-            self.decoder.append(_conv_block(spatial_dims, channels, width))
+            self.decoder.append(_conv_block(spatial_dims, channels, width, norm))
             channels = width + (enc[levels - i - 1] if self._upsamples_after(i) else 0)
         self.extra = nn.ModuleList()
         for width in dec[levels:]:
-            self.extra.append(_conv_block(spatial_dims, channels, width))
+            self.extra.append(_conv_block(spatial_dims, channels, width, norm))
             channels = width
         self.out_channels = channels
 
