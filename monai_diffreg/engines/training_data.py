@@ -14,7 +14,8 @@ training run can be resumed exactly without saving any data-loader state. Each i
   jitter of ``intensity_jitter``, so they have the same contrast (mono-modal pairs, as the
   image term of the loss requires) yet differ in appearance.
 * **template**: the MNI ICBM152 2009a template (skull-stripped T1 and its GM/WM labels,
-  :func:`monai_diffreg.datasets.load_mni152`), reoriented to ``orientation`` and resampled by
+  :func:`monai_diffreg.datasets.load_mni152`), reoriented to ``orientation`` (RAS, the API's
+  working grid) and resampled by
   ``template_scale``, randomly cropped to ``spatial_size``, deformed by two random smooth
   diffeomorphisms, and given random bias field, gamma and noise per image (inside the brain:
   the background stays 0, as in skull-stripped scans).
@@ -65,8 +66,8 @@ class SyntheticPairDataset(Dataset):
         template_folder: the ``mni152_2009a`` folder, or None for shapes only.
         template_probability: probability that an item is a template pair (when a folder is given).
         template_scale: resampling factor of the 1 mm template (0.5: 2 mm voxels).
-        orientation: axis codes the template is reoriented to (``"LIA"``: FreeSurfer's conformed
-            layout, that of the VoxelMorph data).
+        orientation: axis codes the template is reoriented to; ``"RAS"``, the working grid on
+            which the package's API hands images to the networks.
         shape_labels: number of blob labels of a shapes pair.
         num_label_channels: channels of the one-hot label maps (>= max(shape_labels, 3)).
         blob_spacing: range of the blob size in voxels.
@@ -84,7 +85,7 @@ class SyntheticPairDataset(Dataset):
 
     def __init__(self, spatial_size: Sequence[int], length: int = 10**9, seed: int = 0,
                  template_folder: str | Path | None = None, template_probability: float = 0.5,
-                 template_scale: float = 0.5, orientation: str = "LIA", shape_labels: int = 16,
+                 template_scale: float = 0.5, orientation: str = "RAS", shape_labels: int = 16,
                  num_label_channels: int = 16, blob_spacing: Sequence[float] = (4.0, 12.0),
                  control_spacing: Sequence[float] = (8.0, 16.0), max_displacement: Sequence[float] = (0.0, 3.0),
                  bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5) -> None:
