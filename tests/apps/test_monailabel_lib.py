@@ -11,11 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 from monai_diffreg.apps import monailabel_app_dir
 from monai_diffreg.apps.monailabel.lib import errors
 from monai_diffreg.apps.monailabel.lib.atlas import load_atlas, parse_label_names
-from monai_diffreg.apps.monailabel.lib.config import DEFAULT_METHOD_OPTIONS, parse_conf
+from monai_diffreg.apps.monailabel.lib.config import DEFAULT_AFFINE_OPTIONS, DEFAULT_METHOD_OPTIONS, parse_conf
+from monai_diffreg.apps.monailabel.lib.service import AtlasRegistrationService
+from monai_diffreg.apps.monailabel.lib.working_grid import field_to_image_grid, to_working_grid, working_shape
 
 METHODS = ("svf_optim", "vxm_prob")
 
@@ -47,16 +50,21 @@ def test_parse_conf_defaults():
     assert config.affine is True and config.cache_size == 4 and config.register_method == "svf_optim"
     assert config.options_for("svf_optim") == DEFAULT_METHOD_OPTIONS["svf_optim"]
     assert config.options_for("vxm_prob") == {}
+    assert config.affine_options == DEFAULT_AFFINE_OPTIONS and config.affine_metric == "ncc"
     assert config.resolve_device() == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_parse_conf_values():
     config = parse_conf({"atlas_image": "a.nii", "atlas_labels": "b.nii", "affine": "false", "cache_size": "0",
-                         "device": "cpu", "svf_optim": '{"x": 3}', "register_method": "vxm_prob",
-                         "server_mode": "true"}, METHODS)
+                         "device": "cpu", "svf_optim": '{"x": 3, "working_spacing_mm": 0}', "register_method": "vxm_prob",
+                         "vxm_prob": '{"working_spacing_mm": 3}', "affine_metric": "mi",
+                         "affine_options": '{"iterations": [5, 5]}', "server_mode": "true"}, METHODS)
     assert config.atlas_image.name == "a.nii" and config.atlas_labels.name == "b.nii"
     assert config.affine is False and config.cache_size == 0 and config.device == "cpu"
-    assert config.options_for("svf_optim") == {**DEFAULT_METHOD_OPTIONS["svf_optim"], "x": 3}
+    expected = {k: v for k, v in DEFAULT_METHOD_OPTIONS["svf_optim"].items() if k != "working_spacing_mm"}
+    assert config.options_for("svf_optim") == {**expected, "x": 3}  # 0: the image's own grid
+    assert config.options_for("vxm_prob") == {"working_spacing_mm": 3}
+    assert config.affine_metric == "mi" and config.affine_options == {**DEFAULT_AFFINE_OPTIONS, "iterations": [5, 5]}
     assert config.register_method == "vxm_prob"
 
 
@@ -68,10 +76,14 @@ def test_parse_conf_values():
         ({"affine": "maybe"}, "'affine' must be true or false, got 'maybe'"),
         ({"cache_size": "many"}, "'cache_size' must be an integer >= 0, got 'many'"),
         ({"cache_size": "-1"}, "'cache_size' must be an integer >= 0, got -1"),
-        ({"svf_optim": "[1, 2]"}, "'svf_optim' must be a JSON object of register\\(\\) options"),
+        ({"svf_optim": "[1, 2]"}, "'svf_optim' must be a JSON object of options"),
         ({"svf_optim": "{iterations: 3}"}, "'svf_optim' must be a JSON object"),
         ({"register_method": "nope"}, "'register_method' must be one of \\['svf_optim', 'vxm_prob'\\], got 'nope'"),
         ({"device": "gpu0"}, "'gpu0' is not a device"),
+        ({"affine_metric": "dice"}, "'affine_metric' must be one of \\['ncc', 'mi', 'mse'\\], got 'dice'"),
+        ({"affine_options": "5"}, "'affine_options' must be a JSON object of options"),
+        ({"svf_optim": '{"working_spacing_mm": -1}'}, "'working_spacing_mm' must be a number of mm > 0"),
+        ({"svf_optim": '{"working_spacing_mm": "2"}'}, "'working_spacing_mm' must be a number of mm > 0"),
     ],
 )
 def test_parse_conf_errors(conf, match):
@@ -157,3 +169,94 @@ def test_request_error_statuses():
     assert error.status == 503 and error.message == "no atlas" and str(error) == "no atlas"
     with pytest.raises(ValueError):
         errors.RequestError(999, "not an HTTP status")
+
+
+def test_working_shape():
+    assert working_shape((160, 192, 160), (1.0, 1.0, 1.0), 2.0) == (80, 96, 80)
+    assert working_shape((33, 41, 25), (2.0, 2.0, 2.0), 2.0) == (33, 41, 25)  # already coarse enough
+    assert working_shape((100, 100, 40), (1.5, 0.5, 4.0), 2.0) == (100, 25, 40)  # only axis 1 gains >= 1.5x
+    assert working_shape((20, 300), (0.1, 0.1), 2.0) == (16, 16)  # at least MIN_WORKING_SIZE voxels
+    with pytest.raises(ValueError, match="'spacing_mm' must be > 0, got 0"):
+        working_shape((8, 8), (1.0, 1.0), 0)
+
+
+def test_to_working_grid_undoes_voxel_splitting():
+    """A 2 mm image whose voxels were split into 2x2x2 voxels of 1 mm: the working grid is the 2 mm one."""
+    coarse_affine = np.array([[-2.0, 0, 0, 32], [0, 0, 2.0, -40], [0, 2.0, 0, -16], [0, 0, 0, 1]])  # oblique axes
+    data = torch.rand(1, 16, 17, 18)
+    half = np.eye(4)
+    half[:3, :3] *= 0.5
+    half[:3, 3] = -0.25
+    fine = MetaTensor(data.repeat_interleave(2, 1).repeat_interleave(2, 2).repeat_interleave(2, 3),
+                      affine=torch.as_tensor(coarse_affine @ half))
+    work = to_working_grid(fine, 2.0)
+    assert tuple(work.shape) == (1, 16, 17, 18)
+    torch.testing.assert_close(work.as_tensor(), data)
+    np.testing.assert_allclose(np.asarray(work.affine), coarse_affine, atol=1e-12)
+    assert to_working_grid(work, 2.0) is work  # nothing to coarsen
+
+
+def test_field_to_image_grid_keeps_the_physical_motion():
+    """A constant displacement of t working voxels is r * t image voxels: the same millimetres."""
+    image = MetaTensor(torch.rand(1, 32, 24, 16), affine=torch.diag(torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64)))
+    work = to_working_grid(image, 2.0)
+    assert tuple(work.shape[1:]) == (16, 16, 16)  # ratios 2, 1.5 (kept at MIN_WORKING_SIZE) and 1
+    shift = torch.tensor([0.75, -1.0, 2.0]).view(1, 3, 1, 1, 1)
+    ddf = field_to_image_grid(shift.expand(1, 3, *work.shape[1:]).clone(), image.shape[1:])
+    a_w, a_i = np.asarray(work.affine), np.asarray(image.affine)
+    mm_work = a_w[:3, :3] @ shift.flatten().numpy()
+    mm_image = a_i[:3, :3] @ ddf[0, :, 3, 4, 5].numpy()
+    np.testing.assert_allclose(mm_image, mm_work, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def service():
+    return AtlasRegistrationService({"device": "cpu"})
+
+
+def test_service_default_atlas_is_the_sample(service):
+    assert service.error is None
+    assert service.label_names == {"grey matter": 1, "white matter": 2}
+    assert service.spatial_dims == 3 and "svf_optim" in service.methods
+    assert service.describe()["image"] == "fixed.nii.gz"
+
+
+def _status(call) -> tuple[int, str]:
+    with pytest.raises(errors.RequestError) as info:
+        call()
+    return info.value.status, info.value.message
+
+
+def test_service_rejects_bad_requests_with_statuses(service, tmp_path):
+    _write(tmp_path / "flat.nii.gz", np.ones((12, 12, 12), np.float32))
+    _write(tmp_path / "slice.nii.gz", np.random.rand(12, 14).astype(np.float32))
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    status, message = _status(lambda: service.register(str(tmp_path / "slice.nii.gz"), "svf_optim"))
+    assert status == 422 and "'image' must be 3D like the atlas" in message and "(12, 14)" in message
+    status, message = _status(lambda: service.register(str(tmp_path / "flat.nii.gz"), "svf_optim"))
+    assert status == 422 and "'image' is constant" in message
+    status, message = _status(lambda: service.register(str(tmp_path / "junk.nii.gz"), "svf_optim"))
+    assert status == 422 and "could not read 'image'" in message
+    status, message = _status(lambda: service.register(str(tmp_path / "none.nii.gz"), "svf_optim"))
+    assert status == 404 and "file not found" in message
+    status, message = _status(lambda: service.register(str(tmp_path / "flat.nii.gz"), "nope"))
+    assert status == 400 and "'method' must be one of" in message
+    status, message = _status(lambda: service.register(str(tmp_path / "flat.nii.gz"), "svf_optim", "tpu"))
+    assert status == 400 and "'tpu' is not a device" in message
+
+
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"atlas_image": "missing.nii.gz", "atlas_labels": "missing_labels.nii.gz"}, "'atlas_image' file not found"),
+        ({"cache_size": "lots"}, "'cache_size' must be an integer"),
+        ({"atlas_label_names": '{"grey": 1}'}, "unnamed value(s): [2]"),
+    ],
+)
+def test_service_keeps_configuration_errors_for_the_client(tmp_path, monkeypatch, conf, message):
+    monkeypatch.chdir(tmp_path)
+    broken = AtlasRegistrationService(conf)
+    assert broken.atlas is None and message in broken.error
+    assert broken.label_names == {} and broken.describe() == {"error": broken.error}
+    status, text = _status(lambda: broken.register(str(tmp_path / "x.nii.gz"), "svf_optim"))
+    assert status == 503 and text.startswith("the server's atlas configuration is unusable") and message in text

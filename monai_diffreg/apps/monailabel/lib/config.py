@@ -8,13 +8,20 @@ Keys (every value arrives as a string):
 ``atlas_label_names``  JSON object or ``.json`` file naming the atlas labels (see :mod:`.atlas`)
 ``affine``             run the affine stage before the deformable one (default ``true``; the
                        users' scans are not aligned to the atlas)
+``affine_metric``      similarity of the affine stage: ``ncc`` (default, same contrast as the
+                       atlas), ``mi`` (another contrast) or ``mse``
+``affine_options``     JSON object of affine-stage arguments (``affine_options`` of
+                       :func:`monai_diffreg.api.register`), merged over
+                       :data:`DEFAULT_AFFINE_OPTIONS`, e.g. ``'{"iterations": [100, 50]}'``
 ``device``             ``auto`` (default: CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
 ``register_method``    method of the ``register`` task (default ``svf_optim``)
 ``cache_size``         registrations kept in memory, so ``register`` and ``atlas_propagation_*``
                        on the same image reuse one result (default 4; 0 disables)
 ``<method>``           JSON object of keyword arguments for :func:`monai_diffreg.api.register`
                        when running that method, merged over :data:`DEFAULT_METHOD_OPTIONS`,
-                       e.g. ``--conf svf_optim '{"iterations": 100}'``
+                       e.g. ``--conf svf_optim '{"iterations": [100, 50]}'``; plus the app's own
+                       ``"working_spacing_mm"``: register on a grid of voxels at most that
+                       large (see :mod:`.working_grid`; ``0`` or ``null``: the image's own grid)
 =====================  =====================================================================
 
 Keys MONAI Label itself reads (e.g. ``server_mode``) are left alone; other unknown keys are
@@ -31,19 +38,34 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AppConfig", "parse_conf", "DEFAULT_METHOD_OPTIONS", "CONF_KEYS"]
+from monai_diffreg.api import AFFINE_METRICS
+
+__all__ = ["AppConfig", "parse_conf", "DEFAULT_METHOD_OPTIONS", "DEFAULT_AFFINE_OPTIONS", "WORKING_SPACING_KEY",
+           "CONF_KEYS"]
 
 logger = logging.getLogger(__name__)
 
 _CALLER = "parse_conf"
 
+#: Method option read by the app itself (not passed to ``register()``): the working grid's
+#: largest voxel size in mm (:mod:`.working_grid`).
+WORKING_SPACING_KEY = "working_spacing_mm"
+
 #: Default keyword arguments per method. ``svf_optim`` optimises per request, so the app keeps
-#: its iteration counts small (interactive answers in seconds on a CPU); raise them with
-#: ``--conf svf_optim '{...}'`` for more accurate labels.
-DEFAULT_METHOD_OPTIONS: dict[str, dict[str, object]] = {"svf_optim": {}}
+#: it cheap: a 2 mm working grid and few iterations (the library defaults are levels (4, 2)
+#: with (150, 50) iterations); raise them with ``--conf svf_optim '{...}'`` for finer labels.
+#: Learned bundles run on the image's own grid (they are trained at a given resolution).
+DEFAULT_METHOD_OPTIONS: dict[str, dict[str, object]] = {
+    "svf_optim": {"levels": [4, 2], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
+}
+
+#: Default affine-stage arguments: two coarse levels (the 12 parameters are global, so the
+#: finest level adds little; the library default also runs (4, 2, 1) with (100, 50, 25)).
+DEFAULT_AFFINE_OPTIONS: dict[str, object] = {"levels": [4, 2], "iterations": [40, 20]}
 
 #: Keys this app reads (besides one per registration method).
-CONF_KEYS = ("atlas_image", "atlas_labels", "atlas_label_names", "affine", "device", "register_method", "cache_size")
+CONF_KEYS = ("atlas_image", "atlas_labels", "atlas_label_names", "affine", "affine_metric", "affine_options", "device",
+             "register_method", "cache_size")
 #: Keys MONAI Label's own classes read from the same ``--conf`` dictionary.
 _MONAILABEL_KEYS = ("server_mode", "preload", "skip_trainers", "skip_strategies", "skip_scoring", "models")
 
@@ -60,16 +82,21 @@ class AppConfig:
         atlas_labels: custom atlas label map, or None for the built-in sample.
         atlas_label_names: raw ``atlas_label_names`` (JSON text or path), or None.
         affine: run the affine stage first.
+        affine_metric: similarity of the affine stage.
+        affine_options: further arguments of the affine stage.
         device: ``"auto"`` or a torch device string.
         register_method: method of the ``register`` task.
         cache_size: number of registrations kept in memory.
-        method_options: keyword arguments for ``register()`` per method.
+        method_options: keyword arguments for ``register()`` per method (with the app's
+            ``working_spacing_mm``).
     """
 
     atlas_image: Path | None = None
     atlas_labels: Path | None = None
     atlas_label_names: str | None = None
     affine: bool = True
+    affine_metric: str = "ncc"
+    affine_options: dict[str, object] = field(default_factory=lambda: dict(DEFAULT_AFFINE_OPTIONS))
     device: str = "auto"
     register_method: str = "svf_optim"
     cache_size: int = 4
@@ -124,9 +151,9 @@ def _options(key: str, text: str) -> dict[str, object]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of register() options, got {text!r}: {error}") from None
+        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of options, got {text!r}: {error}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of register() options, got {text!r}")
+        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of options, got {text!r}")
     return value
 
 
@@ -159,10 +186,20 @@ def parse_conf(conf: Mapping[str, str] | None, methods: Sequence[str]) -> AppCon
     register_method = conf.get("register_method", "svf_optim")
     if register_method not in methods:
         raise ValueError(f"{_CALLER}(): 'register_method' must be one of {list(methods)}, got {register_method!r}")
+    affine_metric = conf.get("affine_metric", "ncc")
+    if affine_metric not in AFFINE_METRICS:
+        raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
     options = {m: dict(o) for m, o in DEFAULT_METHOD_OPTIONS.items()}
     for method in methods:
         if method in conf:
             options.setdefault(method, {}).update(_options(method, conf[method]))
+    for method, values in options.items():
+        spacing = values.get(WORKING_SPACING_KEY)
+        if spacing in (None, 0):
+            values.pop(WORKING_SPACING_KEY, None)
+        elif isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not spacing > 0:
+            raise ValueError(f"{_CALLER}(): '{method}' option '{WORKING_SPACING_KEY}' must be a number of mm > 0 "
+                             f"(or 0/null for the image's own grid), got {spacing!r}")
     unknown = sorted(set(conf) - set(CONF_KEYS) - set(methods) - set(_MONAILABEL_KEYS))
     if unknown:
         logger.warning("monai_diffreg app: ignoring unknown --conf key(s) %s (known: %s and the method names %s)",
@@ -172,6 +209,9 @@ def parse_conf(conf: Mapping[str, str] | None, methods: Sequence[str]) -> AppCon
         atlas_labels=Path(labels).expanduser() if labels else None,
         atlas_label_names=conf.get("atlas_label_names"),
         affine=_bool(conf, "affine", True),
+        affine_metric=affine_metric,
+        affine_options={**DEFAULT_AFFINE_OPTIONS,
+                        **(_options("affine_options", conf["affine_options"]) if "affine_options" in conf else {})},
         device=str(conf.get("device", "auto")),
         register_method=register_method,
         cache_size=cache_size,

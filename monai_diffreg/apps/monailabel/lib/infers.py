@@ -46,6 +46,8 @@ def _result_json(registration: Registration, cached: bool, start: float, **extra
     return {
         "method": registration.method,
         "cached": cached,
+        "working_shape": list(registration.working_shape),
+        "folding_percent": registration.metrics.get("folding_percent"),
         "latencies": {"registration": round(registration.seconds, 3), "total": round(time.perf_counter() - start, 3)},
         **extra,
     }
@@ -92,7 +94,8 @@ class AtlasPropagationTask(_AtlasTask):
         start = time.perf_counter()
         registration, cached = self.service.register(self._image_path(request), self.method, request.get("device"))
         path = _temporary_nifti()
-        save_image(registration.result.warped_labels, registration.affine, path, label=True)
+        save_image(registration.warped_labels, registration.affine, path, label=True,
+                   spatial_dims=self.service.spatial_dims)
         return path, _result_json(registration, cached, start, label_names=self.service.label_names,
                                   atlas=self.service.describe())
 
@@ -130,7 +133,7 @@ class AtlasRegisterTask(_AtlasTask):
         registration, cached = self.service.register(self._image_path(request), method, request.get("device"))
         path = _temporary_nifti()
         if what == "ddf":
-            save_displacement_field(registration.result.ddf, registration.affine, path)
+            save_displacement_field(registration.ddf, registration.affine, path)
         else:
-            save_image(registration.result.warped, registration.affine, path)
+            save_image(registration.warped, registration.affine, path, spatial_dims=self.service.spatial_dims)
         return path, _result_json(registration, cached, start, result=what, atlas=self.service.describe())

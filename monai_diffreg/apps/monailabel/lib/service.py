@@ -14,44 +14,73 @@ grid: exactly the label map a viewer overlays on it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from monai.data import MetaTensor
 
+from monai_diffreg.io import resample_to_fixed
 from monai_diffreg.transforms.spatial import check_image, load_channel_first
 
 from . import errors
 from .atlas import Atlas, load_atlas
-from .config import AppConfig, parse_conf
+from .config import WORKING_SPACING_KEY, AppConfig, parse_conf
+from .working_grid import field_to_image_grid, to_working_grid
 
-__all__ = ["AtlasRegistrationService", "Registration"]
+__all__ = ["AtlasRegistrationService", "Registration", "load_sample_atlas"]
 
 logger = logging.getLogger(__name__)
 
 _CALLER = "atlas_registration"
 
 
+def load_sample_atlas(label_names: str | None = None) -> Atlas:
+    """The default atlas: the built-in sample's fixed image (MNI152 2009a, skull-stripped, 1 mm
+    RAS) and its grey/white-matter label map, named as in the sample's ``sample.json``.
+
+    Args:
+        label_names: optional override of the names (see :func:`.atlas.parse_label_names`).
+    """
+    from monai_diffreg.sample import SAMPLE_DIR, sample_paths
+
+    paths = sample_paths()
+    if label_names is None:
+        names = json.loads((SAMPLE_DIR / "sample.json").read_text(encoding="utf-8"))["labels"]
+        label_names = {value: name for value, name in names.items() if int(value) != 0}
+    return load_atlas(paths["fixed"], paths["fixed_labels"], label_names)
+
+
 @dataclass(frozen=True)
 class Registration:
-    """One registration of the atlas to a requested image.
+    """One registration of the atlas to a requested image, on the image's own grid.
 
     Attributes:
-        image: the requested image ``(1, *S)`` with its RAS affine (its own grid).
-        result: the :class:`monai_diffreg.api.RegistrationResult` (atlas = moving).
+        image: the requested image ``(1, *S)`` with its RAS affine.
+        ddf: ``(1, D, *S)`` displacement in image voxels, image -> atlas (affine stage included).
+        warped: ``(1, 1, *S)`` the atlas image warped onto the image grid (linear).
+        warped_labels: ``(1, 1, *S)`` int64, the atlas labels warped onto the image grid (nearest).
         method: registration method.
-        seconds: wall time of the registration itself.
+        working_shape: the grid the registration ran on (``S`` unless coarsened, see
+            :mod:`.working_grid`).
+        metrics: :attr:`monai_diffreg.api.RegistrationResult.metrics` (on the working grid).
+        seconds: wall time of the registration.
     """
 
     image: MetaTensor
-    result: object
+    ddf: torch.Tensor
+    warped: torch.Tensor
+    warped_labels: torch.Tensor
     method: str
+    working_shape: tuple[int, ...]
+    metrics: dict
     seconds: float
 
     @property
@@ -88,10 +117,7 @@ class AtlasRegistrationService:
     @staticmethod
     def _load_atlas(config: AppConfig) -> Atlas:
         if config.atlas_image is None:
-            from monai_diffreg.sample import sample_paths
-
-            paths = sample_paths()
-            return load_atlas(paths["fixed"], paths["fixed_labels"], config.atlas_label_names or paths["label_names"])
+            return load_sample_atlas(config.atlas_label_names)
         return load_atlas(config.atlas_image, config.atlas_labels, config.atlas_label_names)
 
     @property
@@ -159,8 +185,6 @@ class AtlasRegistrationService:
             RequestError: 400 (bad method/device), 404 (no file), 422 (image unusable),
                 503 (atlas unusable).
         """
-        from monai_diffreg.api import register
-
         atlas = self.check_ready()
         method = self.check_method(method)
         try:
@@ -178,12 +202,33 @@ class AtlasRegistrationService:
                 return cached, True
             image = self.load_image(path)
             start = time.perf_counter()
-            result = register(image, atlas.image, bundle=method, moving_labels=atlas.labels,
-                              affine=self.config.affine, device=device, **self.config.options_for(method))
-            registration = Registration(image=image, result=result, method=method,
-                                        seconds=time.perf_counter() - start)
+            registration = self._register(image, atlas, method, device)
+            registration = replace(registration, seconds=time.perf_counter() - start)
             if self.config.cache_size > 0:
                 self._cache[key] = registration
                 while len(self._cache) > self.config.cache_size:
                     self._cache.popitem(last=False)
             return registration, False
+
+    def _register(self, image: MetaTensor, atlas: Atlas, method: str, device: str) -> Registration:
+        """Run :func:`monai_diffreg.api.register` (atlas = moving), on the working grid when one is set."""
+        from monai_diffreg.api import register
+
+        options = self.config.options_for(method)
+        spacing = options.pop(WORKING_SPACING_KEY, None)
+        work = to_working_grid(image, float(spacing)) if spacing else image
+        result = register(work, atlas.image, bundle=method, moving_labels=atlas.labels, affine=self.config.affine,
+                          affine_metric=self.config.affine_metric, affine_options=self.config.affine_options,
+                          device=device, **options)
+        shape = tuple(int(s) for s in image.shape[1:])
+        working = tuple(int(s) for s in work.shape[1:])
+        if work is image:
+            ddf, warped, labels = result.ddf, result.warped, result.warped_labels
+        else:
+            ddf = field_to_image_grid(result.ddf, shape)
+            warped = resample_to_fixed(atlas.image.float().unsqueeze(0), atlas.image.affine, image.affine, shape, ddf)
+            labels = resample_to_fixed(atlas.labels.float().unsqueeze(0), atlas.labels.affine, image.affine, shape, ddf,
+                                       mode="nearest").round().to(torch.int64)
+        return Registration(image=image, ddf=torch.as_tensor(ddf), warped=torch.as_tensor(warped),
+                            warped_labels=torch.as_tensor(labels), method=method, working_shape=working,
+                            metrics=dict(result.metrics), seconds=0.0)
