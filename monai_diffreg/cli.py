@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ __all__ = ["main", "build_parser"]
 
 _PROG = "monai-diffreg"
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
+# MONAI's LoadImage instantiates its DICOM reader, which complains about an optional GPU codec
+_NOISE = ("NvImgCodecPydicomReader", "nvImageCodec is not available")
 
 
 class _UserError(Exception):
@@ -180,6 +183,8 @@ def _register(args: argparse.Namespace) -> int:
                 for w in caught:
                     if issubclass(w.category, MisalignmentWarning):
                         tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
+                    elif not any(noise in str(w.message) for noise in _NOISE):
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         tqdm.write(_report(pair, result), file=sys.stdout)
     if batch:
         print(f"{len(pairs) - failures}/{len(pairs)} pairs registered into {args.output_dir}", file=sys.stderr)
@@ -203,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 a pair failed, 2 bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     try:
         if args.command == "methods":
             return _methods(args)

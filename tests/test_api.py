@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import warnings
 
-import itk
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,16 +14,14 @@ from monai.data import MetaTensor
 from monai_diffreg import methods
 from monai_diffreg.api import MisalignmentWarning, RegistrationResult, misalignment, register
 from monai_diffreg.functional import compose_ddf, integrate_velocity, warp
-from monai_diffreg.io import load_displacement_field, save_image
+from monai_diffreg.io import apply_displacement_field_itk, load_displacement_field, save_image
+from monai_diffreg.transforms.deformation import sample_smooth_velocity_params, smooth_velocity_from_params
 
 
 def smooth_field(shape, amplitude, seed=0):
+    """Smooth random velocity (1, D, *S), components up to ``amplitude`` voxels (replayable)."""
     gen = torch.Generator().manual_seed(seed)
-    ndim = len(shape)
-    coarse = torch.randn(1, ndim, *([4] * ndim), generator=gen)
-    mode = "trilinear" if ndim == 3 else "bicubic"
-    field = torch.nn.functional.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
-    return field * (amplitude / field.abs().max())
+    return smooth_velocity_from_params(sample_smooth_velocity_params(shape, 6.0, amplitude, generator=gen))
 
 
 def blobs(shape, seed=0, n=4):
@@ -143,20 +140,7 @@ def test_saved_field_maps_original_moving_file_in_itk(toy, tmp_path):
     seen = toy.calls[0][0][0, 0].numpy()
     np.testing.assert_allclose(seen, np.flip(image, axis=0), atol=1e-6)
 
-    moving_itk = itk.imread(str(paths["moving_labels"]), itk.SS)
-    field_f = itk.imread(str(out / "ddf.nii.gz"))
-    field = itk.Image[itk.Vector[itk.D, 3], 3].New()
-    field.SetRegions(field_f.GetLargestPossibleRegion())
-    field.CopyInformation(field_f)
-    field.Allocate()
-    itk.array_view_from_image(field)[:] = itk.array_view_from_image(field_f)
-    transform = itk.DisplacementFieldTransform[itk.D, 3].New()
-    transform.SetDisplacementField(field)
-    interpolator = itk.NearestNeighborInterpolateImageFunction[itk.Image[itk.SS, 3], itk.D].New()
-    ref = itk.resample_image_filter(moving_itk, transform=transform, interpolator=interpolator,
-                                    use_reference_image=True, reference_image=itk.imread(str(paths["fixed"]), itk.F),
-                                    default_pixel_value=0)
-    ref = np.transpose(itk.array_from_image(ref), (2, 1, 0))
+    ref = apply_displacement_field_itk(paths["moving_labels"], paths["fixed"], out / "ddf.nii.gz", mode="nearest")
     ours = result.warped_labels[0, 0].numpy()
     assert np.mean(ref > 0) > 0.1
     assert np.mean(ours == ref) >= 0.999
@@ -227,6 +211,17 @@ def test_misalignment_warning(toy):
         register(fixed, fixed.clone(), "toy")  # aligned pair: no warning
 
 
+def test_array_moving_with_file_fixed_shares_its_grid(toy, tmp_path):
+    """An array has no geometry: it is taken to lie on the fixed grid (outputs equal a same-grid warp)."""
+    image, _ = blobs((14, 12, 10))
+    affine = np.diag([-1.5, 2.0, 1.0, 1.0])
+    save_image(image, affine, tmp_path / "f.nii.gz")
+    moving = np.roll(image, 1, axis=1)
+    result = register(tmp_path / "f.nii.gz", moving, "toy", velocity=torch.zeros(1, 3, 14, 12, 10))
+    np.testing.assert_allclose(result.warped[0, 0].numpy(), moving, atol=1e-5)
+    np.testing.assert_allclose(result.warped.affine.numpy(), affine)
+
+
 def test_metatensors_on_different_grids_are_resampled(toy):
     image, _ = blobs((16, 16, 16))
     fixed = MetaTensor(torch.as_tensor(image)[None], affine=torch.eye(4, dtype=torch.float64))
@@ -262,6 +257,7 @@ def files(tmp_path):
     ("array_shape", ValueError, r"register\(\): 'moving' is an array without an affine, so it must be on the fixed grid"),
     ("true_ddf", ValueError, r"register\(\): 'true_ddf' must be a tensor of shape \(1, 3, 12, 12, 12\)"),
     ("type", TypeError, r"register\(\): 'fixed_labels' must be a file path, numpy array, torch tensor or MetaTensor"),
+    ("array_fixed", ValueError, r"register\(\): 'fixed' is an array without an affine but 'moving' has one"),
 ])
 def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, match):
     image, labels = blobs((12, 12, 12))
@@ -288,6 +284,9 @@ def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, ma
         args["true_ddf"] = torch.zeros(1, 3, 4, 4, 4)
     elif case == "type":
         args["fixed_labels"] = [1, 2, 3]
+    elif case == "array_fixed":
+        args["fixed"] = image
+        args["moving"] = MetaTensor(torch.as_tensor(image)[None], affine=torch.diag(torch.tensor([2.0, 2, 2, 1])))
     out = files / "out"
     with pytest.raises(error, match=match):
         register(output_dir=out, **args)

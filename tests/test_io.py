@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import itk
 import nibabel as nib
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from monai_diffreg.functional import warp
 from monai_diffreg.io import (
+    apply_displacement_field_itk,
     atomic_path,
     ddf_to_itk_field,
     itk_field_to_ddf,
@@ -22,6 +22,8 @@ from monai_diffreg.io import (
     save_image,
     save_json,
 )
+from monai_diffreg.transforms.deformation import deformation_from_params, sample_smooth_velocity_params
+from monai_diffreg.transforms.synthesis import random_label_map
 
 
 def oblique_affine(spacing, angles_deg, origin, flip_first=True, centre_of=None):
@@ -44,50 +46,22 @@ def oblique_affine(spacing, angles_deg, origin, flip_first=True, centre_of=None)
     return affine
 
 
-def blob_labels(shape, n_labels=5, seed=0):
-    """Multi-label volume of overlapping ellipsoids (many label boundaries)."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
-    labels = np.zeros(shape, dtype=np.int16)
-    for label in range(1, n_labels + 1):
-        centre = [rng.uniform(0.25 * n, 0.75 * n) for n in shape]
-        radii = [rng.uniform(0.15 * n, 0.35 * n) for n in shape]
-        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
-        labels[inside] = label
-    return labels
+def itk_nearest(moving, reference, field):
+    """ITK's nearest-neighbour resampling of a label file through a field file (the independent reference)."""
+    return apply_displacement_field_itk(moving, reference, field, mode="nearest").astype(np.int16)
+
+
+def random_labels(shape, seed=0):
+    """Multi-label map of smooth random blobs (many label boundaries), int16 numpy."""
+    gen = torch.Generator().manual_seed(seed)
+    return random_label_map(shape, num_labels=6, blob_spacing=6.0, generator=gen)[0, 0].numpy().astype(np.int16)
 
 
 def smooth_ddf(shape, amplitude, seed=0):
-    """Smooth random displacement (1, D, *S) in voxels, max about ``amplitude``."""
+    """Smooth diffeomorphic displacement (1, D, *S) in voxels, components up to ``amplitude``."""
     gen = torch.Generator().manual_seed(seed)
-    ndim = len(shape)
-    coarse = torch.randn(1, ndim, *([4] * ndim), generator=gen, dtype=torch.float64)
-    mode = "trilinear" if ndim == 3 else "bicubic"
-    ddf = torch.nn.functional.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=True)
-    return ddf * (amplitude / ddf.abs().max())
-
-
-def itk_resample_labels(moving_path, fixed_path, field_path):
-    """The ITK reference: resample the moving label file onto the fixed grid through the field file."""
-    moving = itk.imread(str(moving_path), itk.SS)
-    fixed = itk.imread(str(fixed_path), itk.SS)
-    field_f = itk.imread(str(field_path))
-    ndim = fixed.GetImageDimension()
-    # the resampler's transforms are double precision; ITK Python reads the field as float vectors
-    field = itk.Image[itk.Vector[itk.D, ndim], ndim].New()
-    field.SetRegions(field_f.GetLargestPossibleRegion())
-    field.CopyInformation(field_f)
-    field.Allocate()
-    itk.array_view_from_image(field)[:] = itk.array_view_from_image(field_f)
-    transform = itk.DisplacementFieldTransform[itk.D, ndim].New()
-    transform.SetDisplacementField(field)
-    interpolator = itk.NearestNeighborInterpolateImageFunction[type(moving), itk.D].New()
-    out = itk.resample_image_filter(
-        moving, transform=transform, interpolator=interpolator, use_reference_image=True,
-        reference_image=fixed, default_pixel_value=0,
-    )
-    data = itk.array_from_image(out)
-    return np.transpose(data, tuple(range(ndim - 1, -1, -1)))
+    params = sample_smooth_velocity_params(shape, control_spacing=6.0, max_displacement=amplitude, generator=gen)
+    return deformation_from_params(params, dtype=torch.float64)["ddf"]
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -96,14 +70,14 @@ def test_itk_applies_saved_field_like_our_warp_same_grid(tmp_path, ndim):
     spacing = (1.5, 0.9, 2.2) if ndim == 3 else (1.3, 0.8)
     angles = (12, -20, 8) if ndim == 3 else (17,)
     affine = oblique_affine(spacing, angles, origin=(10.0, -25.0, 7.0)[:ndim])
-    labels = blob_labels(shape)
+    labels = random_labels(shape)
     ddf = smooth_ddf(shape, amplitude=3.0)
     save_image(labels, affine, tmp_path / "moving_labels.nii.gz", label=True)
     save_image(np.zeros(shape, np.int16), affine, tmp_path / "fixed.nii.gz", label=True)
     save_displacement_field(ddf, affine, tmp_path / "ddf.nii.gz")
 
     ours = warp(torch.as_tensor(labels, dtype=torch.float64)[None, None], ddf, mode="nearest", padding_mode="zeros")
-    ref = itk_resample_labels(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "ddf.nii.gz")
+    ref = itk_nearest(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "ddf.nii.gz")
     agreement = np.mean(ours[0, 0].numpy().astype(np.int16) == ref)
     moved = np.mean(labels != ref)  # the field really moves labels: the check can fail
     assert moved > 0.02
@@ -116,7 +90,7 @@ def test_itk_applies_saved_field_to_original_moving_grid(tmp_path):
     fixed_affine = oblique_affine((1.5, 0.9, 2.2), (12, -20, 8), (1.0, 2.0, 3.0), centre_of=fixed_shape)
     moving_affine = oblique_affine((1.7, 1.0, 1.6), (-5, 4, 30), (2.0, 0.0, 4.0), flip_first=False,
                                    centre_of=moving_shape)
-    labels = blob_labels(moving_shape, seed=1)
+    labels = random_labels(moving_shape, seed=1)
     ddf = smooth_ddf(fixed_shape, amplitude=2.5, seed=1)
     save_image(labels, moving_affine, tmp_path / "moving_labels.nii.gz", label=True)
     save_image(np.zeros(fixed_shape, np.int16), fixed_affine, tmp_path / "fixed.nii.gz", label=True)
@@ -124,7 +98,7 @@ def test_itk_applies_saved_field_to_original_moving_grid(tmp_path):
 
     moving = torch.as_tensor(labels, dtype=torch.float32)[None, None]
     ours = resample_to_fixed(moving, moving_affine, fixed_affine, fixed_shape, ddf, mode="nearest")
-    ref = itk_resample_labels(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "ddf.nii.gz")
+    ref = itk_nearest(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "ddf.nii.gz")
     assert np.mean(ref > 0) > 0.1  # the grids overlap: a real comparison
     agreement = np.mean(ours[0, 0].numpy().astype(np.int16) == ref)
     assert agreement >= 0.999, f"ITK and resample_to_fixed agree on {agreement:.4%} of voxels"
@@ -132,7 +106,7 @@ def test_itk_applies_saved_field_to_original_moving_grid(tmp_path):
     # the same grid-to-grid composition with a zero field is plain resampling: compare with ITK's identity
     identity = resample_to_fixed(moving, moving_affine, fixed_affine, fixed_shape, None, mode="nearest")
     save_displacement_field(torch.zeros(1, 3, *fixed_shape), fixed_affine, tmp_path / "zero.nii.gz")
-    ref0 = itk_resample_labels(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "zero.nii.gz")
+    ref0 = itk_nearest(tmp_path / "moving_labels.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / "zero.nii.gz")
     assert np.mean(identity[0, 0].numpy().astype(np.int16) == ref0) >= 0.999
 
 
@@ -148,8 +122,8 @@ def test_itk_field_on_real_files(tmp_path, shared_data):
     save_displacement_field(ddf, fixed_img.affine, tmp_path / "ddf.nii.gz")
     ours = resample_to_fixed(torch.as_tensor(labels, dtype=torch.float32)[None, None], moving_img.affine,
                              fixed_img.affine, fixed_shape, ddf, mode="nearest")
-    ref = itk_resample_labels(tmp_path / "moving_labels.nii.gz", shared_data / "nibabel_tiny" / "anatomical.nii",
-                              tmp_path / "ddf.nii.gz")
+    ref = itk_nearest(tmp_path / "moving_labels.nii.gz", shared_data / "nibabel_tiny" / "anatomical.nii",
+                      tmp_path / "ddf.nii.gz")
     assert len(np.unique(ref)) == 5
     assert np.mean(ours[0, 0].numpy().astype(np.int16) == ref) >= 0.999
 
