@@ -84,6 +84,7 @@ class VxmUNet(nn.Module):
         if norm is not None:
             check_choice(norm, "norm", "VxmUNet", NORMS)
         self.spatial_dims = spatial_dims
+        self.norm = norm
         self.int_downsize = int_downsize
         self.divisor = 2**levels
         self._shift = int(shift)
@@ -113,6 +114,11 @@ class VxmUNet(nn.Module):
         if any(s % self.divisor for s in x.shape[2:]):
             raise ValueError(
                 f"VxmUNet.forward(): spatial sizes must be divisible by {self.divisor}, got shape {tuple(x.shape)}"
+            )
+        if self.norm is not None and math.prod(s // self.divisor for s in x.shape[2:]) < 2:
+            raise ValueError(
+                f"VxmUNet.forward(): with norm={self.norm!r} the coarsest level (1/{self.divisor}) needs more than one "
+                f"voxel for the normalisation statistics, got shape {tuple(x.shape)}"
             )
         skips = []
         for block in self.encoder:

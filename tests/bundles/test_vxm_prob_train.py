@@ -24,7 +24,7 @@ def test_train_json_runs_two_iterations(tmp_path):
     out = tmp_path / "train"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
-        "--output_dir", str(out), "--max_iterations", "2", "--patch_size", "[16,16,16]",
+        "--output_dir", str(out), "--max_iterations", "2", "--patch_size", "[32,32,32]",
         "--template_folder", "None", "--num_workers", "0", "--log_interval", "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -56,6 +56,7 @@ def test_train_json_defaults_match_the_shipped_recipe():
     network = parser.get_parsed_content("network_def")
     loss = parser.get_parsed_content("loss")
     assert (network.posterior, network.prior_lambda, network.int_downsize, network.num_steps) == ("smoothed", 10.0, 1, 7)
+    assert network.unet.norm == "instance"
     assert (loss.posterior, loss.prior_lambda, loss.image_loss, loss.bidirectional) == ("smoothed", 10.0, "ncc", True)
     base = json.loads((CONFIGS / "train.json").read_text())
     data_settings = json.dumps([base["dataset"], base["template_folder"], base["shared_data"]])

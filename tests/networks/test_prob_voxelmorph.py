@@ -230,3 +230,12 @@ def test_traced_export_reproduces_eager_output():
     assert eager["ddf"].abs().max() > 0.1
     for key in KEYS:
         torch.testing.assert_close(exported[key], eager[key])
+
+
+def test_instance_norm_model_trains():
+    model = _model(3, norm="instance", int_downsize=1).train()
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    out = model(moving, fixed)
+    assert set(out) == KEYS and out["ddf"].shape == (1, 3, 16, 16, 16)
+    ((out["warped"] - fixed) ** 2).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -46,3 +46,14 @@ def test_bad_arguments():
         net(torch.rand(1, 2, 8, 10))
     with pytest.raises(ValueError, match=r"'x' must be 4D"):
         net(torch.rand(1, 2, 8, 8, 8))
+
+
+def test_instance_norm_option():
+    net = VxmUNet(2, 2, enc_channels=(4, 8), dec_channels=(8, 8, 6), norm="instance")
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 5
+    out = net(torch.rand(2, 2, 8, 12) * 100 + 50)
+    assert out.shape == (2, 6, 4, 6) and bool(torch.isfinite(out).all())
+    with pytest.raises(ValueError, match=r"norm='instance' the coarsest level \(1/4\) needs more than one voxel"):
+        net(torch.rand(1, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"'norm' must be one of \['instance'\], got 'batch'"):
+        VxmUNet(2, norm="batch")
