@@ -46,12 +46,12 @@ import torch
 from monai.data import MetaTensor
 
 from . import __version__
-from .functional import compose_ddf
+from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
 from .methods import check_method_output, find_method, load_method
 from .metrics import dice_per_label, endpoint_error, folding_percentage, sd_log_jacobian, sd_log_jacobian_l2r
-from .transforms.intensity import percentile
+from .transforms.intensity import normalize_intensity_percentile, percentile
 from .transforms.spatial import check_image, load_channel_first
 from .transforms.utils import integer_labels, plain_tensor
 
@@ -337,6 +337,81 @@ def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
     return torch.cat([inv, -(inv @ matrix[:, :, ndim:])], dim=2)
 
 
+def _affine_stage(fixed: torch.Tensor, moving: torch.Tensor, metric: str,
+                  options: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxel affine ``(1, D, D + 1)`` and its displacement, on percentile-normalised intensities."""
+    from .engines.affine import optimise_affine
+
+    stage = optimise_affine(normalize_intensity_percentile(fixed, name="fixed", caller=_CALLER),
+                            normalize_intensity_percentile(moving, name="moving", caller=_CALLER),
+                            metric=metric, **dict(options or {}))
+    return stage["matrix"].detach(), stage["ddf"].detach()
+
+
+def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None, affine_ddf: torch.Tensor | None,
+                  mapping: list[tuple[int, int]]) -> dict[str, torch.Tensor | None]:
+    """Affine stage composed with the method's fields, mapped to the fixed file's axes, on the CPU.
+
+    ``ddf = compose_ddf(affine, deformable)`` (phi_affine o phi_deformable) and
+    ``inverse_ddf = compose_ddf(inverse_deformable, inverse_affine)``.
+    """
+    ddf = out["ddf"].detach().float()
+    inverse = None if out.get("inverse_ddf") is None else out["inverse_ddf"].detach().float()
+    if affine_ddf is not None:
+        ddf = compose_ddf(affine_ddf, ddf)
+        if inverse is not None:
+            inverse = compose_ddf(inverse, affine_to_ddf(_inverse_matrix(matrix.double()).float(), ddf.shape[2:]))
+    uncertainty = out.get("uncertainty")
+    return {
+        "ddf": _to_file_axes(ddf, mapping, is_field=True).cpu(),
+        "inverse_ddf": None if inverse is None else _to_file_axes(inverse, mapping, is_field=True).cpu(),
+        "uncertainty": None if uncertainty is None else
+        _to_file_axes(uncertainty.detach().float(), mapping, is_field=False).cpu(),
+    }
+
+
+def _resample_outputs(images: dict[str, MetaTensor], ddf: torch.Tensor,
+                      fixed_affine: np.ndarray) -> dict[str, MetaTensor | None]:
+    """Images on the fixed grid, each resampled once from its original data (step 6)."""
+    shape = tuple(int(s) for s in images["fixed"].shape[1:])
+
+    def resample(name: str, field: torch.Tensor | None, mode: str) -> MetaTensor | None:
+        if name not in images:
+            return None
+        src = images[name]
+        data = resample_to_fixed(plain_tensor(src).float().unsqueeze(0), src.affine, fixed_affine, shape, field,
+                                 mode=mode)
+        if mode == "nearest":
+            data = data.round().to(torch.int64)
+        return MetaTensor(data, affine=images["fixed"].affine.clone())
+
+    return {
+        "fixed": MetaTensor(plain_tensor(images["fixed"]).float().unsqueeze(0), affine=images["fixed"].affine.clone()),
+        "moving": resample("moving", None, "bilinear"),
+        "warped": resample("moving", ddf, "bilinear"),
+        "fixed_labels": resample("fixed_labels", None, "nearest"),
+        "moving_labels": resample("moving_labels", None, "nearest"),
+        "warped_labels": resample("moving_labels", ddf, "nearest"),
+    }
+
+
+def _metrics(ddf: torch.Tensor, outputs: dict[str, MetaTensor | None], spacing: list[float],
+             true_ddf: torch.Tensor | None) -> dict[str, Any]:
+    """Step 7 of the module docstring."""
+    metrics: dict[str, Any] = _field_metrics(ddf.double())
+    if outputs["warped_labels"] is not None and outputs["fixed_labels"] is not None:
+        metrics["dice_before"] = _dice_dict(outputs["moving_labels"], outputs["fixed_labels"])
+        metrics["dice_after"] = _dice_dict(outputs["warped_labels"], outputs["fixed_labels"])
+    if true_ddf is not None:
+        truth = true_ddf.detach().double().cpu()
+        brain = _foreground(plain_tensor(outputs["fixed"]))  # where the images constrain the field
+        for suffix, mask in (("", None), ("_foreground", brain)):
+            metrics[f"epe{suffix}_mm"] = float(endpoint_error(ddf.double(), truth, spacing=spacing, mask=mask)[0])
+            metrics[f"epe{suffix}_before_mm"] = float(
+                endpoint_error(torch.zeros_like(truth), truth, spacing=spacing, mask=mask)[0])
+    return metrics
+
+
 def register(
     fixed: object,
     moving: object,
@@ -420,7 +495,6 @@ def register(
     work = loader(dict(images))
     fixed_affine = spatial_affine(images["fixed"].affine, ndim, _CALLER)
     work_affine = spatial_affine(work["fixed"].affine, ndim, _CALLER)
-    file_shape = tuple(int(s) for s in images["fixed"].shape[1:])
     mapping = _voxel_map(fixed_affine, work_affine, tuple(int(s) for s in work["fixed"].shape[1:]))
 
     def on_device(x: torch.Tensor) -> torch.Tensor:
@@ -442,69 +516,26 @@ def register(
             f"{advice}", MisalignmentWarning, stacklevel=2)
 
     # 4. affine stage + deformable method
-    affine_ddf = matrix = None
     t0 = time.perf_counter()
+    matrix = affine_ddf = None
+    moving_in = moving_w
     if affine:
-        from .engines.affine import optimise_affine
-
-        stage = optimise_affine(fixed_w, moving_w, metric=affine_metric, **dict(affine_options or {}))
-        matrix, affine_ddf, moving_in = stage["matrix"].detach(), stage["ddf"].detach(), stage["warped"].detach()
-    else:
-        moving_in = moving_w
+        matrix, affine_ddf = _affine_stage(fixed_w, moving_w, affine_metric, affine_options)
+        moving_in = warp(moving_w, affine_ddf)
     times["affine"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = check_method_output(method(fixed_w, moving_in), fixed_w, method_info.name)
     times["registration"] = time.perf_counter() - t0
 
+    # 5.-7. total fields on the fixed file's axes, outputs, metrics
+    t0 = time.perf_counter()
     with torch.no_grad():
-        ddf_w = out["ddf"].detach().float()
-        inverse_w = out.get("inverse_ddf")
-        if affine_ddf is not None:
-            ddf_w = compose_ddf(affine_ddf, ddf_w)
-            if inverse_w is not None:
-                inverse_affine = affine_to_ddf(_inverse_matrix(matrix.double()).float(), fixed_w.shape[2:])
-                inverse_w = compose_ddf(inverse_w.detach().float(), inverse_affine)
-
-        # 5. back to the fixed file's axes
-        t0 = time.perf_counter()
-        ddf = _to_file_axes(ddf_w, mapping, is_field=True).cpu()
-        inverse = None if inverse_w is None else _to_file_axes(inverse_w.detach().float(), mapping, True).cpu()
-        uncertainty = out.get("uncertainty")
-        if uncertainty is not None:
-            uncertainty = _to_file_axes(uncertainty.detach().float(), mapping, is_field=False).cpu()
-
-        # 6. outputs from the original moving data, one interpolation
-        def resample(name: str, field: torch.Tensor | None, mode: str) -> MetaTensor:
-            src = images[name]
-            data = resample_to_fixed(plain_tensor(src).float().unsqueeze(0), src.affine, fixed_affine, file_shape,
-                                     field, mode=mode)
-            if mode == "nearest":
-                data = data.round().to(torch.int64)
-            return MetaTensor(data, affine=images["fixed"].affine.clone())
-
-        warped = resample("moving", ddf, "bilinear")
-        moving_on_fixed = resample("moving", None, "bilinear")
-        fixed_out = MetaTensor(plain_tensor(images["fixed"]).float().unsqueeze(0), affine=images["fixed"].affine.clone())
-        warped_labels = resample("moving_labels", ddf, "nearest") if "moving_labels" in images else None
-        fixed_labels_out = None
-        if "fixed_labels" in images:
-            fixed_labels_out = resample("fixed_labels", None, "nearest")
+        fields = _total_fields(out, matrix, affine_ddf, mapping)
+        outputs = _resample_outputs(images, fields["ddf"], fixed_affine)
         times["resample"] = time.perf_counter() - t0
-
-        # 7. metrics
-        metrics: dict[str, Any] = _field_metrics(ddf.double())
-        metrics["misalignment_before"] = check
         spacing = [float(v) for v in np.linalg.norm(fixed_affine[:ndim, :ndim], axis=0)]
-        if warped_labels is not None and fixed_labels_out is not None:
-            metrics["dice_before"] = _dice_dict(resample("moving_labels", None, "nearest"), fixed_labels_out)
-            metrics["dice_after"] = _dice_dict(warped_labels, fixed_labels_out)
-        if true_ddf is not None:
-            truth = true_ddf.detach().double().cpu()
-            brain = _foreground(plain_tensor(fixed_out))  # where the images constrain the field
-            for suffix, mask in (("", None), ("_foreground", brain)):
-                metrics[f"epe{suffix}_mm"] = float(endpoint_error(ddf.double(), truth, spacing=spacing, mask=mask)[0])
-                metrics[f"epe{suffix}_before_mm"] = float(
-                    endpoint_error(torch.zeros_like(truth), truth, spacing=spacing, mask=mask)[0])
+        metrics = _metrics(fields["ddf"], outputs, spacing, true_ddf)
+    metrics["misalignment_before"] = check
     times["total"] = time.perf_counter() - start
     metrics["seconds"] = {k: round(v, 4) for k, v in times.items()}
 
@@ -520,8 +551,9 @@ def register(
         "spacing_mm": spacing,
     }
     result = RegistrationResult(
-        warped=warped, ddf=ddf, fixed=fixed_out, moving=moving_on_fixed, inverse_ddf=inverse, uncertainty=uncertainty,
-        warped_labels=warped_labels, fixed_labels=fixed_labels_out, affine_matrix=matrix, metrics=metrics, info=info,
+        warped=outputs["warped"], ddf=fields["ddf"], fixed=outputs["fixed"], moving=outputs["moving"],
+        inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"], warped_labels=outputs["warped_labels"],
+        fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, metrics=metrics, info=info,
     )
     if output_dir is not None:
         result.save(output_dir, qc=qc)
