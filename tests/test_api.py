@@ -250,6 +250,8 @@ def files(tmp_path):
     ("multichannel", ValueError, r"register\(\): 'moving' must be a single-channel 2D or 3D image"),
     ("nan", ValueError, r"register\(\): 'moving' contains 1 NaN/Inf"),
     ("constant", ValueError, r"register\(\): 'fixed' is constant"),
+    ("empty", ValueError, r"register\(\): 'moving' must be a single-channel 2D or 3D image.* got shape \(0, 12, 12\)"),
+    ("inf", ValueError, r"register\(\): 'fixed' contains 1 NaN/Inf"),
     ("missing", FileNotFoundError, r"register\(\): 'moving' file not found: .*missing.nii.gz"),
     ("corrupt", ValueError, r"register\(\): could not read 'moving' from .*corrupt.nii.gz"),
     ("float_labels", ValueError, r"register\(\): 'moving_labels' must be a label map of integer values"),
@@ -270,6 +272,10 @@ def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, ma
         args["fixed"], args["moving"] = image, np.where(np.arange(image.size).reshape(image.shape) == 5, np.nan, image)
     elif case == "constant":
         args["fixed"] = np.zeros_like(image)
+    elif case == "empty":
+        args["moving"] = np.zeros((0, 12, 12), np.float32)
+    elif case == "inf":
+        args["fixed"], args["moving"] = np.where(np.arange(image.size).reshape(image.shape) == 7, np.inf, image), image
     elif case == "missing":
         args["moving"] = files / "missing.nii.gz"
     elif case == "corrupt":
