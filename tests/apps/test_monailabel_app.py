@@ -14,9 +14,9 @@ Studies (built from ``../shared/data``; the module skips without it):
   registers on its 2 mm working grid (exactly the original voxels);
 * ``slice2d``: a 2D slice, to be rejected (the atlas is 3D).
 
-The server runs the app's defaults except for fewer iterations (:data:`FAST_CONF`), so the
-module stays within a few minutes on two busy CPU cores; the Python API reference uses the
-same settings.
+The server runs the app's defaults except for fewer iterations and a larger cache
+(:data:`FAST_CONF`), so the module stays within a few minutes on two busy CPU cores; the
+Python API reference uses the same settings.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ pytestmark = pytest.mark.slow
 STARTUP_SECONDS = 120
 REQUEST_SECONDS = 300
 METHOD = "svf_optim"
-FAST_CONF = {"affine_options": '{"iterations": [20, 10]}', METHOD: '{"iterations": [20, 10]}'}
+FAST_CONF = {"affine_options": '{"iterations": [20, 10]}', METHOD: '{"iterations": [20, 10]}', "cache_size": "4"}
 
 
 def _free_port() -> int:
@@ -318,7 +318,7 @@ def test_atlas_misconfiguration_reaches_the_client(studies, tmp_path):
         response = srv.post(f"atlas_propagation_{METHOD}", "anatomical")
         assert response.status_code == 503, response.text
         detail = response.json()["detail"]
-        assert "atlas configuration is unusable" in detail and "'atlas_image' file not found" in detail
+        assert "--conf settings are unusable" in detail and "'atlas_image' file not found" in detail
         assert srv.process.poll() is None and srv.info()["name"] == "monai_diffreg"
     finally:
         srv.stop()

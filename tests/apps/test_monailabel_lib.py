@@ -47,7 +47,7 @@ def test_app_dir_holds_main():
 def test_parse_conf_defaults():
     config = parse_conf({}, METHODS)
     assert config.atlas_image is None and config.atlas_labels is None
-    assert config.affine is True and config.cache_size == 4 and config.register_method == "svf_optim"
+    assert config.affine is True and config.cache_size == 2 and config.register_method == "svf_optim"
     assert config.options_for("svf_optim") == DEFAULT_METHOD_OPTIONS["svf_optim"]
     assert config.options_for("vxm_prob") == {}
     assert config.affine_options == DEFAULT_AFFINE_OPTIONS and config.affine_metric == "ncc"
@@ -76,12 +76,12 @@ def test_parse_conf_values():
         ({"affine": "maybe"}, "'affine' must be true or false, got 'maybe'"),
         ({"cache_size": "many"}, "'cache_size' must be an integer >= 0, got 'many'"),
         ({"cache_size": "-1"}, "'cache_size' must be an integer >= 0, got -1"),
-        ({"svf_optim": "[1, 2]"}, "'svf_optim' must be a JSON object of options"),
+        ({"svf_optim": "[1, 2]"}, "'svf_optim' must be a JSON object, got '\\[1, 2\\]'"),
         ({"svf_optim": "{iterations: 3}"}, "'svf_optim' must be a JSON object"),
         ({"register_method": "nope"}, "'register_method' must be one of \\['svf_optim', 'vxm_prob'\\], got 'nope'"),
         ({"device": "gpu0"}, "'gpu0' is not a device"),
         ({"affine_metric": "dice"}, "'affine_metric' must be one of \\['ncc', 'mi', 'mse'\\], got 'dice'"),
-        ({"affine_options": "5"}, "'affine_options' must be a JSON object of options"),
+        ({"affine_options": "5"}, "'affine_options' must be a JSON object, got '5'"),
         ({"svf_optim": '{"working_spacing_mm": -1}'}, "'working_spacing_mm' must be a number of mm > 0"),
         ({"svf_optim": '{"working_spacing_mm": "2"}'}, "'working_spacing_mm' must be a number of mm > 0"),
     ],
@@ -111,7 +111,7 @@ def test_parse_label_names_both_directions(tmp_path):
     "spec, match",
     [
         ("missing.json", "no such file"),
-        ("{not json", "not valid JSON"),
+        ("{not json", "'atlas_label_names' must be a JSON object, got '{not json'"),
         ("{}", "is empty"),
         ('{"a": 0}', "positive integer, got 0"),
         ('{"a": 1.5}', "positive integer, got 1.5"),
@@ -251,6 +251,7 @@ def test_service_rejects_bad_requests_with_statuses(service, tmp_path):
         ({"atlas_image": "missing.nii.gz", "atlas_labels": "missing_labels.nii.gz"}, "'atlas_image' file not found"),
         ({"cache_size": "lots"}, "'cache_size' must be an integer"),
         ({"atlas_label_names": '{"grey": 1}'}, "unnamed value(s): [2]"),
+        ({"svf_optim": '{"iteration": [1, 1]}'}, "unknown setting(s) ['iteration']"),
     ],
 )
 def test_service_keeps_configuration_errors_for_the_client(tmp_path, monkeypatch, conf, message):
@@ -259,4 +260,4 @@ def test_service_keeps_configuration_errors_for_the_client(tmp_path, monkeypatch
     assert broken.atlas is None and message in broken.error
     assert broken.label_names == {} and broken.describe() == {"error": broken.error}
     status, text = _status(lambda: broken.register(str(tmp_path / "x.nii.gz"), "svf_optim"))
-    assert status == 503 and text.startswith("the server's atlas configuration is unusable") and message in text
+    assert status == 503 and text.startswith("the server's --conf settings are unusable") and message in text

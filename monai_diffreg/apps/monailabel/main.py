@@ -16,8 +16,10 @@ Settings: :mod:`monai_diffreg.apps.monailabel.lib.config`.
 
 Errors reach the client as HTTP errors whose ``detail`` says what went wrong: 404 unknown
 model or image, 400 bad parameters, 422 an image that cannot be registered to the atlas
-(unreadable, wrong dimensionality, blank), 503 an unusable atlas configuration; anything
-unexpected is a 500 with the exception's message. The server keeps serving either way.
+(unreadable, wrong dimensionality, blank), 503 unusable server settings (a misconfigured
+atlas, a bad ``--conf`` value: the server still starts and ``/info/`` shows the reason under
+``atlas.error``); anything unexpected is a 500 with the exception's message. The server keeps
+serving either way.
 
 No trainers: the registration bundles are trained offline (see ``bundles/<name>/``), and
 ``svf_optim`` needs no training.

@@ -15,7 +15,6 @@ checked once, when the app starts, so every request sees the same validated atla
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from monai.data import MetaTensor
 
 from monai_diffreg.transforms.spatial import check_image, load_channel_first
 from monai_diffreg.transforms.utils import integer_labels
+
+from .config import json_object
 
 __all__ = ["Atlas", "load_atlas", "parse_label_names"]
 
@@ -101,12 +102,7 @@ def parse_label_names(spec: str | Mapping[str, object]) -> dict[str, int]:
                 raise ValueError(f"{_CALLER}(): 'atlas_label_names' must be a JSON object or the path of a JSON file, "
                                  f"got {text!r} (no such file)")
             text = path.read_text(encoding="utf-8")
-        try:
-            mapping = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{_CALLER}(): 'atlas_label_names' is not valid JSON: {error}") from None
-        if not isinstance(mapping, dict):
-            raise ValueError(f"{_CALLER}(): 'atlas_label_names' must be a JSON object, got {type(mapping).__name__}")
+        mapping = json_object(text, "atlas_label_names", _CALLER)
     if not mapping:
         raise ValueError(f"{_CALLER}(): 'atlas_label_names' is empty")
     keys_are_values = all(isinstance(k, str) and k.strip().lstrip("+").isdigit() for k in mapping)

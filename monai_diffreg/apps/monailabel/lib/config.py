@@ -16,7 +16,8 @@ Keys (every value arrives as a string):
 ``device``             ``auto`` (default: CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
 ``register_method``    method of the ``register`` task (default ``svf_optim``)
 ``cache_size``         registrations kept in memory, so ``register`` and ``atlas_propagation_*``
-                       on the same image reuse one result (default 4; 0 disables)
+                       on the same image reuse one result (default 2; 0 disables; a 256^3 image
+                       takes about 0.5 GB)
 ``<method>``           JSON object of keyword arguments for :func:`monai_diffreg.api.register`
                        when running that method, merged over :data:`DEFAULT_METHOD_OPTIONS`,
                        e.g. ``--conf svf_optim '{"iterations": [100, 50]}'``; plus the app's own
@@ -40,7 +41,7 @@ import torch
 
 from monai_diffreg.api import AFFINE_METRICS
 
-__all__ = ["AppConfig", "parse_conf", "DEFAULT_METHOD_OPTIONS", "DEFAULT_AFFINE_OPTIONS", "WORKING_SPACING_KEY",
+__all__ = ["AppConfig", "parse_conf", "json_object", "DEFAULT_METHOD_OPTIONS", "DEFAULT_AFFINE_OPTIONS", "WORKING_SPACING_KEY",
            "CONF_KEYS"]
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class AppConfig:
     affine_options: dict[str, object] = field(default_factory=lambda: dict(DEFAULT_AFFINE_OPTIONS))
     device: str = "auto"
     register_method: str = "svf_optim"
-    cache_size: int = 4
+    cache_size: int = 2
     method_options: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def options_for(self, method: str) -> dict[str, object]:
@@ -147,14 +148,23 @@ def _bool(conf: Mapping[str, str], key: str, default: bool) -> bool:
     raise ValueError(f"{_CALLER}(): '{key}' must be true or false, got {conf[key]!r}")
 
 
-def _options(key: str, text: str) -> dict[str, object]:
+def json_object(text: str, name: str, caller: str) -> dict:
+    """Parse ``text`` as a JSON object (``--conf`` values are strings).
+
+    Raises:
+        ValueError: not JSON, or JSON but not an object; the message names ``caller`` and ``name``.
+    """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of options, got {text!r}: {error}") from None
+        raise ValueError(f"{caller}(): '{name}' must be a JSON object, got {text!r}: {error}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{_CALLER}(): '{key}' must be a JSON object of options, got {text!r}")
+        raise ValueError(f"{caller}(): '{name}' must be a JSON object, got {text!r}")
     return value
+
+
+def _options(key: str, text: str) -> dict[str, object]:
+    return json_object(text, key, _CALLER)
 
 
 def parse_conf(conf: Mapping[str, str] | None, methods: Sequence[str]) -> AppConfig:
@@ -178,7 +188,7 @@ def parse_conf(conf: Mapping[str, str] | None, methods: Sequence[str]) -> AppCon
         given, missing = ("atlas_image", "atlas_labels") if image else ("atlas_labels", "atlas_image")
         raise ValueError(f"{_CALLER}(): '{given}' is set but '{missing}' is not; a custom atlas needs both")
     try:
-        cache_size = int(conf.get("cache_size", 4))
+        cache_size = int(conf.get("cache_size", 2))
     except ValueError:
         raise ValueError(f"{_CALLER}(): 'cache_size' must be an integer >= 0, got {conf['cache_size']!r}") from None
     if cache_size < 0:

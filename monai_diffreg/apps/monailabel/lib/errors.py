@@ -16,8 +16,8 @@ class RequestError(Exception):
     """A request that cannot be served, with the HTTP status that says why.
 
     Args:
-        status: HTTP status code (4xx: the request is at fault; 503: the server's atlas
-            configuration is, and the administrator must fix it).
+        status: HTTP status code (4xx: the request is at fault; 503: the server's settings
+            are, e.g. a misconfigured atlas, and the administrator must fix them).
         message: what went wrong and what was expected, for the user.
     """
 
@@ -43,5 +43,5 @@ def unprocessable(message: str) -> RequestError:
 
 
 def atlas_unavailable(message: str) -> RequestError:
-    """503: the atlas configured on the server (``--conf atlas_*``) is unusable."""
+    """503: the server's settings (``--conf``: atlas files, label names, options) are unusable."""
     return RequestError(HTTPStatus.SERVICE_UNAVAILABLE, message)

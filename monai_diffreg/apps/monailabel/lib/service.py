@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from monai_diffreg.io import resample_to_fixed
+from monai_diffreg.io import resample_to_fixed, spatial_affine
 from monai_diffreg.transforms.spatial import check_image, load_channel_first
 
 from . import errors
@@ -63,7 +63,7 @@ class Registration:
     """One registration of the atlas to a requested image, on the image's own grid.
 
     Attributes:
-        image: the requested image ``(1, *S)`` with its RAS affine.
+        affine: ``(D + 1, D + 1)`` voxel-to-RAS affine of the requested image.
         ddf: ``(1, D, *S)`` displacement in image voxels, image -> atlas (affine stage included).
         warped: ``(1, 1, *S)`` the atlas image warped onto the image grid (linear).
         warped_labels: ``(1, 1, *S)`` int64, the atlas labels warped onto the image grid (nearest).
@@ -74,7 +74,7 @@ class Registration:
         seconds: wall time of the registration.
     """
 
-    image: MetaTensor
+    affine: np.ndarray
     ddf: torch.Tensor
     warped: torch.Tensor
     warped_labels: torch.Tensor
@@ -82,11 +82,6 @@ class Registration:
     working_shape: tuple[int, ...]
     metrics: dict
     seconds: float
-
-    @property
-    def affine(self) -> np.ndarray:
-        """Voxel-to-RAS affine of the requested image."""
-        return np.asarray(self.image.affine, dtype=np.float64)
 
 
 class AtlasRegistrationService:
@@ -109,10 +104,22 @@ class AtlasRegistrationService:
         self._lock = threading.Lock()
         try:
             self.config = parse_conf(conf, self.methods)
+            self._check_builtin_options()
             self.atlas = self._load_atlas(self.config)
         except (OSError, ValueError) as error:
-            self.error = f"the server's atlas configuration is unusable: {error}"
+            self.error = f"the server's --conf settings are unusable: {error}"
             logger.error("monai_diffreg app: %s", self.error)
+
+    def _check_builtin_options(self) -> None:
+        """Instantiate each built-in method with its configured options, so a misspelt option is
+        reported when the server starts (bundles are only loaded per request)."""
+        from monai_diffreg.methods import load_method
+
+        for name, info in self.method_infos.items():
+            if info.kind == "builtin":
+                options = self.config.options_for(name)
+                options.pop(WORKING_SPACING_KEY, None)
+                load_method(name, **options)
 
     @staticmethod
     def _load_atlas(config: AppConfig) -> Atlas:
@@ -183,7 +190,7 @@ class AtlasRegistrationService:
 
         Raises:
             RequestError: 400 (bad method/device), 404 (no file), 422 (image unusable),
-                503 (atlas unusable).
+                503 (settings unusable, e.g. the atlas).
         """
         atlas = self.check_ready()
         method = self.check_method(method)
@@ -229,6 +236,7 @@ class AtlasRegistrationService:
             warped = resample_to_fixed(atlas.image.float().unsqueeze(0), atlas.image.affine, image.affine, shape, ddf)
             labels = resample_to_fixed(atlas.labels.float().unsqueeze(0), atlas.labels.affine, image.affine, shape, ddf,
                                        mode="nearest").round().to(torch.int64)
-        return Registration(image=image, ddf=torch.as_tensor(ddf), warped=torch.as_tensor(warped),
+        affine = spatial_affine(image.affine, image.ndim - 1, _CALLER)
+        return Registration(affine=affine, ddf=torch.as_tensor(ddf), warped=torch.as_tensor(warped),
                             warped_labels=torch.as_tensor(labels), method=method, working_shape=working,
                             metrics=dict(result.metrics), seconds=0.0)
