@@ -144,7 +144,8 @@ def _report(pair: dict[str, Any], result: Any) -> str:
     if "dice_after" in m:
         parts.append(f"Dice {m['dice_before']['mean']:.3f} -> {m['dice_after']['mean']:.3f},")
     if "epe_mm" in m:
-        parts.append(f"field error {m['epe_before_mm']:.2f} -> {m['epe_mm']:.2f} mm,")
+        parts.append(f"field error {m['epe_before_mm']:.2f} -> {m['epe_mm']:.2f} mm "
+                     f"(foreground {m['epe_foreground_before_mm']:.2f} -> {m['epe_foreground_mm']:.2f} mm),")
     parts.append(f"det J <= 0: {m['folding_percent']:.3f}%, SDlogJ {m['sd_log_jacobian']:.3f},")
     parts.append(f"{m['seconds']['total']:.1f} s")
     return " ".join(parts)
@@ -209,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=_NOISE[0])
     try:
         if args.command == "methods":
             return _methods(args)
