@@ -50,7 +50,7 @@ from monai_diffreg.metrics import dice_per_label  # noqa: E402
 from monai_diffreg.sample import sample_paths  # noqa: E402
 from monai_diffreg.transforms.spatial import load_channel_first  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")]
 
 STARTUP_SECONDS = 120
 REQUEST_SECONDS = 300
@@ -163,16 +163,20 @@ def server(studies, tmp_path_factory):
         srv.stop()
 
 
-@pytest.fixture(scope="module")
-def api_labels(studies) -> torch.Tensor:
-    """The same registration through the Python API: atlas labels on ``anatomical``'s grid."""
+def python_api_labels(image_path: Path, method: str) -> torch.Tensor:
+    """The same registration through the Python API: atlas labels on the image's grid.
+
+    Uses the app's settings for ``method`` (:data:`FAST_CONF` over the defaults); the image is
+    2 mm, so the app registers it on its own grid (checked).
+    """
     config = parse_conf(FAST_CONF, [m.name for m in available_methods()])
-    options = config.options_for(METHOD)
-    image = load_channel_first(studies / "anatomical.nii", "image", "test").float()
-    assert to_working_grid(image, options.pop(WORKING_SPACING_KEY)) is image  # 2 mm: registered on its own grid
+    options = config.options_for(method)
+    image = load_channel_first(image_path, "image", "test").float()
+    spacing = options.pop(WORKING_SPACING_KEY, None)
+    assert spacing is None or to_working_grid(image, spacing) is image
     paths = sample_paths()
-    result = register(image, load_channel_first(paths["fixed"], "atlas", "test").float(), bundle=METHOD,
-                      moving_labels=load_channel_first(paths["fixed_labels"], "labels", "test"), affine=True,
+    result = register(image, load_channel_first(paths["fixed"], "atlas", "test").float(), bundle=method,
+                      moving_labels=load_channel_first(paths["fixed_labels"], "labels", "test"), affine=config.affine,
                       affine_metric=config.affine_metric, affine_options=config.affine_options, device="cpu",
                       **options)
     return result.warped_labels
@@ -188,14 +192,16 @@ def test_info_lists_one_task_per_method(server):
     info = server.info()
     expected = {f"atlas_propagation_{m.name}" for m in available_methods()} | {"register"}
     assert set(info["models"]) == expected
-    names = json.loads(json.dumps(info["models"][f"atlas_propagation_{METHOD}"]["labels"]))
-    assert names and all(isinstance(v, int) and v > 0 for v in names.values())
-    assert info["atlas"]["label_names"] == names
+    names = info["models"][f"atlas_propagation_{METHOD}"]["labels"]
+    assert names == {"grey matter": 1, "white matter": 2}  # the default atlas: the built-in sample
+    assert info["atlas"]["label_names"] == names and info["labels"] == names
     assert info["models"][f"atlas_propagation_{METHOD}"]["type"] == "segmentation"
 
 
-def test_atlas_propagation_matches_python_api(server, studies, api_labels, tmp_path):
-    response = server.post(f"atlas_propagation_{METHOD}", "anatomical")
+@pytest.mark.parametrize("method", [m.name for m in available_methods()])
+def test_atlas_propagation_matches_python_api(server, studies, tmp_path, method):
+    """``/infer/atlas_propagation_<method>`` for every method (``vxm_prob`` once its bundle exists)."""
+    response = server.post(f"atlas_propagation_{method}", "anatomical")
     assert response.status_code == 200, response.text
     labels = _load(response.content, tmp_path, "labels.nii.gz")
     image = nib.load(str(studies / "anatomical.nii"))
@@ -205,13 +211,14 @@ def test_atlas_propagation_matches_python_api(server, studies, api_labels, tmp_p
     names = server.info()["atlas"]["label_names"]
     assert set(np.unique(data).tolist()) == {0, *names.values()}  # every atlas label lands on the image
     served = torch.as_tensor(data.astype(np.int64))[None, None]
-    dice = dice_per_label(served, api_labels.as_tensor(), labels=sorted(names.values()))
+    reference = python_api_labels(studies / "anatomical.nii", method).as_tensor()
+    dice = dice_per_label(served, reference, labels=sorted(names.values()))
     assert bool((dice >= 0.99).all()), f"Dice against the Python API {dice.tolist()}"
 
-    params = server.post(f"atlas_propagation_{METHOD}", "anatomical", output="json")
+    params = server.post(f"atlas_propagation_{method}", "anatomical", output="json")
     assert params.status_code == 200, params.text
     body = params.json()
-    assert body["label_names"] == names and body["method"] == METHOD and body["cached"] is True
+    assert body["label_names"] == names and body["method"] == method and body["cached"] is True
 
 
 def test_label_map_follows_the_image_header(server, studies, tmp_path):

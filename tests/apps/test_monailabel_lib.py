@@ -22,6 +22,8 @@ from monai_diffreg.apps.monailabel.lib.working_grid import field_to_image_grid, 
 
 METHODS = ("svf_optim", "vxm_prob")
 
+pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
+
 
 def _write(path, array, affine=None):
     nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), str(path))
@@ -237,6 +239,8 @@ def test_service_rejects_bad_requests_with_statuses(service, tmp_path):
     assert status == 422 and "'image' is constant" in message
     status, message = _status(lambda: service.register(str(tmp_path / "junk.nii.gz"), "svf_optim"))
     assert status == 422 and "could not read 'image'" in message
+    status, message = _status(lambda: service.register(str(tmp_path), "svf_optim"))
+    assert status == 422 and "is a folder" in message
     status, message = _status(lambda: service.register(str(tmp_path / "none.nii.gz"), "svf_optim"))
     assert status == 404 and "file not found" in message
     status, message = _status(lambda: service.register(str(tmp_path / "flat.nii.gz"), "nope"))

@@ -41,6 +41,8 @@ from monai_diffreg.apps.monailabel.lib.infers import AtlasPropagationTask, Atlas
 from monai_diffreg.apps.monailabel.lib.service import AtlasRegistrationService
 
 logger = logging.getLogger(__name__)
+# MONAI warns on every image read that an optional GPU DICOM decoder is missing: noise in a server log
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 #: Prefix of the per-method label propagation tasks.
 PROPAGATION_PREFIX = "atlas_propagation_"

@@ -198,6 +198,9 @@ class AtlasRegistrationService:
             device = self.config.resolve_device(device)
         except ValueError as error:
             raise errors.bad_request(str(error)) from None
+        if os.path.isdir(path):
+            raise errors.unprocessable(f"{_CALLER}(): 'image' is a folder ({path}), e.g. a DICOM series; the app reads "
+                                       f"single image files (NIfTI, NRRD, MHA, ...): convert the series first")
         if not os.path.isfile(path):
             raise errors.not_found(f"{_CALLER}(): 'image' file not found: {path}")
         stat = os.stat(path)
