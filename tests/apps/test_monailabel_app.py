@@ -143,7 +143,8 @@ def studies(shared_data, tmp_path_factory) -> Path:
     flip = np.eye(4)
     flip[0, 0], flip[0, 3] = -1.0, img.shape[0] - 1
     swap = np.eye(4)[[2, 1, 0, 3]]
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip @ swap), str(folder / "anatomical_ras.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip @ swap),
+             str(folder / "anatomical_ras.nii.gz"))
     fine = np.asanyarray(img.dataobj).repeat(2, 0).repeat(2, 1).repeat(2, 2)
     half = np.eye(4)
     half[:3, :3] *= 0.5

@@ -58,7 +58,8 @@ def test_parse_conf_defaults():
 
 def test_parse_conf_values():
     config = parse_conf({"atlas_image": "a.nii", "atlas_labels": "b.nii", "affine": "false", "cache_size": "0",
-                         "device": "cpu", "svf_optim": '{"x": 3, "working_spacing_mm": 0}', "register_method": "vxm_prob",
+                         "device": "cpu", "svf_optim": '{"x": 3, "working_spacing_mm": 0}',
+                         "register_method": "vxm_prob",
                          "vxm_prob": '{"working_spacing_mm": 3}', "affine_metric": "mi",
                          "affine_options": '{"iterations": [5, 5]}', "server_mode": "true"}, METHODS)
     assert config.atlas_image.name == "a.nii" and config.atlas_labels.name == "b.nii"
@@ -155,7 +156,8 @@ def test_load_atlas_errors(atlas_files, tmp_path):
     empty = _write(tmp_path / "empty.nii.gz", np.zeros((12, 12, 12), np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="holds no foreground label"):
         load_atlas(image, empty)
-    fractional = _write(tmp_path / "frac.nii.gz", np.full((12, 12, 12), 0.5, np.float32), np.diag([-2.0, 2.0, 2.0, 1.0]))
+    fractional = _write(tmp_path / "frac.nii.gz", np.full((12, 12, 12), 0.5, np.float32),
+                        np.diag([-2.0, 2.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="must be a label map of integer values"):
         load_atlas(image, fractional)
     flat = _write(tmp_path / "flat.nii.gz", np.ones((12, 12, 12), np.float32), np.diag([-2.0, 2.0, 2.0, 1.0]))
@@ -200,7 +202,8 @@ def test_to_working_grid_undoes_voxel_splitting():
 
 def test_field_to_image_grid_keeps_the_physical_motion():
     """A constant displacement of t working voxels is r * t image voxels: the same millimetres."""
-    image = MetaTensor(torch.rand(1, 32, 24, 16), affine=torch.diag(torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64)))
+    image = MetaTensor(torch.rand(1, 32, 24, 16),
+                       affine=torch.diag(torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64)))
     work = to_working_grid(image, 2.0)
     assert tuple(work.shape[1:]) == (16, 16, 16)  # ratios 2, 1.5 (kept at MIN_WORKING_SIZE) and 1
     shift = torch.tensor([0.75, -1.0, 2.0]).view(1, 3, 1, 1, 1)

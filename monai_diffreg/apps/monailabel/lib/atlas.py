@@ -148,13 +148,15 @@ def load_atlas(image_path: str | os.PathLike, labels_path: str | os.PathLike,
                          f"got {tuple(labels.shape[1:])}")
     affine_i, affine_l = np.asarray(image.affine, dtype=float), np.asarray(labels.affine, dtype=float)
     if not np.allclose(affine_i, affine_l, atol=1e-3):
-        raise ValueError(f"{_CALLER}(): 'atlas_labels' must have the affine of 'atlas_image' {affine_i.round(4).tolist()}, "
+        raise ValueError(f"{_CALLER}(): 'atlas_labels' must have the affine of 'atlas_image' "
+                         f"{affine_i.round(4).tolist()}, "
                          f"got {affine_l.round(4).tolist()}")
     present = sorted(int(v) for v in torch.unique(values_tensor).tolist() if v != 0)
     if not present:
         raise ValueError(f"{_CALLER}(): 'atlas_labels' ({labels_path}) holds no foreground label (only 0)")
     if any(v < 0 for v in present):
-        raise ValueError(f"{_CALLER}(): 'atlas_labels' must hold non-negative values, got {[v for v in present if v < 0]}")
+        negative = [v for v in present if v < 0]
+        raise ValueError(f"{_CALLER}(): 'atlas_labels' must hold non-negative values, got {negative}")
     if label_names is None:
         names = {f"label_{v}": v for v in present}
     else:

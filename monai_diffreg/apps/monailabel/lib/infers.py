@@ -19,8 +19,10 @@ Label deletes once it is sent (or copies into the datastore when ``save_label`` 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -37,9 +39,16 @@ __all__ = ["AtlasPropagationTask", "AtlasRegisterTask", "REGISTER_RESULTS"]
 REGISTER_RESULTS = ("warped", "ddf")
 
 
-def _temporary_nifti() -> str:
+def _write_temporary_nifti(write: Callable[[str], object]) -> str:
+    """Call ``write(path)`` on a fresh temporary ``.nii.gz`` path and return it (removed if writing fails)."""
     with tempfile.NamedTemporaryFile(suffix=".nii.gz", prefix="monai_diffreg_", delete=False) as handle:
-        return handle.name
+        path = handle.name
+    try:
+        write(path)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
 
 
 def _result_json(registration: Registration, cached: bool, start: float, **extra: Any) -> dict[str, Any]:
@@ -85,17 +94,17 @@ class AtlasPropagationTask(_AtlasTask):
             service,
             InferType.SEGMENTATION,
             service.label_names,
-            f"Atlas-based labelling: the atlas is registered to the image ({'affine, then ' if service.config.affine else ''}"
-            f"{method}: {service.method_infos[method].description}) and its label map is warped onto the image's grid",
+            f"Atlas-based labelling: the atlas is registered to the image "
+            f"({'affine, then ' if service.config.affine else ''}{method}: "
+            f"{service.method_infos[method].description}) and its label map is warped onto the image's grid",
         )
         self.method = method
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
         registration, cached = self.service.register(self._image_path(request), self.method, request.get("device"))
-        path = _temporary_nifti()
-        save_image(registration.warped_labels, registration.affine, path, label=True,
-                   spatial_dims=self.service.spatial_dims)
+        path = _write_temporary_nifti(lambda p: save_image(registration.warped_labels, registration.affine, p,
+                                                           label=True, spatial_dims=self.service.spatial_dims))
         return path, _result_json(registration, cached, start, label_names=self.service.label_names,
                                   atlas=self.service.describe())
 
@@ -118,7 +127,9 @@ class AtlasRegisterTask(_AtlasTask):
             "Registers the atlas to the image; returns the warped atlas image (params result='warped') or the "
             "displacement field as an ITK displacement field on the image's grid (result='ddf')",
         )
-        self._config.update({"result": list(REGISTER_RESULTS), "method": list(service.methods)})
+        default = service.config.register_method  # first, as clients may send a choice list's first entry
+        self._config.update({"result": list(REGISTER_RESULTS),
+                             "method": [default, *(m for m in service.methods if m != default)]})
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
@@ -131,9 +142,9 @@ class AtlasRegisterTask(_AtlasTask):
         if isinstance(method, list):
             method = method[0]
         registration, cached = self.service.register(self._image_path(request), method, request.get("device"))
-        path = _temporary_nifti()
         if what == "ddf":
-            save_displacement_field(registration.ddf, registration.affine, path)
+            path = _write_temporary_nifti(lambda p: save_displacement_field(registration.ddf, registration.affine, p))
         else:
-            save_image(registration.warped, registration.affine, path, spatial_dims=self.service.spatial_dims)
+            path = _write_temporary_nifti(lambda p: save_image(registration.warped, registration.affine, p,
+                                                               spatial_dims=self.service.spatial_dims))
         return path, _result_json(registration, cached, start, result=what, atlas=self.service.describe())
