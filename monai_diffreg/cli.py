@@ -228,5 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run(argv: Sequence[str]) -> None:
+    """Run the command line and raise ``SystemExit`` on failure (for callers that ignore return values,
+    such as a bundle's ``"run"`` expression under ``python -m monai.bundle run``)."""
+    status = main([str(a) for a in argv])
+    if status:
+        raise SystemExit(status)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,112 @@
+"""A trained registration network as a registration method (the contract of :mod:`monai_diffreg.methods`).
+
+Bundles build their ``"method"`` id from :class:`NetworkRegistration`: it loads the shipped
+weights strictly, scales intensities the way the network was trained (percentiles to [0, 1]),
+runs the network without gradients, and optionally adds posterior-sample uncertainty and
+instance-specific refinement when the network offers them (``sample`` / ``refine`` methods,
+as :class:`~monai_diffreg.networks.ProbabilisticVoxelMorph` does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..transforms.intensity import normalize_intensity_percentile
+from ..validation import check_spatial_tensor
+
+__all__ = ["NetworkRegistration", "load_weights"]
+
+
+def load_weights(network: nn.Module, weights: str | os.PathLike, caller: str = "load_weights") -> nn.Module:
+    """Load a ``state_dict`` file into ``network`` strictly (every key must match) and return it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable state dict, or its keys/shapes do not match the network.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{caller}(): 'weights' file not found: {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ValueError(f"{caller}(): 'weights' {str(path)!r} is not a readable PyTorch state dict ({err})") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{caller}(): 'weights' {str(path)!r} holds a {type(state).__name__}, expected a state dict")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{caller}(): 'weights' {str(path)!r} do not fit {type(network).__name__}: {err}") from None
+    return network
+
+
+class NetworkRegistration:
+    """Register a pair with a trained network: ``method(fixed, moving) -> {"ddf", "inverse_ddf"[, "uncertainty"]}``.
+
+    Args:
+        network: a module with ``forward(moving, fixed) -> dict`` holding ``"ddf"`` and
+            ``"inverse_ddf"`` ``(B, D, *S)`` (package convention); for ``num_samples`` it must
+            offer ``sample(moving, fixed, num_samples)`` returning ``"uncertainty"``, and for
+            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=...)``.
+        weights: path of the ``state_dict`` to load (strictly); None keeps the network's weights.
+        device: where to run; default CUDA when available, else CPU.
+        num_samples: posterior samples for the ``"uncertainty"`` output (0: none; else >= 2).
+        refine_steps: instance-specific optimisation steps from the network's prediction (0: none).
+        refine_learning_rate: Adam step size of the refinement.
+        name: the method's name in error messages.
+    """
+
+    def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
+                 device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
+                 refine_learning_rate: float = 0.1, name: str = "network") -> None:
+        caller = "NetworkRegistration"
+        if not isinstance(num_samples, int) or num_samples < 0 or num_samples == 1:
+            raise ValueError(f"{caller}(): 'num_samples' must be 0 or an integer >= 2, got {num_samples!r}")
+        if not isinstance(refine_steps, int) or refine_steps < 0:
+            raise ValueError(f"{caller}(): 'refine_steps' must be an integer >= 0, got {refine_steps!r}")
+        if num_samples and not callable(getattr(network, "sample", None)):
+            raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
+        if refine_steps and not callable(getattr(network, "refine", None)):
+            raise ValueError(f"{caller}(): {type(network).__name__} has no 'refine' method, so 'refine_steps' must be 0")
+        if weights is not None:
+            load_weights(network, weights, caller)
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.network = network.to(self.device).eval()
+        self.num_samples = num_samples
+        self.refine_steps = refine_steps
+        self.refine_learning_rate = refine_learning_rate
+        self.name = name
+
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`)."""
+        expected = getattr(self.network, "spatial_dims", None)
+        for key, image in (("fixed", fixed), ("moving", moving)):
+            ndim = check_spatial_tensor(image, key, self.name, channels=1)
+            if expected is not None and ndim != expected:
+                raise ValueError(f"{self.name}(): this model registers {expected}D images, "
+                                 f"got a {ndim}D '{key}' of shape {tuple(image.shape)}")
+        fixed = normalize_intensity_percentile(fixed.to(self.device), name="fixed", caller=self.name)
+        moving = normalize_intensity_percentile(moving.to(self.device), name="moving", caller=self.name)
+        with torch.no_grad():
+            if self.num_samples:
+                out = self.network.sample(moving, fixed, num_samples=self.num_samples)
+            else:
+                out = self.network(moving, fixed)
+        result = {"ddf": out["ddf"], "inverse_ddf": out["inverse_ddf"]}
+        if "uncertainty" in out:
+            result["uncertainty"] = out["uncertainty"]
+        if self.refine_steps:
+            refined = self.network.refine(moving, fixed, steps=self.refine_steps,
+                                          learning_rate=self.refine_learning_rate)
+            result.update(ddf=refined["ddf"].detach(), inverse_ddf=refined["inverse_ddf"].detach())
+        return result
+
+    def __repr__(self) -> str:
+        return (f"NetworkRegistration({type(self.network).__name__}, device={self.device}, "
+                f"num_samples={self.num_samples}, refine_steps={self.refine_steps})")

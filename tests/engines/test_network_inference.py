@@ -1,0 +1,70 @@
+"""NetworkRegistration: strict weight loading, the method contract, uncertainty, refinement, bad input."""
+
+import pytest
+import torch
+
+from monai_diffreg.engines.network_inference import NetworkRegistration, load_weights
+from monai_diffreg.functional import gaussian_smooth
+from monai_diffreg.methods import check_method_output
+from monai_diffreg.networks import ProbabilisticVoxelMorph
+
+
+def tiny_network(spatial_dims=3):
+    return ProbabilisticVoxelMorph(spatial_dims, enc_channels=(4, 8), dec_channels=(8, 8, 4), int_downsize=1)
+
+
+def smooth_pair(shape):
+    fixed = gaussian_smooth(torch.rand(1, 1, *shape), 2.0) * 100  # intensities as read from a file
+    moving = torch.roll(fixed, shifts=1, dims=2)
+    return fixed, moving
+
+
+def test_output_follows_the_method_contract_and_matches_the_network(tmp_path):
+    network = tiny_network()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    method = NetworkRegistration(tiny_network(), tmp_path / "model.pt", device="cpu")
+    fixed, moving = smooth_pair((16, 16, 16))
+    out = check_method_output(method(fixed, moving), fixed, "tiny")
+    assert set(out) == {"ddf", "inverse_ddf"}
+    # same weights and percentile-normalised inputs -> the network's own eval output
+    lo, hi = (torch.quantile(x.flatten(), torch.tensor([0.005, 0.995])) for x in (fixed, moving))
+    expected = network.eval()(((moving - hi[0]) / (hi[1] - hi[0])).clamp(0, 1),
+                              ((fixed - lo[0]) / (lo[1] - lo[0])).clamp(0, 1))
+    torch.testing.assert_close(out["ddf"], expected["ddf"], atol=1e-5, rtol=1e-4)
+
+
+def test_uncertainty_and_refinement():
+    fixed, moving = smooth_pair((16, 16, 16))
+    network = tiny_network()
+    with torch.no_grad():
+        network.log_var_head.bias.fill_(-2.0)  # a visible posterior variance
+    out = NetworkRegistration(network, num_samples=3, refine_steps=2, device="cpu")(fixed, moving)
+    assert out["uncertainty"].shape == (1, 1, 16, 16, 16) and bool((out["uncertainty"] > 0).all())
+    assert out["ddf"].requires_grad is False
+
+
+def test_strict_weight_loading_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"NetworkRegistration\(\): 'weights' file not found"):
+        NetworkRegistration(tiny_network(), tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"is not a readable PyTorch state dict"):
+        load_weights(tiny_network(), tmp_path / "corrupt.pt")
+    torch.save(ProbabilisticVoxelMorph(3, enc_channels=(4, 8, 8), dec_channels=(8, 8, 4)).state_dict(),
+               tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"do not fit ProbabilisticVoxelMorph"):
+        NetworkRegistration(tiny_network(), tmp_path / "other.pt")
+
+
+def test_bad_input_and_options():
+    method = NetworkRegistration(tiny_network(), device="cpu", name="vxm_prob")
+    fixed2d, moving2d = smooth_pair((16, 16))
+    with pytest.raises(ValueError, match=r"vxm_prob\(\): this model registers 3D images, got a 2D 'fixed'"):
+        method(fixed2d, moving2d)
+    with pytest.raises(ValueError, match=r"vxm_prob\(\): 'fixed' must have 1 channel"):
+        method(torch.rand(1, 2, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"'fixed' is constant"):
+        method(torch.ones(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"'num_samples' must be 0 or an integer >= 2, got 1"):
+        NetworkRegistration(tiny_network(), num_samples=1)
+    with pytest.raises(ValueError, match=r"has no 'refine' method"):
+        NetworkRegistration(torch.nn.Identity(), refine_steps=3)
