@@ -1,0 +1,261 @@
+"""Classical diffeomorphic registration: gradient descent on a stationary velocity field (SVF).
+
+The transform is ``phi = exp(v)`` (scaling and squaring, :func:`~monai_diffreg.functional.integrate_velocity`),
+with ``v`` a stationary velocity field ``(B, D, *spatial)`` in voxels (package conventions),
+so it is diffeomorphic for any smooth enough ``v`` and its inverse is ``exp(-v)``. The energy
+minimised is::
+
+    E(v) = image_term(moving o exp(v), fixed) + weight * gradient_loss(v)
+
+with ``image_term`` the local NCC or MSE (:mod:`.similarity`) and ``gradient_loss`` the mean
+squared (or absolute) forward differences of ``v`` (:func:`monai_diffreg.losses.gradient_loss`).
+The velocity's derivatives in voxel units do not change with resolution (a field resized by
+:func:`~monai_diffreg.functional.resize_field` scales both vectors and voxel size), so the same
+``weight`` serves every level.
+
+* :func:`refine_velocity` is one level: Adam on ``v`` from a starting velocity, with any
+  differentiable ``loss_fn(warped, fixed)`` and ``regularizer(velocity)``. This is the
+  instance-specific optimisation that every learned method runs from its network's output
+  (e.g. the probabilistic VoxelMorph test-time refinement).
+* :func:`optimise_svf` is the multi-resolution classical method: levels coarsest first, images
+  average-pooled to each level, the velocity carried between levels by ``resize_field``; it
+  calls :func:`refine_velocity` once per level.
+
+By default (``smoothing_sigma = 2`` voxels) the update is preconditioned by a Gaussian: the
+optimised variable is ``w`` with ``v = v_start + G_sigma * w`` (a smooth change of variables,
+as in B-spline or Gaussian-filtered demons updates), which keeps Adam's per-voxel steps smooth.
+On brain MRI this both converges faster and avoids folding (see :func:`optimise_svf`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+
+from ..functional import gaussian_smooth, integrate_velocity, resize_field, warp
+from ..losses import gradient_loss
+from ..losses.regularization import PENALTIES
+from ..validation import check_choice, check_field, check_positive
+from ._optim_common import EngineSettings, ProgressReporter, check_mask, check_pair, check_schedule, downsample, level_shape, progress_reporter
+from .similarity import image_dissimilarity
+
+__all__ = ["refine_velocity", "optimise_svf", "SVFRegistration", "SVF_IMAGE_LOSSES"]
+
+SVF_IMAGE_LOSSES = ("ncc", "mse")
+
+DEFAULT_REGULARIZATION_WEIGHT = 1.0
+DEFAULT_LEARNING_RATE = 0.2
+DEFAULT_SMOOTHING_SIGMA = 2.0
+
+
+def _default_regularizer(velocity: torch.Tensor) -> torch.Tensor:
+    return DEFAULT_REGULARIZATION_WEIGHT * gradient_loss(velocity, penalty="l2")
+
+
+def _check_steps(value: object, name: str, caller: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{caller}(): '{name}' must be an integer >= 0, got {value!r}")
+    return value
+
+
+def refine_velocity(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    velocity: torch.Tensor,
+    steps: int,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    num_steps: int = 7,
+    smoothing_sigma: float | None = DEFAULT_SMOOTHING_SIGMA,
+    callback: Callable[[int, float], None] | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """Refine a velocity field by ``steps`` Adam iterations at one resolution.
+
+    Minimises ``loss_fn(warp(moving, exp(v)), fixed) + regularizer(v)`` (module docstring),
+    starting from ``velocity``. Runs on the inputs' device, in float32 unless the inputs are float64.
+
+    Args:
+        fixed: ``(B, C, *spatial)`` fixed image.
+        moving: moving image on the same grid, same shape.
+        velocity: ``(B, D, *spatial)`` starting velocity in voxels (e.g. a network's output
+            resized with ``resize_field``); not modified.
+        steps: number of Adam iterations (0 returns ``velocity`` unchanged).
+        loss_fn: differentiable ``loss_fn(warped, fixed) -> scalar``; default the local NCC
+            loss with a 9-voxel window.
+        regularizer: differentiable ``regularizer(velocity) -> scalar`` already weighted;
+            default ``1.0 * gradient_loss(velocity, "l2")``.
+        learning_rate: Adam step size (about the largest change of ``v`` per step, in voxels).
+        num_steps: scaling-and-squaring steps of ``exp(v)``.
+        smoothing_sigma: Gaussian preconditioning of the update, in voxels (module docstring);
+            ``None`` optimises ``v`` voxel by voxel (faster to fold, slower to converge).
+        callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
+
+    Returns:
+        ``(velocity, history)``: the refined ``(B, D, *spatial)`` velocity (detached) and one dict
+        per iteration with keys ``iteration``, ``loss``, ``image``, ``regularization`` (values
+        before that iteration's step).
+    """
+    caller = "refine_velocity"
+    check_pair(fixed, moving, caller)
+    check_field(velocity, "velocity", caller, like=fixed)
+    steps = _check_steps(steps, "steps", caller)
+    learning_rate = check_positive(learning_rate, "learning_rate", caller)
+    num_steps = _check_steps(num_steps, "num_steps", caller)
+    if smoothing_sigma is not None:
+        smoothing_sigma = check_positive(smoothing_sigma, "smoothing_sigma", caller)
+    loss_fn = loss_fn or partial(image_dissimilarity, metric="ncc")
+    regularizer = regularizer or _default_regularizer
+
+    dtype = torch.float64 if velocity.dtype == torch.float64 else torch.float32
+    fixed, moving, start = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
+    update = torch.zeros_like(start, requires_grad=True)
+    optimiser = torch.optim.Adam([update], lr=learning_rate)
+
+    def current() -> torch.Tensor:
+        return start + (update if smoothing_sigma is None else gaussian_smooth(update, smoothing_sigma))
+
+    history = []
+    for iteration in range(steps):
+        v = current()
+        image = loss_fn(warp(moving, integrate_velocity(v, num_steps)), fixed)
+        regularization = regularizer(v)
+        loss = image + regularization
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        record = {"iteration": iteration, "loss": float(loss.detach()), "image": float(image.detach()),
+                  "regularization": float(regularization.detach())}
+        history.append(record)
+        if callback is not None:
+            callback(iteration, record["loss"])
+    with torch.no_grad():
+        return current(), history
+
+
+def optimise_svf(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    *,
+    initial_velocity: torch.Tensor | None = None,
+    levels: Sequence[float] = (4, 2),
+    iterations: Sequence[int] = (100, 15),
+    image_loss: str = "ncc",
+    ncc_window: int = 9,
+    image_sigma: float = 0.05,
+    regularization: str = "l2",
+    regularization_weight: float = DEFAULT_REGULARIZATION_WEIGHT,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    num_steps: int = 7,
+    smoothing_sigma: float | None = DEFAULT_SMOOTHING_SIGMA,
+    fixed_mask: torch.Tensor | None = None,
+    callback: ProgressReporter | None = None,
+    progress: bool = False,
+) -> dict:
+    """Multi-resolution diffeomorphic SVF registration of ``moving`` to ``fixed`` (same grid).
+
+    At each level (downsampling factors coarsest first) the images are average-pooled to
+    ``round(n / f)`` voxels per axis (at least ``min(n, 8)``), the velocity is resized onto that
+    grid with :func:`~monai_diffreg.functional.resize_field` (vectors rescaled) and refined by
+    :func:`refine_velocity`. The transform is integrated on the finest level's grid (the field
+    the optimisation evaluated) and the displacements are then resized to full resolution, as
+    VoxelMorph does with its half-resolution field; the returned velocity is resized the same
+    way, so ``integrate_velocity(velocity)`` at full resolution equals ``ddf`` up to
+    interpolation. The defaults stop at half resolution (a level ``1`` adds full-resolution
+    iterations at about 8 times the cost of half-resolution ones).
+
+    Args:
+        fixed: ``(B, C, *spatial)`` fixed image, 2D or 3D, intensities roughly in ``[0, 1]``.
+        moving: moving image already resampled onto the fixed grid (e.g. after
+            :func:`~monai_diffreg.engines.optimise_affine`), same shape.
+        initial_velocity: optional ``(B, D, *any spatial)`` starting velocity in voxels of its
+            own grid (e.g. a network's prediction at half resolution); resized to each level.
+        levels: downsampling factors, coarsest first.
+        iterations: Adam iterations per level.
+        image_loss: ``"ncc"`` (local NCC) or ``"mse"``.
+        ncc_window: box width of the local NCC, in voxels of each level.
+        image_sigma: noise standard deviation of the ``"mse"`` term (``mean (w - f)^2 / (2 sigma^2)``).
+        regularization: ``"l2"`` or ``"l1"`` penalty on the velocity's forward differences.
+        regularization_weight: weight of the penalty (>= 0).
+        learning_rate: Adam step size in voxels of the level.
+        num_steps: scaling-and-squaring steps.
+        smoothing_sigma: Gaussian preconditioning of the updates, in voxels of each level
+            (``None``: none).
+        fixed_mask: optional ``(B or 1, 1, *spatial)`` weights in ``[0, 1]`` restricting the image term.
+        callback: called as ``callback(level, iteration, loss)`` after each step (``level`` indexes
+            ``levels``; ``loss`` is the total energy before the step).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        dict with ``"velocity"`` ``(B, D, *spatial)`` (resized to full resolution, voxels),
+        ``"ddf"`` ``exp(v)`` and ``"inverse_ddf"`` ``exp(-v)`` (integrated on the finest level's
+        grid, resized to full resolution), ``"warped"`` (moving warped onto the fixed grid)
+        and ``"history"`` (per iteration: ``level``, ``factor``, ``iteration``, ``loss``,
+        ``image``, ``regularization``).
+    """
+    caller = "optimise_svf"
+    ndim = check_pair(fixed, moving, caller)
+    if initial_velocity is not None:
+        check_field(initial_velocity, "initial_velocity", caller)
+        if initial_velocity.ndim - 2 != ndim or initial_velocity.shape[0] != fixed.shape[0]:
+            raise ValueError(f"{caller}(): 'initial_velocity' must have shape ({fixed.shape[0]}, {ndim}, "
+                             f"{', '.join('*' * ndim)}) for {ndim}D images with batch {fixed.shape[0]}, "
+                             f"got {tuple(initial_velocity.shape)}")
+    factors, counts = check_schedule(levels, iterations, caller)
+    check_choice(image_loss, "image_loss", caller, SVF_IMAGE_LOSSES)
+    check_choice(regularization, "regularization", caller, PENALTIES)
+    weight = check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
+    image_sigma = check_positive(image_sigma, "image_sigma", caller)
+    mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, caller).float()
+
+    fixed32, moving32 = fixed.float(), moving.float()
+    shape = tuple(fixed.shape[2:])
+    if initial_velocity is None:
+        velocity = torch.zeros(fixed.shape[0], ndim, *level_shape(shape, factors[0]), device=fixed.device)
+    else:
+        velocity = initial_velocity.detach().to(device=fixed.device, dtype=torch.float32)
+
+    def regularizer(v: torch.Tensor) -> torch.Tensor:
+        return weight * gradient_loss(v, penalty=regularization)
+
+    history = []
+    with progress_reporter(sum(counts), caller, progress, callback) as report:
+        for level, (factor, count) in enumerate(zip(factors, counts)):
+            grid_shape = level_shape(shape, factor)
+            mask_l = None if mask is None else downsample(mask, grid_shape)
+            loss_fn = partial(image_dissimilarity, metric=image_loss, mask=mask_l, ncc_window=ncc_window,
+                              image_sigma=image_sigma)
+            velocity, level_history = refine_velocity(
+                downsample(fixed32, grid_shape), downsample(moving32, grid_shape), resize_field(velocity, size=grid_shape),
+                count, loss_fn=loss_fn, regularizer=regularizer, learning_rate=learning_rate, num_steps=num_steps,
+                smoothing_sigma=smoothing_sigma, callback=partial(report, level),
+            )
+            history.extend({"level": level, "factor": factor, **record} for record in level_history)
+
+    with torch.no_grad():
+        ddf = resize_field(integrate_velocity(velocity, num_steps), size=shape)
+        inverse_ddf = resize_field(integrate_velocity(-velocity, num_steps), size=shape)
+        return {"velocity": resize_field(velocity, size=shape), "ddf": ddf, "inverse_ddf": inverse_ddf,
+                "warped": warp(moving32, ddf), "history": history}
+
+
+class SVFRegistration(EngineSettings):
+    """Settings holder for :func:`optimise_svf`: ``SVFRegistration(levels=(4, 2, 1))(fixed, moving)``.
+
+    Args:
+        **settings: any keyword of :func:`optimise_svf` except ``initial_velocity``, ``fixed_mask``
+            and ``callback``, which are given per call (unknown names raise ``TypeError``; values are
+            validated when called).
+    """
+
+    engine = staticmethod(optimise_svf)
+    per_call = ("initial_velocity", "fixed_mask", "callback")
+
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, initial_velocity: torch.Tensor | None = None,
+                 fixed_mask: torch.Tensor | None = None, callback: ProgressReporter | None = None) -> dict:
+        """Register ``moving`` to ``fixed``; see :func:`optimise_svf` for shapes and the returned dict."""
+        return optimise_svf(fixed, moving, initial_velocity=initial_velocity, fixed_mask=fixed_mask,
+                            callback=callback, **self.settings)
