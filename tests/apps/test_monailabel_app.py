@@ -55,7 +55,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:NvImgCodecPyd
 STARTUP_SECONDS = 120
 REQUEST_SECONDS = 300
 METHOD = "svf_optim"
-FAST_CONF = {"affine_options": '{"iterations": [20, 10]}', METHOD: '{"iterations": [20, 10]}', "cache_size": "4"}
+FAST_CONF = {"affine_options": '{"iterations": [10, 5]}', METHOD: '{"iterations": [10, 5]}', "cache_size": "4"}
 
 
 def _free_port() -> int:
