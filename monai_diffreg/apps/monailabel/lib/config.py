@@ -42,8 +42,7 @@ import torch
 from monai_diffreg.api import AFFINE_METRICS
 
 __all__ = ["AppConfig", "parse_conf", "json_object", "DEFAULT_METHOD_OPTIONS", "DEFAULT_AFFINE_OPTIONS",
-           "WORKING_SPACING_KEY",
-           "CONF_KEYS"]
+           "WORKING_SPACING_KEY", "CONF_KEYS"]
 
 logger = logging.getLogger(__name__)
 
