@@ -32,6 +32,14 @@ def shared_data() -> Path:
     return data
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker():
+    """Tests use small tensors and run in parallel workers (``pytest -n 2``): one intra-op thread
+    each avoids oversubscribing the cores, which slows such tests down by orders of magnitude."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     """Every test starts from the same random state, so failures reproduce."""

@@ -16,6 +16,7 @@ function                       class                           what
 :func:`kl_svf_laplacian`       :class:`ProbabilisticSVFKLLoss` KL vs Laplacian prior (+ :func:`degree_matrix`)
 (wrapper)                      :class:`BidirectionalLoss`      ``0.5 (loss(y o phi, x) + loss(x o phi^-1, y))``
 (wrapper)                      :class:`MultiResolutionLoss`    weighted sum over pyramid levels
+(composite)                    :class:`ProbabilisticSVFLoss`   probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
 =============================  ==============================  ===================================
 """
 
@@ -23,6 +24,7 @@ from .dice import SoftDiceLoss, soft_dice_loss
 from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
+from .prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
 from .regularization import GradientLoss, gradient_loss
 from .wrappers import BidirectionalLoss, MultiResolutionLoss
 
@@ -40,4 +42,6 @@ __all__ = [
     "ProbabilisticSVFKLLoss",
     "BidirectionalLoss",
     "MultiResolutionLoss",
+    "ProbabilisticSVFLoss",
+    "present_label_dice_loss",
 ]

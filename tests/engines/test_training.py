@@ -20,15 +20,6 @@ from monai_diffreg.networks import ProbabilisticVoxelMorph
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add contention on a loaded machine (100x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trainer(output_dir, max_iterations, resume=False, loss=None, **kwargs):
     torch.manual_seed(0)
     network = ProbabilisticVoxelMorph(2, enc_channels=(4, 8), dec_channels=(8, 8, 8), posterior="smoothed", prior_lambda=2.0)
