@@ -10,9 +10,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.monai_diffreg-installed
+ML_STAMP := $(VENV)/.monailabel-installed
 CONSTRAINTS := $(VENV)/torch-constraint.txt
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test monailabel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +24,21 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
+# MONAI Label 0.8.5 pins would replace torch: its runtime needs come from the extra, itself with --no-deps
+$(ML_STAMP): $(STAMP)
+	$(PY) -m pip install -c $(CONSTRAINTS) -e ".[dev,monailabel]"
+	$(PY) -m pip install --no-deps "monailabel==0.8.5"
+	touch $(ML_STAMP)
+
 setup: $(STAMP)
+
+monailabel: $(ML_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/monai-diffreg register --sample --bundle svf_optim --output-dir outputs/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 --timeout 900
+test: $(STAMP) $(ML_STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile --timeout 900
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -40,7 +40,7 @@ class _UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Diffeomorphic image registration with MONAI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,methods}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,methods,monailabel-app}")
 
     reg = sub.add_parser("register", help="register moving image(s) to a fixed image and write the results",
                          description="Register moving image(s) to a fixed image. Writes warped.nii.gz, ddf.nii.gz "
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     met = sub.add_parser("methods", help="list the available registration methods")
     met.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("monailabel-app", help="print the MONAI Label app folder (for monailabel start_server --app)")
     return parser
 
 
@@ -214,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "methods":
             return _methods(args)
+        if args.command == "monailabel-app":
+            from .apps import monailabel_app_dir
+
+            print(monailabel_app_dir())
+            return 0
         return _register(args)
     except _UserError as err:
         parser.error(str(err))  # exits with status 2

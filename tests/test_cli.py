@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,9 @@ def test_shift_is_applied(shift_method, pair_files, tmp_path):
     ddf[:, 0] = 1.0
     expected = warp(moving, ddf, padding_mode="zeros")[0, 0].numpy()
     np.testing.assert_allclose(np.asarray(nib.load(out / "warped.nii.gz").dataobj), expected, atol=1e-5)
+
+
+def test_monailabel_app_prints_the_app_folder(capsys):
+    assert main(["monailabel-app"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "main.py").is_file()
