@@ -35,7 +35,7 @@ setup: $(STAMP)
 monailabel: $(ML_STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/monai-diffreg register --sample --bundle svf_optim --output-dir outputs/demo
+	$(PY) -m monai.bundle run --config_file bundles/vxm_prob/configs/inference.json --output_dir outputs/demo
 
 test: $(STAMP) $(ML_STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --timeout 900
