@@ -21,9 +21,11 @@ Case groups (one results table each):
     case grid, 100/50/25 iterations); its labels
     (0/1/2 = bg/GM/WM, :func:`monai_diffreg.datasets.load_mni152`) follow with nearest.
     ``fixed`` = test_scan with labels from its aseg by
-    :func:`monai_diffreg.datasets.aseg_to_tissue`: cerebral cortex 3/42 -> GM (1), cerebral
-    white matter 2/41 -> WM (2); the template's GM map also covers deep grey nuclei and the
-    cerebellar cortex, so no method reaches Dice 1 (the ceiling is the same for all).
+    :func:`monai_diffreg.datasets.aseg_to_tissue` with its default rule, matched to what the
+    template's tissue maps cover: cortex, cerebellar cortex and deep grey nuclei -> GM (1);
+    cerebral and cerebellar white matter, brain stem, ventral DC -> WM (2). (Cortex 3/42 and
+    cerebral WM 2/41 alone leave the template's cerebellar and deep grey matter without a
+    counterpart: HD95 about 18 mm for every method, measured.)
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -36,11 +38,14 @@ deformations in millimetres), so a smoke run takes seconds per method.
 
 A case is a dict of tensors and settings (``(1, 1, *S)`` images and label maps, ``labels``:
 the label codes scored, ``spacing`` in mm, ``true_ddf`` and ``mask`` or None); it is built
-once and cached as ``<cache>/<name>@<scale>.pt``, keyed by :data:`CASES_VERSION`.
+once and cached as ``<cache>/<name>@<scale>.pt``, rebuilt when its family's entry of
+:data:`CASE_VERSIONS` changes; ``fingerprint`` (a hash of its tensors) lets a resumed run
+(``run.py --resume``) reuse only results computed on the very same case.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -67,18 +72,20 @@ from monai_diffreg.transforms.synthesis import (
 )
 
 __all__ = [
-    "CASES_VERSION",
+    "CASE_VERSIONS",
     "GROUPS",
     "SYNTH_CONTROL_SPACING_MM",
     "SYNTH_MAX_DISPLACEMENT_MM",
     "case_names",
+    "family",
+    "fingerprint",
     "get_case",
     "intensity_change",
     "synthetic_pair",
 ]
 
-#: Bump when a case's construction changes, so cached cases are rebuilt.
-CASES_VERSION = 3
+#: Per case family: bump when its construction changes, so cached cases are rebuilt.
+CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "elastix_2d": 3, "dipy_synthetic": 3}
 #: Case groups, in report order.
 GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
 #: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.
@@ -263,6 +270,21 @@ def _build(data: Path, name: str, scale: float) -> dict:
     raise ValueError(f"get_case(): unknown case {name!r}")
 
 
+def family(name: str) -> str:
+    """Case family: the case name without its ``_s<seed>`` suffix."""
+    stem, sep, seed = name.rpartition("_s")
+    return stem if sep and seed.isdigit() else name
+
+
+def fingerprint(case: dict) -> str:
+    """SHA-1 of a case's tensors (identifies the exact data a result was computed on)."""
+    digest = hashlib.sha1()
+    for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_ddf"):
+        if case.get(key) is not None:
+            digest.update(case[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
 def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Path:
     """Path of the cached case file, building it first when missing or stale.
 
@@ -276,13 +298,14 @@ def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Pa
     path = Path(cache) / f"{name}@{scale:g}.pt"
     if path.is_file():
         stored = torch.load(path, weights_only=True)
-        if stored.get("version") == CASES_VERSION:
+        if stored.get("version") == CASE_VERSIONS[family(name)] and "fingerprint" in stored:
             return path
     case = _build(Path(data), name, scale)
-    case.update({"name": name, "group": group, "scale": scale, "version": CASES_VERSION})
+    case.update({"name": name, "group": group, "scale": scale, "version": CASE_VERSIONS[family(name)]})
     for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_ddf", "mask"):
         if case[key] is not None:
             case[key] = case[key].detach().contiguous().clone()
+    case["fingerprint"] = fingerprint(case)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(case, tmp)

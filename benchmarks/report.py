@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.adapters import REFERENCE  # noqa: E402
+from benchmarks.cases import family  # noqa: E402
 from benchmarks.evaluate import METRICS  # noqa: E402
 
 __all__ = ["ASEG_NAMES", "write_report"]
@@ -42,10 +42,6 @@ ASEG_NAMES = {
     60: "R-VentDC", 63: "R-Choroid",
 }
 _TIMING = {"seconds": ("s/pair", True), "ratio": ("x ref", True), "peak_mb": ("peak MB", True)}
-
-
-def _family(case: str) -> str:
-    return re.sub(r"_s\d+$", "", case)
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -84,7 +80,9 @@ def _markdown(group: str, records: list[dict], refs: list[dict], settings: dict,
     lines = [
         f"# Benchmark: {group}",
         "",
-        f"Command: `{settings['command']}`",
+        *([f"Command: `{settings['commands'][0]}`"] if len(settings["commands"]) == 1 else
+          ["Commands (later ones resumed the first with --resume, reusing its results on identical case data):",
+           *[f"- `{c}`" for c in settings["commands"]]]),
         "",
         f"Date {settings['date']}; torch threads {settings['threads']} per worker (torch.set_num_threads, "
         f"OMP/MKL/ITK threads the same), device {settings['device']}, OMP_WAIT_POLICY={settings['omp_wait_policy']}, "
@@ -99,8 +97,8 @@ def _markdown(group: str, records: list[dict], refs: list[dict], settings: dict,
         lines.append(f"Machine load average (1 min) during the workers: {min(loads):.1f} to {max(loads):.1f}.")
     if settings.get("skipped"):
         lines.append("Not run: " + "; ".join(f"{m} ({why})" for m, why in settings["skipped"].items()) + ".")
-    for family, cases in families.items():
-        lines += ["", f"## {family} ({len(cases)} case{'s' if len(cases) > 1 else ''})", "",
+    for fam, cases in families.items():
+        lines += ["", f"## {fam} ({len(cases)} case{'s' if len(cases) > 1 else ''})", "",
                   "| method | " + " | ".join(title for _, (title, _) in columns) + " |",
                   "|---" * (len(columns) + 1) + "|"]
         shapes = {tuple(r["shape"]) for r in records if r.get("case") in cases and "shape" in r}
@@ -152,7 +150,7 @@ def _per_label(records: list[dict], method: str, cases: list[str]) -> dict[str, 
 def _plots(group: str, records: list[dict], families: dict, methods: list[str], out: Path) -> list[Path]:
     written = []
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families) + 1, 4.5), squeeze=False)
-    for ax, (family, cases) in zip(axes[0], families.items()):
+    for ax, (fam, cases) in zip(axes[0], families.items()):
         data, names = [], []
         for method in methods:
             per_label = [v for v in _per_label(records, method, cases).values() if not math.isnan(v)]
@@ -161,7 +159,7 @@ def _plots(group: str, records: list[dict], families: dict, methods: list[str], 
                 names.append(method)
         if data:
             ax.boxplot(data, tick_labels=names)
-        ax.set_title(f"{family}: Dice per label")
+        ax.set_title(f"{fam}: Dice per label")
         ax.set_ylabel("Dice (label mean over cases)")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -170,7 +168,7 @@ def _plots(group: str, records: list[dict], families: dict, methods: list[str], 
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families) + 1, 4.5), squeeze=False)
-    for ax, (family, cases) in zip(axes[0], families.items()):
+    for ax, (fam, cases) in zip(axes[0], families.items()):
         for method in methods:
             ok = [r for r in records if r.get("method") == method and r.get("case") in cases and "dice" in r]
             if ok:
@@ -180,13 +178,13 @@ def _plots(group: str, records: list[dict], families: dict, methods: list[str], 
         ax.set_xscale("log")
         ax.set_xlabel("seconds per pair (log)")
         ax.set_ylabel("mean Dice")
-        ax.set_title(family)
+        ax.set_title(fam)
     fig.tight_layout()
     written.append(out / f"{group}_time_vs_dice.png")
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
-    aseg = [c for family, c in families.items() if family == "brain_synthetic"]
+    aseg = [c for fam, c in families.items() if fam == "brain_synthetic"]
     if aseg:
         fig, ax = plt.subplots(figsize=(14, 4.5))
         labels = sorted(ASEG_NAMES)
@@ -215,7 +213,7 @@ def write_report(records: list[dict], settings: dict, out: Path) -> list[Path]:
         group_records = [r for r in records if r["group"] == group and not r.get("reference")]
         families: dict[str, list[str]] = {}
         for r in group_records:
-            cases = families.setdefault(_family(r["case"]), [])
+            cases = families.setdefault(family(r["case"]), [])
             if r["case"] not in cases:
                 cases.append(r["case"])
         (out / f"{group}.md").write_text(_markdown(group, group_records, refs, settings, families, methods))

@@ -84,13 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-repeats", type=int, default=None, help="timed reference forward passes (default 3; quick: 1), after 1 warm-up")
     parser.add_argument("--no-hd95", action="store_true", help="skip HD95")
     parser.add_argument("--build-only", action="store_true", help="build and cache the cases, run nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the records already in OUTPUT_DIR/raw that were computed on the same case data")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per (method, case)")
     return parser
 
 
 def _run_worker(method: str, group: str, name: str, case: Path, out: Path, args, options: dict, warmup: int,
-                repeats: int) -> dict:
-    """Run one worker; returns its record, or a failure record."""
+                repeats: int, fingerprint: str) -> dict:
+    """Run one worker; returns its record, or a failure record. With ``--resume``, an earlier
+    successful record of the same method on the same case data (``fingerprint``) is reused."""
+    if args.resume and out.is_file():
+        earlier = json.loads(out.read_text())
+        if "error" not in earlier and earlier.get("fingerprint") == fingerprint:
+            return earlier
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(args.threads))
     cmd = [sys.executable, "-m", "benchmarks.worker", "--method", method, "--case", str(case), "--out", str(out),
@@ -145,21 +152,27 @@ def main(argv=None) -> Path:
 
     records, reference_done = [], {}
     for group, name, path in cases:
-        shape = tuple(torch.load(path, weights_only=True)["fixed"].shape[2:])
+        case = torch.load(path, weights_only=True)
+        shape, fingerprint = tuple(case["fixed"].shape[2:]), case["fingerprint"]
+        del case
         if shape not in reference_done:  # one timing reference per image size
             rec = _run_worker(REFERENCE, group, name, path, raw / f"{REFERENCE}__{path.stem}.json", args, options.get(REFERENCE, {}),
-                              warmup=1, repeats=ref_repeats)
+                              warmup=1, repeats=ref_repeats, fingerprint=fingerprint)
             reference_done[shape] = rec
             records.append(rec)
             print(f"[ref ] {shape}: {rec.get('seconds', float('nan')):.2f} s {rec.get('error', '')}", flush=True)
         for method in methods:
             rec = _run_worker(method, group, name, path, raw / f"{method}__{path.stem}.json", args, options.get(method, {}),
-                              args.warmup, args.repeats)
+                              args.warmup, args.repeats, fingerprint)
             records.append(rec)
             summary = rec.get("error") or f"Dice {rec.get('dice', float('nan')):.3f}, {rec['seconds']:.1f} s, {rec['peak_mb']:.0f} MB"
             print(f"[run ] {method} on {path.stem}: {summary}", flush=True)
 
-    settings = {"command": command, "threads": args.threads, "device": args.device, "quick": args.quick,
+    commands = [command]
+    if args.resume and (out_dir / "settings.json").is_file():
+        earlier = json.loads((out_dir / "settings.json").read_text())
+        commands = earlier.get("commands", [earlier.get("command")]) + commands
+    settings = {"commands": commands, "threads": args.threads, "device": args.device, "quick": args.quick,
                 "scale": scale, "seeds": seeds, "methods": methods, "skipped": skipped, "options": options,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -55,6 +55,7 @@ def main(argv=None) -> None:
         "method": args.method,
         "case": case["name"],
         "group": case["group"],
+        "fingerprint": case["fingerprint"],
         "shape": list(case["fixed"].shape[2:]),
         "reference": adapter.reference,
         "seconds": out.get("seconds", statistics.median(times[args.warmup:])),

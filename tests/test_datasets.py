@@ -11,6 +11,8 @@ import torch
 from scipy import ndimage
 
 from monai_diffreg.datasets import (
+    ASEG_CEREBRAL_CORTEX,
+    ASEG_CEREBRAL_WHITE_MATTER,
     ASEG_GREY_MATTER,
     ASEG_WHITE_MATTER,
     VOXELMORPH_DIRECTION,
@@ -129,10 +131,12 @@ def test_voxelmorph_orientation_proof(scan, mni):
 
 
 def test_aseg_to_tissue():
-    seg = torch.tensor([[0.0, 2.0, 3.0, 41.0], [42.0, 17.0, 8.0, 2.0]])
-    np.testing.assert_array_equal(aseg_to_tissue(seg).numpy(), [[0, 2, 1, 2], [1, 0, 0, 2]])
-    np.testing.assert_array_equal(aseg_to_tissue(seg, grey=(3, 42, 17, 8)).numpy(), [[0, 2, 1, 2], [1, 1, 1, 2]])
-    assert ASEG_GREY_MATTER == (3, 42) and ASEG_WHITE_MATTER == (2, 41)
+    seg = torch.tensor([[0.0, 2.0, 3.0, 41.0, 4.0], [42.0, 17.0, 8.0, 7.0, 16.0]])
+    np.testing.assert_array_equal(aseg_to_tissue(seg).numpy(), [[0, 2, 1, 2, 0], [1, 1, 1, 2, 2]])
+    cerebral = aseg_to_tissue(seg, ASEG_CEREBRAL_CORTEX, ASEG_CEREBRAL_WHITE_MATTER)
+    np.testing.assert_array_equal(cerebral.numpy(), [[0, 2, 1, 2, 0], [1, 0, 0, 0, 0]])
+    assert not set(ASEG_GREY_MATTER) & set(ASEG_WHITE_MATTER)
+    assert set(ASEG_CEREBRAL_CORTEX) < set(ASEG_GREY_MATTER) and set(ASEG_CEREBRAL_WHITE_MATTER) < set(ASEG_WHITE_MATTER)
 
 
 @pytest.mark.slow
