@@ -28,6 +28,13 @@ Algorithm:
    voxels) and ``L``'s is ``learning_rate / r`` with ``r`` the level's mean half-width in
    voxels, so that a step of either kind moves the image border by about ``learning_rate``
    level voxels.
+
+Defaults: levels ``(4, 2)`` with ``(100, 30)`` iterations. On a 1 mm T1 brain (160x192x224,
+VoxelMorph's ``test_scan``) moved by a known affine (rotations 5/-4/3 degrees, scalings
+1.05/0.95/1.02, translation (4, -3, 2) voxels; mean displacement 7.6 voxels) they recover the
+field to 0.08 voxel mean / 0.23 max inside the brain in 22 s of one CPU thread; adding a
+full-resolution level (``(4, 2, 1)``, ``(100, 50, 25)``) reaches 0.04 / 0.07 voxel but costs
+about 170 s (``tests/engines/bench_engines_test_scan.py``).
 """
 
 from __future__ import annotations
@@ -67,8 +74,8 @@ def optimise_affine(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     *,
-    levels: Sequence[float] = (4, 2, 1),
-    iterations: Sequence[int] = (100, 50, 25),
+    levels: Sequence[float] = (4, 2),
+    iterations: Sequence[int] = (100, 30),
     metric: str = "ncc",
     learning_rate: float = 0.1,
     initialisation: str = "com",

@@ -90,8 +90,8 @@ def refine_velocity(
             default ``1.0 * gradient_loss(velocity, "l2")``.
         learning_rate: Adam step size (about the largest change of ``v`` per step, in voxels).
         num_steps: scaling-and-squaring steps of ``exp(v)``.
-        smoothing_sigma: Gaussian preconditioning of the update, in voxels (module docstring);
-            ``None`` optimises ``v`` voxel by voxel (faster to fold, slower to converge).
+        smoothing_sigma: Gaussian preconditioning of the update, in voxels (module docstring),
+            default 2; ``None`` optimises ``v`` voxel by voxel (folds sooner, converges slower).
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
 
     Returns:
@@ -107,8 +107,8 @@ def refine_velocity(
     num_steps = _check_steps(num_steps, "num_steps", caller)
     if smoothing_sigma is not None:
         smoothing_sigma = check_positive(smoothing_sigma, "smoothing_sigma", caller)
-    loss_fn = loss_fn or partial(image_dissimilarity, metric="ncc")
-    regularizer = regularizer or _default_regularizer
+    loss_fn = partial(image_dissimilarity, metric="ncc") if loss_fn is None else loss_fn
+    regularizer = _default_regularizer if regularizer is None else regularizer
 
     dtype = torch.float64 if velocity.dtype == torch.float64 else torch.float32
     fixed, moving, start = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
@@ -164,8 +164,15 @@ def optimise_svf(
     the optimisation evaluated) and the displacements are then resized to full resolution, as
     VoxelMorph does with its half-resolution field; the returned velocity is resized the same
     way, so ``integrate_velocity(velocity)`` at full resolution equals ``ddf`` up to
-    interpolation. The defaults stop at half resolution (a level ``1`` adds full-resolution
-    iterations at about 8 times the cost of half-resolution ones).
+    interpolation.
+
+    Defaults (levels ``(4, 2)``, ``(100, 15)`` iterations, learning rate 0.2, smoothing 2 voxels,
+    L2 weight 1, local NCC window 9) were chosen on a 1 mm T1 brain (160x192x224, VoxelMorph's
+    ``test_scan``) warped by known smooth deformations (``tests/engines/bench_engines_test_scan.py``):
+    mean Dice over 30 labels 0.491 -> 0.926 (nearest-label ceiling 0.974; mean displacement 5.2
+    voxels) and 0.890 -> 0.949 (ceiling 0.992; finer deformation), no folding (det J >= 0.49),
+    in 44 s wall / 41 s CPU on one thread. Without smoothing the same schedule reaches 0.898 with
+    folds; a full-resolution level costs about 8 times a half-resolution one per iteration.
 
     Args:
         fixed: ``(B, C, *spatial)`` fixed image, 2D or 3D, intensities roughly in ``[0, 1]``.
