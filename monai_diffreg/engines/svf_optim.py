@@ -171,7 +171,7 @@ def optimise_svf(
     ``test_scan``) warped by known smooth deformations (``tests/engines/bench_engines_test_scan.py``):
     mean Dice over 30 labels 0.491 -> 0.926 (nearest-label ceiling 0.974; mean displacement 5.2
     voxels) and 0.890 -> 0.949 (ceiling 0.992; finer deformation), no folding (det J >= 0.49),
-    in 44 s wall / 41 s CPU on one thread. Without smoothing the same schedule reaches 0.898 with
+    in 44 s wall / 41 s CPU on one thread. Without smoothing the same schedule reaches 0.889 with
     folds; a full-resolution level costs about 8 times a half-resolution one per iteration.
 
     Args:
