@@ -1,4 +1,4 @@
-"""Engines: classical (instance-specific) registration by optimisation.
+"""Engines: registration by optimisation, inference with trained networks, and training.
 
 * :func:`optimise_affine` / :class:`AffineRegistration`: multi-resolution affine registration
   (local NCC, MSE or mutual information) of two images on the same grid.
@@ -7,11 +7,17 @@
 * :func:`refine_velocity`: single-resolution refinement of a velocity field with any
   differentiable loss, the test-time instance optimisation of the learned methods.
 * :func:`image_dissimilarity`: the (optionally masked) image terms these engines share.
+* :class:`NetworkRegistration`: a trained network as a registration method (bundles' ``"method"``).
+* :class:`RegistrationTrainer` / :class:`SyntheticPairDataset`: resumable (DDP-capable) training
+  of registration networks on synthetic pairs.
 """
 
 from .affine import AFFINE_INITIALISATIONS, AffineRegistration, centre_of_mass, optimise_affine
 from .similarity import SIMILARITY_METRICS, image_dissimilarity, normalise_intensity
+from .network_inference import NetworkRegistration, load_weights
 from .svf_optim import SVF_IMAGE_LOSSES, SVFRegistration, optimise_svf, refine_velocity
+from .training import RegistrationTrainer, latest_checkpoint, registration_step, save_atomic
+from .training_data import SyntheticPairDataset
 
 __all__ = [
     "AFFINE_INITIALISATIONS",
@@ -25,4 +31,11 @@ __all__ = [
     "SVFRegistration",
     "optimise_svf",
     "refine_velocity",
+    "NetworkRegistration",
+    "load_weights",
+    "RegistrationTrainer",
+    "latest_checkpoint",
+    "registration_step",
+    "save_atomic",
+    "SyntheticPairDataset",
 ]

@@ -17,6 +17,7 @@ Conventions (DESIGN.md section 3; tested in ``tests/functional``):
   ``warp(warp(img, a), b) == warp(img, compose_ddf(a, b))``.
 """
 
+from .affine import affine_from_params, affine_to_ddf, identity_affine, num_affine_params, rescale_affine
 from .compose import compose_ddf
 from .grid import identity_grid
 from .integrate import integrate_velocity
@@ -26,6 +27,11 @@ from .smoothing import gaussian_kernel1d, gaussian_smooth
 from .warp import warp
 
 __all__ = [
+    "affine_from_params",
+    "affine_to_ddf",
+    "identity_affine",
+    "num_affine_params",
+    "rescale_affine",
     "compose_ddf",
     "identity_grid",
     "integrate_velocity",

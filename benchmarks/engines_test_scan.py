@@ -17,8 +17,8 @@ field inside the brain, the wall and process CPU time of the registration, and f
 
 Run from the repository root, e.g.::
 
-    .venv/bin/python tests/engines/bench_engines_test_scan.py --engine svf --threads 1 --seed 0 --amplitude 1.0 --spacing 16
-    .venv/bin/python tests/engines/bench_engines_test_scan.py --engine affine --threads 1 \
+    .venv/bin/python benchmarks/engines_test_scan.py --engine svf --threads 1 --seed 0 --amplitude 1.0 --spacing 16
+    .venv/bin/python benchmarks/engines_test_scan.py --engine affine --threads 1 \
         --settings "{'levels': (4, 2), 'iterations': (100, 50)}"
 """
 
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shared = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+    shared = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
     scan = np.load(shared / "data" / "voxelmorph" / "test_scan.npz")
     labels = np.load(shared / "data" / "voxelmorph" / "labels.npz")["labels"]
     vol = torch.from_numpy(scan["vol"]).float()[None, None]
