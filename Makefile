@@ -37,8 +37,9 @@ monailabel: $(ML_STAMP)
 demo: $(STAMP)
 	$(PY) -m monai.bundle run --config_file bundles/vxm_prob/configs/inference.json --output_dir outputs/demo
 
+# OpenMP threads that spin while waiting slow parallel test workers down many times over
 test: $(STAMP) $(ML_STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --timeout 900
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n 2 --dist loadfile --timeout 900
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info
