@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from monai_diffreg.engines.affine import AffineRegistration, centre_of_mass, optimise_affine
-from monai_diffreg.functional import warp
 from monai_diffreg.functional.affine import affine_to_ddf
 from monai_diffreg.functional.grid import identity_grid
 
