@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -109,11 +108,9 @@ def test_ddp_two_processes_gloo(tmp_path):
     """Real DDP: 2 CPU processes (gloo) train 3 iterations; replicas stay identical, rank 0 writes."""
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script)]
+    # loopback only; --standalone lets the launcher bind a free port itself (no probe-then-bind race)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     checkpoint = torch.load(tmp_path / "run" / "checkpoint_0000003.pt", weights_only=False)
