@@ -115,13 +115,47 @@ class MonaiVoxelMorph(_Adapter):
         return {"ddf": self.ddf}
 
 
-class PackageMethod(_Adapter):
-    """A method of :func:`monai_diffreg.methods.load_method` (built-in or bundle)."""
+class Reorientation:
+    """Axis permutation and flips from a case's array axes (e.g. ``"LIA"``) to RAS, for images and fields.
 
-    def prepare(self, fixed, moving):
+    :func:`monai_diffreg.register` gives methods their inputs re-oriented to RAS, the orientation
+    learned methods are trained in; the benchmark does the same for package methods, and maps
+    the returned field back to the case's axes (components permuted, flipped ones negated).
+    """
+
+    def __init__(self, axcodes: str):
+        import nibabel.orientations as nio
+
+        ornt = nio.ornt_transform(nio.axcodes2ornt(tuple(axcodes)), nio.axcodes2ornt(("R", "A", "S")))
+        self.target = [int(t) for t in ornt[:, 0]]  # case axis i becomes RAS axis target[i]
+        self.flip = [int(f) for f in ornt[:, 1]]
+
+    def to_ras(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` on the case's axes -> on RAS axes."""
+        flipped = [i + 2 for i, f in enumerate(self.flip) if f < 0]
+        x = x.flip(flipped) if flipped else x
+        order = [self.target.index(t) for t in range(len(self.target))]  # RAS axis t comes from case axis order[t]
+        return x.permute(0, 1, *[i + 2 for i in order])
+
+    def field_from_ras(self, ddf: torch.Tensor) -> torch.Tensor:
+        """A ``(B, D, *S_ras)`` field in RAS-grid voxels -> the same motion on the case's axes and voxels."""
+        moved = ddf.permute(0, 1, *[t + 2 for t in self.target])
+        flipped = [i + 2 for i, f in enumerate(self.flip) if f < 0]
+        moved = moved.flip(flipped) if flipped else moved
+        return torch.stack([self.flip[i] * moved[:, self.target[i]] for i in range(len(self.target))], dim=1)
+
+
+class PackageMethod(_Adapter):
+    """A method of :func:`monai_diffreg.methods.load_method` (built-in or bundle), given RAS inputs
+    like :func:`monai_diffreg.register` gives them (``axcodes``: the case arrays' orientation)."""
+
+    def prepare(self, fixed, moving, axcodes: str | None = None):
         from monai_diffreg.methods import load_method
 
         super().prepare(fixed, moving)
+        self.orientation = Reorientation(axcodes) if axcodes else None
+        if self.orientation is not None:
+            self.fixed, self.moving = self.orientation.to_ras(self.fixed), self.orientation.to_ras(self.moving)
         self.method = load_method(self.name, device=self.device, **self.options)
 
     def register(self) -> None:
@@ -130,7 +164,8 @@ class PackageMethod(_Adapter):
             torch.cuda.synchronize(self.device)
 
     def result(self) -> dict:
-        return {"ddf": self.out["ddf"]}
+        ddf = self.out["ddf"]
+        return {"ddf": self.orientation.field_from_ras(ddf) if self.orientation is not None else ddf}
 
 
 class Elastix(_Adapter):

@@ -54,6 +54,7 @@ import torch
 from scipy import ndimage
 
 from monai_diffreg.datasets import (
+    VOXELMORPH_ORIENTATION,
     VOXELMORPH_LABELS,
     aseg_to_tissue,
     load_dipy_slice,
@@ -86,6 +87,10 @@ __all__ = [
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
 CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "elastix_2d": 3, "dipy_synthetic": 3}
+
+#: Orientation of the case arrays of families on test_scan's grid; package methods get them
+#: re-oriented to RAS, as :func:`monai_diffreg.register` gives them (benchmarks.adapters.Reorientation).
+CASE_AXCODES = {"brain_synthetic": "".join(VOXELMORPH_ORIENTATION), "mni_to_subject": "".join(VOXELMORPH_ORIENTATION)}
 #: Case groups, in report order.
 GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
 #: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .adapters import make_adapter
+from .adapters import PackageMethod, make_adapter
+from .cases import CASE_AXCODES, family
 from .evaluate import evaluate
 from .memory import measure
 
@@ -44,7 +45,8 @@ def main(argv=None) -> None:
     case = torch.load(args.case, weights_only=True)
     adapter = make_adapter(args.method, args.device, args.threads, json.loads(args.options))
     load_before = os.getloadavg()[0]
-    adapter.prepare(case["fixed"], case["moving"])
+    orientation = {"axcodes": CASE_AXCODES.get(family(case["name"]))} if isinstance(adapter, PackageMethod) else {}
+    adapter.prepare(case["fixed"], case["moving"], **orientation)
     times, peaks = [], []
     for _ in range(args.warmup + args.repeats):
         _, seconds, peak = measure(adapter.register)
