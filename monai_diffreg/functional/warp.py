@@ -8,24 +8,28 @@ import torch.nn.functional as F
 from ..validation import check_choice, check_field, check_spatial_tensor
 from .grid import identity_grid
 
-__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "ddf_to_sampling_grid"]
+__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "ddf_to_sampling_grid", "voxel_to_sampling_coordinates"]
 
 WARP_MODES = ("bilinear", "nearest")
 PADDING_MODES = ("border", "zeros", "reflection")
 
 
-def ddf_to_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
-    """Convert a DDF ``(B, D, *spatial)`` in voxels to a ``grid_sample`` grid ``(B, *spatial, D)``.
+def voxel_to_sampling_coordinates(locations: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+    """Voxel coordinates ``(..., D)`` (tensor axis order) -> ``grid_sample`` coordinates ``(..., D)``.
 
-    The returned grid is in normalised ``[-1, 1]`` coordinates for ``align_corners=True`` with
-    the last axis in ``grid_sample``'s (x, y[, z]) order, i.e. spatial axes reversed.
+    The result is normalised to ``[-1, 1]`` for ``align_corners=True``, with the last axis in
+    ``grid_sample``'s (x, y[, z]) order, i.e. spatial axes reversed.
     """
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial_shape], device=locations.device, dtype=locations.dtype)
+    return (locations * scale - 1.0).flip(-1)
+
+
+def ddf_to_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
+    """Convert a DDF ``(B, D, *spatial)`` in voxels to a ``grid_sample`` grid ``(B, *spatial, D)``
+    (see :func:`voxel_to_sampling_coordinates`)."""
     spatial = ddf.shape[2:]
-    ndim = len(spatial)
     locations = identity_grid(spatial, ddf.device, ddf.dtype) + ddf
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial], device=ddf.device, dtype=ddf.dtype)
-    locations = locations * scale.view(1, ndim, *([1] * ndim)) - 1.0
-    return locations.permute(0, *range(2, ndim + 2), 1).flip(-1)
+    return voxel_to_sampling_coordinates(locations.permute(0, *range(2, len(spatial) + 2), 1), tuple(spatial))
 
 
 def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..functional.warp import voxel_to_sampling_coordinates
 from ..validation import check_field
 from ._base import SpacingMetric
 from ._common import check_spacing, vector_norm_mm
@@ -57,9 +58,8 @@ def _check_points(points: object, name: str, ddf: torch.Tensor, caller: str, ins
 
 def _sample_at_points(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Linearly interpolate ``field`` ``(B, C, *spatial)`` at voxel ``points`` ``(B, N, D)``; returns ``(B, N, C)``."""
-    spatial = field.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial], dtype=points.dtype, device=points.device)
-    grid = (points * scale - 1.0).flip(-1)  # grid_sample wants normalised (x, y[, z]) = reversed axes
+    spatial = tuple(field.shape[2:])
+    grid = voxel_to_sampling_coordinates(points, spatial)
     grid = grid.view(points.shape[0], points.shape[1], *([1] * (len(spatial) - 1)), len(spatial))
     values = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return values.flatten(2).transpose(1, 2)
