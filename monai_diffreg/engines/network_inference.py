@@ -50,7 +50,9 @@ class NetworkRegistration:
 
     Args:
         network: a module with ``forward(moving, fixed) -> dict`` holding ``"ddf"`` and
-            ``"inverse_ddf"`` ``(B, D, *S)`` (package convention); for ``num_samples`` it must
+            ``"inverse_ddf"`` ``(B, D, *S)`` (package convention); a ``displacements(moving, fixed)``
+            method returning just those two is used instead when the network has one (it skips the
+            warped images inference does not need); for ``num_samples`` it must
             offer ``sample(moving, fixed, num_samples)`` returning ``"uncertainty"``, and for
             ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=...)``.
         weights: path of the ``state_dict`` to load (strictly); None keeps the network's weights.
@@ -96,6 +98,8 @@ class NetworkRegistration:
         with torch.no_grad():
             if self.num_samples:
                 out = self.network.sample(moving, fixed, num_samples=self.num_samples)
+            elif callable(getattr(self.network, "displacements", None)):
+                out = self.network.displacements(moving, fixed)
             else:
                 out = self.network(moving, fixed)
         result = {"ddf": out["ddf"], "inverse_ddf": out["inverse_ddf"]}

@@ -17,11 +17,13 @@ function                       class                           what
 (wrapper)                      :class:`BidirectionalLoss`      ``0.5 (loss(y o phi, x) + loss(x o phi^-1, y))``
 (wrapper)                      :class:`MultiResolutionLoss`    weighted sum over pyramid levels
 (composite)                    :class:`ProbabilisticSVFLoss`   probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
+(composite)                    :class:`MDRegNetLoss`           MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
 =============================  ==============================  ===================================
 """
 
 from .dice import SoftDiceLoss, soft_dice_loss
 from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
+from .mdreg import MDRegNetLoss
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
@@ -44,4 +46,5 @@ __all__ = [
     "MultiResolutionLoss",
     "ProbabilisticSVFLoss",
     "present_label_dice_loss",
+    "MDRegNetLoss",
 ]

@@ -1,7 +1,20 @@
 """Registration networks. Every network returns a dict with fixed keys (DESIGN.md 3.5)."""
 
+from .blocks import NORMS, conv_block, init_flow_head
+from .mdregnet import MDRegNet, MDRegSubNetwork
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .vxm_unet import VxmUNet
 
-__all__ = ["POSTERIORS", "posterior_smoothing_sigma", "sample_velocity", "ProbabilisticVoxelMorph", "VxmUNet"]
+__all__ = [
+    "NORMS",
+    "conv_block",
+    "init_flow_head",
+    "MDRegNet",
+    "MDRegSubNetwork",
+    "POSTERIORS",
+    "posterior_smoothing_sigma",
+    "sample_velocity",
+    "ProbabilisticVoxelMorph",
+    "VxmUNet",
+]

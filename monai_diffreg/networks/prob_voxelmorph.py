@@ -25,6 +25,8 @@ from ..functional.integrate import integrate_velocity
 from ..functional.resize import resize_field, resize_image
 from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
+from .blocks import init_flow_head
+from .pair_geometry import check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
@@ -95,8 +97,7 @@ class ProbabilisticVoxelMorph(nn.Module):
         conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
         self.mean_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
         self.log_var_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
-        nn.init.normal_(self.mean_head.weight, 0.0, 1e-5)
-        nn.init.zeros_(self.mean_head.bias)
+        init_flow_head(self.mean_head)
         nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
         nn.init.constant_(self.log_var_head.bias, -10.0)
 
@@ -107,38 +108,20 @@ class ProbabilisticVoxelMorph(nn.Module):
 
     def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
-        return tuple(max(1, int(round(int(s) * self.image_scale))) for s in spatial_size)
+        return scaled_size(spatial_size, self.image_scale)
 
     def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
         return tuple(math.ceil(s / self.int_downsize) for s in self.network_size(spatial_size))
 
-    def _check_pair(self, caller: str, moving: torch.Tensor, fixed: torch.Tensor) -> None:
-        check_spatial_tensor(moving, "moving", caller, spatial_dims=self.spatial_dims)
-        check_spatial_tensor(fixed, "fixed", caller, spatial_dims=self.spatial_dims)
-        if moving.shape[0] != fixed.shape[0] or moving.shape[2:] != fixed.shape[2:]:
-            raise ValueError(
-                f"{caller}(): 'moving' and 'fixed' must share batch and spatial sizes, "
-                f"got {tuple(moving.shape)} and {tuple(fixed.shape)}"
-            )
-        if moving.shape[1] + fixed.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{caller}(): 'moving' and 'fixed' channels must add up to in_channels={self.in_channels}, "
-                f"got {moving.shape[1]} + {fixed.shape[1]}"
-            )
-
     def posterior_params(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log variance ``(B, D, *n)`` for the pair."""
-        self._check_pair("ProbabilisticVoxelMorph", moving, fixed)
+        check_registration_pair("ProbabilisticVoxelMorph", moving, fixed, self.spatial_dims, self.in_channels)
         x = torch.cat([moving, fixed], dim=1)
         x = resize_image(x, size=self.network_size(x.shape[2:]), mode="area")
-        divisor = self.unet.divisor
-        pad = []
-        for s in reversed(x.shape[2:]):
-            pad += [0, -s % divisor]
-        features = self.unet(F.pad(x, pad, mode="replicate"))
-        crop = (slice(None), slice(None), *(slice(0, n) for n in self.velocity_size(moving.shape[2:])))
-        return self.mean_head(features)[crop], self.log_var_head(features)[crop]
+        features = self.unet(pad_to_multiple(x, self.unet.divisor))
+        n = self.velocity_size(moving.shape[2:])
+        return crop_spatial(self.mean_head(features), n), crop_spatial(self.log_var_head(features), n)
 
     def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``.
@@ -156,7 +139,7 @@ class ProbabilisticVoxelMorph(nn.Module):
             )
         ddf = integrate_velocity(velocity, self.num_steps)
         ddf = resize_field(ddf, size=[n * self.int_downsize for n in expected])
-        ddf = ddf[(slice(None), slice(None), *(slice(0, s) for s in self.network_size(spatial_size)))]
+        ddf = crop_spatial(ddf, self.network_size(spatial_size))
         return resize_field(ddf, size=list(spatial_size))
 
     def outputs_from_velocity(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
@@ -184,6 +167,12 @@ class ProbabilisticVoxelMorph(nn.Module):
         mean, log_var = self.posterior_params(moving, fixed)
         velocity = self.sample_velocity(mean, log_var) if self.training else mean
         return self.outputs_from_velocity(moving, fixed, velocity, mean, log_var)
+
+    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and ``"inverse_ddf"`` of the posterior mean (inference without the warped images)."""
+        mean, _ = self.posterior_params(moving, fixed)
+        size = moving.shape[2:]
+        return {"ddf": self.velocity_to_ddf(mean, size), "inverse_ddf": self.velocity_to_ddf(-mean, size)}
 
     def sample(self, moving: torch.Tensor, fixed: torch.Tensor, num_samples: int = 10) -> dict[str, torch.Tensor]:
         """Mean registration plus per-voxel uncertainty from ``num_samples`` posterior samples.

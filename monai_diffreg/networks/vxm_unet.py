@@ -21,19 +21,9 @@ import torch
 from torch import nn
 
 from ..validation import check_choice, check_spatial_tensor
+from .blocks import NORMS, conv_block
 
 __all__ = ["VxmUNet", "NORMS"]
-
-
-NORMS = ("instance",)
-
-
-def _conv_block(spatial_dims: int, in_channels: int, out_channels: int, norm: str | None) -> nn.Sequential:
-    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2](in_channels, out_channels, 3, padding=1)
-    if norm is None:
-        return nn.Sequential(conv, nn.LeakyReLU(0.2))
-    return nn.Sequential(conv, (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2](out_channels, affine=True),
-                         nn.LeakyReLU(0.2))
 
 
 class VxmUNet(nn.Module):
@@ -91,17 +81,17 @@ class VxmUNet(nn.Module):
         self.encoder = nn.ModuleList()
         channels = in_channels
         for width in enc:
-            self.encoder.append(_conv_block(spatial_dims, channels, width, norm))
+            self.encoder.append(conv_block(spatial_dims, channels, width, norm))
             channels = width
         self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.decoder = nn.ModuleList()
         for i, width in enumerate(dec[:levels]):
-            self.decoder.append(_conv_block(spatial_dims, channels, width, norm))
+            self.decoder.append(conv_block(spatial_dims, channels, width, norm))
             channels = width + (enc[levels - i - 1] if self._upsamples_after(i) else 0)
         self.extra = nn.ModuleList()
         for width in dec[levels:]:
-            self.extra.append(_conv_block(spatial_dims, channels, width, norm))
+            self.extra.append(conv_block(spatial_dims, channels, width, norm))
             channels = width
         self.out_channels = channels
 

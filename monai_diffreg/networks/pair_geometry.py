@@ -1,0 +1,56 @@
+"""Input checks and grid bookkeeping shared by the pairwise registration networks.
+
+Networks take ``(moving, fixed)`` of any spatial size: they resample by an ``image_scale``,
+pad at the end of every axis (edge values) to a multiple of their divisor, and crop their
+outputs back to the cells that overlap the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..validation import check_spatial_tensor
+
+__all__ = ["check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial"]
+
+
+def check_registration_pair(caller: str, moving: torch.Tensor, fixed: torch.Tensor, spatial_dims: int,
+                            in_channels: int) -> None:
+    """Raise a ValueError naming ``caller`` unless ``moving``/``fixed`` ``(B, C, *S)`` form a valid input pair.
+
+    Both must be ``spatial_dims``-D, share batch and spatial sizes, and their channels must add up
+    to ``in_channels``.
+    """
+    check_spatial_tensor(moving, "moving", caller, spatial_dims=spatial_dims)
+    check_spatial_tensor(fixed, "fixed", caller, spatial_dims=spatial_dims)
+    if moving.shape[0] != fixed.shape[0] or moving.shape[2:] != fixed.shape[2:]:
+        raise ValueError(
+            f"{caller}(): 'moving' and 'fixed' must share batch and spatial sizes, "
+            f"got {tuple(moving.shape)} and {tuple(fixed.shape)}"
+        )
+    if moving.shape[1] + fixed.shape[1] != in_channels:
+        raise ValueError(
+            f"{caller}(): 'moving' and 'fixed' channels must add up to in_channels={in_channels}, "
+            f"got {moving.shape[1]} + {fixed.shape[1]}"
+        )
+
+
+def scaled_size(spatial_size: Sequence[int], scale: float) -> tuple[int, ...]:
+    """``round(S * scale)`` per axis, at least 1: the grid an image of size ``S`` is resampled to."""
+    return tuple(max(1, int(round(int(s) * scale))) for s in spatial_size)
+
+
+def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Pad ``(B, C, *S)`` at the end of every axis with edge values to the next multiple of ``divisor``."""
+    pad = []
+    for s in reversed(x.shape[2:]):
+        pad += [0, -s % divisor]
+    return F.pad(x, pad, mode="replicate") if any(pad) else x
+
+
+def crop_spatial(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+    """The first ``spatial_size`` voxels of every spatial axis of ``(B, C, *S)``."""
+    return x[(slice(None), slice(None), *(slice(0, int(s)) for s in spatial_size))]
