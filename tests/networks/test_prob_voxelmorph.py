@@ -239,3 +239,13 @@ def test_instance_norm_model_trains():
     assert set(out) == KEYS and out["ddf"].shape == (1, 3, 16, 16, 16)
     ((out["warped"] - fixed) ** 2).mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_displacements_match_forward_in_eval_mode():
+    model = _model(3, int_downsize=2).eval()
+    torch.nn.init.normal_(model.mean_head.weight, 0.0, 0.05)
+    pair = torch.rand(1, 1, 12, 14, 10), torch.rand(1, 1, 12, 14, 10)
+    with torch.no_grad():
+        full, lean = model(*pair), model.displacements(*pair)
+    assert set(lean) == {"ddf", "inverse_ddf"}
+    assert torch.equal(full["ddf"], lean["ddf"]) and torch.equal(full["inverse_ddf"], lean["inverse_ddf"])

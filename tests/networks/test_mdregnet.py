@@ -1,0 +1,184 @@
+"""MDRegNet: output keys and shapes, eq. 3 accumulation with vector rescaling, level inputs, smoothing layer, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_diffreg.functional import gaussian_smooth, resize_image, warp
+from monai_diffreg.losses import MDRegNetLoss
+from monai_diffreg.networks import MDRegNet
+
+LEVEL_KEYS = ("velocity_levels", "fixed_levels", "moving_levels", "warped_levels", "warped_fixed_levels")
+KEYS = {"ddf", "inverse_ddf", "velocity", "warped", "warped_fixed", *LEVEL_KEYS}
+SMALL = {"enc_channels": (4, 8, 8, 8), "up_channels": 8, "out_channels": (8, 4)}
+
+
+def _model(spatial_dims, **kwargs):
+    return MDRegNet(spatial_dims, **{**SMALL, **kwargs})
+
+
+def _set_constant_increments(model, increments):
+    """Make sub-network ``l`` output the constant velocity ``increments[l]`` everywhere."""
+    with torch.no_grad():
+        for subnetwork, values in zip(model.subnetworks, increments):
+            subnetwork.flow.weight.zero_()
+            subnetwork.flow.bias.copy_(torch.tensor(values, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("spatial_dims,size,scale,levels", [
+    (2, (50, 37), 1.0, 3),
+    (2, (64, 48), 0.5, 2),
+    (3, (33, 40, 28), 1.0, 3),
+    (3, (32, 32, 32), 1.0, 4),
+    (3, (20, 18, 22), 1.0, 1),
+])
+def test_keys_and_shapes(spatial_dims, size, scale, levels):
+    model = _model(spatial_dims, levels=levels, image_scale=scale)
+    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    out = model(moving, fixed)
+    assert set(out) == KEYS
+    sizes = model.level_sizes(size)
+    assert len(sizes) == levels
+    assert sizes[-1] == tuple(-(-round(s * scale) // 2) for s in size)  # finest velocity at 1/2
+    for key in ("ddf", "inverse_ddf"):
+        assert out[key].shape == (2, spatial_dims, *size)
+    assert out["velocity"].shape == (2, spatial_dims, *sizes[-1])
+    for key in LEVEL_KEYS:
+        assert len(out[key]) == levels
+    for level in range(levels):
+        assert out["velocity_levels"][level].shape == (2, spatial_dims, *sizes[level])
+    for level in range(levels - 1):
+        for key in LEVEL_KEYS[1:]:
+            assert out[key][level].shape == (2, 1, *sizes[level])
+    assert out["warped_levels"][-1] is out["warped"]
+    assert out["fixed_levels"][-1] is fixed
+
+
+def test_initial_field_is_near_identity():
+    model = MDRegNet(3).eval()  # the paper's widths
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
+    assert out["ddf"].abs().max() < 1e-2
+    assert out["inverse_ddf"].abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("smoothing", [True, False])
+def test_constant_increments_accumulate_with_vector_rescaling(smoothing):
+    """Eq. 3: v~ = sum_l v^l, each coarser sum upsampled x2 with its vectors doubled; exp of a constant is a shift."""
+    model = _model(3, smoothing=smoothing).eval()
+    increments = [(0.25, 0.0, -0.125), (0.0, 0.5, 0.25), (-0.5, 0.25, 0.0)]  # velocity voxels of 1/8, 1/4, 1/2
+    _set_constant_increments(model, increments)
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
+    finest = torch.tensor(increments[0]) * 4 + torch.tensor(increments[1]) * 2 + torch.tensor(increments[2])
+    expected_ddf = 2 * finest  # 1/2 grid -> full resolution
+    assert torch.allclose(out["velocity"], finest.view(1, 3, 1, 1, 1).expand_as(out["velocity"]), atol=1e-5)
+    assert torch.allclose(out["ddf"], expected_ddf.view(1, 3, 1, 1, 1).expand_as(out["ddf"]), atol=1e-4)
+    assert torch.allclose(out["inverse_ddf"], -out["ddf"], atol=1e-4)
+    for level, values in enumerate(increments):
+        v = out["velocity_levels"][level]
+        assert torch.allclose(v, torch.tensor(values).view(1, 3, 1, 1, 1).expand_as(v), atol=1e-6)
+
+
+def test_level_images_are_warped_by_the_accumulated_field():
+    """Level l's warped image is its pyramid image shifted by exp(v~^l); the next level sees moving o exp(v~^l)."""
+    model = _model(2, levels=2).eval()
+    increments = [(1.0, -0.5), (0.5, 0.25)]  # at 1/4 and 1/2
+    _set_constant_increments(model, increments)
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    seen = {}
+    model.subnetworks[1].register_forward_pre_hook(lambda module, args: seen.setdefault("input", args[0]))
+    with torch.no_grad():
+        out = model(moving, fixed)
+    coarse_shift = torch.tensor(increments[0]).view(1, 2, 1, 1)
+    pyramid = resize_image(moving, size=(8, 8), mode="area")
+    assert torch.allclose(out["moving_levels"][0], pyramid)
+    assert torch.allclose(out["warped_levels"][0], warp(pyramid, coarse_shift.expand(1, 2, 8, 8)), atol=1e-5)
+    fixed_pyramid = resize_image(fixed, size=(8, 8), mode="area")
+    assert torch.allclose(out["warped_fixed_levels"][0], warp(fixed_pyramid, -coarse_shift.expand(1, 2, 8, 8)), atol=1e-5)
+    full_shift = (4 * coarse_shift).expand(1, 2, 32, 32)  # 1/4 grid -> full resolution
+    assert torch.allclose(seen["input"][:, :1], warp(moving, full_shift), atol=1e-5)
+    assert torch.equal(seen["input"][:, 1:], fixed)
+
+
+def test_smoothing_layer_smooths_the_finest_accumulated_velocity():
+    torch.manual_seed(0)
+    smoothed = _model(3)
+    plain = _model(3, smoothing=False)
+    plain.load_state_dict(smoothed.state_dict())
+    for subnetwork in smoothed.subnetworks:  # a field with texture, so smoothing changes it
+        torch.nn.init.normal_(subnetwork.flow.weight, 0.0, 0.1)
+    plain.load_state_dict(smoothed.state_dict())
+    pair = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        v_smoothed, v_plain = smoothed(*pair)["velocity"], plain(*pair)["velocity"]
+    expected = gaussian_smooth(v_plain, 1.732, kernel_size=3)
+    assert torch.allclose(v_smoothed, expected, atol=1e-6)
+    assert (v_smoothed - v_plain).abs().max() > 1e-3
+
+
+def test_displacements_match_forward():
+    model = _model(3).eval()
+    for subnetwork in model.subnetworks:
+        torch.nn.init.normal_(subnetwork.flow.weight, 0.0, 0.05)
+    pair = torch.rand(1, 1, 24, 30, 20), torch.rand(1, 1, 24, 30, 20)
+    with torch.no_grad():
+        full, lean = model(*pair), model.displacements(*pair)
+    assert set(lean) == {"ddf", "inverse_ddf"}
+    assert torch.equal(full["ddf"], lean["ddf"]) and torch.equal(full["inverse_ddf"], lean["inverse_ddf"])
+
+
+def test_loss_reaches_every_subnetwork():
+    model = _model(2)
+    out = model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    MDRegNetLoss()(out)["loss"].backward()
+    for level, subnetwork in enumerate(model.subnetworks):
+        assert subnetwork.flow.weight.grad.abs().sum() > 0, f"level {level} got no gradient"
+
+
+def test_learns_a_translation_2d():
+    """A few Adam steps on one pair: the similarity improves and the field moves the right way."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 60.0).view(1, 1, 48, 48)  # noqa: E731
+    fixed, moving = blob(24, 24), blob(27, 22)  # moving(x + (3, -2)) == fixed(x)
+    model = _model(2, norm="instance")
+    loss_fn = MDRegNetLoss(regularization_weight=0.01)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        optimizer.zero_grad()
+        terms = loss_fn(model(moving, fixed))
+        terms["loss"].backward()
+        optimizer.step()
+        first = float(terms["similarity"].detach()) if first is None else first
+    with torch.no_grad():
+        out = model(moving, fixed)
+    centre = out["ddf"][0, :, 20:28, 20:28].mean(dim=(1, 2))
+    assert float(loss_fn(out)["similarity"]) < first - 0.1
+    assert 1.5 < centre[0] < 4.5 and -3.5 < centre[1] < -0.5, centre
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"levels": 5}, "'levels' must be an integer in \\[1, len\\(enc_channels\\)=4\\]"),
+    ({"levels": 0}, "'levels'"),
+    ({"in_channels": 3}, "'in_channels' must be an even integer"),
+    ({"smoothing_kernel_size": 4}, "'smoothing_kernel_size' must be an odd integer"),
+    ({"smoothing_sigma": 0.0}, "smoothing_sigma"),
+    ({"spatial_dims": 4}, "'spatial_dims' must be 2 or 3"),
+    ({"norm": "batch"}, "norm"),
+])
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MDRegNet(**{**SMALL, **kwargs})
+
+
+def test_bad_inputs():
+    model = _model(3)
+    with pytest.raises(ValueError, match="MDRegNet\\(\\): 'moving' must be 5D"):
+        model(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="must share batch and spatial sizes"):
+        model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 17))
+    with pytest.raises(ValueError, match="channels must add up to in_channels=2"):
+        model(torch.rand(1, 2, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
