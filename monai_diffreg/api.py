@@ -221,6 +221,8 @@ class RegistrationResult:
         moving: ``(1, 1, *S)`` the moving image resampled onto the fixed grid, not deformed.
         inverse_ddf: ``(1, D, *S)`` moving -> fixed displacement when the method gives one.
         uncertainty: ``(1, 1, *S)`` when the method gives one (e.g. posterior std).
+        warped_levels: ``(1, L, *S)`` the moving image warped by each level of a multi-level
+            method (coarse to fine), when the method gives them.
         warped_labels: ``(1, 1, *S)`` MetaTensor (int64) when moving labels were given.
         fixed_labels: the fixed label map on the fixed grid, when given.
         affine_matrix: ``(1, D, D + 1)`` voxel affine of the affine stage (working grid), if run.
@@ -234,6 +236,7 @@ class RegistrationResult:
     moving: MetaTensor
     inverse_ddf: torch.Tensor | None = None
     uncertainty: torch.Tensor | None = None
+    warped_levels: torch.Tensor | None = None
     warped_labels: MetaTensor | None = None
     fixed_labels: MetaTensor | None = None
     affine_matrix: torch.Tensor | None = None
@@ -255,8 +258,8 @@ class RegistrationResult:
 
         Files: ``warped.nii.gz``, ``ddf.nii.gz`` (ITK displacement field, LPS mm, see
         :func:`monai_diffreg.io.save_displacement_field`), ``warped_labels.nii.gz`` (moving
-        labels given), ``inverse_ddf.nii.gz`` and ``uncertainty.nii.gz`` (when the method gives
-        them), ``summary.json`` and ``qc.png`` (``qc=True``).
+        labels given), ``inverse_ddf.nii.gz``, ``uncertainty.nii.gz`` and ``warped_levels.nii.gz``
+        (one volume per level; when the method gives them), ``summary.json`` and ``qc.png`` (``qc=True``).
 
         Everything is first written to a hidden temporary folder inside ``output_dir`` and
         moved into place only when every file is complete, so a failure leaves no file
@@ -297,6 +300,9 @@ class RegistrationResult:
         if self.uncertainty is not None:
             files["uncertainty.nii.gz"] = save_image(self.uncertainty, affine, folder / "uncertainty.nii.gz",
                                                      spatial_dims=ndim)
+        if self.warped_levels is not None:
+            files["warped_levels.nii.gz"] = save_image(self.warped_levels, affine, folder / "warped_levels.nii.gz",
+                                                       spatial_dims=ndim)
         if qc:
             from .qc import save_qc_figure
 
@@ -361,12 +367,13 @@ def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None, 
         ddf = compose_ddf(affine_ddf, ddf)
         if inverse is not None:
             inverse = compose_ddf(inverse, affine_to_ddf(_inverse_matrix(matrix.double()).float(), ddf.shape[2:]))
-    uncertainty = out.get("uncertainty")
+    uncertainty, levels = out.get("uncertainty"), out.get("warped_levels")
     return {
         "ddf": _to_file_axes(ddf, mapping, is_field=True).cpu(),
         "inverse_ddf": None if inverse is None else _to_file_axes(inverse, mapping, is_field=True).cpu(),
         "uncertainty": None if uncertainty is None else
         _to_file_axes(uncertainty.detach().float(), mapping, is_field=False).cpu(),
+        "warped_levels": None if levels is None else _to_file_axes(levels.detach().float(), mapping, is_field=False).cpu(),
     }
 
 
@@ -552,7 +559,8 @@ def register(
     }
     result = RegistrationResult(
         warped=outputs["warped"], ddf=fields["ddf"], fixed=outputs["fixed"], moving=outputs["moving"],
-        inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"], warped_labels=outputs["warped_labels"],
+        inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"],
+        warped_levels=fields["warped_levels"], warped_labels=outputs["warped_labels"],
         fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, metrics=metrics, info=info,
     )
     if output_dir is not None:

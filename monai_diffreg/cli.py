@@ -17,6 +17,7 @@ errors: 2) without a traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import sys
@@ -89,11 +90,20 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise _UserError(f"--option must be KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
+        options[key] = _option_value(value)
     return options
+
+
+def _option_value(text: str) -> Any:
+    """``--option`` value: JSON (``1``, ``0.5``, ``true``, ``[1, 2]``), a Python literal (``True``, ``None``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _stem(path: str) -> str:

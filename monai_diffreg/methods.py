@@ -14,7 +14,8 @@ A registration method is any callable object implementing :class:`RegistrationMe
   from fixed to moving (package convention, :mod:`monai_diffreg.functional`); optionally
   ``"inverse_ddf"`` (same layout, moving to fixed), ``"velocity"`` (the stationary velocity
   field) and ``"uncertainty"`` ``(1, 1, *S)`` (e.g. the posterior standard deviation of a
-  probabilistic model). Other keys are ignored by the API.
+  probabilistic model) and ``"warped_levels"`` ``(1, L, *S)`` (the moving image warped by each
+  level of a multi-level method, coarse to fine, for inspection). Other keys are ignored by the API.
 
 Where methods come from
 -----------------------
@@ -264,7 +265,7 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
         name: the method's name, for messages.
 
     Returns:
-        the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``).
+        the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``, ``warped_levels``).
     """
     spatial = tuple(fixed.shape[2:])
     ndim = len(spatial)
@@ -273,6 +274,11 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
         raise ValueError(f"method '{name}' must return a dict with key 'ddf', got {got}")
     expected = {"ddf": (1, ndim, *spatial), "inverse_ddf": (1, ndim, *spatial), "velocity": (1, ndim, *spatial),
                 "uncertainty": (1, 1, *spatial)}
+    levels = out.get("warped_levels")
+    if isinstance(levels, torch.Tensor) and levels.ndim == ndim + 2 and levels.shape[1] >= 1:
+        expected["warped_levels"] = (1, levels.shape[1], *spatial)
+    elif levels is not None:
+        expected["warped_levels"] = (1, "L", *spatial)
     for key, shape in expected.items():
         value = out.get(key)
         if value is None:

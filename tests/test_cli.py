@@ -183,3 +183,11 @@ def test_monailabel_app_prints_the_app_folder(capsys):
     assert main(["monailabel-app"]) == 0
     folder = Path(capsys.readouterr().out.strip())
     assert (folder / "main.py").is_file()
+
+
+@pytest.mark.parametrize("text,value", [("0.5", 0.5), ("true", True), ("False", False), ("None", None),
+                                        ("[1, 2]", [1, 2]), ("ncc", "ncc"), ("a=b", "a=b")])
+def test_option_values_parse_as_json_then_python_literals(text, value):
+    from monai_diffreg.cli import _parse_options
+
+    assert _parse_options([f"key={text}"]) == {"key": value}

@@ -60,12 +60,16 @@ class NetworkRegistration:
         num_samples: posterior samples for the ``"uncertainty"`` output (0: none; else >= 2).
         refine_steps: instance-specific optimisation steps from the network's prediction (0: none).
         refine_learning_rate: Adam step size of the refinement.
+        save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
+            moving image warped by each level's field, from the network's
+            ``warped_level_images(moving, fixed)`` (multi-level networks such as
+            :class:`~monai_diffreg.networks.MDRegNet`); costs one more forward pass.
         name: the method's name in error messages.
     """
 
     def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
-                 refine_learning_rate: float = 0.1, name: str = "network") -> None:
+                 refine_learning_rate: float = 0.1, save_levels: bool = False, name: str = "network") -> None:
         caller = "NetworkRegistration"
         if not isinstance(num_samples, int) or num_samples < 0 or num_samples == 1:
             raise ValueError(f"{caller}(): 'num_samples' must be 0 or an integer >= 2, got {num_samples!r}")
@@ -75,6 +79,9 @@ class NetworkRegistration:
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
         if refine_steps and not callable(getattr(network, "refine", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'refine' method, so 'refine_steps' must be 0")
+        if save_levels and not callable(getattr(network, "warped_level_images", None)):
+            raise ValueError(f"{caller}(): {type(network).__name__} has no 'warped_level_images' method, "
+                             "so 'save_levels' must be False")
         if weights is not None:
             load_weights(network, weights, caller)
         self.device = torch.device(device) if device is not None else torch.device(
@@ -83,6 +90,7 @@ class NetworkRegistration:
         self.num_samples = num_samples
         self.refine_steps = refine_steps
         self.refine_learning_rate = refine_learning_rate
+        self.save_levels = bool(save_levels)
         self.name = name
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,6 +113,9 @@ class NetworkRegistration:
         result = {"ddf": out["ddf"], "inverse_ddf": out["inverse_ddf"]}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
+        if self.save_levels:
+            with torch.no_grad():
+                result["warped_levels"] = self.network.warped_level_images(moving, fixed)
         if self.refine_steps:
             refined = self.network.refine(moving, fixed, steps=self.refine_steps,
                                           learning_rate=self.refine_learning_rate)

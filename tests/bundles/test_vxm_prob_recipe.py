@@ -1,0 +1,24 @@
+"""vxm_prob's training recipe as train.json states it (the bundle contract is in test_bundle_contract.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "vxm_prob" / "configs"
+
+
+def test_train_json_defaults_match_the_shipped_recipe():
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    network = parser.get_parsed_content("network_def")
+    loss = parser.get_parsed_content("loss")
+    assert (network.posterior, network.prior_lambda, network.int_downsize, network.num_steps) == ("smoothed", 10.0, 1, 7)
+    assert network.unet.norm == "instance"
+    assert (loss.posterior, loss.prior_lambda, loss.image_loss, loss.bidirectional) == ("smoothed", 10.0, "ncc", True)
+    base = json.loads((CONFIGS / "train.json").read_text())
+    data_settings = json.dumps([base["dataset"], base["template_folder"], base["shared_data"]])
+    assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
