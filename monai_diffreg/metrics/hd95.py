@@ -12,8 +12,11 @@ order statistics (``numpy.percentile``/``torch.quantile``). Learn2Reg's own eval
 DeepMind's ``surface_distance`` package, which weights every surface element by its area; its
 values differ from these slightly (a fraction of a voxel on smooth shapes).
 
-Distances come from ``scipy.ndimage.distance_transform_edt`` on the bounding box of both
-masks, so the computation runs on the CPU whatever the input device.
+Distances are exact nearest-surface-voxel distances, found with a k-d tree
+(``scipy.spatial.cKDTree``) over the surface voxels' physical coordinates: the same values as
+``scipy.ndimage.distance_transform_edt`` of the complement of the surface, without a
+transform of the whole bounding box (large labels such as cerebral white matter cost a
+fraction of a second instead of seconds). The computation runs on the CPU whatever the input device.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from ._base import PerLabelMetric
 from ._common import check_spacing
@@ -46,9 +50,10 @@ def _hd95_binary(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...
         return float("inf")
     # crop to the union's bounding box plus one background voxel (erosion and distances are unchanged)
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(union))
-    surf_p, surf_t = _surface(pred[box]), _surface(target[box])
-    to_t = ndimage.distance_transform_edt(~surf_t, sampling=spacing)[surf_p]
-    to_p = ndimage.distance_transform_edt(~surf_p, sampling=spacing)[surf_t]
+    points_p = np.argwhere(_surface(pred[box])) * np.asarray(spacing)
+    points_t = np.argwhere(_surface(target[box])) * np.asarray(spacing)
+    to_t = cKDTree(points_t).query(points_p)[0]
+    to_p = cKDTree(points_p).query(points_t)[0]
     return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
 
 
