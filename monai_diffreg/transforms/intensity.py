@@ -31,7 +31,11 @@ def percentile(x: torch.Tensor, q: float) -> torch.Tensor:
     value_low = torch.kthvalue(flat, low + 1).values
     if high == low:
         return value_low
-    value_high = torch.kthvalue(flat, high + 1).values
+    # the next order statistic: value_low again if it repeats, else the smallest larger element
+    # (two cheap passes instead of a second selection)
+    if int((flat <= value_low).sum()) >= high + 1:
+        return value_low
+    value_high = torch.where(flat > value_low, flat, torch.full_like(flat, math.inf)).min()
     return value_low + (rank - low) * (value_high - value_low)
 
 

@@ -16,6 +16,8 @@ from monai_diffreg.transforms.intensity import normalize_intensity_percentile, p
 def test_percentile_matches_numpy(q):
     x = torch.randn(3, 17, 11, dtype=torch.float64)
     assert float(percentile(x, q)) == pytest.approx(float(np.percentile(x.numpy(), q)), abs=1e-12)
+    ties = torch.randint(0, 4, (997,)).double()  # repeated values: the next order statistic may equal this one
+    assert float(percentile(ties, q)) == pytest.approx(float(np.percentile(ties.numpy(), q)), abs=1e-12)
 
 
 def test_normalization_maps_percentiles_to_unit_range():
