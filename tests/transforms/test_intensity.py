@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 
 from monai_diffreg.transforms.array import NormalizeIntensityPercentile
 from monai_diffreg.transforms.dictionary import NormalizeIntensityPercentiled
-from monai_diffreg.transforms.intensity import normalize_intensity_percentile, percentile
+from monai_diffreg.transforms.intensity import normalize_intensity_percentile, order_statistics, percentile
 
 
 @pytest.mark.parametrize("q", [0.0, 0.5, 13.7, 50.0, 99.5, 100.0])
@@ -18,6 +18,28 @@ def test_percentile_matches_numpy(q):
     assert float(percentile(x, q)) == pytest.approx(float(np.percentile(x.numpy(), q)), abs=1e-12)
     ties = torch.randint(0, 4, (997,)).double()  # repeated values: the next order statistic may equal this one
     assert float(percentile(ties, q)) == pytest.approx(float(np.percentile(ties.numpy(), q)), abs=1e-12)
+
+
+@pytest.mark.parametrize("data", [
+    torch.rand(600_000),
+    torch.randint(0, 5, (600_000,)).float(),  # heavy ties
+    torch.cat([torch.zeros(550_000), torch.rand(50_000) * 1e6]),  # a blank background and a long tail
+    torch.exp(torch.randn(600_000) * 5),
+])
+@pytest.mark.parametrize("q", [0.0, 0.5, 50.0, 99.5, 99.9999, 100.0])
+def test_large_percentiles_are_exact(data, q):
+    """The sample-bracketed selection (large tensors) gives numpy's value exactly."""
+    assert float(percentile(data, q)) == pytest.approx(float(np.percentile(data.numpy(), q)), rel=1e-6, abs=0)
+
+
+def test_order_statistics_fall_back_when_the_bracket_misses():
+    """A sample that lies about the distribution (sorted data, stride hits one end) must not break exactness."""
+    data = torch.cat([torch.zeros(599_999), torch.ones(1)])
+    data[::9] = 5.0  # every sampled element is 5, the rest mostly 0
+    expected = torch.sort(data).values
+    for k in (0, 300_000, 599_999):
+        first, last = order_statistics(data, k, min(k + 1, 599_999))
+        assert float(first) == float(expected[k]) and float(last) == float(expected[min(k + 1, 599_999)])
 
 
 def test_normalization_maps_percentiles_to_unit_range():
