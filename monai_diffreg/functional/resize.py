@@ -8,6 +8,8 @@ resolution goes through :func:`resize_field`, which applies that scaling to the 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -79,4 +81,8 @@ def resize_field(field: torch.Tensor, size: Sequence[int] | None = None, scale: 
     if target == tuple(field.shape[2:]):
         return field
     ratios = torch.tensor([t / n for t, n in zip(target, field.shape[2:])], dtype=field.dtype, device=field.device)
-    return resize_image(field, size=target, mode=mode) * ratios.view(1, ndim, *([1] * ndim))
+    ratios = ratios.view(1, ndim, *([1] * ndim))
+    # interpolation is linear, so the rescaling can be applied on whichever grid is smaller
+    if math.prod(target) > math.prod(field.shape[2:]):
+        return resize_image(field * ratios, size=target, mode=mode)
+    return resize_image(field, size=target, mode=mode) * ratios
