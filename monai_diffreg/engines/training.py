@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-__all__ = ["RegistrationTrainer", "registration_step", "save_atomic", "latest_checkpoint"]
+__all__ = ["RegistrationTrainer", "registration_step", "save_atomic", "latest_checkpoint", "export_weights"]
 
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -77,6 +77,23 @@ def latest_checkpoint(output_dir: Path | str) -> Path | None:
     folder = Path(output_dir)
     found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_*.pt") if (m := _CHECKPOINT.match(p.name))]
     return max(found)[1] if found else None
+
+
+def export_weights(checkpoint: Path | str, destination: Path | str) -> int:
+    """Write the network ``state_dict`` of a training checkpoint as a weights file (atomic).
+
+    A run without a learning-rate schedule stopped after iteration ``N`` holds exactly the
+    weights a run with ``max_iterations=N`` ends with, so a long run's checkpoint can be
+    shipped as ``models/model.pt``.
+
+    Returns:
+        the checkpoint's iteration.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise ValueError(f"export_weights(): {str(checkpoint)!r} is not a RegistrationTrainer checkpoint")
+    save_atomic(state["model"], destination)
+    return int(state["iteration"])
 
 
 class RegistrationTrainer:

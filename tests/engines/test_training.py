@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_diffreg.engines.training import RegistrationTrainer, latest_checkpoint, save_atomic
+from monai_diffreg.engines.training import RegistrationTrainer, export_weights, latest_checkpoint, save_atomic
 from monai_diffreg.engines.training_data import SyntheticPairDataset
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import ProbabilisticVoxelMorph
@@ -47,6 +47,18 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert any(not torch.equal(start[k], b[k]) for k in b)  # the resumed half did train
     log = (tmp_path / "b" / "train_log.txt").read_text()
     assert "resumed from" in log and "iteration 4/4" in log and "loss=" in log and "s/it=" in log
+
+
+def test_checkpoint_of_a_longer_run_exports_the_weights_of_a_shorter_one(tmp_path):
+    """No schedule depends on max_iterations: iteration 2 of a 4-iteration run == a 2-iteration run."""
+    _trainer(tmp_path / "long", 4).run()
+    _trainer(tmp_path / "short", 2).run()
+    assert export_weights(tmp_path / "long" / "checkpoint_0000002.pt", tmp_path / "exported.pt") == 2
+    exported = torch.load(tmp_path / "exported.pt", weights_only=True)
+    short = torch.load(tmp_path / "short" / "model.pt", weights_only=True)
+    assert exported.keys() == short.keys() and all(torch.equal(exported[k], short[k]) for k in short)
+    with pytest.raises(ValueError, match="not a RegistrationTrainer checkpoint"):
+        export_weights(tmp_path / "short" / "model.pt", tmp_path / "x.pt")
 
 
 def test_checkpoints_rotation_and_atomic_files(tmp_path):
