@@ -22,20 +22,14 @@ import argparse
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
-from monai_diffreg.engines.network_inference import load_weights
 from monai_diffreg.functional import warp
 from monai_diffreg.losses import gradient_loss
 from monai_diffreg.metrics import folding_percentage, mean_dice
 from monai_diffreg.networks.posterior import sample_velocity
-from monai_diffreg.transforms.intensity import normalize_intensity_percentile
 
-from .adapters import Reorientation
-from .cases import CASE_AXCODES
+from .properties_common import brain_synthetic_case, bundle_network
 from .run import DEFAULT_CACHE
-
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "vxm_prob"
 
 
 def main(argv=None) -> None:
@@ -45,19 +39,13 @@ def main(argv=None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    config = ConfigParser()
-    config.read_config(BUNDLE / "configs" / "inference.json")
-    network = load_weights(config.get_parsed_content("network_def"), BUNDLE / "models" / "model.pt").eval()
-    ras = Reorientation(CASE_AXCODES["brain_synthetic"])
+    network = bundle_network("vxm_prob")
     print("| case | Dice forward | Dice inverse | grad. energy diagonal | grad. energy smoothed "
           "| % det J <= 0 diagonal | % det J <= 0 smoothed |\n|---|---|---|---|---|---|---|")
     for seed in args.seeds:
-        case = torch.load(args.cache_dir / f"brain_synthetic_s{seed}@1.pt", weights_only=True)
-        fixed, moving, fixed_labels, moving_labels = (ras.to_ras(case[k]) for k in
-                                                      ("fixed", "moving", "fixed_labels", "moving_labels"))
-        labels = case["labels"]
-        fixed_n = normalize_intensity_percentile(fixed, name="fixed", caller="properties")
-        moving_n = normalize_intensity_percentile(moving, name="moving", caller="properties")
+        case = brain_synthetic_case(seed, args.cache_dir)
+        fixed_n, moving_n, fixed_labels, moving_labels, labels = (
+            case[k] for k in ("fixed", "moving", "fixed_labels", "moving_labels", "labels"))
         with torch.no_grad():
             out = network(moving_n, fixed_n)
             forward = float(mean_dice(warp(moving_labels, out["ddf"], mode="nearest"), fixed_labels, labels=labels)[0])
@@ -70,7 +58,7 @@ def main(argv=None) -> None:
                 for posterior in energy:
                     z = sample_velocity(mu, log_var, posterior, network.smoothing_sigma, noise=noise)
                     energy[posterior] += float(gradient_loss(z - mu)) / args.samples
-                    ddf = network.velocity_to_ddf(z, fixed.shape[2:])
+                    ddf = network.velocity_to_ddf(z, fixed_n.shape[2:])
                     folding[posterior] += float(folding_percentage(ddf)[0]) / args.samples
         print(f"| brain_synthetic_s{seed} | {forward:.3f} | {inverse:.3f} | {energy['diagonal']:.3g} | "
               f"{energy['smoothed']:.3g} | {folding['diagonal']:.4f} | {folding['smoothed']:.4f} |", flush=True)

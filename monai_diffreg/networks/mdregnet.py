@@ -201,23 +201,22 @@ class MDRegNet(nn.Module):
         return {"ddf": self._full_ddf(accumulated[-1], padded, size),
                 "inverse_ddf": self._full_ddf(-accumulated[-1], padded, size)}
 
+    def level_displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
+        """Displacement ``(B, D, *S)`` of every level's accumulated field ``exp(v~^l)`` on the input grid, coarse to fine.
+
+        The last one is :meth:`forward`'s ``"ddf"``; the others show what the coarser levels alone achieve.
+        """
+        _, accumulated, moving_p, _ = self._velocities(moving, fixed)
+        return [self._full_ddf(v, moving_p.shape[2:], moving.shape[2:]) for v in accumulated]
+
     def warped_level_images(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The moving image warped by every level's accumulated field, on the input grid, for inspection.
 
         Returns:
-            ``(B, L * C, *S)``: channel block ``l`` is ``"warped_levels"[l]`` of :meth:`forward`
-            (coarse to fine; the last is ``"warped"``) upsampled linearly from its level grid
-            (first to the padded level-grid extent, then cropped, then to ``S``, so it stays aligned).
+            ``(B, L * C, *S)``: channel block ``l`` is ``moving`` warped by
+            ``level_displacements(moving, fixed)[l]`` (coarse to fine; the last equals ``"warped"``).
         """
-        out = self.forward(moving, fixed)
-        size = moving.shape[2:]
-        network_size = scaled_size(size, self.image_scale)
-        images = []
-        for level, image in enumerate(out["warped_levels"][:-1]):
-            factor = 2 ** (self.levels - level)
-            image = resize_image(image, size=[n * factor for n in image.shape[2:]], mode="linear")
-            images.append(resize_image(crop_spatial(image, network_size), size=size, mode="linear"))
-        return torch.cat([*images, out["warped"]], dim=1)
+        return torch.cat([warp(moving, ddf) for ddf in self.level_displacements(moving, fixed)], dim=1)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""

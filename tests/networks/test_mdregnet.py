@@ -207,3 +207,23 @@ def test_traced_export_reproduces_eager_output():
     assert eager["ddf"].abs().max() > 0.1
     for key in ("ddf", "inverse_ddf"):
         torch.testing.assert_close(exported[key], eager[key])
+
+
+def test_level_displacements_and_images():
+    """Level fields: constant increments give the accumulated shift of each level; the last is the ddf."""
+    model = _model(3).eval()
+    increments = [(0.25, 0.0, -0.125), (0.0, 0.5, 0.25), (-0.5, 0.25, 0.0)]
+    _set_constant_increments(model, increments)
+    moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        levels, out = model.level_displacements(moving, fixed), model(moving, fixed)
+        images = model.warped_level_images(moving, fixed)
+    shifts = [8 * torch.tensor(increments[0]),  # 1/8 grid -> full
+              8 * torch.tensor(increments[0]) + 4 * torch.tensor(increments[1]),
+              out["ddf"][0, :, 0, 0, 0]]
+    for ddf, shift in zip(levels, shifts):
+        assert torch.allclose(ddf, shift.view(1, 3, 1, 1, 1).expand_as(ddf), atol=1e-4)
+    assert torch.equal(levels[-1], out["ddf"])
+    assert images.shape == (1, 3, 32, 32, 32)
+    assert torch.allclose(images[:, 1:2], warp(moving, levels[1]))
+    assert torch.allclose(images[:, 2:], out["warped"])
