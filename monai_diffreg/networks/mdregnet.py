@@ -28,6 +28,7 @@ voxel ``j`` on fine voxel ``2j``, while linear upsampling, as our fields use, ce
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -152,6 +153,7 @@ class MDRegNet(nn.Module):
         self.smoothing_kernel_size = smoothing_kernel_size
         self.image_scale = check_positive(image_scale, "image_scale", caller)
         self.divisor = 2**depth
+        self.norm = norm
         self.subnetworks = nn.ModuleList(
             MDRegSubNetwork(spatial_dims, in_channels, enc_channels, depth - levels + level, up_channels,
                             out_channels, norm)
@@ -173,6 +175,12 @@ class MDRegNet(nn.Module):
         size = scaled_size(moving.shape[2:], self.image_scale)
         moving_p = pad_to_multiple(resize_image(moving, size=size, mode="area"), self.divisor)
         fixed_p = pad_to_multiple(resize_image(fixed, size=size, mode="area"), self.divisor)
+        if self.norm is not None and math.prod(s // self.divisor for s in fixed_p.shape[2:]) < 2:
+            raise ValueError(
+                f"MDRegNet(): with norm={self.norm!r} the coarsest features (1/{self.divisor} of the network grid) need "
+                f"more than one voxel for the normalisation statistics; images of shape {tuple(moving.shape)} "
+                f"(network grid {size}) are too small"
+            )
         increments, accumulated = [], []
         warped = moving_p
         for level, subnetwork in enumerate(self.subnetworks):

@@ -182,6 +182,8 @@ def test_bad_inputs():
         model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 17))
     with pytest.raises(ValueError, match="channels must add up to in_channels=2"):
         model(torch.rand(1, 2, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match="too small"):
+        _model(3, norm="instance")(torch.rand(1, 1, 12, 10, 16), torch.rand(1, 1, 12, 10, 16))
 
 
 class _Displacements(torch.nn.Module):
