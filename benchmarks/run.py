@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from benchmarks.adapters import REFERENCE, peer_available  # noqa: E402
 from benchmarks.cases import GROUPS, case_names, get_case  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
+from monai_diffreg.cli import parse_option_value  # noqa: E402
 
 DEFAULT_METHODS = ("identity", "svf_optim", "elastix", "ants")
 QUICK_METHODS = ("identity", "svf_optim")
@@ -45,18 +46,14 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 
 
 def _parse_options(items: list[str]) -> dict[str, dict]:
-    """``METHOD:KEY=VALUE`` items -> {method: {key: value}} (values parsed as JSON when possible)."""
+    """``METHOD:KEY=VALUE`` items -> {method: {key: value}} (values parsed as the CLI's ``--option``)."""
     options: dict[str, dict] = {}
     for item in items:
         method, sep, assignment = item.partition(":")
         key, eq, value = assignment.partition("=")
         if not (sep and eq and method and key):
             raise SystemExit(f"--option must look like METHOD:KEY=VALUE, got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        options.setdefault(method, {})[key] = parsed
+        options.setdefault(method, {})[key] = parse_option_value(value)
     return options
 
 

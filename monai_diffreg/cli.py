@@ -90,12 +90,12 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise _UserError(f"--option must be KEY=VALUE, got {item!r}")
-        options[key] = _option_value(value)
+        options[key] = parse_option_value(value)
     return options
 
 
-def _option_value(text: str) -> Any:
-    """``--option`` value: JSON (``1``, ``0.5``, ``true``, ``[1, 2]``), a Python literal (``True``, ``None``), else the text."""
+def parse_option_value(text: str) -> Any:
+    """An ``--option`` value: JSON (``1``, ``0.5``, ``true``, ``[1, 2]``), a Python literal (``True``, ``None``), else the text."""
     try:
         return json.loads(text)
     except ValueError:

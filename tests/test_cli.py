@@ -188,6 +188,7 @@ def test_monailabel_app_prints_the_app_folder(capsys):
 @pytest.mark.parametrize("text,value", [("0.5", 0.5), ("true", True), ("False", False), ("None", None),
                                         ("[1, 2]", [1, 2]), ("ncc", "ncc"), ("a=b", "a=b")])
 def test_option_values_parse_as_json_then_python_literals(text, value):
-    from monai_diffreg.cli import _parse_options
+    from monai_diffreg.cli import _parse_options, parse_option_value
 
     assert _parse_options([f"key={text}"]) == {"key": value}
+    assert parse_option_value(text) == value

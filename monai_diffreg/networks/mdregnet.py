@@ -142,13 +142,15 @@ class MDRegNet(nn.Module):
             raise ValueError(f"{caller}(): 'levels' must be an integer in [1, len(enc_channels)={depth}], got {levels!r}")
         if not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
+        if not isinstance(smoothing, bool):
+            raise ValueError(f"{caller}(): 'smoothing' must be True or False, got {smoothing!r}")
         if not isinstance(smoothing_kernel_size, int) or smoothing_kernel_size < 1 or smoothing_kernel_size % 2 == 0:
             raise ValueError(f"{caller}(): 'smoothing_kernel_size' must be an odd integer >= 1, got {smoothing_kernel_size!r}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.levels = levels
         self.num_steps = num_steps
-        self.smoothing = bool(smoothing)
+        self.smoothing = smoothing
         self.smoothing_sigma = check_positive(smoothing_sigma, "smoothing_sigma", caller)
         self.smoothing_kernel_size = smoothing_kernel_size
         self.image_scale = check_positive(image_scale, "image_scale", caller)

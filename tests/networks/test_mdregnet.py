@@ -166,6 +166,7 @@ def test_learns_a_translation_2d():
     ({"in_channels": 3}, "'in_channels' must be an even integer"),
     ({"smoothing_kernel_size": 4}, "'smoothing_kernel_size' must be an odd integer"),
     ({"smoothing_sigma": 0.0}, "smoothing_sigma"),
+    ({"smoothing": "False"}, "'smoothing' must be True or False, got 'False'"),
     ({"spatial_dims": 4}, "'spatial_dims' must be 2 or 3"),
     ({"norm": "batch"}, "norm"),
 ])
