@@ -79,6 +79,8 @@ class NetworkRegistration:
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
         if refine_steps and not callable(getattr(network, "refine", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'refine' method, so 'refine_steps' must be 0")
+        if not isinstance(save_levels, bool):
+            raise ValueError(f"{caller}(): 'save_levels' must be True or False, got {save_levels!r}")
         if save_levels and not callable(getattr(network, "warped_level_images", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'warped_level_images' method, "
                              "so 'save_levels' must be False")
@@ -90,7 +92,7 @@ class NetworkRegistration:
         self.num_samples = num_samples
         self.refine_steps = refine_steps
         self.refine_learning_rate = refine_learning_rate
-        self.save_levels = bool(save_levels)
+        self.save_levels = save_levels
         self.name = name
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ from ..functional.smoothing import gaussian_smooth
 from ..functional.warp import warp
 from ..validation import check_positive
 from .blocks import conv_block, init_flow_head
-from .pair_geometry import check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
+from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 
 __all__ = ["MDRegSubNetwork", "MDRegNet"]
 
@@ -93,6 +94,16 @@ class MDRegSubNetwork(nn.Module):
         return self.flow(self.head(x))
 
 
+class _LevelPass(NamedTuple):
+    """What one pass through the levels computes, on the padded network grid ``P``."""
+
+    increments: list[torch.Tensor]  # v^l on the level grids
+    velocities: list[torch.Tensor]  # accumulated v~^l (the finest one smoothed)
+    coarse_ddfs: list[torch.Tensor]  # exp(v~^l) on the level grids, every level but the finest
+    moving: torch.Tensor  # the resampled, padded images
+    fixed: torch.Tensor
+
+
 class MDRegNet(nn.Module):
     """MDReg-Net (module docstring): per-level incremental SVFs, accumulated, smoothed, integrated.
 
@@ -135,13 +146,10 @@ class MDRegNet(nn.Module):
         caller = "MDRegNet"
         if spatial_dims not in (2, 3):
             raise ValueError(f"{caller}(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
-        if not isinstance(in_channels, int) or in_channels < 2 or in_channels % 2:
-            raise ValueError(f"{caller}(): 'in_channels' must be an even integer >= 2 (moving + fixed), got {in_channels!r}")
+        check_pair_network_settings(caller, in_channels, num_steps)
         depth = len(enc_channels)
         if not isinstance(levels, int) or not 1 <= levels <= depth:
             raise ValueError(f"{caller}(): 'levels' must be an integer in [1, len(enc_channels)={depth}], got {levels!r}")
-        if not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
         if not isinstance(smoothing, bool):
             raise ValueError(f"{caller}(): 'smoothing' must be True or False, got {smoothing!r}")
         if not isinstance(smoothing_kernel_size, int) or smoothing_kernel_size < 1 or smoothing_kernel_size % 2 == 0:
@@ -167,12 +175,8 @@ class MDRegNet(nn.Module):
         size = scaled_size(spatial_size, self.image_scale)
         return [tuple(-(-s // 2 ** (self.levels - level)) for s in size) for level in range(self.levels)]
 
-    def _velocities(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Run the levels on the padded grid ``P``.
-
-        Returns the incremental velocities ``v^l`` and the accumulated ``v~^l`` (finest one
-        smoothed) on the padded level grids, and the resampled, padded moving and fixed images.
-        """
+    def _run_levels(self, moving: torch.Tensor, fixed: torch.Tensor) -> _LevelPass:
+        """Run the levels on the padded grid ``P`` (see :class:`_LevelPass` for what comes back)."""
         check_registration_pair("MDRegNet", moving, fixed, self.spatial_dims, self.in_channels)
         size = scaled_size(moving.shape[2:], self.image_scale)
         moving_p = pad_to_multiple(resize_image(moving, size=size, mode="area"), self.divisor)
@@ -183,7 +187,7 @@ class MDRegNet(nn.Module):
                 f"more than one voxel for the normalisation statistics; images of shape {tuple(moving.shape)} "
                 f"(network grid {size}) are too small"
             )
-        increments, accumulated = [], []
+        increments, accumulated, coarse_ddfs = [], [], []
         warped = moving_p
         for level, subnetwork in enumerate(self.subnetworks):
             increment = subnetwork(torch.cat([warped, fixed_p], dim=1))
@@ -192,32 +196,37 @@ class MDRegNet(nn.Module):
                 if self.smoothing:
                     total = gaussian_smooth(total, self.smoothing_sigma, self.smoothing_kernel_size)
             else:
-                ddf = resize_field(integrate_velocity(total, self.num_steps), size=moving_p.shape[2:])
-                warped = warp(moving_p, ddf)
+                coarse_ddfs.append(integrate_velocity(total, self.num_steps))
+                warped = warp(moving_p, resize_field(coarse_ddfs[-1], size=moving_p.shape[2:]))
             increments.append(increment)
             accumulated.append(total)
-        return increments, accumulated, moving_p, fixed_p
+        return _LevelPass(increments, accumulated, coarse_ddfs, moving_p, fixed_p)
+
+    def _on_input_grid(self, ddf: torch.Tensor, padded_size: Sequence[int], spatial_size: Sequence[int]) -> torch.Tensor:
+        """A displacement on a level grid of the padded network grid -> ``(B, D, *S)`` in input voxels."""
+        ddf = crop_spatial(resize_field(ddf, size=padded_size), scaled_size(spatial_size, self.image_scale))
+        return resize_field(ddf, size=spatial_size)
 
     def _full_ddf(self, velocity: torch.Tensor, padded_size: Sequence[int], spatial_size: Sequence[int]) -> torch.Tensor:
-        """``exp(velocity)`` on the finest level grid -> displacement ``(B, D, *S)`` in input voxels."""
-        ddf = resize_field(integrate_velocity(velocity, self.num_steps), size=padded_size)
-        ddf = crop_spatial(ddf, scaled_size(spatial_size, self.image_scale))
-        return resize_field(ddf, size=spatial_size)
+        """``exp(velocity)`` of a level-grid velocity -> displacement ``(B, D, *S)`` in input voxels."""
+        return self._on_input_grid(integrate_velocity(velocity, self.num_steps), padded_size, spatial_size)
 
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and ``"inverse_ddf"`` (inference without the images and levels of :meth:`forward`)."""
-        _, accumulated, moving_p, _ = self._velocities(moving, fixed)
-        size, padded = moving.shape[2:], moving_p.shape[2:]
-        return {"ddf": self._full_ddf(accumulated[-1], padded, size),
-                "inverse_ddf": self._full_ddf(-accumulated[-1], padded, size)}
+        run = self._run_levels(moving, fixed)
+        size, padded = moving.shape[2:], run.moving.shape[2:]
+        return {"ddf": self._full_ddf(run.velocities[-1], padded, size),
+                "inverse_ddf": self._full_ddf(-run.velocities[-1], padded, size)}
 
     def level_displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
         """Displacement ``(B, D, *S)`` of every level's accumulated field ``exp(v~^l)`` on the input grid, coarse to fine.
 
         The last one is :meth:`forward`'s ``"ddf"``; the others show what the coarser levels alone achieve.
         """
-        _, accumulated, moving_p, _ = self._velocities(moving, fixed)
-        return [self._full_ddf(v, moving_p.shape[2:], moving.shape[2:]) for v in accumulated]
+        run = self._run_levels(moving, fixed)
+        size, padded = moving.shape[2:], run.moving.shape[2:]
+        coarse = [self._on_input_grid(ddf, padded, size) for ddf in run.coarse_ddfs]
+        return [*coarse, self._full_ddf(run.velocities[-1], padded, size)]
 
     def warped_level_images(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The moving image warped by every level's accumulated field, on the input grid, for inspection.
@@ -230,19 +239,18 @@ class MDRegNet(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""
-        increments, accumulated, moving_p, fixed_p = self._velocities(moving, fixed)
-        size, padded = moving.shape[2:], moving_p.shape[2:]
+        run = self._run_levels(moving, fixed)
+        size, padded = moving.shape[2:], run.moving.shape[2:]
         sizes = self.level_sizes(size)
-        ddf = self._full_ddf(accumulated[-1], padded, size)
-        inverse_ddf = self._full_ddf(-accumulated[-1], padded, size)
+        ddf = self._full_ddf(run.velocities[-1], padded, size)
+        inverse_ddf = self._full_ddf(-run.velocities[-1], padded, size)
         warped, warped_fixed = warp(moving, ddf), warp(fixed, inverse_ddf)
         fixed_levels, moving_levels, warped_levels, warped_fixed_levels = [], [], [], []
-        for level in range(self.levels - 1):
-            grid = accumulated[level].shape[2:]
-            moving_l = resize_image(moving_p, size=grid, mode="area")
-            fixed_l = resize_image(fixed_p, size=grid, mode="area")
-            forward_l = integrate_velocity(accumulated[level], self.num_steps)
-            inverse_l = integrate_velocity(-accumulated[level], self.num_steps)
+        for level, forward_l in enumerate(run.coarse_ddfs):
+            grid = forward_l.shape[2:]
+            moving_l = resize_image(run.moving, size=grid, mode="area")
+            fixed_l = resize_image(run.fixed, size=grid, mode="area")
+            inverse_l = integrate_velocity(-run.velocities[level], self.num_steps)
             fixed_levels.append(crop_spatial(fixed_l, sizes[level]))
             moving_levels.append(crop_spatial(moving_l, sizes[level]))
             warped_levels.append(crop_spatial(warp(moving_l, forward_l), sizes[level]))
@@ -250,10 +258,10 @@ class MDRegNet(nn.Module):
         return {
             "ddf": ddf,
             "inverse_ddf": inverse_ddf,
-            "velocity": crop_spatial(accumulated[-1], sizes[-1]),
+            "velocity": crop_spatial(run.velocities[-1], sizes[-1]),
             "warped": warped,
             "warped_fixed": warped_fixed,
-            "velocity_levels": tuple(crop_spatial(v, n) for v, n in zip(increments, sizes)),
+            "velocity_levels": tuple(crop_spatial(v, n) for v, n in zip(run.increments, sizes)),
             "fixed_levels": (*fixed_levels, fixed),
             "moving_levels": (*moving_levels, moving),
             "warped_levels": (*warped_levels, warped),

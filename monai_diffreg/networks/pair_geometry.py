@@ -14,7 +14,16 @@ import torch.nn.functional as F
 
 from ..validation import check_spatial_tensor
 
-__all__ = ["check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial"]
+__all__ = ["check_pair_network_settings", "check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial"]
+
+
+def check_pair_network_settings(caller: str, in_channels: object, num_steps: object) -> None:
+    """Raise a ValueError naming ``caller`` unless ``in_channels`` is even and >= 2 (moving + fixed)
+    and ``num_steps`` (scaling-and-squaring steps) is an integer >= 0."""
+    if not isinstance(in_channels, int) or in_channels < 2 or in_channels % 2:
+        raise ValueError(f"{caller}(): 'in_channels' must be an even integer >= 2 (moving + fixed), got {in_channels!r}")
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
 
 
 def check_registration_pair(caller: str, moving: torch.Tensor, fixed: torch.Tensor, spatial_dims: int,

@@ -18,7 +18,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..functional.integrate import integrate_velocity
@@ -26,7 +25,7 @@ from ..functional.resize import resize_field, resize_image
 from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
 from .blocks import init_flow_head
-from .pair_geometry import check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
+from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
@@ -82,10 +81,7 @@ class ProbabilisticVoxelMorph(nn.Module):
                  prior_lambda: float = 10.0, norm: str | None = None) -> None:
         super().__init__()
         caller = "ProbabilisticVoxelMorph"
-        if not isinstance(in_channels, int) or in_channels < 2 or in_channels % 2:
-            raise ValueError(f"{caller}(): 'in_channels' must be an even integer >= 2 (moving + fixed), got {in_channels!r}")
-        if not isinstance(num_steps, int) or num_steps < 0:
-            raise ValueError(f"{caller}(): 'num_steps' must be an integer >= 0, got {num_steps!r}")
+        check_pair_network_settings(caller, in_channels, num_steps)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.int_downsize = int_downsize
@@ -206,11 +202,8 @@ class ProbabilisticVoxelMorph(nn.Module):
         """
         check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_velocity_grid", spatial_dims=self.spatial_dims)
         size = image.shape[2:]
-        x = resize_image(image, size=self.network_size(size), mode="area")
-        pad = []
-        for s, n in zip(reversed(x.shape[2:]), reversed(self.velocity_size(size))):
-            pad += [0, n * self.int_downsize - s]
-        return resize_image(F.pad(x, pad, mode="replicate"), size=self.velocity_size(size), mode="area")
+        x = pad_to_multiple(resize_image(image, size=self.network_size(size), mode="area"), self.int_downsize)
+        return resize_image(x, size=self.velocity_size(size), mode="area")
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: Callable | None = None,
                learning_rate: float = 0.1, smoothing_sigma: float | None = None,

@@ -44,7 +44,8 @@ def order_statistics(flat: torch.Tensor, first: int, last: int, sample_size: int
     n = flat.numel()
     stride = n // sample_size
     if stride < 8:
-        return torch.kthvalue(flat, first + 1).values, torch.kthvalue(flat, last + 1).values
+        value_first = torch.kthvalue(flat, first + 1).values
+        return value_first, value_first if last == first else torch.kthvalue(flat, last + 1).values
     sample = flat[::stride].contiguous()
     m = sample.numel()
     p_first, p_last = first / max(n - 1, 1), last / max(n - 1, 1)

@@ -68,3 +68,7 @@ def test_bad_input_and_options():
         NetworkRegistration(tiny_network(), num_samples=1)
     with pytest.raises(ValueError, match=r"has no 'refine' method"):
         NetworkRegistration(torch.nn.Identity(), refine_steps=3)
+    with pytest.raises(ValueError, match=r"has no 'warped_level_images' method"):
+        NetworkRegistration(tiny_network(), save_levels=True)
+    with pytest.raises(ValueError, match=r"'save_levels' must be True or False, got 'False'"):
+        NetworkRegistration(tiny_network(), save_levels="False")
