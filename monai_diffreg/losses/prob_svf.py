@@ -36,7 +36,7 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from ..functional.warp import warp
-from ..networks.posterior import POSTERIORS, posterior_smoothing_sigma, smoothed_posterior_degree
+from ..networks.posterior import POSTERIORS, posterior_degree
 from ..validation import check_choice, check_positive, check_spatial_tensor
 from .dice import soft_dice_loss
 from .kl import kl_svf_laplacian
@@ -107,7 +107,7 @@ class ProbabilisticSVFLoss(_Loss):
         """KL from the prior for this posterior type (up to a constant for ``"smoothed"``)."""
         if self.posterior == "smoothed":
             ndim = velocity_mean.ndim - 2
-            degree = smoothed_posterior_degree(posterior_smoothing_sigma(self.prior_lambda, ndim), ndim)
+            degree = posterior_degree(self.posterior, self.prior_lambda, ndim)
             velocity_log_var = velocity_log_var + math.log(degree / (2 * ndim))
         return kl_svf_laplacian(velocity_mean, velocity_log_var, self.prior_lambda)
 

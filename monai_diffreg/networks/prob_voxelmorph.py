@@ -7,9 +7,14 @@ mean and log variance of a Gaussian posterior over a stationary velocity field `
 is integrated by scaling and squaring to ``phi = exp(z)`` and ``phi^-1 = exp(-z)``.
 
 Facts from the reference (TensorFlow) implementation that the papers leave out: the mean
-head's weights are initialised ~ N(0, 1e-5) and the log-variance head's ~ N(0, 1e-10) with
-bias -10 (a tiny initial variance, so training starts stable); the velocity field lives at
-half the input resolution and the displacement is upsampled with its vectors rescaled.
+head's weights are initialised ~ N(0, 1e-5) and the log-variance head's ~ N(0, 1e-10); the
+velocity field lives at half the input resolution and the displacement is upsampled with its
+vectors rescaled. One departure: the reference starts the log-variance bias at -10 (a tiny
+variance); we start it at the KL's minimiser (:func:`~monai_diffreg.networks.posterior.optimal_log_variance`,
+3.37 for the smoothed posterior with lambda 10 in 3D). From -10 the KL's variance term is
+three times the rest of the loss and drives the shared U-Net features for the first
+hundreds of iterations; on held-out synthetic pairs this start reached Dice 0.812 after 250
+iterations against 0.777 from -10 (same recipe otherwise; bundles/vxm_prob/docs/README.md).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
 from .blocks import init_flow_head
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
-from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
+from .posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
 __all__ = ["ProbabilisticVoxelMorph"]
@@ -95,7 +100,7 @@ class ProbabilisticVoxelMorph(nn.Module):
         self.log_var_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
         init_flow_head(self.mean_head)
         nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
-        nn.init.constant_(self.log_var_head.bias, -10.0)
+        nn.init.constant_(self.log_var_head.bias, optimal_log_variance(self.posterior, self.prior_lambda, spatial_dims))
 
     @property
     def smoothing_sigma(self) -> float:

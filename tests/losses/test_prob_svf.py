@@ -14,7 +14,7 @@ from monai_diffreg.losses.mse import mse_loss
 from monai_diffreg.losses.ncc import local_ncc_loss
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
 from monai_diffreg.networks import posterior_smoothing_sigma
-from monai_diffreg.networks.posterior import smoothed_posterior_degree
+from monai_diffreg.networks.posterior import optimal_log_variance, smoothed_posterior_degree
 
 
 def _outputs(size=(12, 14), velocity_size=(6, 7)):
@@ -90,14 +90,19 @@ def test_smoothed_kl_uses_the_smoothed_degree():
     torch.testing.assert_close(kl, kl_svf_laplacian(out["velocity_mean"], shifted, lam))
 
 
-def test_smoothed_kl_minimum_is_at_one_over_lambda_c():
+@pytest.mark.parametrize("posterior", ["diagonal", "smoothed"])
+@pytest.mark.parametrize("lam", [3.0, 10.0])
+def test_kl_minimum_is_at_the_optimal_log_variance(posterior, lam):
     """d KL / d log_var = 0 at D^2 = 1 / (lambda c) for interior voxels (exact KL up to a constant)."""
-    lam = 3.0
-    degree = smoothed_posterior_degree(posterior_smoothing_sigma(lam, 3), 3)
-    log_var = torch.full((1, 3, 6, 6, 6), -math.log(lam * degree), requires_grad=True)
-    ProbabilisticSVFLoss(prior_lambda=lam, posterior="smoothed").kl_term(torch.zeros(1, 3, 6, 6, 6), log_var).backward()
+    log_var = torch.full((1, 3, 6, 6, 6), optimal_log_variance(posterior, lam, 3), requires_grad=True)
+    ProbabilisticSVFLoss(prior_lambda=lam, posterior=posterior).kl_term(torch.zeros(1, 3, 6, 6, 6), log_var).backward()
     assert log_var.grad[:, :, 1:-1, 1:-1, 1:-1].abs().max() < 1e-6
     assert log_var.grad.abs().max() > 1e-4  # border voxels have fewer neighbours
+    if posterior == "smoothed":
+        degree = smoothed_posterior_degree(posterior_smoothing_sigma(lam, 3), 3)
+        assert optimal_log_variance(posterior, lam, 3) == pytest.approx(-math.log(lam * degree))
+    else:
+        assert optimal_log_variance(posterior, lam, 3) == pytest.approx(-math.log(6 * lam))
 
 
 def test_errors():

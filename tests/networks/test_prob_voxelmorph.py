@@ -7,6 +7,7 @@ import torch
 
 from monai_diffreg.functional import compose_ddf, gaussian_smooth, integrate_velocity, resize_field
 from monai_diffreg.networks import ProbabilisticVoxelMorph
+from monai_diffreg.networks.posterior import optimal_log_variance
 
 KEYS = {"ddf", "inverse_ddf", "velocity", "velocity_mean", "velocity_log_var", "warped", "warped_fixed"}
 SMALL = {"enc_channels": (4, 8), "dec_channels": (8, 8, 8)}
@@ -50,14 +51,16 @@ def test_keys_and_shapes(spatial_dims, size, scale, downsize, velocity_size, pos
     assert sampled["uncertainty"].shape == (2, 1, *size)
 
 
-def test_initial_field_is_near_zero_and_variance_tiny():
-    model = ProbabilisticVoxelMorph(3).eval()  # VoxelMorph's default widths
+@pytest.mark.parametrize("posterior", ["diagonal", "smoothed"])
+def test_initial_field_is_near_zero_and_variance_at_the_kl_optimum(posterior):
+    model = ProbabilisticVoxelMorph(3, posterior=posterior).eval()  # VoxelMorph's default widths
     moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         out = model(moving, fixed)
     assert out["ddf"].abs().max() < 1e-2
     assert out["inverse_ddf"].abs().max() < 1e-2
-    assert torch.allclose(out["velocity_log_var"], torch.full_like(out["velocity_log_var"], -10.0), atol=1e-3)
+    optimum = optimal_log_variance(posterior, model.prior_lambda, 3)
+    assert torch.allclose(out["velocity_log_var"], torch.full_like(out["velocity_log_var"], optimum), atol=1e-3)
     assert float(model.mean_head.weight.detach().std()) == pytest.approx(1e-5, rel=0.2)
     assert torch.allclose(out["warped"], moving, atol=1e-2)
 
@@ -123,6 +126,7 @@ def test_uncertainty_grows_with_posterior_variance():
     model = _model(2).eval()
     moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
     with torch.no_grad():
+        model.log_var_head.bias.fill_(-10.0)
         small = model.sample(moving, fixed, num_samples=4)["uncertainty"]
         model.log_var_head.bias.fill_(-2.0)
         large = model.sample(moving, fixed, num_samples=4)["uncertainty"]
