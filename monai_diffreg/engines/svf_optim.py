@@ -71,6 +71,7 @@ def refine_velocity(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     smoothing_sigma: float | None = DEFAULT_SMOOTHING_SIGMA,
+    int_downsize: int = 1,
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Refine a velocity field by ``steps`` Adam iterations at one resolution.
@@ -81,8 +82,8 @@ def refine_velocity(
     Args:
         fixed: ``(B, C, *spatial)`` fixed image.
         moving: moving image on the same grid, same shape.
-        velocity: ``(B, D, *spatial)`` starting velocity in voxels (e.g. a network's output
-            resized with ``resize_field``); not modified.
+        velocity: ``(B, D, *n)`` starting velocity in voxels of its grid, ``n = spatial / int_downsize``
+            (e.g. a network's output); not modified.
         steps: number of Adam iterations (0 returns ``velocity`` unchanged).
         loss_fn: differentiable ``loss_fn(warped, fixed) -> scalar``; default the local NCC
             loss with a 9-voxel window.
@@ -92,6 +93,9 @@ def refine_velocity(
         num_steps: scaling-and-squaring steps of ``exp(v)``.
         smoothing_sigma: Gaussian preconditioning of the update, in voxels (module docstring),
             default 2; ``None`` optimises ``v`` voxel by voxel (folds sooner, converges slower).
+        int_downsize: the velocity grid is this many times coarser than the images' (VoxelMorph's
+            ``int_downsize``): ``exp(v)`` is upsampled with its vectors rescaled
+            (:func:`~monai_diffreg.functional.resize_field`) before warping, as the networks do.
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
 
     Returns:
@@ -101,7 +105,15 @@ def refine_velocity(
     """
     caller = "refine_velocity"
     check_pair(fixed, moving, caller)
-    check_field(velocity, "velocity", caller, like=fixed)
+    check_field(velocity, "velocity", caller)
+    if not isinstance(int_downsize, int) or isinstance(int_downsize, bool) or int_downsize < 1:
+        raise ValueError(f"{caller}(): 'int_downsize' must be an integer >= 1, got {int_downsize!r}")
+    image_size = [n * int_downsize for n in velocity.shape[2:]]
+    if velocity.shape[:2] != (fixed.shape[0], fixed.ndim - 2) or list(fixed.shape[2:]) != image_size:
+        raise ValueError(
+            f"{caller}(): 'velocity' {tuple(velocity.shape)} does not fit images {tuple(fixed.shape)}: expected "
+            f"(B, D) = {(fixed.shape[0], fixed.ndim - 2)} and images of spatial size velocity * int_downsize = {image_size}"
+        )
     steps = _check_steps(steps, "steps", caller)
     learning_rate = check_positive(learning_rate, "learning_rate", caller)
     num_steps = _check_steps(num_steps, "num_steps", caller)
@@ -121,7 +133,10 @@ def refine_velocity(
     history = []
     for iteration in range(steps):
         v = current()
-        image = loss_fn(warp(moving, integrate_velocity(v, num_steps)), fixed)
+        ddf = integrate_velocity(v, num_steps)
+        if int_downsize > 1:
+            ddf = resize_field(ddf, size=image_size)
+        image = loss_fn(warp(moving, ddf), fixed)
         regularization = regularizer(v)
         loss = image + regularization
         optimiser.zero_grad()

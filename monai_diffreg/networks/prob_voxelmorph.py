@@ -198,17 +198,15 @@ class ProbabilisticVoxelMorph(nn.Module):
         outputs["uncertainty"] = torch.sqrt((sum_sq / (num_samples - 1)).sum(dim=1, keepdim=True))
         return outputs
 
-    def images_on_velocity_grid(self, image: torch.Tensor) -> torch.Tensor:
-        """Area-average ``(B, C, *S)`` onto the velocity grid ``(B, C, *n)`` (the cells :meth:`velocity_to_ddf` uses).
+    def images_on_network_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` resampled by ``image_scale`` (area) and padded at the end (edge values) to ``n * int_downsize``.
 
-        The image is resampled by ``image_scale``, padded at the end (edge values) to
-        ``n * int_downsize`` and averaged over ``int_downsize``-wide cells, so voxel ``j`` of the
-        result covers exactly velocity cell ``j``.
+        The grid on which the network sees the images and :meth:`velocity_to_ddf` upsamples the
+        velocity's displacement before cropping: voxel block ``j`` (``int_downsize`` wide) is
+        exactly velocity cell ``j``.
         """
-        check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_velocity_grid", spatial_dims=self.spatial_dims)
-        size = image.shape[2:]
-        x = pad_to_multiple(resize_image(image, size=self.network_size(size), mode="area"), self.int_downsize)
-        return resize_image(x, size=self.velocity_size(size), mode="area")
+        check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_network_grid", spatial_dims=self.spatial_dims)
+        return pad_to_multiple(resize_image(image, size=self.network_size(image.shape[2:]), mode="area"), self.int_downsize)
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: Callable | None = None,
                learning_rate: float = 0.1, smoothing_sigma: float | None = None,
@@ -218,9 +216,9 @@ class ProbabilisticVoxelMorph(nn.Module):
         Minimises the training loss's image term plus its KL (the prior term on the velocity,
         with the network's log variance held fixed) over the velocity field ``z`` by ``steps``
         Adam iterations (:func:`monai_diffreg.engines.svf_optim.refine_velocity`), starting at
-        ``mu``. The image term is evaluated on the velocity grid (images area-averaged onto it,
-        :meth:`images_on_velocity_grid`): for ``int_downsize=1`` that is exactly the grid the
-        network sees and was trained on. The result stays a diffeomorphism ``exp(z)``.
+        ``mu``. As in training, ``z`` stays on the velocity grid and the image term is evaluated
+        on the grid the network sees (:meth:`images_on_network_grid`), the displacement
+        upsampled by ``int_downsize``. The result stays a diffeomorphism ``exp(z)``.
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
@@ -244,9 +242,10 @@ class ProbabilisticVoxelMorph(nn.Module):
         with torch.no_grad():
             mean, log_var = self.posterior_params(moving, fixed)
         velocity, _ = refine_velocity(
-            self.images_on_velocity_grid(fixed), self.images_on_velocity_grid(moving), mean, steps,
+            self.images_on_network_grid(fixed), self.images_on_network_grid(moving), mean, steps,
             loss_fn=loss_function.image_term, regularizer=lambda v: loss_function.kl_term(v, log_var),
-            learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, callback=callback,
+            learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma,
+            int_downsize=self.int_downsize, callback=callback,
         )
         with torch.no_grad():
             return self.outputs_from_velocity(moving, fixed, velocity, velocity, log_var)

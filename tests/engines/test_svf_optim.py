@@ -90,6 +90,20 @@ def test_refine_from_perturbed_velocity_improves_image_term(phantom, smooth_velo
     assert error_after < 0.6 * error_before
 
 
+def test_refine_on_a_coarser_velocity_grid(phantom, smooth_velocity):
+    """int_downsize=2: half-resolution velocity, image term at full resolution (as the networks train)."""
+    fixed, moving, velocity = _pair(phantom, smooth_velocity, (48, 48), amplitude=3.0)
+    zero = torch.zeros(1, 2, 24, 24)
+    refined, history = refine_velocity(fixed, moving, zero, 40, int_downsize=2, learning_rate=0.1, smoothing_sigma=1.0)
+    assert refined.shape == (1, 2, 24, 24)
+    ddf = resize_field(integrate_velocity(refined), size=[48, 48])
+    assert history[0]["image"] == pytest.approx(float(local_ncc_loss(moving, fixed)), abs=1e-6)
+    assert float(local_ncc_loss(warp(moving, ddf), fixed)) < history[0]["image"] - 0.05
+    error_before, _ = _end_point_error(torch.zeros_like(velocity), velocity, fixed)
+    error_after, _ = _end_point_error(ddf, velocity, fixed)
+    assert error_after < 0.6 * error_before
+
+
 def test_refine_with_custom_loss_smoothing_and_zero_steps(phantom, smooth_velocity):
     fixed, moving, velocity = _pair(phantom, smooth_velocity, (32, 32), amplitude=2.0)
     zero = torch.zeros_like(velocity)
@@ -158,8 +172,12 @@ def test_bad_inputs(phantom):
         optimise_svf(fixed, fixed, initial_velocity=torch.zeros(1, 3, 8, 8, 8))
     with pytest.raises(ValueError, match=r"optimise_svf\(\): 'regularization_weight' must be a finite number >= 0"):
         optimise_svf(fixed, fixed, regularization_weight=-1.0)
-    with pytest.raises(ValueError, match=r"refine_velocity\(\): 'velocity' must have shape \(1, 2, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"refine_velocity\(\): 'velocity' \(1, 2, 8, 8\) does not fit images .* = \[8, 8\]"):
         refine_velocity(fixed, fixed, torch.zeros(1, 2, 8, 8), 1)
+    with pytest.raises(ValueError, match=r"refine_velocity\(\): 'velocity' \(1, 2, 9, 8\) does not fit images .* = \[18, 16\]"):
+        refine_velocity(fixed, fixed, torch.zeros(1, 2, 9, 8), 1, int_downsize=2)
+    with pytest.raises(ValueError, match=r"refine_velocity\(\): 'int_downsize' must be an integer >= 1"):
+        refine_velocity(fixed, fixed, torch.zeros(1, 2, 8, 8), 1, int_downsize=0)
     with pytest.raises(ValueError, match=r"refine_velocity\(\): 'steps' must be an integer >= 0"):
         refine_velocity(fixed, fixed, torch.zeros(1, 2, 16, 16), -1)
     with pytest.raises(ValueError, match=r"refine_velocity\(\): 'smoothing_sigma' must be a finite number > 0"):

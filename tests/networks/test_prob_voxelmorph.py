@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_diffreg.functional import compose_ddf, gaussian_smooth, integrate_velocity, resize_field
+from monai_diffreg.functional import compose_ddf, gaussian_smooth, integrate_velocity, resize_field, warp
+from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import ProbabilisticVoxelMorph
 from monai_diffreg.networks.posterior import optimal_log_variance
 
@@ -181,11 +182,12 @@ def _synthetic_pair(size=(32, 32)):
     return moving, fixed
 
 
-def test_refine_improves_the_image_term_and_stays_diffeomorphic():
+@pytest.mark.parametrize("int_downsize", [1, 2])
+def test_refine_improves_the_image_term_and_stays_diffeomorphic(int_downsize):
     from monai_diffreg.functional import jacobian_determinant
     from monai_diffreg.losses.ncc import local_ncc_loss
 
-    model = _model(2, int_downsize=1, prior_lambda=0.5).eval()
+    model = _model(2, int_downsize=int_downsize, prior_lambda=0.5).eval()
     moving, fixed = _synthetic_pair()
     with torch.no_grad():
         before = model(moving, fixed)
@@ -213,12 +215,32 @@ def test_refine_without_steps_is_the_mean_prediction():
 
 
 @pytest.mark.parametrize("scale,downsize,size", [(1.0, 2, (9, 12)), (0.5, 2, (20, 18)), (1.0, 1, (8, 8))])
-def test_images_on_velocity_grid_shape_and_mean(scale, downsize, size):
+def test_images_on_network_grid_cover_the_velocity_cells(scale, downsize, size):
     model = _model(2, image_scale=scale, int_downsize=downsize)
     image = torch.full((1, 1, *size), 0.25)
-    small = model.images_on_velocity_grid(image)
-    assert small.shape == (1, 1, *model.velocity_size(size))
-    torch.testing.assert_close(small, torch.full_like(small, 0.25))
+    on_grid = model.images_on_network_grid(image)
+    assert on_grid.shape == (1, 1, *(n * downsize for n in model.velocity_size(size)))
+    torch.testing.assert_close(on_grid, torch.full_like(on_grid, 0.25))
+
+
+def test_refine_image_term_starts_at_the_forward_registration():
+    """refine's first image term is the forward pass's warped image on the network grid: same geometry."""
+    from monai_diffreg.losses.ncc import local_ncc_loss
+
+    model = _model(2, image_scale=0.5, int_downsize=2).eval()
+    with torch.no_grad():
+        model.mean_head.weight.normal_(0.0, 0.3)
+    moving, fixed = torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40)
+    loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=model.prior_lambda, posterior=model.posterior)
+    with torch.no_grad():
+        mean, log_var = model.posterior_params(moving, fixed)
+        ddf = resize_field(integrate_velocity(mean, model.num_steps), size=[2 * n for n in mean.shape[2:]])
+        warped = warp(model.images_on_network_grid(moving), ddf)
+        expected = float(local_ncc_loss(warped, model.images_on_network_grid(fixed)) + loss_function.kl_term(mean, log_var))
+    assert ddf.abs().max() > 0.2
+    first = []
+    model.refine(moving, fixed, steps=1, callback=lambda i, loss: first.append(loss), loss_function=loss_function)
+    assert first[0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_traced_export_reproduces_eager_output():
