@@ -16,7 +16,7 @@ def test_train_json_defaults_match_the_shipped_recipe():
     parser.read_config(CONFIGS / "train.json")
     network = parser.get_parsed_content("network_def")
     loss = parser.get_parsed_content("loss")
-    assert (network.posterior, network.prior_lambda, network.int_downsize, network.num_steps) == ("smoothed", 10.0, 1, 7)
+    assert (network.posterior, network.prior_lambda, network.int_downsize, network.num_steps) == ("smoothed", 10.0, 2, 7)
     assert network.unet.norm == "instance"
     assert (loss.posterior, loss.prior_lambda, loss.image_loss, loss.bidirectional) == ("smoothed", 10.0, "ncc", True)
     base = json.loads((CONFIGS / "train.json").read_text())
