@@ -1,6 +1,6 @@
 """Registration networks. Every network returns a dict with fixed keys (DESIGN.md 3.5)."""
 
-from .blocks import NORMS, conv_block, init_flow_head
+from .blocks import NORMS, OneDNNConv2d, OneDNNConv3d, conv_block, convolution, init_flow_head
 from .mdregnet import MDRegNet, MDRegSubNetwork
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .prob_voxelmorph import ProbabilisticVoxelMorph
@@ -8,7 +8,10 @@ from .vxm_unet import VxmUNet
 
 __all__ = [
     "NORMS",
+    "OneDNNConv2d",
+    "OneDNNConv3d",
     "conv_block",
+    "convolution",
     "init_flow_head",
     "MDRegNet",
     "MDRegSubNetwork",

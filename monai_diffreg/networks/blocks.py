@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..validation import check_choice
 
-__all__ = ["NORMS", "conv_block", "init_flow_head"]
+__all__ = ["NORMS", "OneDNNConv2d", "OneDNNConv3d", "convolution", "conv_block", "init_flow_head"]
 
 NORMS = ("instance",)
+
+
+class _OneDNNForward:
+    """Convolution forward that always uses oneDNN (MKL-DNN) on CPU float32, otherwise unchanged.
+
+    PyTorch sends a batch-1 input whose ``C x D x H`` (``C x H`` in 2D) is at most 20480 (a
+    2-channel image pair, the deep levels of a U-Net) to its reference ``slow_conv3d`` instead of
+    oneDNN. On 2 CPU threads that is 2.3x slower for VoxelMorph's first layer (2 -> 16 channels,
+    80x112x96: 100 vs 44 ms) and 8x for 32 -> 32 channels at 20x28x24 (27 vs 3.2 ms), and a
+    whole training step ~18% slower. Other devices and dtypes (float64 gradchecks), and string
+    or non-zero padding modes, take PyTorch's usual path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+class OneDNNConv3d(_OneDNNForward, nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and ``state_dict`` keys) on oneDNN's fast CPU path (see ``_OneDNNForward``)."""
+
+
+class OneDNNConv2d(_OneDNNForward, nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and ``state_dict`` keys) on oneDNN's fast CPU path (see ``_OneDNNForward``)."""
+
+
+def convolution(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                padding: int = 1) -> nn.Module:
+    """A ``spatial_dims``-D convolution that takes oneDNN's fast path on CPU (:class:`OneDNNConv3d`)."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"convolution(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
+    return (OneDNNConv2d, OneDNNConv3d)[spatial_dims - 2](in_channels, out_channels, kernel_size, stride=stride,
+                                                          padding=padding)
 
 
 def conv_block(spatial_dims: int, in_channels: int, out_channels: int, norm: str | None = None, stride: int = 1,
@@ -28,7 +66,7 @@ def conv_block(spatial_dims: int, in_channels: int, out_channels: int, norm: str
         conv = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2](
             in_channels, out_channels, 3, stride=stride, padding=1, output_padding=stride - 1)
     else:
-        conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2](in_channels, out_channels, 3, stride=stride, padding=1)
+        conv = convolution(spatial_dims, in_channels, out_channels, 3, stride=stride, padding=1)
     layers = [conv]
     if norm is not None:
         layers.append((nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2](out_channels, affine=True))

@@ -40,7 +40,7 @@ from ..functional.resize import resize_field, resize_image
 from ..functional.smoothing import gaussian_smooth
 from ..functional.warp import warp
 from ..validation import check_positive
-from .blocks import conv_block, init_flow_head
+from .blocks import conv_block, convolution, init_flow_head
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 
 __all__ = ["MDRegSubNetwork", "MDRegNet"]
@@ -82,7 +82,7 @@ class MDRegSubNetwork(nn.Module):
             layers.append(conv_block(spatial_dims, channels, int(width), norm))
             channels = int(width)
         self.head = nn.Sequential(*layers)
-        self.flow = init_flow_head((nn.Conv2d, nn.Conv3d)[spatial_dims - 2](channels, spatial_dims, 3, padding=1))
+        self.flow = init_flow_head(convolution(spatial_dims, channels, spatial_dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -29,7 +29,7 @@ from ..functional.integrate import integrate_velocity
 from ..functional.resize import resize_field, resize_image
 from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
-from .blocks import init_flow_head
+from .blocks import convolution, init_flow_head
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 from .posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
@@ -95,9 +95,8 @@ class ProbabilisticVoxelMorph(nn.Module):
         self.posterior = check_choice(posterior, "posterior", caller, POSTERIORS)
         self.prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
         self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize, norm)
-        conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-        self.mean_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
-        self.log_var_head = conv(self.unet.out_channels, spatial_dims, 3, padding=1)
+        self.mean_head = convolution(spatial_dims, self.unet.out_channels, spatial_dims)
+        self.log_var_head = convolution(spatial_dims, self.unet.out_channels, spatial_dims)
         init_flow_head(self.mean_head)
         nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
         nn.init.constant_(self.log_var_head.bias, optimal_log_variance(self.posterior, self.prior_lambda, spatial_dims))

@@ -36,10 +36,12 @@ def order_statistics(flat: torch.Tensor, first: int, last: int, sample_size: int
     """The ``first``-th and ``last``-th smallest (0-based, ``first <= last``, close together) elements of a 1D tensor, exactly.
 
     For a large tensor, a strided sample of about ``sample_size`` elements gives a value range
-    that almost surely brackets both ranks (6 binomial standard deviations of margin); the
-    elements below it are counted and only those inside it are ranked. The count proves the
-    bracket (if it ever fails, the whole tensor is ranked), so the result is always exact; a
-    whole-brain volume costs a few elementwise passes instead of two full selections.
+    ``[lower, upper]`` that almost surely brackets both ranks (6 binomial standard deviations of
+    margin). Counting the elements below, equal to ``lower``, strictly inside and equal to
+    ``upper`` places every rank: ranks in a run of ties at either end need no selection at all
+    (an image's blank background), and only the elements strictly inside are ranked. The counts
+    prove the bracket (if it ever fails, the whole tensor is ranked), so the result is always
+    exact; a whole-brain volume costs a few elementwise passes instead of two full selections.
     """
     n = flat.numel()
     stride = n // sample_size
@@ -55,10 +57,21 @@ def order_statistics(flat: torch.Tensor, first: int, last: int, sample_size: int
     lower = torch.kthvalue(sample, j_first + 1).values if j_first >= 0 else flat.new_tensor(-math.inf)
     upper = torch.kthvalue(sample, j_last + 1).values if j_last < m else flat.new_tensor(math.inf)
     below = int(torch.count_nonzero(flat < lower))
-    inside = flat[(flat >= lower) & (flat <= upper)]
-    if not below <= first <= last < below + inside.numel():
+    at_lower = int(torch.count_nonzero(flat == lower))
+    at_upper = int(torch.count_nonzero(flat == upper)) if bool(upper > lower) else 0
+    strictly_inside = flat[(flat > lower) & (flat < upper)]
+    end = below + at_lower + strictly_inside.numel() + at_upper
+    if not below <= first <= last < end:
         return torch.kthvalue(flat, first + 1).values, torch.kthvalue(flat, last + 1).values
-    return torch.kthvalue(inside, first - below + 1).values, torch.kthvalue(inside, last - below + 1).values
+
+    def value_at(rank: int) -> torch.Tensor:
+        if rank < below + at_lower:
+            return lower
+        if rank >= end - at_upper:
+            return upper
+        return torch.kthvalue(strictly_inside, rank - below - at_lower + 1).values
+
+    return value_at(first), value_at(last)
 
 
 def normalize_intensity_percentile(

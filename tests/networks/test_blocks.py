@@ -1,4 +1,4 @@
-"""conv_block / init_flow_head: exact halving and doubling of sizes, norm option, identity start."""
+"""conv_block / init_flow_head / convolution: exact halving and doubling of sizes, norm option, identity start, oneDNN path."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from monai_diffreg.networks import conv_block, init_flow_head
+from monai_diffreg.networks import conv_block, convolution, init_flow_head
 
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, (12, 10)), (3, (8, 6, 10))])
@@ -31,3 +31,41 @@ def test_instance_norm_normalises_before_the_activation():
 def test_init_flow_head_starts_near_zero():
     head = init_flow_head(nn.Conv3d(8, 3, 3, padding=1))
     assert head.weight.std() < 1e-4 and torch.equal(head.bias, torch.zeros(3))
+
+
+def _profiled_ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_convolution_takes_onednn_path_and_matches_pytorch(spatial_dims):
+    """A batch-1 two-channel pair is where PyTorch's heuristic picks its slow reference kernel:
+    ours runs oneDNN instead, with the same outputs and gradients as the plain module."""
+    torch.manual_seed(0)
+    ours = convolution(spatial_dims, 2, 5)
+    plain = (torch.nn.Conv2d, torch.nn.Conv3d)[spatial_dims - 2](2, 5, 3, padding=1)
+    plain.load_state_dict(ours.state_dict())  # same keys and shapes
+    x = torch.randn(1, 2, *([9] * spatial_dims), requires_grad=True)
+    assert "aten::mkldnn_convolution" in _profiled_ops(lambda: ours(x))
+    grad = torch.randn(1, 5, *([9] * spatial_dims))
+    mine = torch.autograd.grad(ours(x), (x, ours.weight, ours.bias), grad)
+    theirs = torch.autograd.grad(plain(x), (x, plain.weight, plain.bias), grad)
+    torch.testing.assert_close(ours(x), plain(x), atol=1e-5, rtol=1e-5)
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_convolution_keeps_pytorch_path_for_float64():
+    """float64 (gradchecks) is not a oneDNN type: the module falls back and stays exact."""
+    ours = convolution(3, 2, 3).double()
+    x = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert "aten::mkldnn_convolution" not in _profiled_ops(lambda: ours(x))
+    assert torch.autograd.gradcheck(lambda t: ours(t), (x,))
+
+
+def test_convolution_rejects_bad_dims():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        convolution(4, 2, 3)

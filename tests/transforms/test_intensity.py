@@ -24,6 +24,8 @@ def test_percentile_matches_numpy(q):
     torch.rand(600_000),
     torch.randint(0, 5, (600_000,)).float(),  # heavy ties
     torch.cat([torch.zeros(550_000), torch.rand(50_000) * 1e6]),  # a blank background and a long tail
+    torch.cat([torch.rand(50_000), torch.ones(550_000)]),  # saturated: most ranks in a run of ties at the top
+    torch.cat([torch.zeros(200_000), torch.rand(200_000), torch.ones(200_000)]),  # tie runs at both ends
     torch.exp(torch.randn(600_000) * 5),
 ])
 @pytest.mark.parametrize("q", [0.0, 0.5, 50.0, 99.5, 99.9999, 100.0])
