@@ -111,6 +111,17 @@ def test_ddf_is_exp_velocity_and_inverse_is_exp_minus_velocity():
     assert residual < 0.1 * out["ddf"][inner].abs().max()
 
 
+def test_bidirectional_ddfs_keep_each_pair_of_a_batch_apart():
+    """Integrated as one batch [v; -v], each item's forward and inverse must come back in order."""
+    model = _model(3)
+    size = (12, 10, 14)
+    velocity = torch.randn(2, 3, *model.velocity_size(size))
+    ddf, inverse_ddf = model.bidirectional_ddfs(velocity, size)
+    for b in range(2):
+        torch.testing.assert_close(ddf[b:b + 1], model.velocity_to_ddf(velocity[b:b + 1], size))
+        torch.testing.assert_close(inverse_ddf[b:b + 1], model.velocity_to_ddf(-velocity[b:b + 1], size))
+
+
 def test_gradients_reach_every_parameter():
     model = _model(2, posterior="smoothed").train()
     moving, fixed = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
