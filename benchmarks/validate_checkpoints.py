@@ -1,0 +1,124 @@
+"""Held-out synthetic validation of a bundle's training checkpoints (choosing a recipe or a checkpoint).
+
+    python -m benchmarks.validate_checkpoints --bundle vxm_prob --checkpoints RUN/checkpoint_*.pt \
+        [--seed 999] [--pairs 12] [--output validation.csv]
+
+The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
+another seed (999; training uses 0): drawn from the training distribution, never trained on.
+The labelled evaluation brain (``voxelmorph/test_scan``) is not touched, so choosing with this
+tool keeps the benchmark's numbers honest. Every checkpoint's network (``train.json``'s, at the
+training resolution) registers every pair; the score is the mean Dice over the non-background
+labels of the moving label map warped by ``ddf`` (one-hot channels interpolated linearly, then
+argmax) against the fixed label map. Identity (no registration) is the first row.
+
+A checkpoint is a training checkpoint (``{"model": state_dict, "iteration": ...}``) or a plain
+state dict such as a bundle's ``models/model.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_diffreg.functional.warp import warp
+from monai_diffreg.methods import resolve_bundle
+from monai_diffreg.metrics.dice import mean_dice
+
+__all__ = ["validation_pairs", "pair_dice", "validate", "main"]
+
+DEFAULT_SHARED = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def _train_config(bundle: str, shared: Path, seed: int) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(Path(resolve_bundle(bundle)) / "configs" / "train.json")
+    parser["shared_data"] = str(shared / "data")
+    parser["seed"] = seed
+    return parser
+
+
+def validation_pairs(bundle: str, shared: Path, seed: int = 999, pairs: int = 12) -> list[dict[str, torch.Tensor]]:
+    """Items ``0 .. pairs-1`` of the bundle's training dataset with ``seed``, each batched ``(1, ...)``."""
+    dataset = _train_config(bundle, shared, seed).get_parsed_content("dataset")
+    return [{key: value[None] for key, value in dataset[i].items()} for i in range(pairs)]
+
+
+def pair_dice(moving_labels: torch.Tensor, fixed_labels: torch.Tensor, ddf: torch.Tensor | None) -> float:
+    """Mean Dice (non-background labels) of one-hot ``moving_labels`` ``(1, L, *S)`` warped by ``ddf`` against ``fixed_labels``."""
+    warped = moving_labels if ddf is None else warp(moving_labels, ddf)
+    return float(mean_dice(warped.argmax(1, keepdim=True), fixed_labels.argmax(1, keepdim=True))[0])
+
+
+def _load_state(path: Path) -> tuple[dict, int | None]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state:
+        return state["model"], state.get("iteration")
+    return state, None
+
+
+def validate(bundle: str, checkpoints: list[Path], shared: Path, seed: int = 999, pairs: int = 12,
+             progress=None) -> list[dict]:
+    """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair)."""
+    data = validation_pairs(bundle, shared, seed, pairs)
+    rows = [{"name": "identity", "iteration": None,
+             "dice": [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data]}]
+    network = _train_config(bundle, shared, seed).get_parsed_content("network_def").eval()
+    for path in checkpoints:
+        state, iteration = _load_state(path)
+        network.load_state_dict(state)
+        scores = []
+        with torch.no_grad():
+            for p in data:
+                ddf = network(p["moving"], p["fixed"])["ddf"]
+                scores.append(pair_dice(p["moving_labels"], p["fixed_labels"], ddf))
+        rows.append({"name": str(path), "iteration": iteration, "dice": scores})
+        if progress is not None:
+            progress(rows[-1])
+    for row in rows:
+        row["mean_dice"] = statistics.fmean(row["dice"])
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="bundle name or folder (its configs/train.json is used)")
+    parser.add_argument("--checkpoints", required=True, nargs="+", type=Path)
+    parser.add_argument("--seed", type=int, default=999, help="dataset seed of the held-out pairs (training: 0)")
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder (holds data/)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
+    args = parser.parse_args(argv)
+    if not (args.shared / "data").is_dir():
+        sys.exit(f"validate_checkpoints: {args.shared / 'data'} not found (set --shared or $MONAI_DIFFREG_SHARED)")
+    missing = [str(p) for p in args.checkpoints if not p.is_file()]
+    if missing:
+        sys.exit(f"validate_checkpoints: checkpoint files not found: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+
+    def show(row):
+        print(f"{row['name']}: iteration {row['iteration']}, mean Dice {statistics.fmean(row['dice']):.4f}", flush=True)
+
+    rows = validate(args.bundle, args.checkpoints, args.shared, args.seed, args.pairs, progress=show)
+    print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        partial = args.output.with_name(args.output.name + ".partial")
+        with partial.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["name", "iteration", "mean_dice", *[f"pair_{i}" for i in range(args.pairs)]])
+            for row in rows:
+                writer.writerow([row["name"], row["iteration"], f"{row['mean_dice']:.4f}",
+                                 *[f"{d:.4f}" for d in row["dice"]]])
+        partial.replace(args.output)
+
+
+if __name__ == "__main__":
+    main()
