@@ -1,15 +1,19 @@
-"""Timing and peak-memory measurement of one call (standard library only, psutil optional).
+"""Timing and peak-memory measurement of one call (standard library only).
 
 Used by :mod:`benchmarks.worker` and by ``benchmarks/peers/ants_syn.py`` (which runs in
 ANTsPy's own environment), so it must not import torch or the package.
 
 Why not ``tracemalloc``: it sees only Python's allocator, not torch/ITK/ANTs native buffers.
 Peak memory of a call is therefore measured on the resident set size (RSS) of the process
-(and its children) as ``max(sampled peak, ru_maxrss) - RSS before the call``:
+as ``max(sampled peak, ru_maxrss) - RSS before the call``:
 
-* a background thread samples RSS every ``interval`` seconds (psutil when installed, else
-  ``/proc/self/statm``), which catches the peak of a call even when an earlier, larger
-  allocation already set the process high-water mark;
+* a background thread reads ``/proc/self/statm`` every ``interval`` seconds, which catches the
+  peak of a call even when an earlier, larger allocation already set the process high-water
+  mark. The read must stay cheap: sampling with psutil, which also walked the process's
+  children, made vxm_prob's ~0.7 s call 13-28% slower on this 2-core machine (its thread holds
+  the GIL the calling thread needs between torch operations); reading ``statm`` costs nothing
+  measurable (2026-11-21, 8 interleaved calls each). Methods running in a child process (ANTs)
+  measure themselves there;
 * ``resource.getrusage(...).ru_maxrss`` (the kernel's exact high-water mark) is used when it
   grew during the call, so short spikes between samples are not missed.
 
@@ -29,28 +33,10 @@ __all__ = ["rss_mb", "maxrss_mb", "measure"]
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _psutil_process():
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process()
-
-
-def rss_mb(include_children: bool = True) -> float:
-    """Resident set size of this process (plus its live children) in MB (2**20 bytes)."""
-    proc = _psutil_process()
-    if proc is None:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE_MB
-    total = proc.memory_info().rss
-    if include_children:
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except Exception:  # the child ended between listing and reading
-                pass
-    return total / 2**20
+def rss_mb() -> float:
+    """Resident set size of this process in MB (2**20 bytes), from ``/proc/self/statm``."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE_MB
 
 
 def maxrss_mb() -> float:
