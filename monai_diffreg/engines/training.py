@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,9 @@ def latest_checkpoint(output_dir: Path | str) -> Path | None:
 def export_weights(checkpoint: Path | str, destination: Path | str) -> int:
     """Write the network ``state_dict`` of a training checkpoint as a weights file (atomic).
 
-    A run without a learning-rate schedule stopped after iteration ``N`` holds exactly the
-    weights a run with ``max_iterations=N`` ends with, so a long run's checkpoint can be
-    shipped as ``models/model.pt``.
+    Nothing in a run depends on ``max_iterations`` (learning-rate schedules count iterations), so
+    a run stopped after iteration ``N`` holds exactly the weights a run with ``max_iterations=N``
+    ends with, and a long run's checkpoint can be shipped as ``models/model.pt``.
 
     Returns:
         the checkpoint's iteration.
@@ -239,11 +240,33 @@ class RegistrationTrainer:
             )
         self.network.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.iteration = int(checkpoint["iteration"])
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        elif self.lr_scheduler is not None:
+            self._fast_forward_scheduler()
         torch.set_rng_state(checkpoint["rng_states"][self.rank])
-        self.iteration = int(checkpoint["iteration"])
         self.logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _fast_forward_scheduler(self) -> None:
+        """Step a schedule added to a run that had none to the checkpoint's iteration.
+
+        The run so far used the optimiser's base learning rate, so this equals a run that had the
+        schedule from the start as long as the schedule kept that rate up to here (e.g. a
+        ``MultiStepLR`` whose first milestone is later); otherwise it says so in the log.
+        """
+        base = [group["lr"] for group in self.optimizer.param_groups]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step", category=UserWarning)
+            for _ in range(self.iteration):
+                self.lr_scheduler.step()
+        now = [group["lr"] for group in self.optimizer.param_groups]
+        self.logger.info("resume: the checkpoint has no learning-rate schedule; the schedule was stepped to "
+                         "iteration %d (learning rate %s)", self.iteration, now)
+        if now != base:
+            self.logger.warning("resume: the schedule already changed the learning rate before iteration %d "
+                                "(%s -> %s): this run differs from one with the schedule from the start",
+                                self.iteration, base, now)
 
     # -- loop --------------------------------------------------------------------------------
     def _indices(self, iteration: int) -> range:

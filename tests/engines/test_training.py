@@ -49,6 +49,36 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert "resumed from" in log and "iteration 4/4" in log and "loss=" in log and "s/it=" in log
 
 
+def _with_decay(trainer, milestone):
+    trainer.lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(trainer.optimizer, [milestone], gamma=0.1)
+    return trainer
+
+
+def test_schedule_added_on_resume_equals_the_schedule_from_the_start(tmp_path):
+    """A run without a schedule, resumed with a learning-rate decay that starts later, ends with the
+    weights of a run that had the decay all along (the schedule is stepped to the checkpoint)."""
+    straight = _with_decay(_trainer(tmp_path / "a", 4), milestone=3)
+    straight.run()
+    _trainer(tmp_path / "b", 2).run()
+    resumed = _with_decay(_trainer(tmp_path / "b", 4, resume=True), milestone=3)
+    resumed.run()
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # decayed once, at iteration 3
+    no_decay = _trainer(tmp_path / "c", 4)
+    no_decay.run()
+    c = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
+    assert any(not torch.equal(a[key], c[key]) for key in a)  # the decay did change the run
+    assert "schedule was stepped to iteration 2" in (tmp_path / "b" / "train_log.txt").read_text()
+
+
+def test_schedule_added_on_resume_warns_when_it_would_have_changed_the_past(tmp_path):
+    _trainer(tmp_path / "b", 2).run()
+    _with_decay(_trainer(tmp_path / "b", 3, resume=True), milestone=1).run()
+    assert "differs from one with the schedule from the start" in (tmp_path / "b" / "train_log.txt").read_text()
+
+
 def test_checkpoint_of_a_longer_run_exports_the_weights_of_a_shorter_one(tmp_path):
     """No schedule depends on max_iterations: iteration 2 of a 4-iteration run == a 2-iteration run."""
     _trainer(tmp_path / "long", 4).run()
