@@ -4,3 +4,9 @@ Not part of the test suite. Run from the repository root (see ``benchmarks/READM
 
     .venv/bin/python -m benchmarks.run --quick
 """
+
+import os
+from pathlib import Path
+
+#: the shared data folder (``$MONAI_DIFFREG_SHARED/data``, default ``../shared/data`` beside the repository)
+DEFAULT_DATA_DIR = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"

@@ -33,6 +33,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from benchmarks import DEFAULT_DATA_DIR  # noqa: E402
 from benchmarks.adapters import REFERENCE, peer_available  # noqa: E402
 from benchmarks.cases import GROUPS, case_names, get_case  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: half-resolution cases, one seed, few methods, fewer svf_optim iterations")
     parser.add_argument("--output-dir", type=Path, default=None, help="default benchmarks/results/<date>[-quick]")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MONAI_DIFFREG_SHARED", REPO.parent / "shared")) / "data")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="built cases are cached here")
     parser.add_argument("--threads", type=int, default=2, help="torch / ITK / OpenMP threads per worker")
     parser.add_argument("--device", default="cpu", help="device of torch methods (cpu, cuda)")

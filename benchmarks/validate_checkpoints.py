@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,26 +26,27 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from benchmarks import DEFAULT_DATA_DIR
 from monai_diffreg.functional.warp import warp
 from monai_diffreg.methods import resolve_bundle
 from monai_diffreg.metrics.dice import mean_dice
 
-__all__ = ["validation_pairs", "pair_dice", "validate", "main"]
-
-DEFAULT_SHARED = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+__all__ = ["train_config", "validation_pairs", "pair_dice", "validate", "main"]
 
 
-def _train_config(bundle: str, shared: Path, seed: int) -> ConfigParser:
+
+def train_config(bundle: str, data_dir: Path, seed: int) -> ConfigParser:
+    """The bundle's ``train.json`` with its shared data at ``data_dir`` and its dataset seed set to ``seed``."""
     parser = ConfigParser()
     parser.read_config(Path(resolve_bundle(bundle)) / "configs" / "train.json")
-    parser["shared_data"] = str(shared / "data")
+    parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
     return parser
 
 
-def validation_pairs(bundle: str, shared: Path, seed: int = 999, pairs: int = 12) -> list[dict[str, torch.Tensor]]:
-    """Items ``0 .. pairs-1`` of the bundle's training dataset with ``seed``, each batched ``(1, ...)``."""
-    dataset = _train_config(bundle, shared, seed).get_parsed_content("dataset")
+def validation_pairs(config: ConfigParser, pairs: int = 12) -> list[dict[str, torch.Tensor]]:
+    """Items ``0 .. pairs-1`` of the config's training dataset, each batched ``(1, ...)``."""
+    dataset = config.get_parsed_content("dataset")
     return [{key: value[None] for key, value in dataset[i].items()} for i in range(pairs)]
 
 
@@ -63,26 +63,26 @@ def _load_state(path: Path) -> tuple[dict, int | None]:
     return state, None
 
 
-def validate(bundle: str, checkpoints: list[Path], shared: Path, seed: int = 999, pairs: int = 12,
+def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
+    return {"name": name, "iteration": iteration, "mean_dice": statistics.fmean(dice), "dice": dice}
+
+
+def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 999, pairs: int = 12,
              progress=None) -> list[dict]:
     """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair)."""
-    data = validation_pairs(bundle, shared, seed, pairs)
-    rows = [{"name": "identity", "iteration": None,
-             "dice": [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data]}]
-    network = _train_config(bundle, shared, seed).get_parsed_content("network_def").eval()
+    config = train_config(bundle, data_dir, seed)
+    data = validation_pairs(config, pairs)
+    rows = [_row("identity", None, [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data])]
+    network = config.get_parsed_content("network_def").eval()
     for path in checkpoints:
         state, iteration = _load_state(path)
         network.load_state_dict(state)
-        scores = []
         with torch.no_grad():
-            for p in data:
-                ddf = network(p["moving"], p["fixed"])["ddf"]
-                scores.append(pair_dice(p["moving_labels"], p["fixed_labels"], ddf))
-        rows.append({"name": str(path), "iteration": iteration, "dice": scores})
+            scores = [pair_dice(p["moving_labels"], p["fixed_labels"], network(p["moving"], p["fixed"])["ddf"])
+                      for p in data]
+        rows.append(_row(str(path), iteration, scores))
         if progress is not None:
             progress(rows[-1])
-    for row in rows:
-        row["mean_dice"] = statistics.fmean(row["dice"])
     return rows
 
 
@@ -92,21 +92,21 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoints", required=True, nargs="+", type=Path)
     parser.add_argument("--seed", type=int, default=999, help="dataset seed of the held-out pairs (training: 0)")
     parser.add_argument("--pairs", type=int, default=12)
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder (holds data/)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
     args = parser.parse_args(argv)
-    if not (args.shared / "data").is_dir():
-        sys.exit(f"validate_checkpoints: {args.shared / 'data'} not found (set --shared or $MONAI_DIFFREG_SHARED)")
+    if not args.data_dir.is_dir():
+        sys.exit(f"validate_checkpoints: {args.data_dir} not found (set --data-dir or $MONAI_DIFFREG_SHARED)")
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         sys.exit(f"validate_checkpoints: checkpoint files not found: {', '.join(missing)}")
     torch.set_num_threads(args.threads)
 
     def show(row):
-        print(f"{row['name']}: iteration {row['iteration']}, mean Dice {statistics.fmean(row['dice']):.4f}", flush=True)
+        print(f"{row['name']}: iteration {row['iteration']}, mean Dice {row['mean_dice']:.4f}", flush=True)
 
-    rows = validate(args.bundle, args.checkpoints, args.shared, args.seed, args.pairs, progress=show)
+    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show)
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
