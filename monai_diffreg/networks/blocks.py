@@ -19,12 +19,13 @@ class _OneDNNForward:
     2-channel image pair, the deep levels of a U-Net) to its reference ``slow_conv3d`` instead of
     oneDNN. On 2 CPU threads that is 2.3x slower for VoxelMorph's first layer (2 -> 16 channels,
     80x112x96: 100 vs 44 ms) and 8x for 32 -> 32 channels at 20x28x24 (27 vs 3.2 ms), and a
-    whole training step ~18% slower. Other devices and dtypes (float64 gradchecks), and string
-    or non-zero padding modes, take PyTorch's usual path.
+    whole training step ~18% slower. Unbatched inputs, other devices and dtypes (float64
+    gradchecks), and string or non-zero padding modes take PyTorch's usual path (and its errors).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+        if (x.dim() == self.weight.dim() and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.padding_mode == "zeros"
                 and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available()
                 and torch.backends.mkldnn.enabled):
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,

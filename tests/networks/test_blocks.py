@@ -66,6 +66,19 @@ def test_convolution_keeps_pytorch_path_for_float64():
     assert torch.autograd.gradcheck(lambda t: ours(t), (x,))
 
 
+def test_convolution_behaves_like_pytorch_on_unbatched_and_wrong_inputs():
+    """nn.Conv3d accepts an unbatched (C, D, H, W) input and explains a wrong one; so must ours."""
+    ours = convolution(3, 2, 4)
+    plain = torch.nn.Conv3d(2, 4, 3, padding=1)
+    plain.load_state_dict(ours.state_dict())
+    unbatched = torch.randn(2, 6, 7, 8)
+    torch.testing.assert_close(ours(unbatched), plain(unbatched), atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="Expected 4D \\(unbatched\\) or 5D \\(batched\\) input"):
+        ours(torch.randn(2, 6, 7))
+    with pytest.raises(RuntimeError, match="to have 2 channels, but got 3 channels"):
+        ours(torch.randn(1, 3, 6, 7, 8))
+
+
 def test_convolution_rejects_bad_dims():
     with pytest.raises(ValueError, match="spatial_dims"):
         convolution(4, 2, 3)
