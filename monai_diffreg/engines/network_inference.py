@@ -54,12 +54,15 @@ class NetworkRegistration:
             method returning just those two is used instead when the network has one (it skips the
             warped images inference does not need); for ``num_samples`` it must
             offer ``sample(moving, fixed, num_samples)`` returning ``"uncertainty"``, and for
-            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=...)``.
+            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=..., loss_function=...)``.
         weights: path of the ``state_dict`` to load (strictly); None keeps the network's weights.
         device: where to run; default CUDA when available, else CPU.
         num_samples: posterior samples for the ``"uncertainty"`` output (0: none; else >= 2).
         refine_steps: instance-specific optimisation steps from the network's prediction (0: none).
         refine_learning_rate: Adam step size of the refinement.
+        refine_loss: the loss the refinement minimises, normally the one the weights were trained
+            with (e.g. a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss` with the
+            training's image weight); None: the network's default.
         save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
             moving image warped by each level's field, from the network's
             ``warped_level_images(moving, fixed)`` (multi-level networks such as
@@ -69,7 +72,8 @@ class NetworkRegistration:
 
     def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
-                 refine_learning_rate: float = 0.1, save_levels: bool = False, name: str = "network") -> None:
+                 refine_learning_rate: float = 0.1, refine_loss: nn.Module | None = None,
+                 save_levels: bool = False, name: str = "network") -> None:
         caller = "NetworkRegistration"
         if not isinstance(num_samples, int) or num_samples < 0 or num_samples == 1:
             raise ValueError(f"{caller}(): 'num_samples' must be 0 or an integer >= 2, got {num_samples!r}")
@@ -92,6 +96,7 @@ class NetworkRegistration:
         self.num_samples = num_samples
         self.refine_steps = refine_steps
         self.refine_learning_rate = refine_learning_rate
+        self.refine_loss = refine_loss
         self.save_levels = save_levels
         self.name = name
 
@@ -120,7 +125,7 @@ class NetworkRegistration:
                 result["warped_levels"] = self.network.warped_level_images(moving, fixed)
         if self.refine_steps:
             refined = self.network.refine(moving, fixed, steps=self.refine_steps,
-                                          learning_rate=self.refine_learning_rate)
+                                          learning_rate=self.refine_learning_rate, loss_function=self.refine_loss)
             result.update(ddf=refined["ddf"].detach(), inverse_ddf=refined["inverse_ddf"].detach())
         return result
 

@@ -72,12 +72,16 @@ def refine_velocity(
     num_steps: int = 7,
     smoothing_sigma: float | None = DEFAULT_SMOOTHING_SIGMA,
     int_downsize: int = 1,
+    bidirectional: bool = False,
     callback: Callable[[int, float], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Refine a velocity field by ``steps`` Adam iterations at one resolution.
 
     Minimises ``loss_fn(warp(moving, exp(v)), fixed) + regularizer(v)`` (module docstring),
-    starting from ``velocity``. Runs on the inputs' device, in float32 unless the inputs are float64.
+    starting from ``velocity``; with ``bidirectional=True`` the image term is the mean of both
+    directions, ``(loss_fn(moving o exp(v), fixed) + loss_fn(fixed o exp(-v), moving)) / 2``
+    (the bidirectional training loss of the networks; about twice the cost per step).
+    Runs on the inputs' device, in float32 unless the inputs are float64.
 
     Args:
         fixed: ``(B, C, *spatial)`` fixed image.
@@ -96,6 +100,7 @@ def refine_velocity(
         int_downsize: the velocity grid is this many times coarser than the images' (VoxelMorph's
             ``int_downsize``): ``exp(v)`` is upsampled with its vectors rescaled
             (:func:`~monai_diffreg.functional.resize_field`) before warping, as the networks do.
+        bidirectional: also match ``fixed`` warped by the inverse ``exp(-v)`` to ``moving``.
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
 
     Returns:
@@ -121,6 +126,8 @@ def refine_velocity(
         smoothing_sigma = check_positive(smoothing_sigma, "smoothing_sigma", caller)
     loss_fn = partial(image_dissimilarity, metric="ncc") if loss_fn is None else loss_fn
     regularizer = _default_regularizer if regularizer is None else regularizer
+    if not isinstance(bidirectional, bool):
+        raise ValueError(f"{caller}(): 'bidirectional' must be True or False, got {bidirectional!r}")
 
     dtype = torch.float64 if velocity.dtype == torch.float64 else torch.float32
     fixed, moving, start = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
@@ -133,10 +140,13 @@ def refine_velocity(
     history = []
     for iteration in range(steps):
         v = current()
-        ddf = integrate_velocity(v, num_steps)
+        ddfs = integrate_velocity(torch.cat([v, -v]) if bidirectional else v, num_steps)
         if int_downsize > 1:
-            ddf = resize_field(ddf, size=image_size)
-        image = loss_fn(warp(moving, ddf), fixed)
+            ddfs = resize_field(ddfs, size=image_size)
+        batch = v.shape[0]
+        image = loss_fn(warp(moving, ddfs[:batch]), fixed)
+        if bidirectional:
+            image = 0.5 * (image + loss_fn(warp(fixed, ddfs[batch:]), moving))
         regularization = regularizer(v)
         loss = image + regularization
         optimiser.zero_grad()

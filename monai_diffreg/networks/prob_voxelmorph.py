@@ -216,19 +216,24 @@ class ProbabilisticVoxelMorph(nn.Module):
                callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
         """Instance-specific optimisation: refine the velocity for this pair from the network's mean.
 
-        Minimises the training loss's image term plus its KL (the prior term on the velocity,
-        with the network's log variance held fixed) over the velocity field ``z`` by ``steps``
-        Adam iterations (:func:`monai_diffreg.engines.svf_optim.refine_velocity`), starting at
-        ``mu``. As in training, ``z`` stays on the velocity grid and the image term is evaluated
-        on the grid the network sees (:meth:`images_on_network_grid`), the displacement
-        upsampled by ``int_downsize``. The result stays a diffeomorphism ``exp(z)``.
+        Minimises the training loss over the velocity field ``z``: its weighted image term
+        (``image_weight`` times the dissimilarity, both directions when the loss is
+        ``bidirectional``) plus its KL (the prior term on the velocity, with the network's log
+        variance held fixed), by ``steps`` Adam iterations
+        (:func:`monai_diffreg.engines.svf_optim.refine_velocity`), starting at ``mu``. As in
+        training, ``z`` stays on the velocity grid and the image term is evaluated on the grid
+        the network sees (:meth:`images_on_network_grid`), the displacement upsampled by
+        ``int_downsize``. The result stays a diffeomorphism ``exp(z)``. Pass the loss the
+        weights were trained with: the balance of image term and KL sets where the refinement
+        converges (a bundle's ``inference.json`` holds it as ``refine_loss``).
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
             steps: Adam iterations (0 returns the network's mean registration).
             loss_function: a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`
-                (its ``image_term`` and ``kl_term`` are used); default local NCC with this model's
-                ``prior_lambda`` and posterior type.
+                (its ``image_term``, ``image_weight``, ``bidirectional`` and ``kl_term`` are used;
+                labels are not, so its Dice term is left out); default local NCC with weight 1,
+                bidirectional, with this model's ``prior_lambda`` and posterior type.
             learning_rate: Adam step size, about the largest change of ``z`` per step in velocity voxels.
             smoothing_sigma: optional Gaussian preconditioning of the updates (velocity voxels).
             callback: ``callback(iteration, loss)`` after each step.
@@ -246,7 +251,8 @@ class ProbabilisticVoxelMorph(nn.Module):
             mean, log_var = self.posterior_params(moving, fixed)
         velocity, _ = refine_velocity(
             self.images_on_network_grid(fixed), self.images_on_network_grid(moving), mean, steps,
-            loss_fn=loss_function.image_term, regularizer=lambda v: loss_function.kl_term(v, log_var),
+            loss_fn=lambda warped, target: loss_function.image_weight * loss_function.image_term(warped, target),
+            regularizer=lambda v: loss_function.kl_term(v, log_var), bidirectional=loss_function.bidirectional,
             learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma,
             int_downsize=self.int_downsize, callback=callback,
         )

@@ -22,3 +22,17 @@ def test_train_json_defaults_match_the_shipped_recipe():
     base = json.loads((CONFIGS / "train.json").read_text())
     data_settings = json.dumps([base["dataset"], base["template_folder"], base["shared_data"]])
     assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
+
+
+def test_refinement_minimises_the_training_loss():
+    """inference.json's refine_loss is train.json's loss without the Dice term (no labels at test time):
+    the balance of image term and KL decides where the test-time refinement converges."""
+    parsers = {}
+    for name in ("train", "inference"):
+        parsers[name] = ConfigParser()
+        parsers[name].read_config(CONFIGS / f"{name}.json")
+    trained = parsers["train"].get_parsed_content("loss")
+    refined = parsers["inference"].get_parsed_content("refine_loss")
+    for setting in ("image_loss", "image_weight", "bidirectional", "prior_lambda", "posterior", "ncc_window"):
+        assert getattr(refined, setting) == getattr(trained, setting), setting
+    assert parsers["inference"].get_parsed_content("method").refine_loss is refined

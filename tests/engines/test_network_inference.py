@@ -43,6 +43,25 @@ def test_uncertainty_and_refinement():
     assert out["ddf"].requires_grad is False
 
 
+def test_refinement_minimises_the_given_loss():
+    """refine_loss reaches the network's refine: the result is refine(..., loss_function=refine_loss)'s."""
+    from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
+    from monai_diffreg.transforms.intensity import normalize_intensity_percentile
+
+    fixed, moving = smooth_pair((16, 16, 16))
+    network = tiny_network()
+    with torch.no_grad():
+        network.mean_head.weight.normal_(0.0, 0.3)
+    loss = ProbabilisticSVFLoss("ncc", image_weight=50.0, bidirectional=False)
+    out = NetworkRegistration(network, refine_steps=3, refine_loss=loss, device="cpu")(fixed, moving)
+    norm_fixed = normalize_intensity_percentile(fixed, name="fixed", caller="t")
+    norm_moving = normalize_intensity_percentile(moving, name="moving", caller="t")
+    weighted = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1, loss_function=loss)["ddf"]
+    default = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1)["ddf"]
+    torch.testing.assert_close(out["ddf"], weighted)
+    assert (weighted - default).abs().max() > 1e-3
+
+
 def test_strict_weight_loading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"NetworkRegistration\(\): 'weights' file not found"):
         NetworkRegistration(tiny_network(), tmp_path / "missing.pt")

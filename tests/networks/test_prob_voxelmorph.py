@@ -234,24 +234,31 @@ def test_images_on_network_grid_cover_the_velocity_cells(scale, downsize, size):
     torch.testing.assert_close(on_grid, torch.full_like(on_grid, 0.25))
 
 
-def test_refine_image_term_starts_at_the_forward_registration():
-    """refine's first image term is the forward pass's warped image on the network grid: same geometry."""
+def test_refine_starts_at_the_training_loss_of_the_forward_registration():
+    """refine's first loss is the training loss (weighted image term, both directions when bidirectional,
+    KL) of the forward pass's warped images on the network grid: same geometry, same balance."""
     from monai_diffreg.losses.ncc import local_ncc_loss
 
     model = _model(2, image_scale=0.5, int_downsize=2).eval()
     with torch.no_grad():
         model.mean_head.weight.normal_(0.0, 0.3)
     moving, fixed = torch.rand(1, 1, 32, 40), torch.rand(1, 1, 32, 40)
-    loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=model.prior_lambda, posterior=model.posterior)
     with torch.no_grad():
         mean, log_var = model.posterior_params(moving, fixed)
         ddf = resize_field(integrate_velocity(mean, model.num_steps), size=[2 * n for n in mean.shape[2:]])
-        warped = warp(model.images_on_network_grid(moving), ddf)
-        expected = float(local_ncc_loss(warped, model.images_on_network_grid(fixed)) + loss_function.kl_term(mean, log_var))
+        inverse_ddf = resize_field(integrate_velocity(-mean, model.num_steps), size=[2 * n for n in mean.shape[2:]])
+        on_grid_moving, on_grid_fixed = model.images_on_network_grid(moving), model.images_on_network_grid(fixed)
+        forward_ncc = float(local_ncc_loss(warp(on_grid_moving, ddf), on_grid_fixed))
+        inverse_ncc = float(local_ncc_loss(warp(on_grid_fixed, inverse_ddf), on_grid_moving))
     assert ddf.abs().max() > 0.2
-    first = []
-    model.refine(moving, fixed, steps=1, callback=lambda i, loss: first.append(loss), loss_function=loss_function)
-    assert first[0] == pytest.approx(expected, abs=1e-5)
+    # the training loss as it is: unidirectional weight 1, then bidirectional with the image term weighted
+    for bidirectional, weight, image in ((False, 1.0, forward_ncc), (True, 10.0, 0.5 * (forward_ncc + inverse_ncc))):
+        loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=model.prior_lambda, posterior=model.posterior,
+                                             bidirectional=bidirectional, image_weight=weight)
+        expected = weight * image + float(loss_function.kl_term(mean, log_var))
+        first = []
+        model.refine(moving, fixed, steps=1, callback=lambda i, loss: first.append(loss), loss_function=loss_function)
+        assert first[0] == pytest.approx(expected, abs=1e-4)
 
 
 def test_traced_export_reproduces_eager_output():
