@@ -49,7 +49,17 @@ class MDRegNetLoss(_Loss):
         super().__init__()
         self.regularization_weight = check_positive(regularization_weight, "regularization_weight", "MDRegNetLoss",
                                                     allow_zero=True)
-        self.similarity = MultiResolutionLoss(BidirectionalLoss(LocalNCCLoss(window=ncc_window)), level_weights)
+        self.ncc = LocalNCCLoss(window=ncc_window)
+        self.similarity = MultiResolutionLoss(BidirectionalLoss(self.ncc), level_weights)
+
+    def finest_image_term(self, warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One direction's similarity term of the finest level, ``w_L * -NCC(target, warped)`` (test-time refinement)."""
+        weight = 1.0 if self.similarity.weights is None else self.similarity.weights[-1]
+        return weight * self.ncc(warped, target)
+
+    def regularization_term(self, velocity: torch.Tensor) -> torch.Tensor:
+        """``lambda * R(velocity)``, the penalty of one velocity field."""
+        return self.regularization_weight * gradient_loss(velocity, penalty="l1")
 
     def forward(self, outputs: Mapping[str, Sequence[torch.Tensor]], fixed: torch.Tensor | None = None,
                 moving: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
@@ -60,6 +70,5 @@ class MDRegNetLoss(_Loss):
         # BidirectionalLoss averages the two directions; eq. 4 sums them.
         similarity = 2.0 * self.similarity(outputs["fixed_levels"], outputs["moving_levels"],
                                            outputs["warped_levels"], outputs["warped_fixed_levels"])
-        regularization = self.regularization_weight * sum(
-            gradient_loss(v, penalty="l1") for v in outputs["velocity_levels"])
+        regularization = sum(self.regularization_term(v) for v in outputs["velocity_levels"])
         return {"similarity": similarity, "regularization": regularization, "loss": similarity + regularization}

@@ -29,7 +29,7 @@ voxel ``j`` on fine voxel ``2j``, while linear upsampling, as our fields use, ce
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -236,6 +236,54 @@ class MDRegNet(nn.Module):
             ``level_displacements(moving, fixed)[l]`` (coarse to fine; the last equals ``"warped"``).
         """
         return torch.cat([warp(moving, ddf) for ddf in self.level_displacements(moving, fixed)], dim=1)
+
+    def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: nn.Module | None = None,
+               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
+               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+        """Instance-specific optimisation of the finest velocity ``v~^L`` for this pair, from the network's.
+
+        Minimises the finest level's terms of the training loss (eq. 4): the local NCC in both
+        directions, ``-NCC(I_f, I_m o exp(z)) - NCC(I_m, I_f o exp(-z))`` (times the level's
+        weight), plus ``lambda * R(z)``, by ``steps`` Adam iterations
+        (:func:`monai_diffreg.engines.svf_optim.refine_velocity`) from the network's smoothed
+        ``v~^L``. A choice (the paper has no test-time optimisation): ``R`` acts on the whole
+        velocity rather than on the finest increment alone, since the coarser levels' share of
+        ``z`` is no longer separate once ``z`` is optimised. As in training the images are those
+        the network sees (``image_scale``, padded) and ``z`` stays on the 1/2 grid, its
+        displacement upsampled by 2. The result stays a diffeomorphism ``exp(z)``.
+
+        Args:
+            moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
+            steps: Adam iterations (0 returns the network's registration).
+            loss_function: a :class:`~monai_diffreg.losses.mdreg.MDRegNetLoss` (its
+                ``finest_image_term`` and ``regularization_term`` are used); default the paper's
+                (lambda 0.35, window 9).
+            learning_rate: Adam step size, about the largest change of ``z`` per step in voxels of its grid.
+            smoothing_sigma: optional Gaussian preconditioning of the updates (voxels of ``z``'s grid).
+            callback: ``callback(iteration, loss)`` after each step.
+
+        Returns:
+            dict with ``"ddf"``, ``"inverse_ddf"`` ``(B, D, *S)``, ``"velocity"`` ``(B, D, *n_{L-1})``
+            (the refined ``z``) and ``"warped"`` ``(B, C, *S)``, detached.
+        """
+        from ..engines.svf_optim import refine_velocity
+        from ..losses.mdreg import MDRegNetLoss
+
+        loss_function = MDRegNetLoss() if loss_function is None else loss_function
+        with torch.no_grad():
+            run = self._run_levels(moving, fixed)
+        velocity, _ = refine_velocity(
+            run.fixed, run.moving, run.velocities[-1], steps,
+            # eq. 4 sums the two directions; refine_velocity averages them
+            loss_fn=lambda warped, target: 2.0 * loss_function.finest_image_term(warped, target),
+            regularizer=loss_function.regularization_term, bidirectional=True, learning_rate=learning_rate,
+            num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, int_downsize=2, callback=callback,
+        )
+        size, padded = moving.shape[2:], run.moving.shape[2:]
+        with torch.no_grad():
+            ddf = self._full_ddf(velocity, padded, size)
+            return {"ddf": ddf, "inverse_ddf": self._full_ddf(-velocity, padded, size),
+                    "velocity": crop_spatial(velocity, self.level_sizes(size)[-1]), "warped": warp(moving, ddf)}
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""

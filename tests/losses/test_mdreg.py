@@ -57,3 +57,14 @@ def test_bad_input():
         MDRegNetLoss(regularization_weight=-1.0)
     with pytest.raises(ValueError, match="got 2 levels but 3 'weights'"):
         MDRegNetLoss(level_weights=(1.0, 1.0, 1.0))(_outputs(2, True))
+
+
+def test_single_terms_are_those_of_the_finest_level():
+    """finest_image_term / regularization_term are the pieces eq. 4 sums (used by MDRegNet.refine)."""
+    outputs = _outputs(2, perfect=False, slope=0.1)
+    loss = MDRegNetLoss(level_weights=[1.0, 0.5], regularization_weight=0.2)
+    fixed, warped = outputs["fixed_levels"][-1], outputs["warped_levels"][-1]
+    assert torch.isclose(loss.finest_image_term(warped, fixed), 0.5 * local_ncc_loss(warped, fixed, window=9))
+    terms = loss(outputs)
+    assert torch.isclose(terms["regularization"], sum(loss.regularization_term(v) for v in outputs["velocity_levels"]))
+    assert torch.isclose(loss.regularization_term(outputs["velocity_levels"][0]), torch.tensor(0.2 * 0.1), atol=1e-6)

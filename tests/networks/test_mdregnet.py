@@ -230,3 +230,53 @@ def test_level_displacements_and_images():
     assert images.shape == (1, 3, 32, 32, 32)
     assert torch.allclose(images[:, 1:2], warp(moving, levels[1]))
     assert torch.allclose(images[:, 2:], out["warped"])
+
+
+def _shifted_pair(size=(48, 40)):
+    generator = torch.Generator().manual_seed(3)
+    fixed = gaussian_smooth(torch.rand((1, 1, *size), generator=generator), 1.5)
+    fixed = (fixed - fixed.min()) / (fixed.max() - fixed.min())
+    moving = torch.roll(fixed, shifts=(2, -1), dims=(2, 3))
+    return moving, fixed
+
+
+def test_refine_starts_at_the_finest_training_terms_and_improves_them():
+    """refine's first loss is eq. 4's finest-level terms (both NCC directions + lambda R) of the network's field;
+    the refined field lowers them and stays diffeomorphic."""
+    from monai_diffreg.functional import integrate_velocity, jacobian_determinant, resize_field
+    from monai_diffreg.losses import local_ncc_loss
+
+    model = _model(2, image_scale=0.5).eval()
+    for subnetwork in model.subnetworks:
+        torch.nn.init.normal_(subnetwork.flow.weight, 0.0, 0.05)
+    moving, fixed = _shifted_pair((96, 80))
+    loss = MDRegNetLoss(regularization_weight=0.35)
+    with torch.no_grad():
+        run = model._run_levels(moving, fixed)
+        v = run.velocities[-1]
+        size = run.moving.shape[2:]
+        forward = warp(run.moving, resize_field(integrate_velocity(v, 7), size=size))
+        inverse = warp(run.fixed, resize_field(integrate_velocity(-v, 7), size=size))
+        expected = float(local_ncc_loss(forward, run.fixed) + local_ncc_loss(inverse, run.moving)
+                         + loss.regularization_term(v))
+        network = model(moving, fixed)
+    history = []
+    out = model.refine(moving, fixed, steps=30, loss_function=loss, learning_rate=0.2,
+                       callback=lambda i, value: history.append(value))
+    assert history[0] == pytest.approx(expected, abs=1e-5)
+    assert history[-1] < history[0] - 0.1
+    assert set(out) == {"ddf", "inverse_ddf", "velocity", "warped"}
+    assert out["velocity"].shape == network["velocity"].shape and out["ddf"].shape == network["ddf"].shape
+    assert float(local_ncc_loss(out["warped"], fixed)) < float(local_ncc_loss(network["warped"], fixed)) - 0.05
+    assert float(jacobian_determinant(out["ddf"]).min()) > 0
+    assert float(jacobian_determinant(out["inverse_ddf"]).min()) > 0
+
+
+def test_refine_without_steps_is_the_network_registration():
+    model = _model(3).eval()
+    moving, fixed = torch.rand(1, 1, 20, 24, 16), torch.rand(1, 1, 20, 24, 16)
+    with torch.no_grad():
+        expected = model(moving, fixed)
+    out = model.refine(moving, fixed, steps=0)
+    for key in ("ddf", "inverse_ddf", "velocity", "warped"):
+        torch.testing.assert_close(out[key], expected[key])
