@@ -71,6 +71,7 @@ def refine_velocity(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     smoothing_sigma: float | None = DEFAULT_SMOOTHING_SIGMA,
+    smoothing_kernel_size: int | None = None,
     int_downsize: int = 1,
     bidirectional: bool = False,
     callback: Callable[[int, float], None] | None = None,
@@ -97,6 +98,7 @@ def refine_velocity(
         num_steps: scaling-and-squaring steps of ``exp(v)``.
         smoothing_sigma: Gaussian preconditioning of the update, in voxels (module docstring),
             default 2; ``None`` optimises ``v`` voxel by voxel (folds sooner, converges slower).
+        smoothing_kernel_size: odd number of taps of that Gaussian per axis (default 3 sigma each side).
         int_downsize: the velocity grid is this many times coarser than the images' (VoxelMorph's
             ``int_downsize``): ``exp(v)`` is upsampled with its vectors rescaled
             (:func:`~monai_diffreg.functional.resize_field`) before warping, as the networks do.
@@ -135,7 +137,9 @@ def refine_velocity(
     optimiser = torch.optim.Adam([update], lr=learning_rate)
 
     def current() -> torch.Tensor:
-        return start + (update if smoothing_sigma is None else gaussian_smooth(update, smoothing_sigma))
+        if smoothing_sigma is None:
+            return start + update
+        return start + gaussian_smooth(update, smoothing_sigma, smoothing_kernel_size)
 
     history = []
     for iteration in range(steps):

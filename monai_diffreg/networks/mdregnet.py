@@ -238,8 +238,7 @@ class MDRegNet(nn.Module):
         return torch.cat([warp(moving, ddf) for ddf in self.level_displacements(moving, fixed)], dim=1)
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: nn.Module | None = None,
-               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
-               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+               learning_rate: float = 0.1, callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
         """Instance-specific optimisation of the finest velocity ``v~^L`` for this pair, from the network's.
 
         Minimises the finest level's terms of the training loss (eq. 4): the local NCC in both
@@ -249,8 +248,10 @@ class MDRegNet(nn.Module):
         ``v~^L``. A choice (the paper has no test-time optimisation): ``R`` acts on the whole
         velocity rather than on the finest increment alone, since the coarser levels' share of
         ``z`` is no longer separate once ``z`` is optimised. As in training the images are those
-        the network sees (``image_scale``, padded) and ``z`` stays on the 1/2 grid, its
-        displacement upsampled by 2. The result stays a diffeomorphism ``exp(z)``.
+        the network sees (``image_scale``, padded), ``z`` stays on the 1/2 grid, its
+        displacement upsampled by 2, and (with ``smoothing``) every update passes through the
+        smoothing layer, so ``z`` stays that layer's output as the network's is (voxel-wise
+        updates let the refined fields fold). The result stays a diffeomorphism ``exp(z)``.
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
@@ -259,7 +260,6 @@ class MDRegNet(nn.Module):
                 ``finest_image_term`` and ``regularization_term`` are used); default the paper's
                 (lambda 0.35, window 9).
             learning_rate: Adam step size, about the largest change of ``z`` per step in voxels of its grid.
-            smoothing_sigma: optional Gaussian preconditioning of the updates (voxels of ``z``'s grid).
             callback: ``callback(iteration, loss)`` after each step.
 
         Returns:
@@ -277,7 +277,8 @@ class MDRegNet(nn.Module):
             # eq. 4 sums the two directions; refine_velocity averages them
             loss_fn=lambda warped, target: 2.0 * loss_function.finest_image_term(warped, target),
             regularizer=loss_function.regularization_term, bidirectional=True, learning_rate=learning_rate,
-            num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, int_downsize=2, callback=callback,
+            num_steps=self.num_steps, smoothing_sigma=self.smoothing_sigma if self.smoothing else None,
+            smoothing_kernel_size=self.smoothing_kernel_size, int_downsize=2, callback=callback,
         )
         size, padded = moving.shape[2:], run.moving.shape[2:]
         with torch.no_grad():

@@ -280,3 +280,20 @@ def test_refine_without_steps_is_the_network_registration():
     out = model.refine(moving, fixed, steps=0)
     for key in ("ddf", "inverse_ddf", "velocity", "warped"):
         torch.testing.assert_close(out[key], expected[key])
+
+
+@pytest.mark.parametrize("smoothing", [True, False])
+def test_refine_updates_pass_through_the_smoothing_layer(smoothing):
+    """With the smoothing layer the refined velocity is the layer's output: start + G * (update);
+    without it the update is voxel-wise (rougher)."""
+    model = _model(2, smoothing=smoothing).eval()
+    moving, fixed = _shifted_pair((64, 64))
+    with torch.no_grad():
+        start = model(moving, fixed)["velocity"]
+    change = model.refine(moving, fixed, steps=5, learning_rate=0.5)["velocity"] - start
+    roughness = float(change.diff(dim=2).diff(dim=2).abs().mean() / change.abs().mean())
+    if smoothing:
+        # a Gaussian-smoothed change: second differences small relative to its size
+        assert roughness < 0.3
+    else:
+        assert roughness > 0.3
