@@ -30,6 +30,7 @@ a ``"loss"`` entry to minimise; the default, :func:`registration_step`, fits
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -333,5 +334,11 @@ class RegistrationTrainer:
             self._close_logging()
             if self._owns_process_group and dist.is_initialized():
                 dist.barrier()  # no rank tears down while another still talks to the store
+                # Free the DDP wrapper while the process group is still registered: if its reducer
+                # dropped the last reference, the group's destructor would join gloo's worker threads
+                # with the GIL held while a worker frees a tensor and needs the GIL (a hang at exit,
+                # seen in CI); destroy_process_group releases the GIL when it destroys the group.
+                del model
+                gc.collect()
                 dist.destroy_process_group()
 

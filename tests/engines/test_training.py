@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -145,7 +146,7 @@ trainer.run()
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(170)
 def test_ddp_two_processes_gloo(tmp_path):
     """Real DDP: 2 CPU processes (gloo) train 3 iterations; replicas stay identical, rank 0 writes."""
     script = tmp_path / "ddp.py"
@@ -153,8 +154,20 @@ def test_ddp_two_processes_gloo(tmp_path):
     # loopback only; --standalone lets the launcher bind a free port itself (no probe-then-bind race)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=110)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        stdout, stderr = launcher.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the launcher stop its workers (each in a session of its own), then kill what is left
+        launcher.terminate()
+        try:
+            stdout, stderr = launcher.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            stdout, stderr = launcher.communicate()
+        pytest.fail("DDP run did not finish in 110 s (a rank hung):\n" + stdout[-3000:] + stderr[-3000:])
+    assert launcher.returncode == 0, stdout[-3000:] + stderr[-3000:]
     checkpoint = torch.load(tmp_path / "run" / "checkpoint_0000003.pt", weights_only=False)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
     assert not torch.equal(checkpoint["rng_states"][0], checkpoint["rng_states"][1])
