@@ -1,4 +1,4 @@
-"""Shared pieces of the bundle tests: real ``monai.bundle run`` invocations and a small real-data pair."""
+"""Shared pieces of the bundle tests: real ``monai.bundle run`` invocations, parsed bundle configs and a small real-data pair."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 
 from monai_diffreg.sample import sample_paths
 
@@ -31,6 +32,19 @@ def _bundle_run(bundle: str, config: str | list[str], *overrides: str, timeout: 
 def bundle_run():
     """``bundle_run(bundle, config(s), *overrides, timeout=, launcher=)``: a real ``monai.bundle run`` process."""
     return _bundle_run
+
+
+def _bundle_config(bundle: str, config: str) -> ConfigParser:
+    """A ``ConfigParser`` holding ``bundles/<bundle>/configs/<config>.json``."""
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / bundle / "configs" / f"{config}.json")
+    return parser
+
+
+@pytest.fixture(scope="session")
+def bundle_config():
+    """``bundle_config(bundle, "train")``: a parser of that bundle config (a fresh one per call)."""
+    return _bundle_config
 
 
 @pytest.fixture(scope="session")

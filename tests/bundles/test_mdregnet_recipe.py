@@ -41,16 +41,13 @@ def test_inference_matches_training_architecture_and_switches_the_ablation():
     assert infer.get_parsed_content("network_def", lazy=False).smoothing is False
 
 
-def test_refinement_minimises_the_training_loss():
+def test_refinement_minimises_the_training_loss(bundle_config):
     """inference.json's refine_loss has train.json's loss settings (refine uses its finest-level terms)."""
-    parsers = {}
-    for name in ("train", "inference"):
-        parsers[name] = ConfigParser()
-        parsers[name].read_config(CONFIGS / f"{name}.json")
-    trained = parsers["train"].get_parsed_content("loss")
-    refined = parsers["inference"].get_parsed_content("refine_loss")
+    inference = bundle_config("mdregnet", "inference")
+    trained = bundle_config("mdregnet", "train").get_parsed_content("loss")
+    refined = inference.get_parsed_content("refine_loss")
     assert isinstance(refined, MDRegNetLoss)
     assert refined.regularization_weight == trained.regularization_weight
     assert refined.ncc.window == trained.ncc.window and refined.similarity.weights == trained.similarity.weights
-    method = parsers["inference"].get_parsed_content("method")
+    method = inference.get_parsed_content("method")
     assert method.refine_loss is refined and method.refine_steps == 0

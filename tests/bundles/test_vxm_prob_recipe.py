@@ -24,15 +24,12 @@ def test_train_json_defaults_match_the_shipped_recipe():
     assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
 
 
-def test_refinement_minimises_the_training_loss():
+def test_refinement_minimises_the_training_loss(bundle_config):
     """inference.json's refine_loss is train.json's loss without the Dice term (no labels at test time):
     the balance of image term and KL decides where the test-time refinement converges."""
-    parsers = {}
-    for name in ("train", "inference"):
-        parsers[name] = ConfigParser()
-        parsers[name].read_config(CONFIGS / f"{name}.json")
-    trained = parsers["train"].get_parsed_content("loss")
-    refined = parsers["inference"].get_parsed_content("refine_loss")
+    inference = bundle_config("vxm_prob", "inference")
+    trained = bundle_config("vxm_prob", "train").get_parsed_content("loss")
+    refined = inference.get_parsed_content("refine_loss")
     for setting in ("image_loss", "image_weight", "bidirectional", "prior_lambda", "posterior", "ncc_window"):
         assert getattr(refined, setting) == getattr(trained, setting), setting
-    assert parsers["inference"].get_parsed_content("method").refine_loss is refined
+    assert inference.get_parsed_content("method").refine_loss is refined
