@@ -270,6 +270,9 @@ class MDRegNet(nn.Module):
         from ..losses.mdreg import MDRegNetLoss
 
         loss_function = MDRegNetLoss() if loss_function is None else loss_function
+        if not isinstance(loss_function, MDRegNetLoss):
+            raise ValueError(f"MDRegNet.refine(): 'loss_function' must be an MDRegNetLoss (the training loss), "
+                             f"got {type(loss_function).__name__}")
         with torch.no_grad():
             run = self._run_levels(moving, fixed)
         velocity, _ = refine_velocity(

@@ -247,6 +247,9 @@ class ProbabilisticVoxelMorph(nn.Module):
 
         if loss_function is None:
             loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=self.prior_lambda, posterior=self.posterior)
+        elif not isinstance(loss_function, ProbabilisticSVFLoss):
+            raise ValueError(f"ProbabilisticVoxelMorph.refine(): 'loss_function' must be a ProbabilisticSVFLoss "
+                             f"(the training loss), got {type(loss_function).__name__}")
         with torch.no_grad():
             mean, log_var = self.posterior_params(moving, fixed)
         velocity, _ = refine_velocity(

@@ -297,3 +297,15 @@ def test_refine_updates_pass_through_the_smoothing_layer(smoothing):
         assert roughness < 0.3
     else:
         assert roughness > 0.3
+
+
+def test_refine_rejects_another_loss():
+    from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
+
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"MDRegNet.refine\(\): 'loss_function' must be an MDRegNetLoss"):
+        _model(2).refine(moving, fixed, steps=1, loss_function=ProbabilisticSVFLoss())
+    with pytest.raises(ValueError, match=r"'steps' must be an integer >= 0"):
+        _model(2).refine(moving, fixed, steps=-1)
+    with pytest.raises(ValueError, match=r"MDRegNet\(\): .moving. must be 5D"):
+        _model(3).refine(moving, fixed, steps=1)  # 2D images for a 3D model

@@ -293,3 +293,13 @@ def test_displacements_match_forward_in_eval_mode():
         full, lean = model(*pair), model.displacements(*pair)
     assert set(lean) == {"ddf", "inverse_ddf"}
     assert torch.equal(full["ddf"], lean["ddf"]) and torch.equal(full["inverse_ddf"], lean["inverse_ddf"])
+
+
+def test_refine_rejects_another_loss():
+    from monai_diffreg.losses import MDRegNetLoss
+
+    moving, fixed = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"refine\(\): 'loss_function' must be a ProbabilisticSVFLoss"):
+        _model(2).refine(moving, fixed, steps=1, loss_function=MDRegNetLoss())
+    with pytest.raises(ValueError, match=r"ProbabilisticVoxelMorph\(\): .moving. must be 5D"):
+        _model(3).refine(moving, fixed, steps=1)  # 2D images for a 3D model
