@@ -26,6 +26,12 @@ Case groups (one results table each):
     cerebral and cerebellar white matter, brain stem, ventral DC -> WM (2). (Cortex 3/42 and
     cerebral WM 2/41 alone leave the template's cerebellar and deep grey matter without a
     counterpart: HD95 about 18 mm for every method, measured.)
+``mni_synthetic`` (3D, grey/white matter, known field; **validation**, not in the default groups)
+    Held-out cases for choosing settings (refinement steps, learning rates, checkpoints) without
+    touching the evaluation brain's labels: ``fixed`` = the aligned MNI152 template of
+    ``mni_to_subject`` with its tissue labels (the training distribution's template; only its pose
+    comes from test_scan), ``moving`` = it under a known smooth diffeomorphism and intensity
+    change exactly as in ``brain_synthetic``. Use seeds other than the benchmark's (e.g. 100 101 102).
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -45,6 +51,7 @@ once and cached as ``<cache>/<name>@<scale>.pt``, rebuilt when its family's entr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -75,6 +82,7 @@ from monai_diffreg.transforms.synthesis import (
 __all__ = [
     "CASE_VERSIONS",
     "GROUPS",
+    "VALIDATION_GROUPS",
     "SYNTH_CONTROL_SPACING_MM",
     "SYNTH_MAX_DISPLACEMENT_MM",
     "case_names",
@@ -86,13 +94,15 @@ __all__ = [
 ]
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
-CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "elastix_2d": 3, "dipy_synthetic": 3}
+CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3}
 
 #: Orientation of the case arrays of families on test_scan's grid; package methods get them
 #: re-oriented to RAS, as :func:`monai_diffreg.register` gives them (benchmarks.adapters.Reorientation).
-CASE_AXCODES = {"brain_synthetic": "".join(VOXELMORPH_ORIENTATION), "mni_to_subject": "".join(VOXELMORPH_ORIENTATION)}
-#: Case groups, in report order.
+CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION) for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic")}
+#: Benchmark case groups, in report order.
 GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
+#: Held-out groups for choosing settings (never for reported accuracy).
+VALIDATION_GROUPS = ("mni_synthetic",)
 #: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.
 SYNTH_CONTROL_SPACING_MM = 32.0
 SYNTH_MAX_DISPLACEMENT_MM = 10.0
@@ -110,11 +120,11 @@ AFFINE_ITERATIONS = (100, 50, 25)
 def case_names(groups, seeds) -> list[tuple[str, str]]:
     """``(group, case name)`` of every case of ``groups`` (subset of :data:`GROUPS`) for ``seeds``."""
     names = []
-    for group in GROUPS:
+    for group in GROUPS + VALIDATION_GROUPS:
         if group not in groups:
             continue
-        if group == "brain_synthetic":
-            names += [(group, f"brain_synthetic_s{s}") for s in seeds]
+        if group in ("brain_synthetic", "mni_synthetic"):
+            names += [(group, f"{group}_s{s}") for s in seeds]
         elif group == "mni_to_subject":
             names.append((group, "mni_to_subject"))
         else:
@@ -206,7 +216,9 @@ def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ np.array(ndimage.center_of_mass(mask)) + affine[:3, 3]
 
 
-def _mni_to_subject(data: Path, scale: float) -> dict:
+@functools.lru_cache(maxsize=1)
+def _aligned_template(data: Path, scale: float) -> dict:
+    """The ``mni_to_subject`` case (built once per process: its affine alignment takes minutes)."""
     image, seg = load_voxelmorph_scan(data / "voxelmorph" / "test_scan.npz")
     fixed, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
     # the downsampled grid covers the same extent: new voxel j is centred on old index (j + 0.5) / scale - 0.5
@@ -229,6 +241,21 @@ def _mni_to_subject(data: Path, scale: float) -> dict:
         "labels": [1, 2], "true_ddf": None, "mask": None, "spacing": [1.0 / scale] * 3,
         "settings": {"affine_matrix": aligned["matrix"][0].tolist(), "centroid_shift_mm": shift.tolist(),
                      "affine_final_loss": aligned["history"][-1]["loss"] if aligned["history"] else None},
+    }
+
+
+def _mni_to_subject(data: Path, scale: float) -> dict:
+    return dict(_aligned_template(data, scale))
+
+
+def _mni_synthetic(data: Path, seed: int, scale: float) -> dict:
+    template = _aligned_template(data, scale)
+    spacing = 1.0 / scale
+    pair = synthetic_pair(template["moving"], template["moving_labels"], seed, spacing)
+    return {
+        "fixed": template["moving"], "moving": pair["moving"], "fixed_labels": template["moving_labels"],
+        "moving_labels": pair["moving_labels"], "labels": [1, 2], "true_ddf": pair["true_ddf"],
+        "mask": template["moving_labels"] > 0, "spacing": [spacing] * 3, "settings": pair["settings"],
     }
 
 
@@ -266,6 +293,8 @@ def _dipy_synthetic(data: Path, seed: int, scale: float) -> dict:
 def _build(data: Path, name: str, scale: float) -> dict:
     if name.startswith("brain_synthetic_s"):
         return _brain_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
+    if name.startswith("mni_synthetic_s"):
+        return _mni_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
     if name.startswith("dipy_synthetic_s"):
         return _dipy_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
     if name == "mni_to_subject":
