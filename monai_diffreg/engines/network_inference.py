@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..transforms.intensity import normalize_intensity_percentile
-from ..validation import check_spatial_tensor
+from ..validation import check_positive, check_spatial_tensor
 
 __all__ = ["NetworkRegistration", "load_weights"]
 
@@ -54,7 +54,8 @@ class NetworkRegistration:
             method returning just those two is used instead when the network has one (it skips the
             warped images inference does not need); for ``num_samples`` it must
             offer ``sample(moving, fixed, num_samples)`` returning ``"uncertainty"``, and for
-            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=..., loss_function=...)``.
+            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=..., loss_function=...,
+            smoothing_sigma=...)``.
         weights: path of the ``state_dict`` to load (strictly); None keeps the network's weights.
         device: where to run; default CUDA when available, else CPU.
         num_samples: posterior samples for the ``"uncertainty"`` output (0: none; else >= 2).
@@ -63,6 +64,8 @@ class NetworkRegistration:
         refine_loss: the loss the refinement minimises, normally the one the weights were trained
             with (e.g. a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss` with the
             training's image weight); None: the network's default.
+        refine_smoothing_sigma: Gaussian preconditioning of the refinement's updates, in voxels of
+            the velocity grid; None: the network's default.
         save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
             moving image warped by each level's field, from the network's
             ``warped_level_images(moving, fixed)`` (multi-level networks such as
@@ -73,12 +76,14 @@ class NetworkRegistration:
     def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
                  refine_learning_rate: float = 0.1, refine_loss: nn.Module | None = None,
-                 save_levels: bool = False, name: str = "network") -> None:
+                 refine_smoothing_sigma: float | None = None, save_levels: bool = False, name: str = "network") -> None:
         caller = "NetworkRegistration"
         if not isinstance(num_samples, int) or num_samples < 0 or num_samples == 1:
             raise ValueError(f"{caller}(): 'num_samples' must be 0 or an integer >= 2, got {num_samples!r}")
         if not isinstance(refine_steps, int) or refine_steps < 0:
             raise ValueError(f"{caller}(): 'refine_steps' must be an integer >= 0, got {refine_steps!r}")
+        if refine_smoothing_sigma is not None:
+            refine_smoothing_sigma = check_positive(refine_smoothing_sigma, "refine_smoothing_sigma", caller)
         if num_samples and not callable(getattr(network, "sample", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
         if refine_steps and not callable(getattr(network, "refine", None)):
@@ -97,6 +102,7 @@ class NetworkRegistration:
         self.refine_steps = refine_steps
         self.refine_learning_rate = refine_learning_rate
         self.refine_loss = refine_loss
+        self.refine_smoothing_sigma = refine_smoothing_sigma
         self.save_levels = save_levels
         self.name = name
 
@@ -125,7 +131,8 @@ class NetworkRegistration:
                 result["warped_levels"] = self.network.warped_level_images(moving, fixed)
         if self.refine_steps:
             refined = self.network.refine(moving, fixed, steps=self.refine_steps,
-                                          learning_rate=self.refine_learning_rate, loss_function=self.refine_loss)
+                                          learning_rate=self.refine_learning_rate, loss_function=self.refine_loss,
+                                          smoothing_sigma=self.refine_smoothing_sigma)
             result.update(ddf=refined["ddf"].detach(), inverse_ddf=refined["inverse_ddf"].detach())
         return result
 

@@ -238,7 +238,8 @@ class MDRegNet(nn.Module):
         return torch.cat([warp(moving, ddf) for ddf in self.level_displacements(moving, fixed)], dim=1)
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: nn.Module | None = None,
-               learning_rate: float = 0.1, callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
+               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
         """Instance-specific optimisation of the finest velocity ``v~^L`` for this pair, from the network's.
 
         Minimises the finest level's terms of the training loss (eq. 4): the local NCC in both
@@ -249,9 +250,10 @@ class MDRegNet(nn.Module):
         velocity rather than on the finest increment alone, since the coarser levels' share of
         ``z`` is no longer separate once ``z`` is optimised. As in training the images are those
         the network sees (``image_scale``, padded), ``z`` stays on the 1/2 grid, its
-        displacement upsampled by 2, and (with ``smoothing``) every update passes through the
-        smoothing layer, so ``z`` stays that layer's output as the network's is (voxel-wise
-        updates let the refined fields fold). The result stays a diffeomorphism ``exp(z)``.
+        displacement upsampled by 2, and every update is smoothed: by a Gaussian of
+        ``smoothing_sigma`` voxels, or by default (with ``smoothing``) by the smoothing layer, so
+        ``z`` stays that layer's output as the network's is (voxel-wise updates let the refined
+        fields fold). The result stays a diffeomorphism ``exp(z)``.
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
@@ -260,6 +262,9 @@ class MDRegNet(nn.Module):
                 ``finest_image_term`` and ``regularization_term`` are used); default the paper's
                 (lambda 0.35, window 9).
             learning_rate: Adam step size, about the largest change of ``z`` per step in voxels of its grid.
+            smoothing_sigma: Gaussian preconditioning of the updates, in voxels of ``z``'s grid
+                (the whole Gaussian, 3 sigma each side); ``None``: the smoothing layer (its sigma
+                and kernel) when ``smoothing``, voxel-wise updates otherwise.
             callback: ``callback(iteration, loss)`` after each step.
 
         Returns:
@@ -273,6 +278,9 @@ class MDRegNet(nn.Module):
         if not isinstance(loss_function, MDRegNetLoss):
             raise ValueError(f"MDRegNet.refine(): 'loss_function' must be an MDRegNetLoss (the training loss), "
                              f"got {type(loss_function).__name__}")
+        kernel_size = None  # the whole Gaussian
+        if smoothing_sigma is None and self.smoothing:
+            smoothing_sigma, kernel_size = self.smoothing_sigma, self.smoothing_kernel_size
         with torch.no_grad():
             run = self._run_levels(moving, fixed)
         velocity, _ = refine_velocity(
@@ -280,8 +288,8 @@ class MDRegNet(nn.Module):
             # eq. 4 sums the two directions; refine_velocity averages them
             loss_fn=lambda warped, target: 2.0 * loss_function.finest_image_term(warped, target),
             regularizer=loss_function.regularization_term, bidirectional=True, learning_rate=learning_rate,
-            num_steps=self.num_steps, smoothing_sigma=self.smoothing_sigma if self.smoothing else None,
-            smoothing_kernel_size=self.smoothing_kernel_size, int_downsize=2, callback=callback,
+            num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, smoothing_kernel_size=kernel_size,
+            int_downsize=2, callback=callback,
         )
         size, padded = moving.shape[2:], run.moving.shape[2:]
         with torch.no_grad():

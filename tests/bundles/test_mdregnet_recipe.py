@@ -51,3 +51,4 @@ def test_refinement_minimises_the_training_loss(bundle_config):
     assert refined.ncc.window == trained.ncc.window and refined.similarity.weights == trained.similarity.weights
     method = inference.get_parsed_content("method")
     assert method.refine_loss is refined and method.refine_steps == 0
+    assert method.refine_smoothing_sigma == inference["refine_smoothing_sigma"] == 2.0

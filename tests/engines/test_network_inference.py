@@ -62,6 +62,25 @@ def test_refinement_minimises_the_given_loss():
     assert (weighted - default).abs().max() > 1e-3
 
 
+def test_refinement_preconditioning_reaches_the_network():
+    """refine_smoothing_sigma is refine(..., smoothing_sigma=)'s; a bad value is a clear error."""
+    from monai_diffreg.transforms.intensity import normalize_intensity_percentile
+
+    fixed, moving = smooth_pair((16, 16, 16))
+    network = tiny_network()
+    with torch.no_grad():
+        network.mean_head.weight.normal_(0.0, 0.3)
+    out = NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=2.0, device="cpu")(fixed, moving)
+    norm_fixed = normalize_intensity_percentile(fixed, name="fixed", caller="t")
+    norm_moving = normalize_intensity_percentile(moving, name="moving", caller="t")
+    smoothed = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1, smoothing_sigma=2.0)["ddf"]
+    default = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1)["ddf"]
+    torch.testing.assert_close(out["ddf"], smoothed)
+    assert (smoothed - default).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"'refine_smoothing_sigma' must be a finite number > 0"):
+        NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=0.0, device="cpu")
+
+
 def test_strict_weight_loading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"NetworkRegistration\(\): 'weights' file not found"):
         NetworkRegistration(tiny_network(), tmp_path / "missing.pt")

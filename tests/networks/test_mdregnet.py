@@ -286,17 +286,27 @@ def test_refine_without_steps_is_the_network_registration():
 def test_refine_updates_pass_through_the_smoothing_layer(smoothing):
     """With the smoothing layer the refined velocity is the layer's output: start + G * (update);
     without it the update is voxel-wise (rougher)."""
-    model = _model(2, smoothing=smoothing).eval()
-    moving, fixed = _shifted_pair((64, 64))
-    with torch.no_grad():
-        start = model(moving, fixed)["velocity"]
-    change = model.refine(moving, fixed, steps=5, learning_rate=0.5)["velocity"] - start
-    roughness = float(change.diff(dim=2).diff(dim=2).abs().mean() / change.abs().mean())
+    roughness = _refined_change_roughness(_model(2, smoothing=smoothing).eval())
     if smoothing:
         # a Gaussian-smoothed change: second differences small relative to its size
         assert roughness < 0.3
     else:
         assert roughness > 0.3
+
+
+def _refined_change_roughness(model, **refine_options) -> float:
+    moving, fixed = _shifted_pair((64, 64))
+    with torch.no_grad():
+        start = model(moving, fixed)["velocity"]
+    change = model.refine(moving, fixed, steps=5, learning_rate=0.5, **refine_options)["velocity"] - start
+    return float(change.diff(dim=2).diff(dim=2).abs().mean() / change.abs().mean())
+
+
+def test_refine_smoothing_sigma_preconditions_with_the_whole_gaussian():
+    """smoothing_sigma replaces the layer's 3-tap kernel by a whole Gaussian: smoother updates, with or without the layer."""
+    layered = _model(2, smoothing=True).eval()
+    assert _refined_change_roughness(layered, smoothing_sigma=2.0) < 0.5 * _refined_change_roughness(layered)
+    assert _refined_change_roughness(_model(2, smoothing=False).eval(), smoothing_sigma=2.0) < 0.3
 
 
 def test_refine_rejects_another_loss():
