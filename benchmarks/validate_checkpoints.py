@@ -2,6 +2,8 @@
 
     python -m benchmarks.validate_checkpoints --bundle vxm_prob --checkpoints RUN/checkpoint_*.pt \
         [--seed 999] [--pairs 12] [--output validation.csv]
+    python -m benchmarks.validate_checkpoints --bundle mdregnet --checkpoints bundles/mdregnet/models/model.pt \
+        --refine-steps 100 [--refine-learning-rate 0.1] [--refine-smoothing-sigma 2]
 
 The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
 another seed (999; training uses 0): drawn from the training distribution, never trained on.
@@ -10,6 +12,10 @@ tool keeps the benchmark's numbers honest. Every checkpoint's network (``train.j
 training resolution) registers every pair; the score is the mean Dice over the non-background
 labels of the moving label map warped by ``ddf`` (one-hot channels interpolated linearly, then
 argmax) against the fixed label map. Identity (no registration) is the first row.
+
+With ``--refine-steps N`` every pair is registered by the network's test-time refinement
+(``network.refine``, minimising ``train.json``'s loss, as the bundles' ``refine_loss`` does)
+instead: the held-out check of refinement settings.
 
 A checkpoint is a training checkpoint (``{"model": state_dict, "iteration": ...}``) or a plain
 state dict such as a bundle's ``models/model.pt``.
@@ -68,18 +74,28 @@ def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
 
 
 def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 999, pairs: int = 12,
-             progress=None) -> list[dict]:
-    """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair)."""
+             progress=None, refine: dict | None = None) -> list[dict]:
+    """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair).
+
+    ``refine``: keyword arguments of the network's ``refine`` (``steps``, ``learning_rate``,
+    ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
+    """
     config = train_config(bundle, data_dir, seed)
     data = validation_pairs(config, pairs)
     rows = [_row("identity", None, [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data])]
     network = config.get_parsed_content("network_def").eval()
+    loss = config.get_parsed_content("loss") if refine is not None else None
+
+    def ddf(pair):
+        if refine is not None:
+            return network.refine(pair["moving"], pair["fixed"], loss_function=loss, **refine)["ddf"]
+        with torch.no_grad():
+            return network(pair["moving"], pair["fixed"])["ddf"]
+
     for path in checkpoints:
         state, iteration = _load_state(path)
         network.load_state_dict(state)
-        with torch.no_grad():
-            scores = [pair_dice(p["moving_labels"], p["fixed_labels"], network(p["moving"], p["fixed"])["ddf"])
-                      for p in data]
+        scores = [pair_dice(p["moving_labels"], p["fixed_labels"], ddf(p)) for p in data]
         rows.append(_row(str(path), iteration, scores))
         if progress is not None:
             progress(rows[-1])
@@ -95,6 +111,10 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
+    parser.add_argument("--refine-steps", type=int, default=0, help="score the network's test-time refinement (steps)")
+    parser.add_argument("--refine-learning-rate", type=float, default=0.1)
+    parser.add_argument("--refine-smoothing-sigma", type=float, default=None,
+                        help="Gaussian smoothing of the refinement's updates (velocity voxels); default the network's")
     args = parser.parse_args(argv)
     if not args.data_dir.is_dir():
         sys.exit(f"validate_checkpoints: {args.data_dir} not found (set --data-dir or $MONAI_DIFFREG_SHARED)")
@@ -106,7 +126,9 @@ def main(argv=None) -> None:
     def show(row):
         print(f"{row['name']}: iteration {row['iteration']}, mean Dice {row['mean_dice']:.4f}", flush=True)
 
-    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show)
+    refine = None if args.refine_steps == 0 else {"steps": args.refine_steps, "learning_rate": args.refine_learning_rate,
+                                                  "smoothing_sigma": args.refine_smoothing_sigma}
+    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show, refine=refine)
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
