@@ -52,3 +52,5 @@ def test_refinement_minimises_the_training_loss(bundle_config):
     method = inference.get_parsed_content("method")
     assert method.refine_loss is refined and method.refine_steps == 0
     assert method.refine_smoothing_sigma == inference["refine_smoothing_sigma"] == 2.0
+    inference["refine_smoothing_sigma"] = "$None"  # 0.2.0's refinement, through the smoothing layer
+    assert inference.get_parsed_content("method", lazy=False).refine_smoothing_sigma is None

@@ -33,4 +33,4 @@ def test_refinement_minimises_the_training_loss(bundle_config):
     for setting in ("image_loss", "image_weight", "bidirectional", "prior_lambda", "posterior", "ncc_window"):
         assert getattr(refined, setting) == getattr(trained, setting), setting
     method = inference.get_parsed_content("method")
-    assert method.refine_loss is refined and method.refine_smoothing_sigma == 1.0  # chosen on validation cases
+    assert method.refine_loss is refined and method.refine_smoothing_sigma is None  # chosen on validation cases
