@@ -118,7 +118,7 @@ AFFINE_ITERATIONS = (100, 50, 25)
 
 
 def case_names(groups, seeds) -> list[tuple[str, str]]:
-    """``(group, case name)`` of every case of ``groups`` (subset of :data:`GROUPS`) for ``seeds``."""
+    """``(group, case name)`` of every case of ``groups`` (of :data:`GROUPS` and :data:`VALIDATION_GROUPS`) for ``seeds``."""
     names = []
     for group in GROUPS + VALIDATION_GROUPS:
         if group not in groups:

@@ -250,11 +250,12 @@ class MDRegNet(nn.Module):
         velocity rather than on the finest increment alone, since the coarser levels' share of
         ``z`` is no longer separate once ``z`` is optimised. As in training the images are those
         the network sees (``image_scale``, padded), ``z`` stays on the 1/2 grid, its
-        displacement upsampled by 2, and every update is smoothed (voxel-wise updates let the
-        refined fields fold): by default (with ``smoothing``) by the smoothing layer, so that ``z``
-        stays that layer's output as the network's is, or by a whole Gaussian of
-        ``smoothing_sigma`` voxels (the bundle uses 2: in the same number of steps it reached
-        more accurate fields on held-out cases). The result stays a diffeomorphism ``exp(z)``.
+        displacement upsampled by 2, and the updates are smoothed: by default (with ``smoothing``)
+        by the smoothing layer, so that ``z`` stays that layer's output as the network's is, or by
+        a whole Gaussian of ``smoothing_sigma`` voxels (the bundle uses 2: in the same number of
+        steps it reached more accurate fields on held-out cases). Voxel-wise updates (without the
+        layer and ``smoothing_sigma``) let the refined fields fold. The result stays a
+        diffeomorphism ``exp(z)``.
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
