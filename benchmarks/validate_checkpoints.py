@@ -4,6 +4,8 @@
         [--seed 999] [--pairs 12] [--output validation.csv]
     python -m benchmarks.validate_checkpoints --bundle mdregnet --checkpoints bundles/mdregnet/models/model.pt \
         --refine-steps 100 [--refine-learning-rate 0.1] [--refine-smoothing-sigma 2]
+    python -m benchmarks.validate_checkpoints --bundle mdregnet --checkpoints RUN/checkpoint_*.pt \
+        --override smoothing=False      # a run trained with an override of train.json
 
 The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
 another seed (999; training uses 0): drawn from the training distribution, never trained on.
@@ -17,6 +19,9 @@ With ``--refine-steps N`` every pair is registered by the network's test-time re
 (``network.refine``, minimising ``train.json``'s loss, as the bundles' ``refine_loss`` does)
 instead: the held-out check of refinement settings.
 
+``--override KEY=VALUE`` sets a ``train.json`` entry as ``monai.bundle run --KEY VALUE`` did for
+the run (the value read as a Python literal, else as text), so that the network is built as trained.
+
 A checkpoint is a training checkpoint (``{"model": state_dict, "iteration": ...}``) or a plain
 state dict such as a bundle's ``models/model.pt``.
 """
@@ -24,6 +29,7 @@ state dict such as a bundle's ``models/model.pt``.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import statistics
 import sys
@@ -37,17 +43,33 @@ from monai_diffreg.functional.warp import warp
 from monai_diffreg.methods import resolve_bundle
 from monai_diffreg.metrics.dice import mean_dice
 
-__all__ = ["train_config", "validation_pairs", "pair_dice", "validate", "main"]
+__all__ = ["train_config", "parse_override", "validation_pairs", "pair_dice", "validate", "main"]
 
 
 
-def train_config(bundle: str, data_dir: Path, seed: int) -> ConfigParser:
-    """The bundle's ``train.json`` with its shared data at ``data_dir`` and its dataset seed set to ``seed``."""
+def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None = None) -> ConfigParser:
+    """The bundle's ``train.json`` with its shared data at ``data_dir``, its dataset seed set to ``seed``
+    and each ``overrides`` entry (config id -> value) set."""
     parser = ConfigParser()
     parser.read_config(Path(resolve_bundle(bundle)) / "configs" / "train.json")
     parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
+    for key, value in (overrides or {}).items():
+        if key not in parser:
+            raise ValueError(f"train_config: override {key!r} is not an entry of {bundle}'s train.json")
+        parser[key] = value
     return parser
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` -> ``(KEY, value)``, the value read as a Python literal (``False``, ``0.2``) or else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--override: expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def validation_pairs(config: ConfigParser, pairs: int = 12) -> list[dict[str, torch.Tensor]]:
@@ -74,13 +96,14 @@ def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
 
 
 def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 999, pairs: int = 12,
-             progress=None, refine: dict | None = None) -> list[dict]:
+             progress=None, refine: dict | None = None, overrides: dict | None = None) -> list[dict]:
     """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair).
 
     ``refine``: keyword arguments of the network's ``refine`` (``steps``, ``learning_rate``,
     ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
+    ``overrides``: ``train.json`` entries set as for the training run (``{"smoothing": False}``).
     """
-    config = train_config(bundle, data_dir, seed)
+    config = train_config(bundle, data_dir, seed, overrides)
     data = validation_pairs(config, pairs)
     rows = [_row("identity", None, [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data])]
     network = config.get_parsed_content("network_def").eval()
@@ -110,6 +133,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the shared data folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--override", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="set a train.json entry as the training run did (e.g. smoothing=False); repeatable")
     parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
     parser.add_argument("--refine-steps", type=int, default=0, help="score the network's test-time refinement (steps)")
     parser.add_argument("--refine-learning-rate", type=float, default=0.1)
@@ -121,6 +146,10 @@ def main(argv=None) -> None:
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         sys.exit(f"validate_checkpoints: checkpoint files not found: {', '.join(missing)}")
+    try:
+        train_config(args.bundle, args.data_dir, args.seed, dict(args.override))
+    except ValueError as error:
+        sys.exit(f"validate_checkpoints: {error}")
     torch.set_num_threads(args.threads)
 
     def show(row):
@@ -128,7 +157,8 @@ def main(argv=None) -> None:
 
     refine = None if args.refine_steps == 0 else {"steps": args.refine_steps, "learning_rate": args.refine_learning_rate,
                                                   "smoothing_sigma": args.refine_smoothing_sigma}
-    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show, refine=refine)
+    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show, refine=refine,
+                    overrides=dict(args.override))
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
