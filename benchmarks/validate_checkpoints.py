@@ -20,7 +20,7 @@ With ``--refine-steps N`` every pair is registered by the network's test-time re
 instead: the held-out check of refinement settings.
 
 ``--override KEY=VALUE`` sets a ``train.json`` entry as ``monai.bundle run --KEY VALUE`` did for
-the run (the value read as a Python literal, else as text), so that the network is built as trained.
+the run (the value read as ``monai-diffreg --option`` values are), so that the network is built as trained.
 
 A checkpoint is a training checkpoint (``{"model": state_dict, "iteration": ...}``) or a plain
 state dict such as a bundle's ``models/model.pt``.
@@ -29,7 +29,6 @@ state dict such as a bundle's ``models/model.pt``.
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import statistics
 import sys
@@ -39,6 +38,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from benchmarks import DEFAULT_DATA_DIR
+from monai_diffreg.cli import parse_option_value
 from monai_diffreg.functional.warp import warp
 from monai_diffreg.methods import resolve_bundle
 from monai_diffreg.metrics.dice import mean_dice
@@ -62,14 +62,11 @@ def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None 
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """``"KEY=VALUE"`` -> ``(KEY, value)``, the value read as a Python literal (``False``, ``0.2``) or else as text."""
+    """``"KEY=VALUE"`` -> ``(KEY, value)``, the value read as the CLI's ``--option`` values are (``False``, ``0.2``, text)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--override: expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+    return key, parse_option_value(value)
 
 
 def validation_pairs(config: ConfigParser, pairs: int = 12) -> list[dict[str, torch.Tensor]]:
