@@ -81,11 +81,27 @@ def pair_dice(moving_labels: torch.Tensor, fixed_labels: torch.Tensor, ddf: torc
     return float(mean_dice(warped.argmax(1, keepdim=True), fixed_labels.argmax(1, keepdim=True))[0])
 
 
-def _load_state(path: Path) -> tuple[dict, int | None]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _load_state(path: Path, network: torch.nn.Module) -> tuple[dict, int | None]:
+    """The state dict and iteration of a checkpoint file, checked to load into ``network`` (ValueError if not)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({err!r})") from None
+    iteration = None
     if isinstance(state, dict) and "model" in state:
-        return state["model"], state.get("iteration")
-    return state, None
+        state, iteration = state["model"], state.get("iteration")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict or a training checkpoint")
+    try:
+        keys = network.load_state_dict(state, strict=False)
+        problem = "; ".join(f"{len(names)} {kind} keys (e.g. {names[0]!r})" for kind, names in
+                            (("missing", keys.missing_keys), ("unexpected", keys.unexpected_keys)) if names)
+    except RuntimeError as err:  # shapes that differ
+        problem = str(err).splitlines()[-1].strip()
+    if problem:
+        raise ValueError(f"{path} does not fit the network of train.json (another bundle's, or a run with an "
+                         f"--override?): {problem}")
+    return state, iteration
 
 
 def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
@@ -99,11 +115,14 @@ def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 9
     ``refine``: keyword arguments of the network's ``refine`` (``steps``, ``learning_rate``,
     ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
     ``overrides``: ``train.json`` entries set as for the training run (``{"smoothing": False}``).
+    Raises ValueError (before any pair is built) for an unknown override or a checkpoint that is
+    unreadable or does not fit the network.
     """
     config = train_config(bundle, data_dir, seed, overrides)
+    network = config.get_parsed_content("network_def").eval()
+    states = [(path, *_load_state(path, network)) for path in checkpoints]
     data = validation_pairs(config, pairs)
     rows = [_row("identity", None, [pair_dice(p["moving_labels"], p["fixed_labels"], None) for p in data])]
-    network = config.get_parsed_content("network_def").eval()
     loss = config.get_parsed_content("loss") if refine is not None else None
 
     def ddf(pair):
@@ -112,8 +131,7 @@ def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 9
         with torch.no_grad():
             return network(pair["moving"], pair["fixed"])["ddf"]
 
-    for path in checkpoints:
-        state, iteration = _load_state(path)
+    for path, state, iteration in states:
         network.load_state_dict(state)
         scores = [pair_dice(p["moving_labels"], p["fixed_labels"], ddf(p)) for p in data]
         rows.append(_row(str(path), iteration, scores))
@@ -143,10 +161,6 @@ def main(argv=None) -> None:
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:
         sys.exit(f"validate_checkpoints: checkpoint files not found: {', '.join(missing)}")
-    try:
-        train_config(args.bundle, args.data_dir, args.seed, dict(args.override))
-    except ValueError as error:
-        sys.exit(f"validate_checkpoints: {error}")
     torch.set_num_threads(args.threads)
 
     def show(row):
@@ -154,8 +168,11 @@ def main(argv=None) -> None:
 
     refine = None if args.refine_steps == 0 else {"steps": args.refine_steps, "learning_rate": args.refine_learning_rate,
                                                   "smoothing_sigma": args.refine_smoothing_sigma}
-    rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show, refine=refine,
-                    overrides=dict(args.override))
+    try:
+        rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show,
+                        refine=refine, overrides=dict(args.override))
+    except ValueError as error:
+        sys.exit(f"validate_checkpoints: {error}")
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

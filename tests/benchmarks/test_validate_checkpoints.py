@@ -3,6 +3,7 @@
 import argparse
 
 import pytest
+import torch
 
 from benchmarks.validate_checkpoints import main, parse_override, train_config
 
@@ -41,3 +42,40 @@ def test_main_exits_with_the_reason_for_an_unknown_override(tmp_path):
     with pytest.raises(SystemExit, match="'smothing' is not an entry"):
         main(["--bundle", "mdregnet", "--checkpoints", str(checkpoint), "--data-dir", str(tmp_path),
               "--override", "smothing=False"])
+
+
+def _run_main(tmp_path, checkpoint):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--bundle", "mdregnet", "--checkpoints", str(checkpoint), "--data-dir", str(tmp_path)])
+    return str(exit_info.value)
+
+
+def test_main_names_an_unreadable_checkpoint(tmp_path):
+    checkpoint = tmp_path / "corrupt.pt"
+    checkpoint.write_bytes(b"not a checkpoint")
+    assert "corrupt.pt is not a readable PyTorch checkpoint" in _run_main(tmp_path, checkpoint)
+
+
+def test_main_names_a_checkpoint_that_holds_no_state_dict(tmp_path):
+    checkpoint = tmp_path / "list.pt"
+    torch.save([1, 2], checkpoint)
+    assert "list.pt holds a list, expected a state dict" in _run_main(tmp_path, checkpoint)
+
+
+def test_main_names_another_networks_weights_before_building_any_pair(tmp_path):
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"unet.weight": torch.zeros(1)}, checkpoint)
+    message = _run_main(tmp_path, checkpoint)  # tmp_path holds no shared data: no pair was built
+    assert "other.pt does not fit the network of train.json" in message
+    assert "unexpected keys (e.g. 'unet.weight')" in message and "missing keys" in message
+
+
+def test_main_names_weights_of_another_shape(tmp_path):
+    network = train_config("mdregnet", tmp_path, seed=999).get_parsed_content("network_def")
+    state = network.state_dict()
+    name = next(iter(state))
+    state[name] = torch.zeros(2, *state[name].shape)
+    checkpoint = tmp_path / "shape.pt"
+    torch.save({"model": state, "iteration": 10}, checkpoint)
+    message = _run_main(tmp_path, checkpoint)
+    assert "shape.pt does not fit the network of train.json" in message and f"size mismatch for {name}" in message
