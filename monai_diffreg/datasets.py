@@ -18,6 +18,9 @@ Data sets (see ``shared/data/README.md`` for origins and licences):
   (:func:`load_mni152`).
 * ``elastix_2d/``: a 2D head MR pair with brain masks (:func:`load_elastix_2d`).
 * ``dipy_2d/t1_coronal_slice.npy``: one T1 coronal slice (:func:`load_dipy_slice`).
+* ``synthseg_label_maps/``, ``synthsr_label_maps/``, ``niivue_freesurfer/``: real subjects'
+  FreeSurfer-style label maps (NIfTI or MGH) for training and validation (:func:`load_label_map`;
+  :mod:`monai_diffreg.transforms.label_protocol` maps their codes onto one label set).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "load_mni152",
     "load_elastix_2d",
     "load_dipy_slice",
+    "load_label_map",
 ]
 
 #: The 30 FreeSurfer aseg label codes VoxelMorph reports Dice on (``voxelmorph/labels.npz``):
@@ -289,3 +293,21 @@ def load_dipy_slice(path) -> MetaTensor:
     """
     path = _existing(path, "load_dipy_slice", "path")
     return _metatensor(np.load(path), np.eye(3), path)
+
+
+def load_label_map(path) -> MetaTensor:
+    """Load a label map (NIfTI or MGH, any orientation) reoriented to RAS voxel axes.
+
+    Args:
+        path: the file (e.g. ``synthseg_label_maps/training_seg_01.nii.gz``).
+
+    Returns:
+        float32 MetaTensor ``(1, *S)`` of integer label codes whose array axes run towards
+        R, A, S (nibabel's closest canonical orientation), with its RAS affine.
+    """
+    path = _existing(path, "load_label_map", "path")
+    img = nib.as_closest_canonical(nib.load(path))
+    codes = np.asanyarray(img.dataobj)
+    if not np.array_equal(codes, np.round(codes)):
+        raise ValueError(f"load_label_map(): {path} holds non-integral values: not a label map")
+    return _metatensor(codes.astype(np.float32), img.affine, path)

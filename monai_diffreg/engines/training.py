@@ -122,6 +122,9 @@ class RegistrationTrainer:
         num_workers: data-loader worker processes preparing the next batches in the background
             (0: in the training process). Items depend only on their index, so results do not change.
         num_threads: ``torch.set_num_threads`` for this process when given.
+        initial_weights: optional network ``state_dict`` file (e.g. a bundle's ``models/model.pt``)
+            loaded before the first iteration: fine-tuning. A run that resumes from a checkpoint
+            ignores it (the checkpoint holds the weights).
     """
 
     def __init__(self, network: nn.Module, loss_function: Callable, optimizer: torch.optim.Optimizer,
@@ -130,8 +133,10 @@ class RegistrationTrainer:
                  log_interval: int = 10, resume: bool = False, seed: int = 0,
                  lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip_norm: float | None = None,
                  step_fn: Callable = registration_step, distributed: bool = False, num_workers: int = 0,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, initial_weights: str | Path | None = None) -> None:
         caller = "RegistrationTrainer"
+        if initial_weights is not None and not Path(initial_weights).is_file():
+            raise FileNotFoundError(f"{caller}(): 'initial_weights' is not a file: {initial_weights}")
         for name, value in (("max_iterations", max_iterations), ("batch_size", batch_size),
                             ("checkpoint_interval", checkpoint_interval), ("keep_checkpoints", keep_checkpoints),
                             ("log_interval", log_interval)):
@@ -160,6 +165,7 @@ class RegistrationTrainer:
         self.distributed = distributed
         self.num_workers = num_workers
         self.num_threads = num_threads
+        self.initial_weights = None if initial_weights is None else Path(initial_weights)
         self.iteration = 0
         self.rank, self.world_size = 0, 1
         self._owns_process_group = False
@@ -184,6 +190,9 @@ class RegistrationTrainer:
         torch.manual_seed(self.seed + self.rank)
         if self.resume:
             self._load_latest()
+        if self.iteration == 0 and self.initial_weights is not None:
+            self.network.load_state_dict(torch.load(self.initial_weights, map_location=self.device, weights_only=True))
+            self.logger.info("fine-tuning: initial weights from %s", self.initial_weights)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return DistributedDataParallel(self.network, device_ids=ids)

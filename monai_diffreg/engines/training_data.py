@@ -20,11 +20,21 @@ training run can be resumed exactly without saving any data-loader state. Each i
   diffeomorphisms, and given random bias field, gamma and noise per image (inside the brain:
   the background stays 0, as in skull-stripped scans).
 
+* **subjects** (SynthMorph trained on real anatomy): real subjects' label maps
+  (:mod:`~monai_diffreg.engines.subject_maps` places them on one canvas of ``label_map_spacing``
+  mm voxels, brain moments matched). The moving and fixed maps are the same subject or, with
+  probability ``inter_subject_probability``, two different ones; each is deformed by its own
+  random diffeomorphism and synthesised into a skull-stripped image (background 0) by the GMM
+  model, with per-structure means either T1-like (:data:`T1_MEANS` plus a jitter of
+  ``t1_mean_jitter``, probability ``t1_contrast_probability``) or uniform in [0, 1] (SynthMorph's
+  random contrasts), shared by both images up to ``intensity_jitter``. Labels are the
+  structures of :mod:`~monai_diffreg.transforms.label_protocol` (one label set for every source).
+
 Every pair is flipped along each axis with probability ``flip_probability`` (both images
 and labels alike). Labels come as soft one-hot maps with ``num_label_channels`` channels
 (shapes: ``shape_labels`` labels; template: background, GM, WM, the rest zero), warped with
-linear interpolation. No real subject is used: the labelled evaluation brain
-(``voxelmorph/test_scan.npz``) must never be given to this class.
+linear interpolation; subjects: background and the training structures). The labelled
+evaluation brain (``voxelmorph/test_scan.npz``) must never be given to this class.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from monai.transforms import Orientation
 from torch.utils.data import Dataset
 
 from ..functional import integrate_velocity, resize_image, warp
+from ..transforms.label_protocol import TRAINING_STRUCTURES, to_training_labels
 from ..transforms.deformation import sample_smooth_velocity_params, smooth_velocity_from_params
 from ..transforms.synthesis import (
     add_gaussian_noise,
@@ -49,7 +60,15 @@ from ..transforms.synthesis import (
     synthesize_image,
 )
 
-__all__ = ["SyntheticPairDataset"]
+__all__ = ["SyntheticPairDataset", "T1_MEANS"]
+
+#: T1-weighted mean intensity (scale of a white-matter-normalised scan, [0, 1]) of background
+#: and each structure of :data:`~monai_diffreg.transforms.label_protocol.TRAINING_STRUCTURES`, in
+#: that order: white matter brightest, grey matter mid, deep nuclei between, fluid dark.
+T1_MEANS: tuple[float, ...] = (
+    0.0, 0.85, 0.50, 0.10, 0.80, 0.50, 0.70, 0.55, 0.60, 0.72,
+    0.10, 0.10, 0.75, 0.50, 0.52, 0.10, 0.72, 0.35, 0.55,
+)  # fmt: skip
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -78,6 +97,12 @@ class SyntheticPairDataset(Dataset):
         bias_control_spacing: control-point spacing of the random bias fields, voxels.
         intensity_jitter: largest change of a label's mean intensity between the two images of a shapes pair.
         flip_probability: probability of flipping a pair along each axis.
+        label_maps: real subjects' label-map files (None or empty: no subject pairs).
+        label_map_probability: probability that an item is a subject pair (when maps are given).
+        label_map_spacing: canvas voxel size of the subject maps in mm (the canvas is ``spatial_size``).
+        inter_subject_probability: probability that a subject pair joins two different subjects.
+        t1_contrast_probability: probability of T1-like rather than random contrast in a subject pair.
+        t1_mean_jitter: standard deviation of each structure's mean around :data:`T1_MEANS`.
 
     Items are dicts of float32 CPU tensors: ``"moving"``, ``"fixed"`` ``(1, *S)`` in [0, 1] and
     ``"moving_labels"``, ``"fixed_labels"`` ``(num_label_channels, *S)``.
@@ -88,7 +113,10 @@ class SyntheticPairDataset(Dataset):
                  template_scale: float = 0.5, orientation: str = "RAS", shape_labels: int = 16,
                  num_label_channels: int = 16, blob_spacing: Sequence[float] = (4.0, 12.0),
                  control_spacing: Sequence[float] = (8.0, 16.0), max_displacement: Sequence[float] = (0.0, 3.0),
-                 bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5) -> None:
+                 bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5,
+                 label_maps: Sequence[str | Path] | None = None, label_map_probability: float = 0.5,
+                 label_map_spacing: float = 2.0, inter_subject_probability: float = 0.5,
+                 t1_contrast_probability: float = 0.5, t1_mean_jitter: float = 0.05) -> None:
         caller = "SyntheticPairDataset"
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if len(self.spatial_size) not in (2, 3) or min(self.spatial_size) < 4:
@@ -107,6 +135,23 @@ class SyntheticPairDataset(Dataset):
         self.bias_control_spacing = float(bias_control_spacing)
         self.intensity_jitter = float(intensity_jitter)
         self.flip_probability = float(flip_probability)
+        self.label_map_probability = float(label_map_probability) if label_maps else 0.0
+        if self.label_map_probability > 0 and num_label_channels < len(TRAINING_STRUCTURES) + 1:
+            raise ValueError(f"{caller}(): 'num_label_channels' must be >= {len(TRAINING_STRUCTURES) + 1} with "
+                             f"'label_maps' (background + the training structures), got {num_label_channels}")
+        if self.template_probability + self.label_map_probability > 1:
+            raise ValueError(f"{caller}(): 'template_probability' + 'label_map_probability' must be <= 1, got "
+                             f"{self.template_probability} + {self.label_map_probability}")
+        self.inter_subject_probability = float(inter_subject_probability)
+        self.t1_contrast_probability = float(t1_contrast_probability)
+        self.t1_mean_jitter = float(t1_mean_jitter)
+        self.subject_maps: torch.Tensor | None = None
+        if self.label_map_probability > 0:
+            if len(self.spatial_size) != 3:
+                raise ValueError(f"{caller}(): label maps are 3D, got a 2D 'spatial_size' {self.spatial_size}")
+            from .subject_maps import prepare_subject_maps
+
+            self.subject_maps = prepare_subject_maps(label_maps, self.spatial_size, label_map_spacing)
         self.template: dict[str, torch.Tensor] | None = None
         if template_folder is not None:
             if len(self.spatial_size) != 3:
@@ -133,8 +178,11 @@ class SyntheticPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed((self.seed * 2**32 + int(index)) % 2**63)
-        if self.template is not None and float(torch.rand((), generator=generator)) < self.template_probability:
+        draw = float(torch.rand((), generator=generator))
+        if draw < self.template_probability:
             item = self._template_pair(generator)
+        elif draw < self.template_probability + self.label_map_probability:
+            item = self._subject_pair(generator)
         else:
             item = self._shapes_pair(generator)
         for axis in range(len(self.spatial_size)):
@@ -199,4 +247,34 @@ class SyntheticPairDataset(Dataset):
             noise = torch.Generator().manual_seed(params["seed"])
             item[name] = (min_max_normalize(add_gaussian_noise(warped, params["noise_std"], noise)) * foreground)[0]
             item[f"{name}_labels"] = self._one_hot(warp(labels[None], ddf)[0])
+        return item
+
+    def _structure_means(self, generator: torch.Generator) -> torch.Tensor:
+        """Mean intensity of background and each training structure for one pair."""
+        count = len(TRAINING_STRUCTURES) + 1
+        if float(torch.rand((), generator=generator)) < self.t1_contrast_probability:
+            jitter = torch.randn(count, generator=generator) * self.t1_mean_jitter
+            return (torch.tensor(T1_MEANS) + jitter).clamp(0.0, 1.0)
+        return torch.rand(count, generator=generator)
+
+    def _subject_pair(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        maps = self.subject_maps  # type: ignore[assignment]
+        first = int(torch.randint(0, maps.shape[0], (), generator=generator))
+        second = first
+        if maps.shape[0] > 1 and float(torch.rand((), generator=generator)) < self.inter_subject_probability:
+            second = (first + 1 + int(torch.randint(0, maps.shape[0] - 1, (), generator=generator))) % maps.shape[0]
+        structure_means = self._structure_means(generator)
+        item: dict[str, torch.Tensor] = {}
+        for name, subject in (("moving", first), ("fixed", second)):
+            codes = warp(maps[subject][None].float(), self._random_ddf(generator), mode="nearest").long()
+            structures = to_training_labels(codes)
+            values = codes.unique()
+            params = sample_synthesis_params(values, self.spatial_size, std_range=(0.0, 0.05),
+                                             bias_control_spacing=self.bias_control_spacing, generator=generator)
+            jitter = (torch.rand(values.shape, generator=generator) * 2 - 1) * self.intensity_jitter
+            params["means"] = (structure_means[to_training_labels(values)] + jitter).clamp(0.0, 1.0)
+            brain = (structures > 0).float()
+            item[name] = min_max_normalize(synthesize_image(codes, params) * brain)[0]
+            onehot = F.one_hot(structures[0, 0], len(TRAINING_STRUCTURES) + 1).movedim(-1, 0).float()
+            item[f"{name}_labels"] = self._one_hot(onehot)
         return item

@@ -143,7 +143,7 @@ def test_evaluate_with_refinement_improves_dice(bundle_run, bundle, cropped_pair
     assert float(rows[30]["folding_percent"]) < 0.01
 
 
-_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "None",
+_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "None", "--label_maps", "[]",
                   "--num_workers", "0", "--log_interval", "1", "--num_threads", "1")
 
 

@@ -129,7 +129,28 @@ def test_save_atomic_replaces(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
+def test_initial_weights_start_a_fresh_run_but_not_a_resumed_one(tmp_path):
+    """Fine-tuning: the run starts from the file's weights; resuming keeps the checkpoint's."""
+    pretrained = _trainer(tmp_path / "pre", 2)
+    pretrained.run()
+    start = tmp_path / "pre" / "model.pt"
+    trainer = _trainer(tmp_path / "fine", 1, initial_weights=start)
+    trainer.optimizer.param_groups[0]["lr"] = 0.0  # one step that changes nothing: the weights are the file's
+    trainer.run()
+    loaded = torch.load(tmp_path / "fine" / "model.pt", weights_only=True)
+    for key, value in torch.load(start, weights_only=True).items():
+        assert torch.equal(loaded[key], value), key
+    assert "initial weights from" in (tmp_path / "fine" / "train_log.txt").read_text()
+    scratch = _trainer(tmp_path / "scratch", 1)
+    scratch.run()
+    resumed = _trainer(tmp_path / "scratch", 2, resume=True, initial_weights=start)
+    resumed.run()
+    assert "initial weights from" not in (tmp_path / "scratch" / "train_log.txt").read_text()
+
+
 def test_bad_settings(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'initial_weights' is not a file"):
+        _trainer(tmp_path, 1, initial_weights=tmp_path / "missing.pt")
     with pytest.raises(ValueError, match=r"RegistrationTrainer\(\): 'max_iterations' must be an integer >= 1, got 0"):
         _trainer(tmp_path, 0)
     with pytest.raises(ValueError, match=r"'num_workers' must be an integer >= 0, got -1"):

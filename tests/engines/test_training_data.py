@@ -1,0 +1,110 @@
+"""SyntheticPairDataset: every source gives replayable, consistent pairs; real subjects' maps on one label set."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_diffreg.engines.training_data import T1_MEANS, SyntheticPairDataset
+from monai_diffreg.transforms.label_protocol import TRAINING_STRUCTURES
+
+CHANNELS = len(TRAINING_STRUCTURES) + 1
+
+
+@pytest.fixture(scope="module")
+def label_map_files(tmp_path_factory):
+    """Two small 'subjects': nested structures of aseg codes (WM in cortex, a ventricle, CSF outside), 2 mm."""
+    folder = tmp_path_factory.mktemp("maps")
+    paths = []
+    for i, (shape, code_wm) in enumerate((((30, 34, 28), 2), ((28, 36, 30), 41))):
+        codes = np.zeros(shape, dtype=np.float32)
+        centre = np.array(shape) / 2
+        zz = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+        radius = np.linalg.norm((zz - centre) / (np.array(shape) / 2.5), axis=-1)
+        codes[radius < 1.0] = 24
+        codes[radius < 0.9] = 3
+        codes[radius < 0.7] = code_wm
+        codes[radius < 0.4] = 4
+        codes[:3] = 136  # extra-cerebral tissue: not brain
+        path = folder / f"subject_{i}.nii.gz"
+        nib.save(nib.Nifti1Image(codes, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+        paths.append(path)
+    return paths
+
+
+def _subjects_only(files, **kwargs):
+    settings = dict(label_maps=files, label_map_probability=1.0, num_label_channels=CHANNELS, seed=1,
+                    label_map_spacing=4.0, max_displacement=(0.0, 1.0), flip_probability=0.0)
+    settings.update(kwargs)
+    return SyntheticPairDataset((16, 16, 16), **settings)
+
+
+def test_subject_pairs_are_replayable_and_well_formed(label_map_files):
+    dataset = _subjects_only(label_map_files)
+    first, again = dataset[5], dataset[5]
+    for key in ("moving", "fixed", "moving_labels", "fixed_labels"):
+        assert torch.equal(first[key], again[key]), key
+    assert first["moving"].shape == (1, 16, 16, 16) and first["moving_labels"].shape == (CHANNELS, 16, 16, 16)
+    for name in ("moving", "fixed"):
+        image, labels = first[name], first[f"{name}_labels"]
+        assert float(image.min()) == 0.0 and float(image.max()) == pytest.approx(1.0)
+        assert torch.allclose(labels.sum(0), torch.ones(16, 16, 16))  # one-hot
+        background = labels[0] > 0.5
+        assert bool(background.any()) and float(image[0][background].abs().max()) == 0.0  # skull-stripped
+        present = set(labels.flatten(1).sum(1).nonzero().flatten().tolist())
+        assert present <= {0, 1, 2, 3, 15}  # WM (both hemisphere codes), cortex, ventricle, CSF
+
+
+def test_t1_like_contrast_orders_the_tissues(label_map_files):
+    dataset = _subjects_only(label_map_files, t1_contrast_probability=1.0, t1_mean_jitter=0.0, intensity_jitter=0.0)
+    for index in range(3):
+        item = dataset[index]
+        labels, image = item["fixed_labels"], item["fixed"][0]
+        mean = {k: float(image[labels[k] > 0.5].mean()) for k in (1, 2, 3)}
+        assert mean[1] > mean[2] > mean[3], mean  # WM > cortex > ventricle, as on a T1 scan
+    assert T1_MEANS[1] > T1_MEANS[2] > T1_MEANS[3] and len(T1_MEANS) == CHANNELS
+
+
+def test_inter_subject_probability_joins_two_subjects(label_map_files):
+    same = _subjects_only(label_map_files, inter_subject_probability=0.0, max_displacement=(0.0, 0.0))
+    other = _subjects_only(label_map_files, inter_subject_probability=1.0, max_displacement=(0.0, 0.0))
+    for index in range(4):
+        item = same[index]
+        assert torch.equal(item["moving_labels"], item["fixed_labels"])
+        item = other[index]
+        assert not torch.equal(item["moving_labels"], item["fixed_labels"])
+
+
+def test_sources_mix_with_their_probabilities(label_map_files):
+    dataset = SyntheticPairDataset((16, 16, 16), label_maps=label_map_files, label_map_probability=0.5,
+                                   num_label_channels=CHANNELS, label_map_spacing=4.0, flip_probability=0.0)
+    skull_stripped = 0
+    for index in range(40):
+        item = dataset[index]
+        skull_stripped += int(float(item["moving"][0][item["moving_labels"][0] > 0.5].abs().max()) == 0.0)
+    assert 10 <= skull_stripped <= 30  # shapes pairs have no zero background
+
+
+def test_bad_subject_settings(label_map_files):
+    with pytest.raises(ValueError, match="num_label_channels"):
+        SyntheticPairDataset((16, 16, 16), label_maps=label_map_files, num_label_channels=16)
+    with pytest.raises(ValueError, match="must be <= 1"):  # checked before the template is read
+        SyntheticPairDataset((16, 16, 16), label_maps=label_map_files, label_map_probability=0.8,
+                             num_label_channels=CHANNELS, template_folder="not-read", template_probability=0.5)
+    with pytest.raises(ValueError, match="3D"):
+        SyntheticPairDataset((16, 16), label_maps=label_map_files, num_label_channels=CHANNELS)
+
+
+def test_real_label_maps_make_brain_like_pairs(shared_data):
+    files = [shared_data / "synthseg_label_maps" / "training_seg_01.nii.gz",
+             shared_data / "synthsr_label_maps" / "brain1_labels.nii.gz"]
+    dataset = SyntheticPairDataset((40, 48, 40), label_maps=files, label_map_probability=1.0,
+                                   num_label_channels=CHANNELS, label_map_spacing=4.0, inter_subject_probability=1.0)
+    item = dataset[0]
+    for name in ("moving", "fixed"):
+        labels = item[f"{name}_labels"]
+        brain = 1.0 - labels[0]
+        assert 0.15 < float(brain.mean()) < 0.7  # the brain fills the canvas, with a margin
+        assert int((labels.flatten(1).sum(1) > 0).sum()) >= 15  # most structures present
