@@ -32,12 +32,34 @@ Case groups (one results table each):
     ``mni_to_subject`` with its tissue labels (the training distribution's template; only its pose
     comes from test_scan), ``moving`` = it under a known smooth diffeomorphism and intensity
     change exactly as in ``brain_synthetic``. Use seeds other than the benchmark's (e.g. 100 101 102).
+``niivue_synthetic`` (3D, 30 labels, known field; **validation** on the validation subject)
+    ``brain_synthetic`` on the validation subject ``niivue_freesurfer/`` instead of test_scan (which
+    these cases never read, not even for pose): ``fixed`` = its skull-stripped T1 ``norm.mgz``
+    divided by its maximum (:func:`monai_diffreg.datasets.load_niivue_subject`), cropped from the
+    256^3 LIA volume to the shape of test_scan's cases (:data:`NIIVUE_CROP`: 160x192x224, 1 mm,
+    same axes: 0 left-right, 1 superior-inferior, 2 anterior-posterior, orientation LIA) by a box
+    centred on the bounding box of the brain (the non-zero voxels of the skull-stripped T1), so
+    timings and settings transfer; labels: ``aparc.a2009s+aseg.mgz`` with the Destrieux cortex
+    parcels 11100-11199 / 12100-12199 mapped to 3 / 42 (aseg-style cortex), the 30 VoxelMorph
+    labels scored. ``moving`` = the crop under a known smooth diffeomorphism and intensity change
+    by the very recipe of ``brain_synthetic`` (:func:`synthetic_pair`). One case per seed; use
+    seeds other than the benchmark's (e.g. 100 101 102).
+``niivue_mni`` (3D, grey/white matter; **validation** on the validation subject)
+    ``mni_to_subject`` with the niivue crop as the subject, by the same code path: ``moving`` = the
+    MNI152 template put on the crop's grid through both RAS affines (the header's true affine; brain
+    centres of mass superimposed) and affinely aligned to it; ``fixed`` = the crop with labels
+    from its mapped aparc+aseg by :func:`monai_diffreg.datasets.aseg_to_tissue` (default rule).
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
     diffeomorphism and intensity change, as in ``brain_synthetic``; labels: two pseudo-tissue
     classes of the slice (foreground of the Gaussian-smoothed slice split at its median
     intensity: 1 darker, 2 brighter).
+
+``mni_synthetic``, ``niivue_synthetic`` and ``niivue_mni`` are **validation** groups
+(:data:`VALIDATION_GROUPS`, not run by default): choose checkpoints and settings on them, never on
+the benchmark groups; the ``niivue_*`` ones are real anatomy of the validation subject
+(``niivue_freesurfer/``) and read nothing of test_scan, the evaluation-only brain.
 
 Quick mode builds every case at half resolution (``scale = 0.5``: 2 mm voxels; the same
 deformations in millimetres), so a smoke run takes seconds per method.
@@ -58,6 +80,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from scipy import ndimage
 
 from monai_diffreg.datasets import (
@@ -67,6 +90,7 @@ from monai_diffreg.datasets import (
     load_dipy_slice,
     load_elastix_2d,
     load_mni152,
+    load_niivue_subject,
     load_voxelmorph_scan,
 )
 from monai_diffreg.engines.affine import optimise_affine
@@ -83,6 +107,7 @@ __all__ = [
     "CASE_VERSIONS",
     "GROUPS",
     "VALIDATION_GROUPS",
+    "NIIVUE_CROP",
     "SYNTH_CONTROL_SPACING_MM",
     "SYNTH_MAX_DISPLACEMENT_MM",
     "case_names",
@@ -94,15 +119,20 @@ __all__ = [
 ]
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
-CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3}
+CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3,
+                 "niivue_synthetic": 1, "niivue_mni": 1}
 
-#: Orientation of the case arrays of families on test_scan's grid; package methods get them
-#: re-oriented to RAS, as :func:`monai_diffreg.register` gives them (benchmarks.adapters.Reorientation).
+#: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
+#: volume ``niivue_freesurfer/norm.mgz``, so LIA too); package methods get them re-oriented to
+#: RAS, as :func:`monai_diffreg.register` gives them (benchmarks.adapters.Reorientation).
 CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION) for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic")}
+CASE_AXCODES.update({family: "LIA" for family in ("niivue_synthetic", "niivue_mni")})
 #: Benchmark case groups, in report order.
 GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
 #: Held-out groups for choosing settings (never for reported accuracy).
-VALIDATION_GROUPS = ("mni_synthetic",)
+VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni")
+#: Shape of the crop of the validation subject (test_scan's, so timings and settings transfer).
+NIIVUE_CROP = (160, 192, 224)
 #: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.
 SYNTH_CONTROL_SPACING_MM = 32.0
 SYNTH_MAX_DISPLACEMENT_MM = 10.0
@@ -123,10 +153,10 @@ def case_names(groups, seeds) -> list[tuple[str, str]]:
     for group in GROUPS + VALIDATION_GROUPS:
         if group not in groups:
             continue
-        if group in ("brain_synthetic", "mni_synthetic"):
+        if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic"):
             names += [(group, f"{group}_s{s}") for s in seeds]
-        elif group == "mni_to_subject":
-            names.append((group, "mni_to_subject"))
+        elif group in ("mni_to_subject", "niivue_mni"):
+            names.append((group, group))
         else:
             names += [(group, "elastix_2d")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
     return names
@@ -193,15 +223,56 @@ def synthetic_pair(image: torch.Tensor, labels: torch.Tensor, seed: int, spacing
     }
 
 
-def _brain_synthetic(data: Path, seed: int, scale: float) -> dict:
+def _subject_grid(image, seg, scale: float, settings: dict) -> dict:
+    """A subject's ``(1, 1, *S)`` image and aseg at ``scale``, with the voxel-to-RAS affine of that grid.
+
+    Args:
+        image, seg: ``(1, *S)`` MetaTensors sharing their affine (1 mm voxels).
+        scale: 1 or 0.5 (:func:`_downsample`); the voxels are ``1 / scale`` mm (``spacing``).
+        settings: what identifies the subject (kept in the cases' ``settings``).
+    """
+    fixed, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
+    # the downsampled grid covers the same extent: new voxel j is centred on old index (j + 0.5) / scale - 0.5
+    coarse = np.diag([1 / scale] * 3 + [1.0])
+    coarse[:3, 3] = 0.5 / scale - 0.5
+    return {"image": fixed, "aseg": seg, "affine": image.affine.numpy() @ coarse, "spacing": 1.0 / scale, "settings": settings}
+
+
+def _test_scan(data: Path, scale: float) -> dict:
+    """The evaluation subject ``voxelmorph/test_scan`` (:func:`_subject_grid`)."""
     image, seg = load_voxelmorph_scan(data / "voxelmorph" / "test_scan.npz")
-    image, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
-    spacing = 1.0 / scale
+    return _subject_grid(image, seg, scale, {"subject": "voxelmorph/test_scan"})
+
+
+def _brain_box(mask: np.ndarray, shape) -> tuple[slice, ...]:
+    """Box of ``shape`` centred on the bounding box of ``mask``, inside the array; it must hold all of ``mask``."""
+    where = np.argwhere(mask)
+    lo, hi = where.min(0), where.max(0) + 1
+    start = np.clip(np.floor((lo + hi - np.asarray(shape)) / 2).astype(int), 0, np.asarray(mask.shape) - shape)
+    if np.any(start > lo) or np.any(start + shape < hi):
+        raise ValueError(f"the brain's bounding box {lo.tolist()}-{hi.tolist()} does not fit in a {tuple(shape)} crop")
+    return tuple(slice(int(a), int(a) + n) for a, n in zip(start, shape))
+
+
+def _niivue_subject(data: Path, scale: float) -> dict:
+    """The validation subject ``niivue_freesurfer/`` cropped to :data:`NIIVUE_CROP` around the brain (LIA, 1 mm)."""
+    image, seg = load_niivue_subject(data / "niivue_freesurfer")
+    box = _brain_box(image[0].numpy() > 0, NIIVUE_CROP)
+    shift = np.eye(4)
+    shift[:3, 3] = [b.start for b in box]
+    affine = image.affine.numpy() @ shift
+    image, seg = (MetaTensor(x.as_tensor()[(slice(None), *box)], affine=torch.as_tensor(affine)) for x in (image, seg))
+    return _subject_grid(image, seg, scale, {"subject": "niivue_freesurfer", "crop_start": shift[:3, 3].astype(int).tolist()})
+
+
+def _subject_synthetic(subject: dict, seed: int) -> dict:
+    """A subject's image under a known deformation and intensity change (:func:`synthetic_pair`), 30 aseg labels."""
+    image, seg, spacing = subject["image"], subject["aseg"], subject["spacing"]
     pair = synthetic_pair(image, seg, seed, spacing)
     return {
         "fixed": image, "moving": pair["moving"], "fixed_labels": seg, "moving_labels": pair["moving_labels"],
         "labels": list(VOXELMORPH_LABELS), "true_ddf": pair["true_ddf"], "mask": seg > 0,
-        "spacing": [spacing] * 3, "settings": pair["settings"],
+        "spacing": [spacing] * 3, "settings": {**subject["settings"], **pair["settings"]},
     }
 
 
@@ -216,15 +287,20 @@ def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ np.array(ndimage.center_of_mass(mask)) + affine[:3, 3]
 
 
-@functools.lru_cache(maxsize=1)
-def _aligned_template(data: Path, scale: float) -> dict:
-    """The ``mni_to_subject`` case (built once per process: its affine alignment takes minutes)."""
-    image, seg = load_voxelmorph_scan(data / "voxelmorph" / "test_scan.npz")
-    fixed, seg = _downsample(image.as_tensor()[None], seg.as_tensor()[None], scale)
-    # the downsampled grid covers the same extent: new voxel j is centred on old index (j + 0.5) / scale - 0.5
-    coarse = np.diag([1 / scale] * 3 + [1.0])
-    coarse[:3, 3] = 0.5 / scale - 0.5
-    affine = image.affine.numpy() @ coarse
+@functools.lru_cache(maxsize=2)
+def _aligned_template(data: Path, subject, scale: float) -> dict:
+    """The MNI152 template aligned to a subject: the ``mni_to_subject`` (``subject=_test_scan``) and
+    ``niivue_mni`` (``_niivue_subject``) cases. Built once per process and subject: its affine
+    alignment takes minutes.
+
+    Args:
+        data: the shared ``data`` folder.
+        subject: ``(data, scale) -> dict`` of the subject's grid (:func:`_subject_grid`: image,
+            aseg and voxel-to-RAS affine at ``scale``).
+        scale: 1 or 0.5.
+    """
+    subject = subject(data, scale)
+    fixed, seg, affine = subject["image"], subject["aseg"], subject["affine"]
     fixed_labels = aseg_to_tissue(seg)
     mni = load_mni152(data / "mni152_2009a", skull_strip=True)
     mni_affine = mni["image"].affine.numpy()
@@ -239,17 +315,14 @@ def _aligned_template(data: Path, scale: float) -> dict:
         "fixed": fixed, "moving": aligned["warped"].clamp(0.0, 1.0),
         "fixed_labels": fixed_labels, "moving_labels": warp(moving_labels, aligned["ddf"], mode="nearest"),
         "labels": [1, 2], "true_ddf": None, "mask": None, "spacing": [1.0 / scale] * 3,
-        "settings": {"affine_matrix": aligned["matrix"][0].tolist(), "centroid_shift_mm": shift.tolist(),
+        "settings": {**subject["settings"], "affine_matrix": aligned["matrix"][0].tolist(),
+                     "centroid_shift_mm": shift.tolist(),
                      "affine_final_loss": aligned["history"][-1]["loss"] if aligned["history"] else None},
     }
 
 
-def _mni_to_subject(data: Path, scale: float) -> dict:
-    return dict(_aligned_template(data, scale))
-
-
 def _mni_synthetic(data: Path, seed: int, scale: float) -> dict:
-    template = _aligned_template(data, scale)
+    template = _aligned_template(data, _test_scan, scale)
     spacing = 1.0 / scale
     pair = synthetic_pair(template["moving"], template["moving_labels"], seed, spacing)
     return {
@@ -292,13 +365,15 @@ def _dipy_synthetic(data: Path, seed: int, scale: float) -> dict:
 
 def _build(data: Path, name: str, scale: float) -> dict:
     if name.startswith("brain_synthetic_s"):
-        return _brain_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
+        return _subject_synthetic(_test_scan(data, scale), int(name.rsplit("_s", 1)[1]))
+    if name.startswith("niivue_synthetic_s"):
+        return _subject_synthetic(_niivue_subject(data, scale), int(name.rsplit("_s", 1)[1]))
     if name.startswith("mni_synthetic_s"):
         return _mni_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
     if name.startswith("dipy_synthetic_s"):
         return _dipy_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
-    if name == "mni_to_subject":
-        return _mni_to_subject(data, scale)
+    if name in ("mni_to_subject", "niivue_mni"):
+        return dict(_aligned_template(data, _test_scan if name == "mni_to_subject" else _niivue_subject, scale))
     if name == "elastix_2d":
         return _elastix_2d(data, scale)
     raise ValueError(f"get_case(): unknown case {name!r}")
@@ -324,7 +399,7 @@ def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Pa
 
     Args:
         data: the shared ``data`` folder.
-        group: the case group (:data:`GROUPS`).
+        group: the case group (:data:`GROUPS` or :data:`VALIDATION_GROUPS`).
         name: a name from :func:`case_names`.
         scale: 1 (full resolution) or 0.5 (quick mode).
         cache: folder of cached cases.

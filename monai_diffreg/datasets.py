@@ -21,6 +21,9 @@ Data sets (see ``shared/data/README.md`` for origins and licences):
 * ``synthseg_label_maps/``, ``synthsr_label_maps/``, ``niivue_freesurfer/``: real subjects'
   FreeSurfer-style label maps (NIfTI or MGH) for training and validation (:func:`load_label_map`;
   :mod:`monai_diffreg.transforms.label_protocol` maps their codes onto one label set).
+* ``niivue_freesurfer/``: **the validation subject**, a skull-stripped T1 with its
+  ``aparc.a2009s+aseg`` labels, 256^3, 1 mm, LIA (:func:`load_niivue_subject`): for choosing
+  checkpoints and settings on real anatomy instead of ever touching ``test_scan``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ __all__ = [
     "load_elastix_2d",
     "load_dipy_slice",
     "load_label_map",
+    "NIIVUE_FILES",
+    "DESTRIEUX_CORTEX",
+    "destrieux_to_aseg",
+    "load_niivue_subject",
 ]
 
 #: The 30 FreeSurfer aseg label codes VoxelMorph reports Dice on (``voxelmorph/labels.npz``):
@@ -97,6 +104,14 @@ MNI152_FILES: dict[str, str] = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
+
+#: File names inside the ``niivue_freesurfer`` folder (the validation subject).
+NIIVUE_FILES: dict[str, str] = {"image": "norm.mgz", "labels": "aparc.a2009s+aseg.mgz"}
+
+#: FreeSurfer ``aparc.a2009s+aseg`` cortex parcels: ``(first, last, aseg code)`` of the Destrieux
+#: ranges of each hemisphere and the aseg cortex label they belong to (left 11100-11199 -> 3,
+#: right 12100-12199 -> 42).
+DESTRIEUX_CORTEX: tuple[tuple[int, int, int], ...] = ((11100, 11199, 3), (12100, 12199, 42))
 
 #: Brain mask of the template (:func:`load_mni152`): Gaussian scale (mm = voxels) applied to
 #: ``p_gm + p_wm`` and the threshold on the smoothed sum.
@@ -311,3 +326,49 @@ def load_label_map(path) -> MetaTensor:
     if not np.array_equal(codes, np.round(codes)):
         raise ValueError(f"load_label_map(): {path} holds non-integral values: not a label map")
     return _metatensor(codes.astype(np.float32), img.affine, path)
+
+
+def destrieux_to_aseg(labels: torch.Tensor) -> torch.Tensor:
+    """Aseg-style cortex for an ``aparc.a2009s+aseg`` label map: Destrieux parcels -> 3 / 42.
+
+    Codes in the ranges of :data:`DESTRIEUX_CORTEX` become the aseg cortex label of their
+    hemisphere; every other code is kept (aseg structures keep left and right apart).
+
+    Args:
+        labels: tensor of label codes, any shape (MetaTensor metadata is kept).
+
+    Returns:
+        tensor like ``labels`` (same dtype).
+    """
+    out = labels.clone()
+    for first, last, code in DESTRIEUX_CORTEX:
+        out[(labels >= first) & (labels <= last)] = code
+    return out
+
+
+def load_niivue_subject(folder) -> tuple[MetaTensor, MetaTensor]:
+    """Load the validation subject ``niivue_freesurfer/`` (image and aseg-style labels).
+
+    The arrays keep the files' voxel axes (FreeSurfer's conformed space: LIA, 256^3, 1 mm;
+    :func:`load_label_map` reorients to RAS instead), with the header's voxel-to-RAS affine.
+
+    Args:
+        folder: the ``niivue_freesurfer`` folder holding :data:`NIIVUE_FILES`.
+
+    Returns:
+        ``(image, labels)``: float32 MetaTensors ``(1, 256, 256, 256)`` sharing the affine;
+        ``image`` = ``norm.mgz`` (skull-stripped T1, uint8 0-125) divided by its maximum, in
+        [0, 1]; ``labels`` = ``aparc.a2009s+aseg.mgz`` through :func:`destrieux_to_aseg` (aseg
+        codes, cortex 3 / 42).
+    """
+    folder = _existing(folder, "load_niivue_subject", "folder")
+    images = {key: nib.load(_existing(folder / name, "load_niivue_subject", "folder")) for key, name in NIIVUE_FILES.items()}
+    affine = images["image"].affine
+    if not np.allclose(images["labels"].affine, affine):
+        raise ValueError(f"load_niivue_subject(): {NIIVUE_FILES['labels']} has affine "
+                         f"{images['labels'].affine.tolist()}, expected {affine.tolist()}")
+    image = np.asanyarray(images["image"].dataobj).astype(np.float32)
+    image = image / image.max()
+    labels = np.asanyarray(images["labels"].dataobj).astype(np.float32)
+    files = {key: folder / name for key, name in NIIVUE_FILES.items()}
+    return _metatensor(image, affine, files["image"]), destrieux_to_aseg(_metatensor(labels, affine, files["labels"]))

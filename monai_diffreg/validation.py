@@ -89,15 +89,18 @@ def check_field(field: object, name: str, caller: str, *, like: torch.Tensor | N
 
 
 def check_finite(x: torch.Tensor, name: str, caller: str) -> None:
-    """Raise if ``x`` holds NaN or Inf (reads every element)."""
-    if not bool(torch.isfinite(x).all()):
+    """Raise if ``x`` holds NaN or Inf (one min/max pass; NaN and Inf reach the extremes)."""
+    if x.numel() == 0 or not x.is_floating_point():
+        return
+    low, high = torch.aminmax(x.as_subclass(torch.Tensor))  # a plain view: no MetaTensor bookkeeping
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{caller}(): '{name}' contains {n_bad} NaN/Inf value(s) out of {x.numel()}")
 
 
 def check_not_constant(x: torch.Tensor, name: str, caller: str) -> None:
     """Raise if ``x`` is constant (an empty or blank image cannot be registered)."""
-    if x.numel() == 0 or bool(x.max() == x.min()):
+    if x.numel() == 0 or bool(torch.eq(*torch.aminmax(x.as_subclass(torch.Tensor)))):
         value = float(x.flatten()[0]) if x.numel() else "n/a"
         raise ValueError(f"{caller}(): '{name}' is constant (every voxel = {value}); nothing to register")
 

@@ -90,6 +90,45 @@ def test_register_arrays(toy):
     torch.testing.assert_close(toy.calls[0][0], torch.as_tensor(image)[None, None])
 
 
+def test_metrics_are_computed_once_on_first_use_from_one_determinant(toy, monkeypatch):
+    """register() leaves the metrics to whoever asks; they equal the separate metric functions."""
+    from monai_diffreg import api
+    from monai_diffreg.metrics import folding_percentage, sd_log_jacobian, sd_log_jacobian_l2r
+
+    determinants = []
+    real = api.jacobian_determinant
+    monkeypatch.setattr(api, "jacobian_determinant", lambda ddf: determinants.append(1) or real(ddf))
+    image, _ = blobs((20, 24, 16))
+    result = register(image, blobs((20, 24, 16), seed=1)[0], "toy", amplitude=3.0)
+    assert result._metrics is None and determinants == []  # nothing computed yet
+    metrics = result.metrics
+    assert result.metrics is metrics and determinants == [1]  # once, cached
+    ddf = result.ddf.double()
+    assert metrics["folding_percent"] == pytest.approx(float(folding_percentage(ddf)[0]), abs=1e-9)
+    assert metrics["sd_log_jacobian"] == pytest.approx(float(sd_log_jacobian(ddf)[0]), rel=1e-5)
+    assert metrics["sd_log_jacobian_learn2reg"] == pytest.approx(float(sd_log_jacobian_l2r(ddf)[0]), rel=1e-5)
+    assert {"load", "registration", "resample", "metrics", "total"} <= set(metrics["seconds"])
+    torch.testing.assert_close(result.det_jacobian, real(result.ddf))
+
+
+def test_data_on_the_fixed_grid_is_not_resampled(toy, monkeypatch, tmp_path):
+    """Arrays (and files sharing the fixed grid) are only warped: the 'moving' output is the input itself."""
+    from monai_diffreg import api
+
+    monkeypatch.setattr(api, "resample_to_fixed", lambda *a, **k: pytest.fail("resampled data already on the grid"))
+    image, labels = blobs((20, 24, 16))
+    moving, moving_labels = blobs((20, 24, 16), seed=2)
+    result = register(image, moving, "toy", fixed_labels=labels, moving_labels=moving_labels)
+    torch.testing.assert_close(result.moving.as_tensor(), torch.as_tensor(moving)[None, None], rtol=0, atol=0)
+    expected = warp(torch.as_tensor(moving)[None, None], result.ddf, padding_mode="zeros")
+    torch.testing.assert_close(result.warped.as_tensor(), expected)
+    affine = np.diag([1.2, 0.9, 1.1, 1.0])
+    for name, data in (("f", image), ("m", moving)):
+        save_image(torch.as_tensor(data)[None, None], affine, tmp_path / f"{name}.nii.gz")
+    on_files = register(tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "toy", orientation=None)
+    torch.testing.assert_close(on_files.moving.as_tensor(), torch.as_tensor(moving)[None, None])
+
+
 def test_register_2d_and_save(toy, tmp_path):
     image, labels = blobs((32, 28))
     moving, moving_labels = blobs((32, 28), seed=1)

@@ -15,13 +15,16 @@ from monai_diffreg.datasets import (
     ASEG_CEREBRAL_WHITE_MATTER,
     ASEG_GREY_MATTER,
     ASEG_WHITE_MATTER,
+    NIIVUE_FILES,
     VOXELMORPH_DIRECTION,
     VOXELMORPH_LABELS,
     VOXELMORPH_ORIENTATION,
     aseg_to_tissue,
+    destrieux_to_aseg,
     load_dipy_slice,
     load_elastix_2d,
     load_mni152,
+    load_niivue_subject,
     load_voxelmorph_labels,
     load_voxelmorph_scan,
     voxelmorph_affine,
@@ -203,6 +206,7 @@ def test_load_dipy_slice(shared_data):
         (load_mni152, "folder"),
         (load_elastix_2d, "folder"),
         (load_dipy_slice, "path"),
+        (load_niivue_subject, "folder"),
     ],
 )
 def test_missing_files(loader, name, tmp_path):
@@ -226,3 +230,38 @@ def test_load_elastix_2d_constant_image(shared_data, tmp_path):
     with pytest.raises(ValueError, match=r"load_elastix_2d\(\): 'fixed' is constant \(7.0\)"):
         load_elastix_2d(tmp_path)
     assert float(load_elastix_2d(tmp_path, normalise=False)["fixed"].max()) == 7.0
+
+
+def test_destrieux_to_aseg_maps_cortex_parcels_per_hemisphere():
+    codes = torch.tensor([0, 2, 3, 11100, 11101, 11175, 11199, 12100, 12175, 12199, 11200, 12200, 1035, 41, 42])
+    expected = torch.tensor([0, 2, 3, 3, 3, 3, 3, 42, 42, 42, 11200, 12200, 1035, 41, 42])
+    assert torch.equal(destrieux_to_aseg(codes), expected)
+    assert torch.equal(destrieux_to_aseg(codes.float()), expected.float())
+
+
+def test_load_niivue_subject(shared_data):
+    folder = shared_data / "niivue_freesurfer"
+    image, labels = load_niivue_subject(folder)
+    header = nib.load(folder / NIIVUE_FILES["image"])
+    raw_image = np.asanyarray(header.dataobj)
+    raw_labels = np.asanyarray(nib.load(folder / NIIVUE_FILES["labels"]).dataobj)
+    assert image.shape == labels.shape == (1, 256, 256, 256)
+    assert image.dtype == labels.dtype == torch.float32
+    # the file's voxel axes (LIA) with the header's affine, not reoriented
+    np.testing.assert_allclose(image.affine.numpy(), header.affine)
+    assert torch.equal(image.affine, labels.affine)
+    assert nib.aff2axcodes(image.affine.numpy()) == ("L", "I", "A")
+    np.testing.assert_allclose(image[0].numpy(), raw_image / raw_image.max())
+    assert float(image.max()) == 1.0 and float(image.min()) == 0.0
+    # aseg-style cortex: every Destrieux parcel of a hemisphere becomes 3 / 42, the rest is kept
+    codes = set(torch.unique(labels).int().tolist())
+    assert not any(11100 <= c < 12200 for c in codes)
+    assert set(VOXELMORPH_LABELS) <= codes
+    lab = labels[0].numpy()
+    assert (lab == 3).sum() == ((raw_labels >= 11100) & (raw_labels <= 11199)).sum() > 0
+    assert (lab == 42).sum() == ((raw_labels >= 12100) & (raw_labels <= 12199)).sum() > 0
+    kept = (raw_labels < 11100) | (raw_labels > 12199)
+    np.testing.assert_array_equal(lab[kept], raw_labels[kept])
+    # left cortex (3) lies at negative RAS x relative to right cortex (42)
+    x = [image.affine.numpy()[0, :3] @ np.array(ndimage.center_of_mass(lab == c)) for c in (3, 42)]
+    assert x[0] < x[1]

@@ -53,16 +53,21 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, 1, *spatial)`` determinant map.
     """
-    jac = jacobian_matrix(ddf)
-    ndim = jac.shape[1]
-    # move the (D, D) matrix axes last for torch.linalg.det; closed forms are faster than LU here
-    m = jac.permute(0, *range(3, ndim + 3), 1, 2)
+    ndim = check_field(ddf, "ddf", "jacobian_determinant")
+    if min(ddf.shape[2:]) < 2:
+        raise ValueError(f"jacobian_determinant(): every spatial axis needs >= 2 voxels, got shape {tuple(ddf.shape)}")
+    # d[j][:, i] = d u_i / d x_j; the closed forms on these views avoid building (and permuting) J
+    d = torch.gradient(ddf, dim=tuple(range(2, ndim + 2)))
+
+    def entry(i: int, j: int) -> torch.Tensor:
+        return d[j][:, i] + 1.0 if i == j else d[j][:, i]
+
     if ndim == 2:
-        det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
+        det = entry(0, 0) * entry(1, 1) - entry(0, 1) * entry(1, 0)
     else:
         det = (
-            m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0])
+            entry(0, 0) * (entry(1, 1) * entry(2, 2) - entry(1, 2) * entry(2, 1))
+            - entry(0, 1) * (entry(1, 0) * entry(2, 2) - entry(1, 2) * entry(2, 0))
+            + entry(0, 2) * (entry(1, 0) * entry(2, 1) - entry(1, 1) * entry(2, 0))
         )
     return det.unsqueeze(1)

@@ -16,6 +16,8 @@ from .jacobian import (
     folding_percentage,
     sd_log_jacobian,
     sd_log_jacobian_l2r,
+    jacobian_statistics,
+    determinant_statistics,
 )
 from .tre import TREMetric, target_registration_error
 
@@ -36,6 +38,8 @@ __all__ = [
     "folding_percentage",
     "sd_log_jacobian",
     "sd_log_jacobian_l2r",
+    "jacobian_statistics",
+    "determinant_statistics",
     "TREMetric",
     "target_registration_error",
 ]

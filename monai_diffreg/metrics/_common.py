@@ -111,6 +111,8 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch
     Returns:
         ``(B,)``.
     """
+    if keep is None:
+        return values.flatten(1).mean(1)
     v, w = _kept(values, keep)
     return (v * w).sum(1) / w.sum(1)
 
@@ -125,6 +127,8 @@ def masked_std(values: torch.Tensor, keep: torch.Tensor | None = None) -> torch.
     Returns:
         ``(B,)``.
     """
+    if keep is None:
+        return values.flatten(1).std(1, correction=0)
     v, w = _kept(values, keep)
     mean = (v * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
     return (((v - mean) ** 2 * w).sum(1) / w.sum(1)).sqrt()

@@ -11,6 +11,7 @@ challenge", IEEE TMI 2023) reports the standard deviation of ``log det J``; its 
 actually computes ``std(log(clip(det J + 3, 1e-9, 1e9)))``, which stays finite on folds but is a
 different (much smaller) number. Both are offered, named apart: :func:`sd_log_jacobian` (the
 true statistic, folded voxels excluded) and :func:`sd_log_jacobian_l2r` (Learn2Reg's code).
+:func:`jacobian_statistics` gives all three from one determinant (what a report needs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "folding_percentage",
     "sd_log_jacobian",
     "sd_log_jacobian_l2r",
+    "jacobian_statistics",
+    "determinant_statistics",
     "FoldingMetric",
     "SDLogJacobianMetric",
 ]
@@ -47,6 +50,56 @@ def _cropped_determinant(
     return crop_border(det, crop), None if keep is None else crop_border(keep, crop)
 
 
+def _folding(det: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return 100.0 * masked_mean((det <= 0).to(det.dtype), keep)
+
+
+def _sd_log(det: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    unfolded = det > 0
+    keep = unfolded if keep is None else keep & unfolded
+    return masked_std(torch.log(det), keep)
+
+
+def _sd_log_l2r(det: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return masked_std(torch.log((det + 3.0).clamp(1e-9, 1e9)), keep)
+
+
+def jacobian_statistics(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """:func:`folding_percentage`, :func:`sd_log_jacobian` and :func:`sd_log_jacobian_l2r` from one ``det J``.
+
+    Args:
+        ddf: ``(B, D, *spatial)`` displacement in voxels (2D or 3D).
+        crop: voxels removed at both ends of every spatial axis (default 2).
+        mask: optional ``(B or 1, 1, *spatial)`` region on the full grid.
+
+    Returns:
+        ``{"folding_percent", "sd_log_jacobian", "sd_log_jacobian_learn2reg"}``: ``(B,)`` each,
+        equal to the three functions' values.
+    """
+    check_field(ddf, "ddf", "jacobian_statistics")
+    return determinant_statistics(jacobian_determinant(ddf), crop, mask)
+
+
+def determinant_statistics(det: torch.Tensor, crop: int = 2,
+                           mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """:func:`jacobian_statistics` from a determinant map already computed (e.g. shown in a QC figure).
+
+    Args:
+        det: ``(B, 1, *spatial)`` ``det J`` on the full grid (:func:`~monai_diffreg.functional.jacobian_determinant`).
+        crop: voxels removed at both ends of every spatial axis (default 2).
+        mask: optional ``(B or 1, 1, *spatial)`` region on the full grid.
+    """
+    caller = "determinant_statistics"
+    if not isinstance(det, torch.Tensor) or det.ndim not in (4, 5) or det.shape[1] != 1:
+        raise ValueError(f"{caller}(): 'det' must be a (B, 1, *spatial) tensor, got "
+                         f"{tuple(det.shape) if isinstance(det, torch.Tensor) else type(det).__name__}")
+    check_crop(crop, det.shape[2:], caller)
+    keep = check_mask(mask, det, caller)
+    det, keep = crop_border(det, crop), None if keep is None else crop_border(keep, crop)
+    return {"folding_percent": _folding(det, keep), "sd_log_jacobian": _sd_log(det, keep),
+            "sd_log_jacobian_learn2reg": _sd_log_l2r(det, keep)}
+
+
 def folding_percentage(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Percentage of voxels where the transform folds: ``100 * #{det J <= 0} / #voxels``.
 
@@ -59,8 +112,7 @@ def folding_percentage(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | No
     Returns:
         ``(B,)`` percentage in ``[0, 100]``, ``ddf``'s dtype; NaN where the mask keeps no voxel.
     """
-    det, keep = _cropped_determinant(ddf, crop, mask, "folding_percentage")
-    return 100.0 * masked_mean((det <= 0).to(det.dtype), keep)
+    return _folding(*_cropped_determinant(ddf, crop, mask, "folding_percentage"))
 
 
 def sd_log_jacobian(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,10 +131,7 @@ def sd_log_jacobian(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | None 
         ``(B,)``, ``ddf``'s dtype; 0 for any affine transform with ``det > 0``; NaN where no
         voxel is kept.
     """
-    det, keep = _cropped_determinant(ddf, crop, mask, "sd_log_jacobian")
-    unfolded = det > 0
-    keep = unfolded if keep is None else keep & unfolded
-    return masked_std(torch.log(det), keep)
+    return _sd_log(*_cropped_determinant(ddf, crop, mask, "sd_log_jacobian"))
 
 
 def sd_log_jacobian_l2r(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,8 +150,7 @@ def sd_log_jacobian_l2r(ddf: torch.Tensor, crop: int = 2, mask: torch.Tensor | N
     Returns:
         ``(B,)``, ``ddf``'s dtype.
     """
-    det, keep = _cropped_determinant(ddf, crop, mask, "sd_log_jacobian_l2r")
-    return masked_std(torch.log((det + 3.0).clamp(1e-9, 1e9)), keep)
+    return _sd_log_l2r(*_cropped_determinant(ddf, crop, mask, "sd_log_jacobian_l2r"))
 
 
 class _JacobianMetric(ReducedMetric):

@@ -51,7 +51,17 @@ def test_spatial_gradient_matches_numpy():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"jacobian_matrix\(\): 'ddf' must have 3 channels"):
+    with pytest.raises(ValueError, match=r"jacobian_determinant\(\): 'ddf' must have 3 channels"):
         jacobian_determinant(torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"jacobian_determinant\(\): every spatial axis needs >= 2 voxels"):
+        jacobian_determinant(torch.zeros(1, 3, 1, 4, 4))
     with pytest.raises(ValueError, match=r"spatial_gradient\(\): every spatial axis needs >= 2 voxels"):
         spatial_gradient(torch.zeros(1, 1, 1, 4))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_determinant_equals_the_determinant_of_the_jacobian_matrix(ndim):
+    """The closed form on the derivatives (no matrix built) agrees with LU on the full Jacobian."""
+    ddf = torch.randn(2, ndim, *([9] * ndim), dtype=torch.float64)
+    expected = torch.linalg.det(jacobian_matrix(ddf).permute(0, *range(3, ndim + 3), 1, 2))
+    torch.testing.assert_close(jacobian_determinant(ddf)[:, 0], expected, rtol=0, atol=1e-12)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from monai_diffreg.functional import identity_grid
+from monai_diffreg.functional import identity_grid, jacobian_determinant
 from monai_diffreg.metrics import (
+    jacobian_statistics,
     FoldingMetric,
     SDLogJacobianMetric,
     folding_percentage,
@@ -156,3 +157,19 @@ def test_metrics_accumulate():
         SDLogJacobianMetric(variant="l2r")
     with pytest.raises(ValueError, match="FoldingMetric\\(\\): 'crop'"):
         FoldingMetric(crop=1.5)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_jacobian_statistics_equal_the_three_metrics(with_mask):
+    """One determinant, the same three numbers (a fold included, so both SDlogJ variants differ)."""
+    ddf = torch.randn(2, 3, 12, 11, 10, dtype=torch.float64) * 0.6
+    mask = (torch.rand(1, 1, 12, 11, 10) > 0.3) if with_mask else None
+    stats = jacobian_statistics(ddf, crop=1, mask=mask)
+    assert float(stats["folding_percent"].min()) > 0  # the field folds somewhere
+    torch.testing.assert_close(stats["folding_percent"], folding_percentage(ddf, 1, mask))
+    torch.testing.assert_close(stats["sd_log_jacobian"], sd_log_jacobian(ddf, 1, mask))
+    torch.testing.assert_close(stats["sd_log_jacobian_learn2reg"], sd_log_jacobian_l2r(ddf, 1, mask))
+    if mask is None:  # the unmasked shortcut equals numpy's population statistics
+        det = jacobian_determinant(ddf)[:, :, 1:-1, 1:-1, 1:-1].numpy()
+        expected = [np.std(np.log(np.clip(d + 3, 1e-9, 1e9))) for d in det]
+        np.testing.assert_allclose(stats["sd_log_jacobian_learn2reg"].numpy(), expected, rtol=1e-12)
