@@ -1,6 +1,6 @@
 """Tables (markdown, CSV) and plots (PNG) from the worker records of one benchmark run.
 
-Per case group ``G`` (``brain_synthetic``, ``mni_to_subject``, ``pairs_2d``):
+Per case group ``G`` (``brain_synthetic``, ``mni_to_subject``, ``pairs_2d``; validation groups alike):
 
 * ``G.md``: the exact command and settings, then per case family (the case name without its
   seed) a summary table over its cases (mean, and ± standard deviation over cases when there
@@ -184,7 +184,7 @@ def _plots(group: str, records: list[dict], families: dict, methods: list[str], 
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
-    aseg = [c for fam, c in families.items() if fam == "brain_synthetic"]
+    aseg = [c for fam, c in families.items() if fam in ("brain_synthetic", "niivue_synthetic")]
     if aseg:
         fig, ax = plt.subplots(figsize=(14, 4.5))
         labels = sorted(ASEG_NAMES)

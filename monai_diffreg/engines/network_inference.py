@@ -19,7 +19,18 @@ from torch import nn
 from ..transforms.intensity import normalize_intensity_percentile
 from ..validation import check_positive, check_spatial_tensor
 
-__all__ = ["NetworkRegistration", "load_weights"]
+__all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
+
+#: Test-time refinement settings by name (``NetworkRegistration(refine=...)``, ``--refine`` of the
+#: bundles, ``--option refine=`` of the CLI, ``register(refine=...)``). ``"none"``: the network
+#: alone (the default: the fast setting users expect of a learned method). ``"fast"``: most of the
+#: optimisation on half-size images (an eighth of the cost per step in 3D), a short pass at the
+#: network's resolution, each stage stopped once its loss stalls (:func:`refine_velocity`);
+#: chosen on validation cases (bundle docs).
+REFINE_PRESETS: dict[str, dict] = {
+    "none": {},
+    "fast": {"refine_coarse_steps": 80, "refine_steps": 10, "refine_tolerance": 1e-4},
+}
 
 
 def load_weights(network: nn.Module, weights: str | os.PathLike, caller: str = "load_weights") -> nn.Module:
@@ -66,6 +77,10 @@ class NetworkRegistration:
             training's image weight); None: the network's default.
         refine_smoothing_sigma: Gaussian preconditioning of the refinement's updates, in voxels of
             the velocity grid; None: the network's default.
+        refine: a preset of :data:`REFINE_PRESETS` (``"none"`` or ``"fast"``); ``"fast"`` sets the
+            refinement's steps, coarse steps and tolerance (with ``refine_steps`` left at 0).
+        refine_coarse_steps: refinement steps on half-size images before ``refine_steps`` at full size.
+        refine_tolerance: stop a refinement stage when its loss stalls (absolute change, 5 steps).
         save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
             moving image warped by each level's field, from the network's
             ``warped_level_images(moving, fixed)`` (multi-level networks such as
@@ -76,8 +91,22 @@ class NetworkRegistration:
     def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
                  refine_learning_rate: float = 0.1, refine_loss: nn.Module | None = None,
-                 refine_smoothing_sigma: float | None = None, save_levels: bool = False, name: str = "network") -> None:
+                 refine_smoothing_sigma: float | None = None, save_levels: bool = False, name: str = "network",
+                 refine: str = "none", refine_coarse_steps: int = 0, refine_tolerance: float | None = None) -> None:
         caller = "NetworkRegistration"
+        if not isinstance(refine, str) or refine not in REFINE_PRESETS:
+            raise ValueError(f"{caller}(): 'refine' must be one of {list(REFINE_PRESETS)}, got {refine!r}")
+        if refine != "none":
+            if refine_steps or refine_coarse_steps:
+                raise ValueError(f"{caller}(): 'refine' = {refine!r} sets the refinement steps itself; leave "
+                                 f"'refine_steps' and 'refine_coarse_steps' at 0 (got {refine_steps}, {refine_coarse_steps})")
+            preset = REFINE_PRESETS[refine]
+            refine_steps, refine_coarse_steps = preset["refine_steps"], preset["refine_coarse_steps"]
+            refine_tolerance = preset["refine_tolerance"]
+        if not isinstance(refine_coarse_steps, int) or isinstance(refine_coarse_steps, bool) or refine_coarse_steps < 0:
+            raise ValueError(f"{caller}(): 'refine_coarse_steps' must be an integer >= 0, got {refine_coarse_steps!r}")
+        if refine_tolerance is not None:
+            refine_tolerance = check_positive(refine_tolerance, "refine_tolerance", caller, allow_zero=True)
         if not isinstance(num_samples, int) or num_samples < 0 or num_samples == 1:
             raise ValueError(f"{caller}(): 'num_samples' must be 0 or an integer >= 2, got {num_samples!r}")
         if not isinstance(refine_steps, int) or refine_steps < 0:
@@ -86,7 +115,7 @@ class NetworkRegistration:
             refine_smoothing_sigma = check_positive(refine_smoothing_sigma, "refine_smoothing_sigma", caller)
         if num_samples and not callable(getattr(network, "sample", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
-        if refine_steps and not callable(getattr(network, "refine", None)):
+        if (refine_steps or refine_coarse_steps) and not callable(getattr(network, "refine", None)):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'refine' method, so 'refine_steps' must be 0")
         if not isinstance(save_levels, bool):
             raise ValueError(f"{caller}(): 'save_levels' must be True or False, got {save_levels!r}")
@@ -103,6 +132,9 @@ class NetworkRegistration:
         self.refine_learning_rate = refine_learning_rate
         self.refine_loss = refine_loss
         self.refine_smoothing_sigma = refine_smoothing_sigma
+        self.refine = refine
+        self.refine_coarse_steps = refine_coarse_steps
+        self.refine_tolerance = refine_tolerance
         self.save_levels = save_levels
         self.name = name
 
@@ -129,13 +161,15 @@ class NetworkRegistration:
         if self.save_levels:
             with torch.no_grad():
                 result["warped_levels"] = self.network.warped_level_images(moving, fixed)
-        if self.refine_steps:
+        if self.refine_steps or self.refine_coarse_steps:
             refined = self.network.refine(moving, fixed, steps=self.refine_steps,
                                           learning_rate=self.refine_learning_rate, loss_function=self.refine_loss,
-                                          smoothing_sigma=self.refine_smoothing_sigma)
+                                          smoothing_sigma=self.refine_smoothing_sigma,
+                                          coarse_steps=self.refine_coarse_steps, tolerance=self.refine_tolerance)
             result.update(ddf=refined["ddf"].detach(), inverse_ddf=refined["inverse_ddf"].detach())
         return result
 
     def __repr__(self) -> str:
         return (f"NetworkRegistration({type(self.network).__name__}, device={self.device}, "
-                f"num_samples={self.num_samples}, refine_steps={self.refine_steps})")
+                f"num_samples={self.num_samples}, refine={self.refine!r}, refine_steps={self.refine_steps}, "
+                f"refine_coarse_steps={self.refine_coarse_steps})")

@@ -34,7 +34,7 @@ from functools import partial
 
 import torch
 
-from ..functional import gaussian_smooth, integrate_velocity, resize_field, warp
+from ..functional import gaussian_smooth, integrate_velocity, resize_field, resize_image, warp
 from ..losses import gradient_loss
 from ..losses.regularization import PENALTIES
 from ..validation import check_choice, check_field, check_positive
@@ -75,8 +75,11 @@ def refine_velocity(
     int_downsize: int = 1,
     bidirectional: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    coarse_steps: int = 0,
+    tolerance: float | None = None,
+    patience: int = 5,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """Refine a velocity field by ``steps`` Adam iterations at one resolution.
+    """Refine a velocity field by ``steps`` Adam iterations (after ``coarse_steps`` on half-size images).
 
     Minimises ``loss_fn(warp(moving, exp(v)), fixed) + regularizer(v)`` (module docstring),
     starting from ``velocity``; with ``bidirectional=True`` the image term is the mean of both
@@ -104,11 +107,18 @@ def refine_velocity(
             (:func:`~monai_diffreg.functional.resize_field`) before warping, as the networks do.
         bidirectional: also match ``fixed`` warped by the inverse ``exp(-v)`` to ``moving``.
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
+        coarse_steps: Adam iterations run first with both images average-pooled to half size
+            (the velocity stays on its grid, so ``int_downsize`` must be even): each costs about an
+            eighth of a full-size step (3D), which makes them the cheap way to travel most of
+            the distance; then ``steps`` at full size finish. 0: none.
+        tolerance: stop a stage early when its loss has not fallen by more than ``tolerance``
+            (absolute) below its best value for ``patience`` consecutive iterations; None: never.
+        patience: iterations without such an improvement that stop a stage.
 
     Returns:
         ``(velocity, history)``: the refined ``(B, D, *spatial)`` velocity (detached) and one dict
-        per iteration with keys ``iteration``, ``loss``, ``image``, ``regularization`` (values
-        before that iteration's step).
+        per iteration run with keys ``stage`` (``"coarse"`` or ``"fine"``), ``iteration``, ``loss``,
+        ``image``, ``regularization`` (values before that iteration's step).
     """
     caller = "refine_velocity"
     check_pair(fixed, moving, caller)
@@ -122,6 +132,14 @@ def refine_velocity(
             f"(B, D) = {(fixed.shape[0], fixed.ndim - 2)} and images of spatial size velocity * int_downsize = {image_size}"
         )
     steps = _check_steps(steps, "steps", caller)
+    coarse_steps = _check_steps(coarse_steps, "coarse_steps", caller)
+    if coarse_steps and int_downsize % 2:
+        raise ValueError(f"{caller}(): 'coarse_steps' need an even 'int_downsize' (the half-size images must stay "
+                         f"on or finer than the velocity grid), got int_downsize={int_downsize}")
+    if tolerance is not None:
+        tolerance = check_positive(tolerance, "tolerance", caller, allow_zero=True)
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+        raise ValueError(f"{caller}(): 'patience' must be an integer >= 1, got {patience!r}")
     learning_rate = check_positive(learning_rate, "learning_rate", caller)
     num_steps = _check_steps(num_steps, "num_steps", caller)
     if smoothing_sigma is not None:
@@ -132,7 +150,25 @@ def refine_velocity(
         raise ValueError(f"{caller}(): 'bidirectional' must be True or False, got {bidirectional!r}")
 
     dtype = torch.float64 if velocity.dtype == torch.float64 else torch.float32
-    fixed, moving, start = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
+    fixed, moving, velocity = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
+    settings = dict(loss_fn=loss_fn, regularizer=regularizer, learning_rate=learning_rate, num_steps=num_steps,
+                    smoothing_sigma=smoothing_sigma, smoothing_kernel_size=smoothing_kernel_size,
+                    bidirectional=bidirectional, callback=callback, tolerance=tolerance, patience=patience)
+    history: list[dict] = []
+    if coarse_steps:
+        half = [n // 2 for n in image_size]
+        velocity = _adam_stage(resize_image(fixed, size=half, mode="area"), resize_image(moving, size=half, mode="area"),
+                               velocity, coarse_steps, int_downsize // 2, "coarse", history, **settings)
+    velocity = _adam_stage(fixed, moving, velocity, steps, int_downsize, "fine", history, **settings)
+    return velocity, history
+
+
+def _adam_stage(fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, int_downsize: int,
+                stage: str, history: list[dict], *, loss_fn, regularizer, learning_rate: float, num_steps: int,
+                smoothing_sigma: float | None, smoothing_kernel_size: int | None, bidirectional: bool,
+                callback, tolerance: float | None, patience: int) -> torch.Tensor:
+    """One stage of :func:`refine_velocity`: Adam on the velocity at the images' resolution; appends to ``history``."""
+    image_size = list(fixed.shape[2:])
     update = torch.zeros_like(start, requires_grad=True)
     optimiser = torch.optim.Adam([update], lr=learning_rate)
 
@@ -141,7 +177,7 @@ def refine_velocity(
             return start + update
         return start + gaussian_smooth(update, smoothing_sigma, smoothing_kernel_size)
 
-    history = []
+    best, stale = float("inf"), 0
     for iteration in range(steps):
         v = current()
         ddfs = integrate_velocity(torch.cat([v, -v]) if bidirectional else v, num_steps)
@@ -156,13 +192,20 @@ def refine_velocity(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        record = {"iteration": iteration, "loss": float(loss.detach()), "image": float(image.detach()),
+        record = {"stage": stage, "iteration": iteration, "loss": float(loss.detach()), "image": float(image.detach()),
                   "regularization": float(regularization.detach())}
         history.append(record)
         if callback is not None:
             callback(iteration, record["loss"])
+        if tolerance is not None:
+            if record["loss"] < best - tolerance:
+                best, stale = record["loss"], 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
     with torch.no_grad():
-        return current(), history
+        return current()
 
 
 def optimise_svf(

@@ -239,7 +239,8 @@ class MDRegNet(nn.Module):
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: nn.Module | None = None,
                learning_rate: float = 0.1, smoothing_sigma: float | None = None,
-               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+               callback: Callable[[int, float], None] | None = None, coarse_steps: int = 0,
+               tolerance: float | None = None) -> dict[str, torch.Tensor]:
         """Instance-specific optimisation of the finest velocity ``v~^L`` for this pair, from the network's.
 
         Minimises the finest level's terms of the training loss (eq. 4): the local NCC in both
@@ -268,6 +269,8 @@ class MDRegNet(nn.Module):
                 (the whole Gaussian, 3 sigma each side); ``None``: the smoothing layer (its sigma
                 and kernel) when ``smoothing``, voxel-wise updates otherwise.
             callback: ``callback(iteration, loss)`` after each step.
+            coarse_steps: iterations on half-size images first (:func:`~monai_diffreg.engines.svf_optim.refine_velocity`).
+            tolerance: stop a stage once its loss stalls (absolute; None: run every step).
 
         Returns:
             dict with ``"ddf"``, ``"inverse_ddf"`` ``(B, D, *S)``, ``"velocity"`` ``(B, D, *n_{L-1})``
@@ -291,7 +294,7 @@ class MDRegNet(nn.Module):
             loss_fn=lambda warped, target: 2.0 * loss_function.finest_image_term(warped, target),
             regularizer=loss_function.regularization_term, bidirectional=True, learning_rate=learning_rate,
             num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, smoothing_kernel_size=kernel_size,
-            int_downsize=2, callback=callback,
+            int_downsize=2, callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
         )
         size, padded = moving.shape[2:], run.moving.shape[2:]
         with torch.no_grad():

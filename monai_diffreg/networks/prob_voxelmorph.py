@@ -213,7 +213,8 @@ class ProbabilisticVoxelMorph(nn.Module):
 
     def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: Callable | None = None,
                learning_rate: float = 0.1, smoothing_sigma: float | None = None,
-               callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+               callback: Callable[[int, float], None] | None = None, coarse_steps: int = 0,
+               tolerance: float | None = None) -> dict[str, torch.Tensor]:
         """Instance-specific optimisation: refine the velocity for this pair from the network's mean.
 
         Minimises the training loss over the velocity field ``z``: its weighted image term
@@ -237,6 +238,8 @@ class ProbabilisticVoxelMorph(nn.Module):
             learning_rate: Adam step size, about the largest change of ``z`` per step in velocity voxels.
             smoothing_sigma: optional Gaussian preconditioning of the updates (velocity voxels).
             callback: ``callback(iteration, loss)`` after each step.
+            coarse_steps: iterations on half-size images first (:func:`~monai_diffreg.engines.svf_optim.refine_velocity`).
+            tolerance: stop a stage once its loss stalls (absolute; None: run every step).
 
         Returns:
             the dict of :meth:`forward` for the refined velocity (``"velocity"`` and
@@ -257,7 +260,7 @@ class ProbabilisticVoxelMorph(nn.Module):
             loss_fn=lambda warped, target: loss_function.image_weight * loss_function.image_term(warped, target),
             regularizer=lambda v: loss_function.kl_term(v, log_var), bidirectional=loss_function.bidirectional,
             learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma,
-            int_downsize=self.int_downsize, callback=callback,
+            int_downsize=self.int_downsize, callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
         )
         with torch.no_grad():
             return self.outputs_from_velocity(moving, fixed, velocity, velocity, log_var)

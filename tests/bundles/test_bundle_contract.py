@@ -143,6 +143,25 @@ def test_evaluate_with_refinement_improves_dice(bundle_run, bundle, cropped_pair
     assert float(rows[30]["folding_percent"]) < 0.01
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_refine_fast_improves_dice(bundle_run, bundle, cropped_pair, tmp_path):
+    """--refine fast reaches the method through a real monai.bundle run and beats the network alone."""
+    dice = {}
+    for setting in ("none", "fast"):
+        out = tmp_path / setting
+        args = [f"--{k}" for k in ("fixed", "moving", "fixed_labels", "moving_labels")]
+        pair = [x for key, flag in zip(("fixed", "moving", "fixed_labels", "moving_labels"), args)
+                for x in (flag, str(cropped_pair[key]))]
+        result = bundle_run(bundle, "inference.json", *pair, "--output_dir", str(out), "--refine", setting)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["method_options"]["refine"] == repr(setting)
+        assert summary["metrics"]["folding_percent"] < 0.01
+        dice[setting] = summary["metrics"]["dice_after"]["mean"]
+    assert dice["fast"] > dice["none"] + 0.005
+
+
 _TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "None", "--label_maps", "[]",
                   "--num_workers", "0", "--log_interval", "1", "--num_threads", "1")
 
@@ -184,3 +203,22 @@ def test_multi_gpu_train_runs_real_ddp_with_gloo(bundle_run, tmp_path):
     checkpoint = torch.load(out / "checkpoint_0000002.pt", weights_only=False)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
     assert (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_json_holds_out_validation_subjects_and_fine_tunes(bundle, shared_data, monkeypatch):
+    """Training maps: SynthSeg's and SynthSR's label maps less the held-out ones; never the validation
+    subject (niivue) or the evaluation brain; fine-tuning starts from the shipped pre-training weights."""
+    monkeypatch.setenv("MONAI_DIFFREG_SHARED", str(shared_data.parent))
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle) / "train.json")
+    maps = [Path(p) for p in parser.get_parsed_content("label_maps")]
+    held_out = set(parser.get_parsed_content("validation_label_maps"))
+    assert len(maps) == 25 - len(held_out) and len(held_out) == 3
+    assert not held_out & {p.name for p in maps}
+    assert all(p.parent.name in ("synthseg_label_maps", "synthsr_label_maps") for p in maps)
+    assert parser.get_parsed_content("dataset#num_label_channels") == 19
+    initial = Path(parser.get_parsed_content("initial_weights"))
+    assert initial.is_file() and initial.parent == _configs(bundle).parent / "models"
+    parser.get_parsed_content("network_def").load_state_dict(torch.load(initial, weights_only=True))
+

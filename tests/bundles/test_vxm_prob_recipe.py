@@ -24,20 +24,6 @@ def test_train_json_defaults_match_the_shipped_recipe():
     assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
 
 
-def test_real_label_maps_hold_out_the_validation_subjects(shared_data, monkeypatch):
-    """Training maps: SynthSeg's and SynthSR's label maps less the held-out ones; never the validation
-    subject (niivue) or the evaluation brain."""
-    monkeypatch.setenv("MONAI_DIFFREG_SHARED", str(shared_data.parent))
-    parser = ConfigParser()
-    parser.read_config(CONFIGS / "train.json")
-    maps = [Path(p) for p in parser.get_parsed_content("label_maps")]
-    held_out = set(parser.get_parsed_content("validation_label_maps"))
-    assert len(maps) == 25 - len(held_out) and len(held_out) == 3
-    assert not held_out & {p.name for p in maps}
-    assert all(p.parent.name in ("synthseg_label_maps", "synthsr_label_maps") for p in maps)
-    assert parser.get_parsed_content("dataset#num_label_channels") == 19
-
-
 def test_refinement_minimises_the_training_loss(bundle_config):
     """inference.json's refine_loss is train.json's loss without the Dice term (no labels at test time):
     the balance of image term and KL decides where the test-time refinement converges."""

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from monai_diffreg.engines.network_inference import NetworkRegistration, load_weights
+from monai_diffreg.engines.network_inference import REFINE_PRESETS, NetworkRegistration, load_weights
 from monai_diffreg.functional import gaussian_smooth
 from monai_diffreg.methods import check_method_output
-from monai_diffreg.networks import ProbabilisticVoxelMorph
+from monai_diffreg.networks import MDRegNet, ProbabilisticVoxelMorph
 
 
 def tiny_network(spatial_dims=3):
@@ -79,6 +79,35 @@ def test_refinement_preconditioning_reaches_the_network():
     assert (smoothed - default).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"'refine_smoothing_sigma' must be a finite number > 0"):
         NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=0.0, device="cpu")
+
+
+@pytest.mark.parametrize("network_factory", [lambda: ProbabilisticVoxelMorph(3, enc_channels=(4, 8), dec_channels=(8, 8, 4)),
+                                             lambda: MDRegNet(3, levels=2, enc_channels=(4, 8), up_channels=8,
+                                                              out_channels=(8, 4))])
+def test_refine_fast_is_the_preset_passed_to_the_network(monkeypatch, network_factory):
+    """refine="fast" = REFINE_PRESETS["fast"]'s steps, coarse steps and tolerance reach network.refine (both networks)."""
+    network = network_factory()
+    calls = []
+    real = network.refine
+    monkeypatch.setattr(network, "refine", lambda *a, **k: calls.append(k) or real(*a, **k))
+    fixed, moving = smooth_pair((16, 16, 16))
+    out = NetworkRegistration(network, refine="fast", device="cpu")(fixed, moving)
+    preset = REFINE_PRESETS["fast"]
+    assert calls[0]["steps"] == preset["refine_steps"] and calls[0]["coarse_steps"] == preset["refine_coarse_steps"]
+    assert calls[0]["tolerance"] == preset["refine_tolerance"]
+    assert out["ddf"].shape == (1, 3, 16, 16, 16) and torch.isfinite(out["ddf"]).all()
+    assert NetworkRegistration(network_factory(), device="cpu").refine == "none"  # the network alone by default
+
+
+def test_refine_option_errors():
+    with pytest.raises(ValueError, match=r"'refine' must be one of \['none', 'fast'\], got 'quick'"):
+        NetworkRegistration(tiny_network(), refine="quick")
+    with pytest.raises(ValueError, match=r"leave 'refine_steps' and 'refine_coarse_steps' at 0"):
+        NetworkRegistration(tiny_network(), refine="fast", refine_steps=5)
+    with pytest.raises(ValueError, match=r"'refine_coarse_steps' must be an integer >= 0"):
+        NetworkRegistration(tiny_network(), refine_coarse_steps=-1)
+    with pytest.raises(ValueError, match=r"has no 'refine' method"):
+        NetworkRegistration(torch.nn.Identity(), refine="fast")
 
 
 def test_strict_weight_loading_errors(tmp_path):

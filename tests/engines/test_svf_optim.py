@@ -67,7 +67,7 @@ def _ncc_term(fixed, moving, velocity):
 def test_refine_from_true_velocity_does_not_get_worse(phantom, smooth_velocity):
     fixed, moving, velocity = _pair(phantom, smooth_velocity, (48, 48), amplitude=3.0)
     refined, history = refine_velocity(fixed, moving, velocity, 20, learning_rate=0.05)
-    assert len(history) == 20 and set(history[0]) == {"iteration", "loss", "image", "regularization"}
+    assert len(history) == 20 and set(history[0]) == {"stage", "iteration", "loss", "image", "regularization"}
     # energy and image term end no higher than at the truth, and the transform stays within
     # about half a voxel of it inside the object (measured 0.41: the squared local NCC with its
     # epsilon and the interpolated moving image put their optimum slightly off the truth; the
@@ -76,6 +76,34 @@ def test_refine_from_true_velocity_does_not_get_worse(phantom, smooth_velocity):
     assert _ncc_term(fixed, moving, refined) <= history[0]["image"]
     error, displacement = _end_point_error(integrate_velocity(refined), velocity, fixed)
     assert error < 0.6 and error < 0.25 * displacement
+
+
+def test_coarse_steps_travel_on_half_size_images_then_fine_steps_finish(phantom, smooth_velocity):
+    """Coarse stage: half-size images, velocity on its grid (int_downsize 2 -> 1); both stages lower the loss."""
+    fixed, moving, velocity = _pair(phantom, smooth_velocity, (48, 48), amplitude=3.0)
+    coarse_velocity = resize_field(velocity, size=(24, 24))
+    start = torch.zeros_like(coarse_velocity)
+    refined, history = refine_velocity(fixed, moving, start, 5, coarse_steps=30, int_downsize=2, learning_rate=0.1)
+    assert [r["stage"] for r in history] == ["coarse"] * 30 + ["fine"] * 5
+    assert refined.shape == start.shape
+    assert history[29]["loss"] < history[0]["loss"] - 0.05  # the coarse stage does the travelling
+    # the fine stage starts where the coarse one ended and evaluates the full-size images
+    full = resize_field(integrate_velocity(refined), size=(48, 48))
+    assert _ncc_term(fixed, moving, resize_field(refined, size=(48, 48))) < _ncc_term(fixed, moving, resize_field(start, size=(48, 48)))
+    assert torch.isfinite(full).all()
+    with pytest.raises(ValueError, match="even 'int_downsize'"):
+        refine_velocity(fixed, moving, velocity, 1, coarse_steps=2)
+
+
+def test_tolerance_stops_a_stage_once_the_loss_stalls(phantom, smooth_velocity):
+    fixed, moving, velocity = _pair(phantom, smooth_velocity, (48, 48), amplitude=3.0)
+    _, history = refine_velocity(fixed, moving, velocity, 200, learning_rate=0.01, tolerance=1e-3, patience=3)
+    assert len(history) < 200
+    losses = [r["loss"] for r in history]
+    best_before = min(losses[:-3])
+    assert all(loss > best_before - 1e-3 for loss in losses[-3:])  # the last 3 brought no real gain
+    with pytest.raises(ValueError, match="'patience' must be an integer >= 1"):
+        refine_velocity(fixed, moving, velocity, 1, patience=0)
 
 
 def test_refine_from_perturbed_velocity_improves_image_term(phantom, smooth_velocity):
