@@ -283,13 +283,15 @@ class RegistrationResult:
         return {**self.info, "grid": {"shape": list(self.ddf.shape[2:]), "affine": self.affine.tolist()},
                 "metrics": self.metrics}
 
-    def save(self, output_dir: str | os.PathLike, qc: bool = True) -> dict[str, Path]:
+    def save(self, output_dir: str | os.PathLike, qc: bool = True, inverse: bool = False) -> dict[str, Path]:
         """Write the results into ``output_dir`` (created if needed).
 
         Files: ``warped.nii.gz``, ``ddf.nii.gz`` (ITK displacement field, LPS mm, see
         :func:`monai_diffreg.io.save_displacement_field`), ``warped_labels.nii.gz`` (moving
-        labels given), ``inverse_ddf.nii.gz``, ``uncertainty.nii.gz`` and ``warped_levels.nii.gz``
-        (one volume per level; when the method gives them), ``summary.json`` and ``qc.png`` (``qc=True``).
+        labels given), ``inverse_ddf.nii.gz`` (``inverse=True``, when the method gives it: on
+        request, since a 1 mm brain's field is 75 MB), ``uncertainty.nii.gz`` and
+        ``warped_levels.nii.gz`` (one volume per level; when the method gives them),
+        ``summary.json`` and ``qc.png`` (``qc=True``).
 
         Everything is first written to a hidden temporary folder inside ``output_dir`` and
         moved into place only when every file is complete, so a failure leaves no file
@@ -303,7 +305,7 @@ class RegistrationResult:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".monai_diffreg-", dir=out))
         try:
-            files = self._write(staging, qc)
+            files = self._write(staging, qc, inverse)
             final = {}
             for name, path in files.items():
                 os.replace(path, out / name)
@@ -316,7 +318,8 @@ class RegistrationResult:
         shutil.rmtree(staging, ignore_errors=True)
         return final
 
-    def _write(self, folder: Path, qc: bool) -> dict[str, Path]:
+    def _write(self, folder: Path, qc: bool, inverse: bool) -> dict[str, Path]:
+        start = time.perf_counter()
         affine = self.affine
         ndim = self.ddf.shape[1]
         files = {"warped.nii.gz": save_image(self.warped, affine, folder / "warped.nii.gz", spatial_dims=ndim),
@@ -324,7 +327,7 @@ class RegistrationResult:
         if self.warped_labels is not None:
             files["warped_labels.nii.gz"] = save_image(self.warped_labels, affine, folder / "warped_labels.nii.gz",
                                                        label=True, spatial_dims=ndim)
-        if self.inverse_ddf is not None:
+        if inverse and self.inverse_ddf is not None:
             files["inverse_ddf.nii.gz"] = save_displacement_field(self.inverse_ddf, affine,
                                                                   folder / "inverse_ddf.nii.gz")
         if self.uncertainty is not None:
@@ -340,6 +343,7 @@ class RegistrationResult:
             files["qc.png"] = save_qc_figure(self.fixed, self.moving, self.warped, self.ddf, folder / "qc.png",
                                              det_jacobian=self.det_jacobian, title=f"monai_diffreg: {method}",
                                              affine=affine)
+        self.timings["write"] = time.perf_counter() - start
         summary = self.summary()
         summary["files"] = sorted([*files, "summary.json"])
         files["summary.json"] = save_json(summary, folder / "summary.json")
@@ -465,6 +469,7 @@ def register(
     device: str | torch.device | None = None,
     output_dir: str | os.PathLike | None = None,
     qc: bool = True,
+    inverse: bool = False,
     **method_options: Any,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a named method and return (and optionally write) the result.
@@ -493,6 +498,8 @@ def register(
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available, else CPU).
         output_dir: when given, :meth:`RegistrationResult.save` writes the files there.
         qc: also write ``qc.png`` when saving.
+        inverse: also write ``inverse_ddf.nii.gz`` when saving (``result.inverse_ddf`` is there
+            either way when the method gives it).
         method_options: options of the method (built-in: constructor arguments; bundles:
             config overrides by id, e.g. ``**{"method#iterations": 50}``).
 
@@ -505,8 +512,9 @@ def register(
     """
     times = {}
     start = time.perf_counter()
-    if not isinstance(affine, bool):
-        raise TypeError(f"{_CALLER}(): 'affine' must be True or False, got {affine!r}")
+    for name, flag in (("affine", affine), ("qc", qc), ("inverse", inverse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{_CALLER}(): '{name}' must be True or False, got {flag!r}")
     if affine_metric not in AFFINE_METRICS:
         raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
     dev = _check_device(device)
@@ -601,6 +609,6 @@ def register(
         misalignment_before=check, true_ddf=true_ddf, moving_labels=outputs["moving_labels"],
     )
     if output_dir is not None:
-        result.save(output_dir, qc=qc)
+        result.save(output_dir, qc=qc, inverse=inverse)
     return result
 

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--sample", action="store_true",
                      help="use the built-in MNI152 sample as fixed/moving/labels (reports the field error)")
     reg.add_argument("--no-qc", action="store_true", help="do not write qc.png")
+    reg.add_argument("--inverse", action="store_true",
+                     help="also write inverse_ddf.nii.gz (moving -> fixed), when the method gives it")
     reg.add_argument("--debug", action="store_true", help="show tracebacks")
 
     ev = sub.add_parser("evaluate", help="register a list of pairs and write their metrics to a CSV")
@@ -193,7 +195,8 @@ def _register(args: argparse.Namespace) -> int:
                 result = register(fixed, pair["moving"], args.bundle, fixed_labels=args.fixed_labels,
                                   moving_labels=pair["moving_labels"], affine=args.affine,
                                   affine_metric=args.affine_metric, true_ddf=true_ddf, orientation=orientation,
-                                  device=args.device, output_dir=pair["folder"], qc=not args.no_qc, **options)
+                                  device=args.device, output_dir=pair["folder"], qc=not args.no_qc,
+                                  inverse=args.inverse, **options)
             except _USER_ERRORS as err:
                 if args.debug:
                     raise

@@ -133,7 +133,8 @@ def test_register_2d_and_save(toy, tmp_path):
     image, labels = blobs((32, 28))
     moving, moving_labels = blobs((32, 28), seed=1)
     out = tmp_path / "out"
-    result = register(image, moving, "toy", fixed_labels=labels, moving_labels=moving_labels, output_dir=out)
+    result = register(image, moving, "toy", fixed_labels=labels, moving_labels=moving_labels, output_dir=out,
+                      inverse=True)
     assert result.ddf.shape == (1, 2, 32, 28)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ddf.nii.gz", "inverse_ddf.nii.gz", "qc.png", "summary.json", "uncertainty.nii.gz", "warped.nii.gz",
@@ -154,6 +155,20 @@ def _oblique(spacing, angles, centre, shape, flip):
     affine[:3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix() @ np.diag(flip) @ np.diag(spacing)
     affine[:3, 3] = np.asarray(centre) - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
     return affine
+
+
+def test_inverse_field_is_written_on_request(toy, tmp_path):
+    image, _ = blobs((16, 12))
+    result = register(image, blobs((16, 12), seed=1)[0], "toy", output_dir=tmp_path / "a", qc=False)
+    assert result.inverse_ddf is not None  # in memory either way
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ddf.nii.gz", "summary.json", "uncertainty.nii.gz",
+                                                                  "warped.nii.gz"]
+    result.save(tmp_path / "b", qc=False, inverse=True)
+    back, _ = load_displacement_field(tmp_path / "b" / "inverse_ddf.nii.gz")
+    torch.testing.assert_close(back, result.inverse_ddf, atol=1e-5, rtol=1e-5)
+    assert "write" in json.loads((tmp_path / "b" / "summary.json").read_text())["metrics"]["seconds"]
+    with pytest.raises(TypeError, match="'inverse' must be True or False"):
+        register(image, image, "toy", inverse="yes")
 
 
 def test_saved_field_maps_original_moving_file_in_itk(toy, tmp_path):

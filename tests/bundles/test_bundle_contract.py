@@ -86,7 +86,8 @@ def test_inference_on_a_pair_of_files(bundle_run, bundle, cropped_pair, tmp_path
     extra_args, extra_files = EXTRA_OUTPUTS[bundle]
     result = bundle_run(bundle, "inference.json", "--fixed", str(cropped_pair["fixed"]), "--moving",
                         str(cropped_pair["moving"]), "--moving_labels", str(cropped_pair["moving_labels"]),
-                        "--fixed_labels", str(cropped_pair["fixed_labels"]), *extra_args, "--output_dir", str(out))
+                        "--fixed_labels", str(cropped_pair["fixed_labels"]), *extra_args, "--output_dir", str(out),
+                        "--inverse", "true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     expected = {"warped.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "warped_labels.nii.gz", "summary.json",
                 "qc.png", *extra_files}
