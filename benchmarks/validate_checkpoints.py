@@ -6,6 +6,8 @@
         --refine-steps 100 [--refine-learning-rate 0.1] [--refine-smoothing-sigma 2]
     python -m benchmarks.validate_checkpoints --bundle mdregnet --checkpoints RUN/checkpoint_*.pt \
         --override smoothing=False      # a run trained with an override of train.json
+    python -m benchmarks.validate_checkpoints --bundle vxm_prob --checkpoints RUN/checkpoint_*.pt \
+        --held-out-subjects             # real anatomy: only the label maps train.json holds out
 
 The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
 another seed (999; training uses 0): drawn from the training distribution, never trained on.
@@ -47,13 +49,23 @@ __all__ = ["train_config", "parse_override", "validation_pairs", "pair_dice", "v
 
 
 
-def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None = None) -> ConfigParser:
+def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None = None,
+                 held_out_subjects: bool = False) -> ConfigParser:
     """The bundle's ``train.json`` with its shared data at ``data_dir``, its dataset seed set to ``seed``
-    and each ``overrides`` entry (config id -> value) set."""
+    and each ``overrides`` entry (config id -> value) set. ``held_out_subjects``: every pair comes
+    from the label maps train.json holds out (``validation_label_maps``), none from training's."""
     parser = ConfigParser()
     parser.read_config(Path(resolve_bundle(bundle)) / "configs" / "train.json")
     parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
+    if held_out_subjects:
+        held_out = set(parser.get_parsed_content("validation_label_maps"))
+        files = [p for p in parser.get_parsed_content("label_map_files") if Path(p).name in held_out]
+        if len(files) != len(held_out):
+            raise ValueError(f"train_config: held-out label maps {sorted(held_out)} not all found under {data_dir}")
+        parser["label_maps"] = files
+        parser["label_map_probability"] = 1.0
+        parser["template_probability"] = 0.0
     for key, value in (overrides or {}).items():
         if key not in parser:
             raise ValueError(f"train_config: override {key!r} is not an entry of {bundle}'s train.json")
@@ -109,16 +121,18 @@ def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
 
 
 def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 999, pairs: int = 12,
-             progress=None, refine: dict | None = None, overrides: dict | None = None) -> list[dict]:
+             progress=None, refine: dict | None = None, overrides: dict | None = None,
+             held_out_subjects: bool = False) -> list[dict]:
     """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair).
 
     ``refine``: keyword arguments of the network's ``refine`` (``steps``, ``learning_rate``,
     ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
     ``overrides``: ``train.json`` entries set as for the training run (``{"smoothing": False}``).
+    ``held_out_subjects``: pairs from the held-out real label maps only (:func:`train_config`).
     Raises ValueError (before any pair is built) for an unknown override or a checkpoint that is
     unreadable or does not fit the network.
     """
-    config = train_config(bundle, data_dir, seed, overrides)
+    config = train_config(bundle, data_dir, seed, overrides, held_out_subjects)
     network = config.get_parsed_content("network_def").eval()
     states = [(path, *_load_state(path, network)) for path in checkpoints]
     data = validation_pairs(config, pairs)
@@ -151,6 +165,8 @@ def main(argv=None) -> None:
     parser.add_argument("--override", type=parse_override, action="append", default=[], metavar="KEY=VALUE",
                         help="set a train.json entry as the training run did (e.g. smoothing=False); repeatable")
     parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
+    parser.add_argument("--held-out-subjects", action="store_true",
+                        help="pairs from train.json's held-out real label maps (validation_label_maps) only")
     parser.add_argument("--refine-steps", type=int, default=0, help="score the network's test-time refinement (steps)")
     parser.add_argument("--refine-learning-rate", type=float, default=0.1)
     parser.add_argument("--refine-smoothing-sigma", type=float, default=None,
@@ -170,7 +186,7 @@ def main(argv=None) -> None:
                                                   "smoothing_sigma": args.refine_smoothing_sigma}
     try:
         rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show,
-                        refine=refine, overrides=dict(args.override))
+                        refine=refine, overrides=dict(args.override), held_out_subjects=args.held_out_subjects)
     except ValueError as error:
         sys.exit(f"validate_checkpoints: {error}")
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")

@@ -79,3 +79,17 @@ def test_main_names_weights_of_another_shape(tmp_path):
     torch.save({"model": state, "iteration": 10}, checkpoint)
     message = _run_main(tmp_path, checkpoint)
     assert "shape.pt does not fit the network of train.json" in message and f"size mismatch for {name}" in message
+
+
+@pytest.mark.parametrize("bundle", ["vxm_prob", "mdregnet"])
+def test_held_out_subjects_use_only_the_maps_training_leaves_out(bundle, shared_data):
+    config = train_config(bundle, shared_data, seed=999, held_out_subjects=True)
+    held_out = set(config.get_parsed_content("validation_label_maps"))
+    assert {p.split("/")[-1] for p in config.get_parsed_content("label_maps")} == held_out
+    assert config.get_parsed_content("dataset").label_map_probability == 1.0
+    assert config.get_parsed_content("dataset").template_probability == 0.0
+
+
+def test_held_out_subjects_need_the_maps(tmp_path):
+    with pytest.raises(ValueError, match="held-out label maps"):
+        train_config("vxm_prob", tmp_path, seed=999, held_out_subjects=True)
