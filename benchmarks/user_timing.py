@@ -1,17 +1,17 @@
 """Speed at the level users meet it: ``register()`` on arrays and the CLI on files, next to the network call.
 
     python -m benchmarks.user_timing --bundles vxm_prob mdregnet [--case brain_synthetic_s0] \
-        [--threads 2] [--repeats 3] [--cli-repeats 3] [--output-dir benchmarks/results/DATE-user-timing]
+        [--threads 2] [--repeats 3] [--refine none fast] [--cli-repeats 3] [--output-dir benchmarks/results/DATE-user-timing]
 
 One process, one 1 mm pair (a benchmark case, :mod:`benchmarks.cases`; 160x192x224 for the brain
 cases), timed in turn:
 
 * **reference**: MONAI's ``VoxelMorph`` forward pass at full resolution (the harness's timing
   reference, :class:`benchmarks.adapters.MonaiVoxelMorph`), after one warm-up;
-* per bundle, **network call**: the method object (``monai_diffreg.methods.load_method``) on the
+* per bundle and ``--refine`` setting, **network call**: the method object (``monai_diffreg.methods.load_method``) on the
   two images already in memory as ``(1, 1, *S)`` tensors; **register()**:
   ``monai_diffreg.register(fixed_array, moving_array, bundle=B)`` with default settings (what a
-  user calls), its per-stage seconds (``RegistrationResult.timings``) and peak memory
+  user calls; ``refine="fast"`` as a second setting), its per-stage seconds (``RegistrationResult.timings``) and peak memory
   (:func:`benchmarks.memory.measure`); then its metrics (first use) and ``save()`` (every
   default output file);
 * per bundle, **CLI**: ``monai-diffreg register --fixed F --moving M --bundle B --output-dir D``
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,17 +65,19 @@ def _cli(bundle: str, fixed: Path, moving: Path, out: Path, threads: int, repeat
     """Wall seconds and peak RSS (MB) of the CLI as a new process, ``repeats`` runs after one warm-up."""
     command = [sys.executable, "-m", "monai_diffreg.cli", "register", "--fixed", str(fixed), "--moving", str(moving),
                "--bundle", bundle, "--output-dir", str(out), "--device", "cpu"]
+    # GNU time reports the child's own peak RSS (a forked child's ru_maxrss would start at this process's size)
+    timed = ["/usr/bin/time", "-f", "peak_rss_kb=%M", *command]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     seconds, peaks = [], []
     for run in range(repeats + 1):
         start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        done = subprocess.run(timed, env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"CLI failed ({done.returncode}): {done.stderr[-2000:]}")
         if run:
             seconds.append(elapsed)
-            peaks.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0)
+            peaks.append(int(done.stderr.rsplit("peak_rss_kb=", 1)[1].split()[0]) / 1024.0)
     return {"seconds": _stats(seconds), "peak_rss_mb": max(peaks), "files": sorted(p.name for p in out.iterdir()),
             "command": " ".join(command[1:])}
 
@@ -84,10 +85,13 @@ def _cli(bundle: str, fixed: Path, moving: Path, out: Path, threads: int, repeat
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundles", nargs="+", default=["vxm_prob", "mdregnet"])
-    parser.add_argument("--case", default="brain_synthetic_s0", help="benchmark case name (benchmarks.cases)")
+    parser.add_argument("--case", default="niivue_synthetic_s100",
+                        help="benchmark case name (benchmarks.cases); default a validation case of the 1 mm shape 160x192x224")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cli-repeats", type=int, default=3, help="CLI runs per bundle (0: skip the CLI)")
+    parser.add_argument("--refine", nargs="+", default=["none", "fast"],
+                        help="register() settings timed per bundle (the CLI runs the first, the default)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "monai_diffreg" / "benchmarks")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results") / f"{date.today()}-user-timing")
@@ -114,13 +118,13 @@ def main(argv=None) -> dict:
         files = {name: Path(tmp) / f"{name}.nii.gz" for name in ("fixed", "moving")}
         for name, data in (("fixed", fixed), ("moving", moving)):
             save_image(data, np.eye(4), files[name])
-        for bundle in args.bundles:
-            method = load_method(bundle, device="cpu")
+        for bundle, refine in [(b, r) for b in args.bundles for r in args.refine]:
+            method = load_method(bundle, device="cpu", refine=refine)
             network, _, _ = _timed(lambda: method(fixed_t, moving_t), args.repeats)
             stages = []
 
             def call():
-                result = monai_diffreg.register(fixed, moving, bundle=bundle, device="cpu")
+                result = monai_diffreg.register(fixed, moving, bundle=bundle, device="cpu", refine=refine)
                 stages.append(dict(result.timings))
                 return result
 
@@ -129,7 +133,7 @@ def main(argv=None) -> dict:
             result.metrics  # noqa: B018 (first use computes them)
             metrics_s = time.perf_counter() - start
             start = time.perf_counter()
-            result.save(Path(tmp) / f"api-{bundle}")
+            result.save(Path(tmp) / f"api-{bundle}-{refine}")
             save_s = time.perf_counter() - start
             entry = {
                 "network_seconds": network,
@@ -141,12 +145,12 @@ def main(argv=None) -> dict:
                 "reference_over_network": ref / network["median"],
                 "reference_over_register": ref / api["median"],
             }
-            if args.cli_repeats:
+            if args.cli_repeats and refine == args.refine[0]:
                 cli = _cli(bundle, files["fixed"], files["moving"], Path(tmp) / f"cli-{bundle}", args.threads,
                            args.cli_repeats)
                 entry["cli"] = cli
                 entry["cli_over_reference"] = cli["seconds"]["median"] / ref
-            report["bundles"][bundle] = entry
+            report["bundles"][f"{bundle} (refine={refine})"] = entry
             print(json.dumps({bundle: entry}, indent=1), flush=True)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)

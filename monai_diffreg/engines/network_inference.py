@@ -29,7 +29,7 @@ __all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
 #: chosen on validation cases (bundle docs).
 REFINE_PRESETS: dict[str, dict] = {
     "none": {},
-    "fast": {"refine_coarse_steps": 80, "refine_steps": 10, "refine_tolerance": 1e-4},
+    "fast": {"refine_coarse_steps": 10, "refine_steps": 10, "refine_tolerance": 1e-4},
 }
 
 

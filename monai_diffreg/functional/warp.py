@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
 from ..validation import check_choice, check_field, check_spatial_tensor
 from .grid import identity_grid
 
-__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "ddf_to_sampling_grid", "voxel_to_sampling_coordinates"]
+__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "voxel_to_sampling_coordinates"]
 
 WARP_MODES = ("bilinear", "nearest")
 PADDING_MODES = ("border", "zeros", "reflection")
@@ -24,12 +26,13 @@ def voxel_to_sampling_coordinates(locations: torch.Tensor, spatial_shape: tuple[
     return (locations * scale - 1.0).flip(-1)
 
 
-def ddf_to_sampling_grid(ddf: torch.Tensor) -> torch.Tensor:
-    """Convert a DDF ``(B, D, *spatial)`` in voxels to a ``grid_sample`` grid ``(B, *spatial, D)``
-    (see :func:`voxel_to_sampling_coordinates`)."""
-    spatial = ddf.shape[2:]
-    locations = identity_grid(spatial, ddf.device, ddf.dtype) + ddf
-    return voxel_to_sampling_coordinates(locations.permute(0, *range(2, len(spatial) + 2), 1), tuple(spatial))
+@lru_cache(maxsize=16)
+def _sampling_base(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grid_sample`` coordinates of the identity, channels last in tensor axis order ``(1, *S, D)``, and the
+    per-axis scale from voxels to them ``(D,)``: ``coords = base + scale * u`` (cached; never modify)."""
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
+    base = (identity_grid(shape, device, dtype).movedim(0, -1) * scale - 1.0).unsqueeze(0).contiguous()
+    return base, scale
 
 
 def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
@@ -49,5 +52,10 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
-    grid = ddf_to_sampling_grid(ddf.to(image.dtype))
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    ndim = ddf.shape[1]
+    base, scale = _sampling_base(tuple(ddf.shape[2:]), ddf.device, image.dtype)
+    # one fused pass builds the grid in tensor axis order; grid_sample reads its last coordinate
+    # along the input's first spatial axis, so the image's spatial axes are reversed instead (a view)
+    grid = torch.addcmul(base, ddf.to(image.dtype).movedim(1, -1), scale)
+    return F.grid_sample(image.permute(0, 1, *range(ndim + 1, 1, -1)), grid, mode=mode, padding_mode=padding_mode,
+                         align_corners=True)
