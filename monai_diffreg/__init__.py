@@ -9,7 +9,7 @@ One call registers a pair and returns the warped image and the displacement fiel
 Conventions shared by every module are stated in :mod:`monai_diffreg.functional`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .api import MisalignmentWarning, RegistrationResult, register
 from .methods import available_methods, load_method
