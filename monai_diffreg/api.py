@@ -150,7 +150,10 @@ def _voxel_map(a_from: np.ndarray, a_to: np.ndarray, shape_to: tuple[int, ...]) 
 
 
 def _to_file_axes(x: torch.Tensor, mapping: list[tuple[int, int]], is_field: bool) -> torch.Tensor:
-    """Permute/flip ``(1, C, *S_work)`` to the fixed file's axes; fields also get their components mapped."""
+    """Permute/flip ``(1, C, *S_work)`` to the fixed file's axes; fields also get their components mapped.
+    The identity mapping (the fixed file is in the working orientation, e.g. RAS arrays) returns ``x``."""
+    if all(i == j and sign > 0 for j, (i, sign) in enumerate(mapping)):
+        return x.contiguous()
     out = x.permute(0, 1, *(2 + i for i, _ in mapping))
     flips = [2 + j for j, (_, sign) in enumerate(mapping) if sign < 0]
     if flips:
