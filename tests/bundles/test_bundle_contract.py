@@ -163,7 +163,7 @@ def test_inference_refine_fast_improves_dice(bundle_run, bundle, cropped_pair, t
     assert dice["fast"] > dice["none"] + 0.005
 
 
-_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "None", "--label_maps", "[]",
+_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "$None", "--label_maps", "[]",
                   "--num_workers", "0", "--log_interval", "1", "--num_threads", "1")
 
 
