@@ -88,6 +88,10 @@ def _as_image(value: object, name: str) -> MetaTensor:
     if isinstance(value, np.ndarray):
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
             raise TypeError(f"{_CALLER}(): '{name}' must hold numbers, got dtype {value.dtype}")
+        if not value.dtype.isnative:  # big-endian data (e.g. from a file read by hand): torch needs native order
+            value = value.astype(value.dtype.newbyteorder("="))
+        if value.dtype.kind == "u" and value.dtype.itemsize > 1:  # torch has no arithmetic on uint16/32/64
+            value = value.astype(np.int64 if name.endswith("labels") else np.float32)
         value = torch.as_tensor(value)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{_CALLER}(): '{name}' must be a file path, numpy array, torch tensor or MetaTensor, "
@@ -525,6 +529,9 @@ def register(
 
     # 1. inputs
     t0 = time.perf_counter()
+    for name, value in (("fixed", fixed), ("moving", moving)):
+        if value is None:
+            raise TypeError(f"{_CALLER}(): '{name}' is required (a file path, numpy array, torch tensor or MetaTensor), got None")
     given = {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels}
     given = {k: v for k, v in given.items() if v is not None}
     images = {name: _as_image(value, name) for name, value in given.items()}

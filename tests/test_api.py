@@ -289,6 +289,17 @@ def test_metatensors_on_different_grids_are_resampled(toy):
     assert np.corrcoef(result.moving[inner].flatten(), torch.as_tensor(image)[2:-2, 2:-2, 2:-2].flatten())[0, 1] > 0.95
 
 
+def test_unsigned_and_big_endian_arrays_are_registered_as_their_values(toy):
+    """uint16 (torch has no arithmetic on it) and big-endian arrays (torch refuses them) give the float result."""
+    image, labels = blobs((12, 14, 10))
+    scan = (image * 1000).astype(np.uint16)
+    reference = register(scan.astype(np.float32), scan.astype(np.float32), "toy", moving_labels=labels, fixed_labels=labels)
+    for fixed in (scan, scan.astype(">u2"), scan.astype(">f4")):
+        result = register(fixed, fixed, "toy", moving_labels=labels.astype(np.uint16), fixed_labels=labels.astype(">i2"))
+        torch.testing.assert_close(result.warped.as_tensor(), reference.warped.as_tensor())
+        assert result.metrics["dice_after"] == reference.metrics["dice_after"]
+
+
 # ----------------------------------------------------------------------------------------- bad input
 @pytest.fixture
 def files(tmp_path):
@@ -314,6 +325,8 @@ def files(tmp_path):
     ("true_ddf", ValueError, r"register\(\): 'true_ddf' must be a tensor of shape \(1, 3, 12, 12, 12\)"),
     ("type", TypeError, r"register\(\): 'fixed_labels' must be a file path, numpy array, torch tensor or MetaTensor"),
     ("array_fixed", ValueError, r"register\(\): 'fixed' is an array without an affine but 'moving' has one"),
+    ("none_fixed", TypeError, r"register\(\): 'fixed' is required .* got None"),
+    ("folder", ValueError, r"register\(\): 'moving' is a folder, not an image file"),
 ])
 def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, match):
     image, labels = blobs((12, 12, 12))
@@ -332,6 +345,10 @@ def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, ma
         args["fixed"], args["moving"] = np.where(np.arange(image.size).reshape(image.shape) == 7, np.inf, image), image
     elif case == "missing":
         args["moving"] = files / "missing.nii.gz"
+    elif case == "none_fixed":
+        args["fixed"] = None
+    elif case == "folder":
+        args["moving"] = files
     elif case == "corrupt":
         args["moving"] = files / "corrupt.nii.gz"
     elif case == "float_labels":

@@ -96,6 +96,8 @@ def load_channel_first(path: str | os.PathLike, key: str, caller: str, reader: o
         FileNotFoundError: the file does not exist (message names ``key`` and ``path``).
         ValueError: the file cannot be read, or is not a single-channel 2D or 3D image.
     """
+    if os.path.isdir(path):
+        raise ValueError(f"{caller}(): '{key}' is a folder, not an image file: {os.fspath(path)}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{caller}(): '{key}' file not found: {os.fspath(path)}")
     try:
