@@ -97,7 +97,8 @@ class SyntheticPairDataset(Dataset):
         bias_control_spacing: control-point spacing of the random bias fields, voxels.
         intensity_jitter: largest change of a label's mean intensity between the two images of a shapes pair.
         flip_probability: probability of flipping a pair along each axis.
-        label_maps: real subjects' label-map files (None or empty: no subject pairs).
+        label_maps: real subjects' label-map files (None: no subject pairs; empty with a
+            ``label_map_probability`` above 0 is an error, as when a data folder is missing).
         label_map_probability: probability that an item is a subject pair (when maps are given).
         label_map_spacing: canvas voxel size of the subject maps in mm (the canvas is ``spatial_size``).
         inter_subject_probability: probability that a subject pair joins two different subjects.
@@ -135,6 +136,10 @@ class SyntheticPairDataset(Dataset):
         self.bias_control_spacing = float(bias_control_spacing)
         self.intensity_jitter = float(intensity_jitter)
         self.flip_probability = float(flip_probability)
+        if label_maps is not None and len(label_maps) == 0 and label_map_probability > 0:
+            raise ValueError(f"{caller}(): 'label_maps' is empty but 'label_map_probability' is {label_map_probability}: "
+                             "no label map was found (is the shared data folder where the config says?); pass "
+                             "label_map_probability=0 to train without real subjects")
         self.label_map_probability = float(label_map_probability) if label_maps else 0.0
         if self.label_map_probability > 0 and num_label_channels < len(TRAINING_STRUCTURES) + 1:
             raise ValueError(f"{caller}(): 'num_label_channels' must be >= {len(TRAINING_STRUCTURES) + 1} with "

@@ -164,6 +164,7 @@ def test_inference_refine_fast_improves_dice(bundle_run, bundle, cropped_pair, t
 
 
 _TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "$None", "--label_maps", "[]",
+                  "--label_map_probability", "0",
                   "--num_workers", "0", "--log_interval", "1", "--num_threads", "1")
 
 

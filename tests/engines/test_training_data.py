@@ -93,6 +93,9 @@ def test_bad_subject_settings(label_map_files):
     with pytest.raises(ValueError, match="must be <= 1"):  # checked before the template is read
         SyntheticPairDataset((16, 16, 16), label_maps=label_map_files, label_map_probability=0.8,
                              num_label_channels=CHANNELS, template_folder="not-read", template_probability=0.5)
+    with pytest.raises(ValueError, match="'label_maps' is empty but 'label_map_probability' is 0.5"):
+        SyntheticPairDataset((16, 16, 16), label_maps=[], label_map_probability=0.5, num_label_channels=CHANNELS)
+    assert SyntheticPairDataset((16, 16), label_maps=[], label_map_probability=0.0).label_map_probability == 0.0
     with pytest.raises(ValueError, match="3D"):
         SyntheticPairDataset((16, 16), label_maps=label_map_files, num_label_channels=CHANNELS)
 
