@@ -223,7 +223,20 @@ def _load_bundle_method(bundle: Path, device: str | torch.device | None, options
         parser["device"] = f"$torch.device('{torch.device(device)}')"
     for key, value in options.items():
         parser[key] = value
-    return parser.get_parsed_content(_METHOD_ID)
+    try:
+        return parser.get_parsed_content(_METHOD_ID)
+    except RuntimeError as error:  # MONAI's parser wraps what a component raised in RuntimeErrors
+        raise _user_cause(error) from None
+
+
+def _user_cause(error: BaseException) -> BaseException:
+    """The first ValueError/TypeError/FileNotFoundError behind MONAI's wrapping, else ``error`` itself."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return error
 
 
 def load_method(name_or_path: str | os.PathLike, device: str | torch.device | None = None,

@@ -112,3 +112,14 @@ def test_check_method_output():
         check_method_output({"ddf": torch.zeros(1, 2, 4, 4), "inverse_ddf": torch.zeros(1, 3, 4, 4)}, fixed, "m")
     with pytest.raises(ValueError, match="returned a non-finite 'ddf'"):
         check_method_output({"ddf": torch.full((1, 2, 4, 4), float("nan"))}, fixed, "m")
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"refine": "quick"}, ValueError, r"NetworkRegistration\(\): 'refine' must be one of \['none', 'fast'\], got 'quick'"),
+    ({"refine_steps": -1}, ValueError, r"'refine_steps' must be an integer >= 0, got -1"),
+    ({"method#weights": "/nonexistent/model.pt"}, FileNotFoundError, r"'weights' file not found: '/nonexistent/model.pt'"),
+])
+def test_bad_bundle_options_raise_the_packages_own_error(options, error, match):
+    """MONAI's config parser wraps component errors in RuntimeErrors; load_method raises the cause itself."""
+    with pytest.raises(error, match=match):
+        load_method("vxm_prob", device="cpu", **options)
