@@ -60,9 +60,12 @@ from .transforms.intensity import normalize_intensity_percentile, percentile
 from .transforms.spatial import check_image, load_channel_first
 from .transforms.utils import integer_labels, plain_tensor
 
-__all__ = ["register", "RegistrationResult", "MisalignmentWarning", "misalignment", "MISALIGNMENT_MM",
-           "MISALIGNMENT_DICE", "AFFINE_METRICS"]
+__all__ = ["register", "RegistrationResult", "MisalignmentWarning", "misalignment", "check_output_dir", "MISALIGNMENT_MM",
+           "MISALIGNMENT_DICE", "AFFINE_METRICS", "OUTPUT_FILES"]
 
+#: Every file :meth:`RegistrationResult.save` may write (a run removes the others' stale copies).
+OUTPUT_FILES = frozenset({"warped.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "warped_labels.nii.gz", "uncertainty.nii.gz",
+                          "warped_levels.nii.gz", "summary.json", "qc.png"})
 MISALIGNMENT_MM = 15.0
 MISALIGNMENT_DICE = 0.6
 AFFINE_METRICS = ("ncc", "mi", "mse")
@@ -71,6 +74,22 @@ _CALLER = "register"
 
 class MisalignmentWarning(UserWarning):
     """The pair looks grossly misaligned: a deformable method alone will likely fail (use ``affine=True``)."""
+
+
+def check_output_dir(output_dir: object, caller: str = _CALLER) -> Path:
+    """An output folder that can be written, checked before any work: not empty text, not an existing
+    file, and the folder (or its nearest existing parent) writable. Returns it as a Path."""
+    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir).strip():
+        raise ValueError(f"{caller}(): 'output_dir' must be a folder path, got {output_dir!r}")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{caller}(): 'output_dir' is an existing file, not a folder: {out}")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{caller}(): 'output_dir' cannot be written: {existing} is not a writable folder")
+    return out
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -302,12 +321,14 @@ class RegistrationResult:
 
         Everything is first written to a hidden temporary folder inside ``output_dir`` and
         moved into place only when every file is complete, so a failure leaves no file
-        behind (and removes ``output_dir`` again if this call created it).
+        behind (and removes ``output_dir`` again if this call created it). Output files of an
+        earlier run into the same folder that this run does not write (e.g. its
+        ``uncertainty.nii.gz``) are removed then, so the folder holds one run's results.
 
         Returns:
             ``{file name: path}`` of the written files.
         """
-        out = Path(output_dir)
+        out = check_output_dir(output_dir, "RegistrationResult.save")
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".monai_diffreg-", dir=out))
@@ -323,6 +344,8 @@ class RegistrationResult:
                 out.rmdir()
             raise
         shutil.rmtree(staging, ignore_errors=True)
+        for stale in OUTPUT_FILES - set(final):
+            (out / stale).unlink(missing_ok=True)
         return final
 
     def _write(self, folder: Path, qc: bool, inverse: bool) -> dict[str, Path]:
@@ -526,6 +549,8 @@ def register(
         raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
     dev = _check_device(device)
     method_info = find_method(bundle, _CALLER, "bundle")
+    if output_dir is not None:
+        check_output_dir(output_dir)  # before any work
 
     # 1. inputs
     t0 = time.perf_counter()

@@ -157,6 +157,28 @@ def _oblique(spacing, angles, centre, shape, flip):
     return affine
 
 
+def test_output_folder_problems_are_found_before_any_work(toy, tmp_path):
+    image, _ = blobs((12, 12, 10))
+    (tmp_path / "a_file").write_text("x")
+    for bad, match in ((tmp_path / "a_file", "is an existing file, not a folder"), ("", "must be a folder path"),
+                       ("   ", "must be a folder path")):
+        toy.calls = []
+        with pytest.raises(ValueError, match=match):
+            register(image, image, "toy", output_dir=bad)
+        assert toy.calls == []  # the method never ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_outputs(toy, tmp_path):
+    image, _ = blobs((12, 12, 10))
+    register(image, blobs((12, 12, 10), seed=1)[0], "toy", output_dir=tmp_path, inverse=True, qc=False)
+    (tmp_path / "notes.txt").write_text("mine")  # not ours: kept
+    assert "inverse_ddf.nii.gz" in {p.name for p in tmp_path.iterdir()}
+    register(image, blobs((12, 12, 10), seed=1)[0], "toy", output_dir=tmp_path, qc=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddf.nii.gz", "notes.txt", "summary.json", "uncertainty.nii.gz",
+                                                          "warped.nii.gz"]
+
+
 def test_inverse_field_is_written_on_request(toy, tmp_path):
     image, _ = blobs((16, 12))
     result = register(image, blobs((16, 12), seed=1)[0], "toy", output_dir=tmp_path / "a", qc=False)
