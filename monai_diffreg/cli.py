@@ -20,6 +20,7 @@ import argparse
 import ast
 import json
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -243,10 +244,22 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (a job scheduler, ``kill``) unwinds like Ctrl-C, so half-written outputs are removed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a server thread): leave the default
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 a pair failed, 2 bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _terminate_like_interrupt()
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=_NOISE[0])
     try:

@@ -192,3 +192,46 @@ def test_option_values_parse_as_json_then_python_literals(text, value):
 
     assert _parse_options([f"key={text}"]) == {"key": value}
     assert parse_option_value(text) == value
+
+
+_SLOW_WRITE = """
+import sys, time
+from monai_diffreg import api, methods
+from monai_diffreg.cli import main
+sys.path.insert(0, {tests!r})
+from test_cli import ShiftMethod
+methods.BUILTIN_METHODS["shift"] = (ShiftMethod, "constant shift (test)")
+real = api.RegistrationResult._write
+def slow(self, folder, qc, inverse):
+    files = real(self, folder, qc, inverse)
+    print("staged", flush=True)
+    time.sleep(60)
+    return files
+api.RegistrationResult._write = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_writing_leaves_nothing_behind(pair_files, tmp_path):
+    """A killed run (SIGTERM, as schedulers send) unwinds like Ctrl-C: no staging folder, no output folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    script = _SLOW_WRITE.format(tests=str(Path(__file__).parent))
+    proc = subprocess.Popen([sys.executable, "-c", script, "register", "--fixed", str(pair_files["fixed"]), "--moving",
+                             str(pair_files["m1"]), "--bundle", "shift", "--output-dir", str(out), "--no-qc"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and any(p.name.startswith(".monai_diffreg-") for p in out.iterdir()):
+            time.sleep(0.5)
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert not out.exists()
