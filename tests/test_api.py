@@ -349,6 +349,7 @@ def files(tmp_path):
     ("array_fixed", ValueError, r"register\(\): 'fixed' is an array without an affine but 'moving' has one"),
     ("none_fixed", TypeError, r"register\(\): 'fixed' is required .* got None"),
     ("folder", ValueError, r"register\(\): 'moving' is a folder, not an image file"),
+    ("no_overlap", ValueError, r"'moving' does not overlap 'fixed' in world coordinates.* check the two files' affines"),
 ])
 def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, match):
     image, labels = blobs((12, 12, 12))
@@ -367,6 +368,11 @@ def test_bad_input_names_argument_and_writes_nothing(toy, files, case, error, ma
         args["fixed"], args["moving"] = np.where(np.arange(image.size).reshape(image.shape) == 7, np.inf, image), image
     elif case == "missing":
         args["moving"] = files / "missing.nii.gz"
+    elif case == "no_overlap":
+        far = np.eye(4)
+        far[:3, 3] = 500.0  # half a metre away: no voxel of the moving image lies in the fixed field of view
+        save_image(image, far, files / "far.nii.gz")
+        args["moving"] = files / "far.nii.gz"
     elif case == "none_fixed":
         args["fixed"] = None
     elif case == "folder":

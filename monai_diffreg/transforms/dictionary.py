@@ -389,5 +389,10 @@ class LoadRegistrationPaird(MapTransform):
             if key != self.fixed_key:
                 mode = self.image_mode if key == self.moving_key else "nearest"
                 loaded[key] = self.resampler(image, fixed, mode=mode, padding_mode=self.padding_mode)
+                if key == self.moving_key and bool(torch.eq(*torch.aminmax(loaded[key].as_tensor()))):
+                    raise ValueError(
+                        f"{caller}(): '{key}' does not overlap '{self.fixed_key}' in world coordinates: on the fixed "
+                        f"grid it is constant ({float(loaded[key].flatten()[0])}); check the two files' affines "
+                        f"(origins, orientation), or centre the moving image on the fixed one first")
         d.update(loaded)
         return d
