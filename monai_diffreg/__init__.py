@@ -11,7 +11,7 @@ Conventions shared by every module are stated in :mod:`monai_diffreg.functional`
 
 __version__ = "0.2.0"
 
-from .api import MisalignmentWarning, RegistrationResult, register
+from .api import DissimilarityWarning, MisalignmentWarning, RegistrationResult, register
 from .methods import available_methods, load_method
 from .sample import load_sample, sample_paths
 
@@ -20,6 +20,7 @@ __all__ = [
     "register",
     "RegistrationResult",
     "MisalignmentWarning",
+    "DissimilarityWarning",
     "load_method",
     "available_methods",
     "load_sample",

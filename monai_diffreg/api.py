@@ -24,7 +24,11 @@ Pipeline of :func:`register`:
    outside the moving field of view), exactly as ITK applies the written ``ddf.nii.gz``
    (:func:`monai_diffreg.io.resample_to_fixed`); data already on the fixed grid (arrays, or
    files sharing the fixed grid) is only warped, never resampled onto the grid it is on.
-7. **Metrics**, computed once, on first use of :attr:`RegistrationResult.metrics` (saving asks
+7. **A similarity check**: the normalised mutual information of the fixed image with the moving
+   one, before and after (every second voxel; contrast-independent); a result less similar than
+   its input (by more than ``NMI_TOLERANCE``) warns with :class:`DissimilarityWarning`, and
+   ``metrics["similarity"]`` records both values.
+8. **Metrics**, computed once, on first use of :attr:`RegistrationResult.metrics` (saving asks
    for them; a caller who only wants the field pays nothing): folding percentage and both SDlogJ
    variants from one ``det J`` map (:func:`monai_diffreg.metrics.determinant_statistics`, crop 2;
    the same map the QC picture shows), Dice before/after per label when both label maps are
@@ -55,12 +59,12 @@ from .functional.affine import affine_to_ddf
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
 from .methods import check_method_output, find_method, load_method
 from .functional.jacobian import jacobian_determinant
-from .metrics import determinant_statistics, dice_per_label, endpoint_error
+from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
 from .transforms.intensity import normalize_intensity_percentile, percentile
 from .transforms.spatial import check_image, load_channel_first
 from .transforms.utils import integer_labels, plain_tensor
 
-__all__ = ["register", "RegistrationResult", "MisalignmentWarning", "misalignment", "check_output_dir", "MISALIGNMENT_MM",
+__all__ = ["register", "RegistrationResult", "MisalignmentWarning", "DissimilarityWarning", "NMI_TOLERANCE", "misalignment", "check_output_dir", "MISALIGNMENT_MM",
            "MISALIGNMENT_DICE", "AFFINE_METRICS", "OUTPUT_FILES"]
 
 #: Every file :meth:`RegistrationResult.save` may write (a run removes the others' stale copies).
@@ -74,6 +78,14 @@ _CALLER = "register"
 
 class MisalignmentWarning(UserWarning):
     """The pair looks grossly misaligned: a deformable method alone will likely fail (use ``affine=True``)."""
+
+
+class DissimilarityWarning(UserWarning):
+    """The registered moving image is less like the fixed one than the input was (contrast-independent NMI)."""
+
+
+#: A result whose NMI with the fixed image falls more than this below the input's is reported.
+NMI_TOLERANCE = 0.005
 
 
 def check_output_dir(output_dir: object, caller: str = _CALLER) -> Path:
@@ -273,6 +285,7 @@ class RegistrationResult:
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     misalignment_before: dict[str, float] | None = None
+    similarity: dict[str, float] | None = None
     true_ddf: torch.Tensor | None = field(default=None, repr=False)
     moving_labels: MetaTensor | None = field(default=None, repr=False)
     _det: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -293,6 +306,8 @@ class RegistrationResult:
             metrics = _metrics(self)
             if self.misalignment_before is not None:
                 metrics["misalignment_before"] = self.misalignment_before
+            if self.similarity is not None:
+                metrics["similarity"] = self.similarity
             self.timings["metrics"] = time.perf_counter() - start
             metrics["seconds"] = self.timings
             self._metrics = metrics
@@ -622,6 +637,16 @@ def register(
             "warped_labels": _to_fixed_grid(images, "moving_labels", fields["ddf"], "nearest"),
         }
     times["resample"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fixed_data = plain_tensor(outputs["fixed"])
+    similarity = {f"nmi_{when}": normalized_mutual_information(fixed_data, plain_tensor(outputs[name]), step=2)
+                  for when, name in (("before", "moving"), ("after", "warped"))}
+    if similarity["nmi_after"] < similarity["nmi_before"] - NMI_TOLERANCE:
+        warnings.warn(
+            f"{_CALLER}(): the registered image is less like the fixed one than the input was (normalised mutual "
+            f"information {similarity['nmi_before']:.3f} -> {similarity['nmi_after']:.3f}): the method may not suit "
+            f"these images (another contrast than it was trained on? check qc.png)", DissimilarityWarning, stacklevel=2)
+    times["similarity_check"] = time.perf_counter() - t0
     spacing = [float(v) for v in np.linalg.norm(fixed_affine[:ndim, :ndim], axis=0)]
     times["total"] = time.perf_counter() - start
 
@@ -641,7 +666,7 @@ def register(
         inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"],
         warped_levels=fields["warped_levels"], warped_labels=outputs["warped_labels"],
         fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, timings=times, info=info,
-        misalignment_before=check, true_ddf=true_ddf, moving_labels=outputs["moving_labels"],
+        misalignment_before=check, similarity=similarity, true_ddf=true_ddf, moving_labels=outputs["moving_labels"],
     )
     if output_dir is not None:
         result.save(output_dir, qc=qc, inverse=inverse)

@@ -178,7 +178,7 @@ def _report(pair: dict[str, Any], result: Any) -> str:
 def _register(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .api import MisalignmentWarning, register
+    from .api import DissimilarityWarning, MisalignmentWarning, register
     from .methods import find_method
 
     options = _parse_options(args.option)
@@ -207,7 +207,7 @@ def _register(args: argparse.Namespace) -> int:
                 continue
             finally:
                 for w in caught:
-                    if issubclass(w.category, MisalignmentWarning):
+                    if issubclass(w.category, (MisalignmentWarning, DissimilarityWarning)):
                         tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
                     elif not any(noise in str(w.message) for noise in _NOISE):
                         warnings.showwarning(w.message, w.category, w.filename, w.lineno)

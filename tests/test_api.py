@@ -179,6 +179,20 @@ def test_a_rerun_into_the_same_folder_leaves_no_stale_outputs(toy, tmp_path):
                                                           "warped.nii.gz"]
 
 
+def test_a_result_less_similar_than_its_input_says_so(toy):
+    """A method that scrambles an aligned pair is reported (contrast-independent NMI before/after); a good one is not."""
+    from monai_diffreg.api import DissimilarityWarning
+
+    image, _ = blobs((24, 24, 20))
+    with pytest.warns(DissimilarityWarning, match="less like the fixed one than the input was"):
+        result = register(image, image, "toy", amplitude=3.0)
+    assert result.metrics["similarity"]["nmi_after"] < result.metrics["similarity"]["nmi_before"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DissimilarityWarning)
+        good = register(image, 1.0 - image, "toy", velocity=torch.zeros(1, 3, 24, 24, 20))  # inverted contrast, aligned
+    assert good.metrics["similarity"]["nmi_after"] == pytest.approx(good.metrics["similarity"]["nmi_before"])
+
+
 def test_inverse_field_is_written_on_request(toy, tmp_path):
     image, _ = blobs((16, 12))
     result = register(image, blobs((16, 12), seed=1)[0], "toy", output_dir=tmp_path / "a", qc=False)

@@ -19,6 +19,7 @@ from .jacobian import (
     jacobian_statistics,
     determinant_statistics,
 )
+from .similarity import normalized_mutual_information
 from .tre import TREMetric, target_registration_error
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "sd_log_jacobian_l2r",
     "jacobian_statistics",
     "determinant_statistics",
+    "normalized_mutual_information",
     "TREMetric",
     "target_registration_error",
 ]
