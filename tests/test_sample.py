@@ -95,3 +95,21 @@ def test_sample_end_to_end_svf_optim(tmp_path):
     assert m["folding_percent"] < 0.1
     assert sorted(p.name for p in out.iterdir()) == ["ddf.nii.gz", "summary.json",
                                                     "warped.nii.gz", "warped_labels.nii.gz"]
+
+
+def test_a_t2_like_moving_image_given_to_a_t1_model_is_reported(tmp_path):
+    """Issue 15's silent cross-contrast failure: vxm_prob (trained on T1 contrast) given a CSF-bright moving image
+    makes the pair worse (Dice falls); the contrast-independent NMI check says so instead of staying silent."""
+    from monai_diffreg import DissimilarityWarning, register
+
+    paths = sample_paths()
+    moving = nib.load(paths["moving"])
+    data = np.asarray(moving.dataobj).astype(np.float32)
+    brain = data > 0.05 * data.max()
+    nib.save(nib.Nifti1Image(np.where(brain, data.max() - data, 0).astype(np.float32), moving.affine),
+             tmp_path / "t2_like.nii.gz")
+    with pytest.warns(DissimilarityWarning, match="normalised mutual information"):
+        result = register(paths["fixed"], tmp_path / "t2_like.nii.gz", "vxm_prob", fixed_labels=paths["fixed_labels"],
+                          moving_labels=paths["moving_labels"], device="cpu")
+    assert result.metrics["dice_after"]["mean"] < result.metrics["dice_before"]["mean"]  # it really got worse
+    assert result.metrics["similarity"]["nmi_after"] < result.metrics["similarity"]["nmi_before"]
