@@ -93,3 +93,11 @@ def test_held_out_subjects_use_only_the_maps_training_leaves_out(bundle, shared_
 def test_held_out_subjects_need_the_maps(tmp_path):
     with pytest.raises(ValueError, match="held-out label maps"):
         train_config("vxm_prob", tmp_path, seed=999, held_out_subjects=True)
+
+
+def test_compare_settings_finds_each_case_group():
+    from benchmarks.compare_settings import _group
+
+    assert _group("mni_synthetic_s100") == "mni_synthetic"
+    assert _group("niivue_mni") == "niivue_mni"
+    assert _group("brain_synthetic_s0") == "brain_synthetic"
