@@ -37,6 +37,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from scipy import ndimage
 
+from .transforms.label_protocol import DESTRIEUX_CORTEX
+
 __all__ = [
     "VOXELMORPH_LABELS",
     "VOXELMORPH_ORIENTATION",
@@ -107,11 +109,6 @@ MNI152_FILES: dict[str, str] = {
 
 #: File names inside the ``niivue_freesurfer`` folder (the validation subject).
 NIIVUE_FILES: dict[str, str] = {"image": "norm.mgz", "labels": "aparc.a2009s+aseg.mgz"}
-
-#: FreeSurfer ``aparc.a2009s+aseg`` cortex parcels: ``(first, last, aseg code)`` of the Destrieux
-#: ranges of each hemisphere and the aseg cortex label they belong to (left 11100-11199 -> 3,
-#: right 12100-12199 -> 42).
-DESTRIEUX_CORTEX: tuple[tuple[int, int, int], ...] = ((11100, 11199, 3), (12100, 12199, 42))
 
 #: Brain mask of the template (:func:`load_mni152`): Gaussian scale (mm = voxels) applied to
 #: ``p_gm + p_wm`` and the threshold on the smoothed sum.

@@ -48,6 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .validation import all_finite
+
 __all__ = [
     "RegistrationMethod",
     "PercentileNormalised",
@@ -299,7 +301,6 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"method '{name}' returned '{key}' of shape {got}, expected {shape}")
-        low, high = torch.aminmax(value)
-        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        if not all_finite(value):
             raise ValueError(f"method '{name}' returned a non-finite '{key}' (NaN/Inf)")
     return dict(out)

@@ -88,12 +88,17 @@ def check_field(field: object, name: str, caller: str, *, like: torch.Tensor | N
     return ndim
 
 
-def check_finite(x: torch.Tensor, name: str, caller: str) -> None:
-    """Raise if ``x`` holds NaN or Inf (one min/max pass; NaN and Inf reach the extremes)."""
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds no NaN or Inf, in one min/max pass (NaN and Inf reach the extremes)."""
     if x.numel() == 0 or not x.is_floating_point():
-        return
+        return True
     low, high = torch.aminmax(x.as_subclass(torch.Tensor))  # a plain view: no MetaTensor bookkeeping
-    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
+def check_finite(x: torch.Tensor, name: str, caller: str) -> None:
+    """Raise if ``x`` holds NaN or Inf (:func:`all_finite`)."""
+    if not all_finite(x):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{caller}(): '{name}' contains {n_bad} NaN/Inf value(s) out of {x.numel()}")
 

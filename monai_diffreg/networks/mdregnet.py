@@ -260,7 +260,7 @@ class MDRegNet(nn.Module):
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
-            steps: Adam iterations (0 returns the network's registration).
+            steps: Adam iterations at full size (0, with no coarse steps: the network's registration).
             loss_function: a :class:`~monai_diffreg.losses.mdreg.MDRegNetLoss` (its
                 ``finest_image_term`` and ``regularization_term`` are used); default the paper's
                 (lambda 0.35, window 9).

@@ -230,7 +230,7 @@ class ProbabilisticVoxelMorph(nn.Module):
 
         Args:
             moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
-            steps: Adam iterations (0 returns the network's mean registration).
+            steps: Adam iterations at full size (0, with no coarse steps: the network's mean registration).
             loss_function: a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`
                 (its ``image_term``, ``image_weight``, ``bidirectional`` and ``kl_term`` are used;
                 labels are not, so its Dice term is left out); default local NCC with weight 1,

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TRAINING_STRUCTURES", "to_training_labels", "brain_mask"]
+__all__ = ["TRAINING_STRUCTURES", "DESTRIEUX_CORTEX", "to_training_labels", "brain_mask"]
+
+#: FreeSurfer's Destrieux cortex parcels (``aparc.a2009s+aseg``): ``(first, last, aseg cortex code)``
+#: per hemisphere, left then right.
+DESTRIEUX_CORTEX: tuple[tuple[int, int, int], ...] = ((11100, 11199, 3), (12100, 12199, 42))
 
 #: ``(name, aseg codes)`` of each training label; its index in this tuple plus 1 is its label
 #: (0 is background). Codes of both hemispheres, the Destrieux cortex parcels (11100-11199 left,
@@ -24,7 +28,8 @@ __all__ = ["TRAINING_STRUCTURES", "to_training_labels", "brain_mask"]
 #: WM hypointensities (77) are folded in where they belong.
 TRAINING_STRUCTURES: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("cerebral white matter", (2, 41, 77, 251, 252, 253, 254, 255)),
-    ("cerebral cortex", (3, 42, *range(1000, 1036), *range(2000, 2036), *range(11100, 11200), *range(12100, 12200))),
+    ("cerebral cortex", (3, 42, *range(1000, 1036), *range(2000, 2036),
+                         *(c for first, last, _ in DESTRIEUX_CORTEX for c in range(first, last + 1)))),
     ("lateral ventricle", (4, 43, 5, 44)),
     ("cerebellum white matter", (7, 46)),
     ("cerebellum cortex", (8, 47)),
