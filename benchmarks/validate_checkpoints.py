@@ -41,6 +41,7 @@ from monai.bundle import ConfigParser
 
 from benchmarks import DEFAULT_DATA_DIR
 from monai_diffreg.cli import parse_option_value
+from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.functional.warp import warp
 from monai_diffreg.methods import resolve_bundle
 from monai_diffreg.metrics.dice import mean_dice
@@ -125,7 +126,7 @@ def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 9
              held_out_subjects: bool = False) -> list[dict]:
     """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair).
 
-    ``refine``: keyword arguments of the network's ``refine`` (``steps``, ``learning_rate``,
+    ``refine``: keyword arguments of :func:`~monai_diffreg.engines.refinement.refine_network` (``steps``, ``learning_rate``,
     ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
     ``overrides``: ``train.json`` entries set as for the training run (``{"smoothing": False}``).
     ``held_out_subjects``: pairs from the held-out real label maps only (:func:`train_config`).
@@ -141,7 +142,7 @@ def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 9
 
     def ddf(pair):
         if refine is not None:
-            return network.refine(pair["moving"], pair["fixed"], loss_function=loss, **refine)["ddf"]
+            return refine_network(network, pair["moving"], pair["fixed"], loss, **refine)["ddf"]
         with torch.no_grad():
             return network(pair["moving"], pair["fixed"])["ddf"]
 

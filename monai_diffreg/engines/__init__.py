@@ -4,8 +4,9 @@
   (local NCC, MSE or mutual information) of two images on the same grid.
 * :func:`optimise_svf` / :class:`SVFRegistration`: multi-resolution diffeomorphic registration
   by gradient descent on a stationary velocity field.
-* :func:`refine_velocity`: single-resolution refinement of a velocity field with any
-  differentiable loss, the test-time instance optimisation of the learned methods.
+* :func:`refine_velocity`: refinement of a velocity field with any differentiable loss;
+  :func:`refine_network` runs it from a network's prediction with its training loss (the
+  test-time instance optimisation of the learned methods).
 * :func:`image_dissimilarity`: the (optionally masked) image terms these engines share.
 * :class:`NetworkRegistration`: a trained network as a registration method (bundles' ``"method"``).
 * :class:`RegistrationTrainer` / :class:`SyntheticPairDataset`: resumable (DDP-capable) training
@@ -15,6 +16,7 @@
 from .affine import AFFINE_INITIALISATIONS, AffineRegistration, centre_of_mass, optimise_affine
 from .similarity import SIMILARITY_METRICS, image_dissimilarity, normalise_intensity
 from .network_inference import NetworkRegistration, load_weights
+from .refinement import RefinementLoss, refine_network
 from .svf_optim import SVF_IMAGE_LOSSES, SVFRegistration, optimise_svf, refine_velocity
 from .training import RegistrationTrainer, latest_checkpoint, registration_step, save_atomic
 from .training_data import SyntheticPairDataset
@@ -31,6 +33,8 @@ __all__ = [
     "SVFRegistration",
     "optimise_svf",
     "refine_velocity",
+    "RefinementLoss",
+    "refine_network",
     "NetworkRegistration",
     "load_weights",
     "RegistrationTrainer",

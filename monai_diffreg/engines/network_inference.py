@@ -3,8 +3,8 @@
 Bundles build their ``"method"`` id from :class:`NetworkRegistration`: it loads the shipped
 weights strictly, scales intensities the way the network was trained (percentiles to [0, 1]),
 runs the network without gradients, and optionally adds posterior-sample uncertainty and
-instance-specific refinement when the network offers them (``sample`` / ``refine`` methods,
-as :class:`~monai_diffreg.networks.ProbabilisticVoxelMorph` does).
+instance-specific refinement when the network offers them (the capabilities of
+:mod:`monai_diffreg.networks.contract`, as :class:`~monai_diffreg.networks.ProbabilisticVoxelMorph` has).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..networks.contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork
 from ..transforms.intensity import normalize_intensity_percentile
 from ..validation import check_positive, check_spatial_tensor
+from .refinement import RefinementLoss, refine_network
 
 __all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
 
@@ -25,7 +27,7 @@ __all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
 #: bundles, ``--option refine=`` of the CLI, ``register(refine=...)``). ``"none"``: the network
 #: alone (the default: the fast setting users expect of a learned method). ``"fast"``: most of the
 #: optimisation on half-size images (an eighth of the cost per step in 3D), a short pass at the
-#: network's resolution, each stage stopped once its loss stalls (:func:`refine_velocity`);
+#: network's resolution, each stage stopped once its loss stalls (:func:`~.refinement.refine_network`);
 #: chosen on validation cases (bundle docs).
 REFINE_PRESETS: dict[str, dict] = {
     "none": {},
@@ -60,21 +62,18 @@ class NetworkRegistration:
     """Register a pair with a trained network: ``method(fixed, moving) -> {"ddf", "inverse_ddf"[, "uncertainty"]}``.
 
     Args:
-        network: a module with ``forward(moving, fixed) -> dict`` holding ``"ddf"`` and
-            ``"inverse_ddf"`` ``(B, D, *S)`` (package convention); a ``displacements(moving, fixed)``
-            method returning just those two is used instead when the network has one (it skips the
-            warped images inference does not need); for ``num_samples`` it must
-            offer ``sample(moving, fixed, num_samples)`` returning ``"uncertainty"``, and for
-            ``refine_steps`` ``refine(moving, fixed, steps, learning_rate=..., loss_function=...,
-            smoothing_sigma=...)``.
+        network: a :class:`~monai_diffreg.networks.contract.RegistrationNetwork`; for
+            ``num_samples`` also a ``SamplingNetwork``, for refinement a ``RefinableNetwork``,
+            for ``save_levels`` a ``MultiLevelNetwork`` (:mod:`monai_diffreg.networks.contract`).
         weights: path of the ``state_dict`` to load (strictly); None keeps the network's weights.
         device: where to run; default CUDA when available, else CPU.
         num_samples: posterior samples for the ``"uncertainty"`` output (0: none; else >= 2).
         refine_steps: instance-specific optimisation steps from the network's prediction (0: none).
         refine_learning_rate: Adam step size of the refinement.
-        refine_loss: the loss the refinement minimises, normally the one the weights were trained
-            with (e.g. a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss` with the
-            training's image weight); None: the network's default.
+        refine_loss: the loss the refinement minimises (a
+            :class:`~monai_diffreg.engines.refinement.RefinementLoss`), normally the one the weights
+            were trained with (e.g. a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`
+            with the training's image weight); required when refining.
         refine_smoothing_sigma: Gaussian preconditioning of the refinement's updates, in voxels of
             the velocity grid; None: the network's default.
         refine: a preset of :data:`REFINE_PRESETS` (``"none"`` or ``"fast"``); ``"fast"`` sets the
@@ -82,8 +81,7 @@ class NetworkRegistration:
         refine_coarse_steps: refinement steps on half-size images before ``refine_steps`` at full size.
         refine_tolerance: stop a refinement stage when its loss stalls (absolute change, 5 steps).
         save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
-            moving image warped by each level's field, from the network's
-            ``warped_level_images(moving, fixed)`` (multi-level networks such as
+            moving image warped by each level's field (multi-level networks such as
             :class:`~monai_diffreg.networks.MDRegNet`); costs one more forward pass.
         name: the method's name in error messages.
     """
@@ -113,13 +111,21 @@ class NetworkRegistration:
             raise ValueError(f"{caller}(): 'refine_steps' must be an integer >= 0, got {refine_steps!r}")
         if refine_smoothing_sigma is not None:
             refine_smoothing_sigma = check_positive(refine_smoothing_sigma, "refine_smoothing_sigma", caller)
-        if num_samples and not callable(getattr(network, "sample", None)):
+        if not isinstance(network, RegistrationNetwork):
+            raise ValueError(f"{caller}(): 'network' must be a registration network (forward(moving, fixed) and "
+                             f"displacements(moving, fixed), monai_diffreg.networks.contract), got {type(network).__name__}")
+        if num_samples and not isinstance(network, SamplingNetwork):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
-        if (refine_steps or refine_coarse_steps) and not callable(getattr(network, "refine", None)):
-            raise ValueError(f"{caller}(): {type(network).__name__} has no 'refine' method, so 'refine_steps' must be 0")
+        if refine_steps or refine_coarse_steps:
+            if not isinstance(network, RefinableNetwork):
+                raise ValueError(f"{caller}(): {type(network).__name__} does not offer refinement, so 'refine' must be "
+                                 "'none' and 'refine_steps' 0")
+            if not isinstance(refine_loss, RefinementLoss):
+                raise ValueError(f"{caller}(): refinement needs 'refine_loss', the loss the weights were trained with "
+                                 f"(a loss with refinement_terms()), got {type(refine_loss).__name__}")
         if not isinstance(save_levels, bool):
             raise ValueError(f"{caller}(): 'save_levels' must be True or False, got {save_levels!r}")
-        if save_levels and not callable(getattr(network, "warped_level_images", None)):
+        if save_levels and not isinstance(network, MultiLevelNetwork):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'warped_level_images' method, "
                              "so 'save_levels' must be False")
         if weights is not None:
@@ -140,10 +146,10 @@ class NetworkRegistration:
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
         """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`)."""
-        expected = getattr(self.network, "spatial_dims", None)
+        expected = self.network.spatial_dims
         for key, image in (("fixed", fixed), ("moving", moving)):
             ndim = check_spatial_tensor(image, key, self.name, channels=1)
-            if expected is not None and ndim != expected:
+            if ndim != expected:
                 raise ValueError(f"{self.name}(): this model registers {expected}D images, "
                                  f"got a {ndim}D '{key}' of shape {tuple(image.shape)}")
         fixed = normalize_intensity_percentile(fixed.to(self.device), name="fixed", caller=self.name)
@@ -151,10 +157,8 @@ class NetworkRegistration:
         with torch.no_grad():
             if self.num_samples:
                 out = self.network.sample(moving, fixed, num_samples=self.num_samples)
-            elif callable(getattr(self.network, "displacements", None)):
-                out = self.network.displacements(moving, fixed)
             else:
-                out = self.network(moving, fixed)
+                out = self.network.displacements(moving, fixed)
         result = {"ddf": out["ddf"], "inverse_ddf": out["inverse_ddf"]}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
@@ -162,11 +166,10 @@ class NetworkRegistration:
             with torch.no_grad():
                 result["warped_levels"] = self.network.warped_level_images(moving, fixed)
         if self.refine_steps or self.refine_coarse_steps:
-            refined = self.network.refine(moving, fixed, steps=self.refine_steps,
-                                          learning_rate=self.refine_learning_rate, loss_function=self.refine_loss,
-                                          smoothing_sigma=self.refine_smoothing_sigma,
-                                          coarse_steps=self.refine_coarse_steps, tolerance=self.refine_tolerance)
-            result.update(ddf=refined["ddf"].detach(), inverse_ddf=refined["inverse_ddf"].detach())
+            refined = refine_network(self.network, moving, fixed, self.refine_loss, self.refine_steps,
+                                     coarse_steps=self.refine_coarse_steps, learning_rate=self.refine_learning_rate,
+                                     smoothing_sigma=self.refine_smoothing_sigma, tolerance=self.refine_tolerance)
+            result.update(ddf=refined["ddf"], inverse_ddf=refined["inverse_ddf"])
         return result
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ from .compose import compose_ddf
 from .grid import identity_grid
 from .integrate import integrate_velocity
 from .jacobian import jacobian_determinant, jacobian_matrix, spatial_gradient
+from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .resize import resize_field, resize_image
 from .smoothing import gaussian_kernel1d, gaussian_smooth
 from .warp import warp
@@ -35,6 +36,9 @@ __all__ = [
     "compose_ddf",
     "identity_grid",
     "integrate_velocity",
+    "POSTERIORS",
+    "posterior_smoothing_sigma",
+    "sample_velocity",
     "jacobian_determinant",
     "jacobian_matrix",
     "spatial_gradient",

@@ -61,6 +61,14 @@ class MDRegNetLoss(_Loss):
         """``lambda * R(velocity)``, the penalty of one velocity field."""
         return self.regularization_weight * gradient_loss(velocity, penalty="l1")
 
+    def refinement_terms(self, context: Mapping[str, torch.Tensor]):
+        """Test-time refinement's terms (:class:`~monai_diffreg.engines.refinement.RefinementLoss`).
+
+        The finest level's similarity in both directions (eq. 4 sums them; the refinement
+        averages, hence the factor 2) and ``lambda * R`` of the whole velocity; ``context`` is unused.
+        """
+        return (lambda warped, target: 2.0 * self.finest_image_term(warped, target), self.regularization_term, True)
+
     def forward(self, outputs: Mapping[str, Sequence[torch.Tensor]], fixed: torch.Tensor | None = None,
                 moving: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
                 moving_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

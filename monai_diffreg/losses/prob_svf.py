@@ -15,7 +15,7 @@ Dalca et al., "Improved probabilistic diffeomorphic registration with CNNs" (201
   :func:`~monai_diffreg.losses.kl.kl_svf_laplacian` (the reference code's normalisation).
   For the smoothed posterior ``Sigma = C D D^T C^T`` the exact KL is the diagonal one with
   the neighbour count ``2n`` replaced by ``c = (C^T L C)_jj``
-  (:func:`~monai_diffreg.networks.posterior.smoothed_posterior_degree`); we evaluate it by
+  (:func:`~monai_diffreg.functional.posterior.smoothed_posterior_degree`); we evaluate it by
   shifting the log variance by ``log(c / 2n)`` before the diagonal formula, which equals the
   exact value up to an additive constant (border voxels keep their own degree).
   Without this the optimum ``D^2 = 1 / (2n lambda)`` would be shrunk again by the smoothing
@@ -36,7 +36,7 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from ..functional.warp import warp
-from ..networks.posterior import POSTERIORS, posterior_degree
+from ..functional.posterior import POSTERIORS, posterior_degree
 from ..validation import check_choice, check_positive, check_spatial_tensor
 from .dice import soft_dice_loss
 from .kl import kl_svf_laplacian
@@ -110,6 +110,20 @@ class ProbabilisticSVFLoss(_Loss):
             degree = posterior_degree(self.posterior, self.prior_lambda, ndim)
             velocity_log_var = velocity_log_var + math.log(degree / (2 * ndim))
         return kl_svf_laplacian(velocity_mean, velocity_log_var, self.prior_lambda)
+
+    def refinement_terms(self, context: Mapping[str, torch.Tensor]):
+        """Test-time refinement's terms (:class:`~monai_diffreg.engines.refinement.RefinementLoss`).
+
+        The weighted image term, the KL with the network's log variance held fixed
+        (``context["velocity_log_var"]``, :meth:`ProbabilisticVoxelMorph.refinement_start`) and
+        this loss's ``bidirectional``; the Dice term is left out (no labels at test time).
+        """
+        if "velocity_log_var" not in context:
+            raise ValueError("ProbabilisticSVFLoss.refinement_terms(): the refinement context lacks "
+                             "'velocity_log_var' (a probabilistic network's refinement_start provides it)")
+        log_var = context["velocity_log_var"]
+        return (lambda warped, target: self.image_weight * self.image_term(warped, target),
+                lambda velocity: self.kl_term(velocity, log_var), self.bidirectional)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], fixed: torch.Tensor, moving: torch.Tensor,
                 fixed_labels: torch.Tensor | None = None,

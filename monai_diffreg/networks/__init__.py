@@ -1,8 +1,9 @@
-"""Registration networks. Every network returns a dict with fixed keys (DESIGN.md 3.5)."""
+"""Registration networks. Every network returns a dict with fixed keys (DESIGN.md 3.5) and obeys
+the contract of :mod:`.contract` (what the engines may ask of a network)."""
 
 from .blocks import NORMS, OneDNNConv2d, OneDNNConv3d, conv_block, convolution, init_flow_head
+from .contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork, VelocityRefinementStart
 from .mdregnet import MDRegNet, MDRegSubNetwork
-from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .vxm_unet import VxmUNet
 
@@ -15,9 +16,11 @@ __all__ = [
     "init_flow_head",
     "MDRegNet",
     "MDRegSubNetwork",
-    "POSTERIORS",
-    "posterior_smoothing_sigma",
-    "sample_velocity",
+    "RegistrationNetwork",
+    "SamplingNetwork",
+    "MultiLevelNetwork",
+    "RefinableNetwork",
+    "VelocityRefinementStart",
     "ProbabilisticVoxelMorph",
     "VxmUNet",
 ]

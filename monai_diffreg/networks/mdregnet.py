@@ -29,7 +29,7 @@ voxel ``j`` on fine voxel ``2j``, while linear upsampling, as our fields use, ce
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -41,6 +41,7 @@ from ..functional.smoothing import gaussian_smooth
 from ..functional.warp import warp
 from ..validation import check_positive
 from .blocks import conv_block, convolution, init_flow_head
+from .contract import VelocityRefinementStart
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
 
 __all__ = ["MDRegSubNetwork", "MDRegNet"]
@@ -237,70 +238,28 @@ class MDRegNet(nn.Module):
         """
         return torch.cat([warp(moving, ddf) for ddf in self.level_displacements(moving, fixed)], dim=1)
 
-    def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: nn.Module | None = None,
-               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
-               callback: Callable[[int, float], None] | None = None, coarse_steps: int = 0,
-               tolerance: float | None = None) -> dict[str, torch.Tensor]:
-        """Instance-specific optimisation of the finest velocity ``v~^L`` for this pair, from the network's.
+    def refinement_start(self, moving: torch.Tensor, fixed: torch.Tensor) -> VelocityRefinementStart:
+        """Test-time refinement of the finest smoothed velocity ``v~^L`` (:mod:`~monai_diffreg.networks.contract`).
 
-        Minimises the finest level's terms of the training loss (eq. 4): the local NCC in both
-        directions, ``-NCC(I_f, I_m o exp(z)) - NCC(I_m, I_f o exp(-z))`` (times the level's
-        weight), plus ``lambda * R(z)``, by ``steps`` Adam iterations
-        (:func:`monai_diffreg.engines.svf_optim.refine_velocity`) from the network's smoothed
-        ``v~^L``. A choice (the paper has no test-time optimisation): ``R`` acts on the whole
-        velocity rather than on the finest increment alone, since the coarser levels' share of
-        ``z`` is no longer separate once ``z`` is optimised. As in training the images are those
-        the network sees (``image_scale``, padded), ``z`` stays on the 1/2 grid, its
-        displacement upsampled by 2, and the updates are smoothed: by default (with ``smoothing``)
-        by the smoothing layer, so that ``z`` stays that layer's output as the network's is, or by
-        a whole Gaussian of ``smoothing_sigma`` voxels (the bundle uses 2: in the same number of
-        steps it reached more accurate fields on held-out cases). Voxel-wise updates (without the
-        layer and ``smoothing_sigma``) let the refined fields fold. The result stays a
-        diffeomorphism ``exp(z)``.
-
-        Args:
-            moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
-            steps: Adam iterations at full size (0, with no coarse steps: the network's registration).
-            loss_function: a :class:`~monai_diffreg.losses.mdreg.MDRegNetLoss` (its
-                ``finest_image_term`` and ``regularization_term`` are used); default the paper's
-                (lambda 0.35, window 9).
-            learning_rate: Adam step size, about the largest change of ``z`` per step in voxels of its grid.
-            smoothing_sigma: Gaussian preconditioning of the updates, in voxels of ``z``'s grid
-                (the whole Gaussian, 3 sigma each side); ``None``: the smoothing layer (its sigma
-                and kernel) when ``smoothing``, voxel-wise updates otherwise.
-            callback: ``callback(iteration, loss)`` after each step.
-            coarse_steps: iterations on half-size images first (:func:`~monai_diffreg.engines.svf_optim.refine_velocity`).
-            tolerance: stop a stage once its loss stalls (absolute; None: run every step).
-
-        Returns:
-            dict with ``"ddf"``, ``"inverse_ddf"`` ``(B, D, *S)``, ``"velocity"`` ``(B, D, *n_{L-1})``
-            (the refined ``z``) and ``"warped"`` ``(B, C, *S)``, detached.
+        As in training, the images are those the network sees (``image_scale``, padded) and the
+        velocity stays on the 1/2 grid; the default preconditioning is the smoothing layer (its
+        sigma and kernel, so the refined velocity stays that layer's output as the network's is),
+        voxel-wise without it (refined fields then fold sooner). The paper has no test-time
+        optimisation; :class:`~monai_diffreg.losses.mdreg.MDRegNetLoss` refines with its finest
+        level's terms, the regulariser on the whole velocity (the coarser levels' share is no
+        longer separate once the velocity is optimised).
         """
-        from ..engines.svf_optim import refine_velocity
-        from ..losses.mdreg import MDRegNetLoss
+        run = self._run_levels(moving, fixed)
+        sigma, kernel = (self.smoothing_sigma, self.smoothing_kernel_size) if self.smoothing else (None, None)
+        return VelocityRefinementStart(run.fixed, run.moving, run.velocities[-1], 2, self.num_steps, sigma, kernel)
 
-        loss_function = MDRegNetLoss() if loss_function is None else loss_function
-        if not isinstance(loss_function, MDRegNetLoss):
-            raise ValueError(f"MDRegNet.refine(): 'loss_function' must be an MDRegNetLoss (the training loss), "
-                             f"got {type(loss_function).__name__}")
-        kernel_size = None  # the whole Gaussian
-        if smoothing_sigma is None and self.smoothing:
-            smoothing_sigma, kernel_size = self.smoothing_sigma, self.smoothing_kernel_size
-        with torch.no_grad():
-            run = self._run_levels(moving, fixed)
-        velocity, _ = refine_velocity(
-            run.fixed, run.moving, run.velocities[-1], steps,
-            # eq. 4 sums the two directions; refine_velocity averages them
-            loss_fn=lambda warped, target: 2.0 * loss_function.finest_image_term(warped, target),
-            regularizer=loss_function.regularization_term, bidirectional=True, learning_rate=learning_rate,
-            num_steps=self.num_steps, smoothing_sigma=smoothing_sigma, smoothing_kernel_size=kernel_size,
-            int_downsize=2, callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
-        )
-        size, padded = moving.shape[2:], run.moving.shape[2:]
-        with torch.no_grad():
-            ddf = self._full_ddf(velocity, padded, size)
-            return {"ddf": ddf, "inverse_ddf": self._full_ddf(-velocity, padded, size),
-                    "velocity": crop_spatial(velocity, self.level_sizes(size)[-1]), "warped": warp(moving, ddf)}
+    def refined_outputs(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                        start: VelocityRefinementStart) -> dict[str, torch.Tensor]:
+        """``"ddf"``, ``"inverse_ddf"`` ``(B, D, *S)``, ``"velocity"`` ``(B, D, *n_{L-1})`` and ``"warped"`` for a refined velocity."""
+        size, padded = moving.shape[2:], start.moving.shape[2:]
+        ddf = self._full_ddf(velocity, padded, size)
+        return {"ddf": ddf, "inverse_ddf": self._full_ddf(-velocity, padded, size),
+                "velocity": crop_spatial(velocity, self.level_sizes(size)[-1]), "warped": warp(moving, ddf)}
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""

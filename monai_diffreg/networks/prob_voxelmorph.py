@@ -10,7 +10,7 @@ Facts from the reference (TensorFlow) implementation that the papers leave out: 
 head's weights are initialised ~ N(0, 1e-5) and the log-variance head's ~ N(0, 1e-10); the
 velocity field lives at half the input resolution and the displacement is upsampled with its
 vectors rescaled. One departure: the reference starts the log-variance bias at -10 (a tiny
-variance); we start it at the KL's minimiser (:func:`~monai_diffreg.networks.posterior.optimal_log_variance`,
+variance); we start it at the KL's minimiser (:func:`~monai_diffreg.functional.posterior.optimal_log_variance`,
 3.37 for the smoothed posterior with lambda 10 in 3D). From -10 the KL's variance term is
 three times the rest of the loss and drives the shared U-Net features for the first
 hundreds of iterations; on held-out synthetic pairs this start reached Dice 0.812 after 250
@@ -20,7 +20,7 @@ iterations against 0.777 from -10 (same recipe otherwise; bundles/vxm_prob/docs/
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,8 +30,9 @@ from ..functional.resize import resize_field, resize_image
 from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
 from .blocks import convolution, init_flow_head
+from .contract import VelocityRefinementStart
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
-from .posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
+from ..functional.posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
 __all__ = ["ProbabilisticVoxelMorph"]
@@ -61,7 +62,7 @@ class ProbabilisticVoxelMorph(nn.Module):
         num_steps: scaling-and-squaring steps (7).
         posterior: ``"diagonal"`` (``z = mu + D r``) or ``"smoothed"`` (``z = mu + C(D r)``).
         prior_lambda: prior precision scale ``lambda``; sets the smoothing scale of the
-            ``"smoothed"`` posterior (:func:`~monai_diffreg.networks.posterior.posterior_smoothing_sigma`).
+            ``"smoothed"`` posterior (:func:`~monai_diffreg.functional.posterior.posterior_smoothing_sigma`).
         norm: U-Net normalisation, ``None`` (VoxelMorph) or ``"instance"`` (see :class:`VxmUNet`).
 
     ``forward(moving, fixed)`` returns a dict with always the same keys (``n`` = velocity grid):
@@ -76,8 +77,9 @@ class ProbabilisticVoxelMorph(nn.Module):
     * ``"warped"``: ``(B, C_moving, *S)`` moving image warped by ``ddf``.
     * ``"warped_fixed"``: ``(B, C_fixed, *S)`` fixed image warped by ``inverse_ddf``.
 
-    :meth:`sample` adds ``"uncertainty"`` from ``K`` posterior samples; :meth:`refine` runs the
-    instance-specific optimisation of the velocity field from the network's mean.
+    :meth:`sample` adds ``"uncertainty"`` from ``K`` posterior samples; :meth:`refinement_start` and
+    :meth:`refined_outputs` let :func:`~monai_diffreg.engines.refinement.refine_network` optimise
+    the velocity field for one pair from the network's mean.
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 2, enc_channels: Sequence[int] = (16, 32, 32, 32),
@@ -211,56 +213,19 @@ class ProbabilisticVoxelMorph(nn.Module):
         check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_network_grid", spatial_dims=self.spatial_dims)
         return pad_to_multiple(resize_image(image, size=self.network_size(image.shape[2:]), mode="area"), self.int_downsize)
 
-    def refine(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 50, loss_function: Callable | None = None,
-               learning_rate: float = 0.1, smoothing_sigma: float | None = None,
-               callback: Callable[[int, float], None] | None = None, coarse_steps: int = 0,
-               tolerance: float | None = None) -> dict[str, torch.Tensor]:
-        """Instance-specific optimisation: refine the velocity for this pair from the network's mean.
+    def refinement_start(self, moving: torch.Tensor, fixed: torch.Tensor) -> VelocityRefinementStart:
+        """Test-time refinement from the posterior mean ``mu`` (:mod:`~monai_diffreg.networks.contract`).
 
-        Minimises the training loss over the velocity field ``z``: its weighted image term
-        (``image_weight`` times the dissimilarity, both directions when the loss is
-        ``bidirectional``) plus its KL (the prior term on the velocity, with the network's log
-        variance held fixed), by ``steps`` Adam iterations
-        (:func:`monai_diffreg.engines.svf_optim.refine_velocity`), starting at ``mu``. As in
-        training, ``z`` stays on the velocity grid and the image term is evaluated on the grid
-        the network sees (:meth:`images_on_network_grid`), the displacement upsampled by
-        ``int_downsize``. The result stays a diffeomorphism ``exp(z)``. Pass the loss the
-        weights were trained with: the balance of image term and KL sets where the refinement
-        converges (a bundle's ``inference.json`` holds it as ``refine_loss``).
-
-        Args:
-            moving, fixed: ``(B, C, *S)`` images, as for :meth:`forward`.
-            steps: Adam iterations at full size (0, with no coarse steps: the network's mean registration).
-            loss_function: a :class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`
-                (its ``image_term``, ``image_weight``, ``bidirectional`` and ``kl_term`` are used;
-                labels are not, so its Dice term is left out); default local NCC with weight 1,
-                bidirectional, with this model's ``prior_lambda`` and posterior type.
-            learning_rate: Adam step size, about the largest change of ``z`` per step in velocity voxels.
-            smoothing_sigma: optional Gaussian preconditioning of the updates (velocity voxels).
-            callback: ``callback(iteration, loss)`` after each step.
-            coarse_steps: iterations on half-size images first (:func:`~monai_diffreg.engines.svf_optim.refine_velocity`).
-            tolerance: stop a stage once its loss stalls (absolute; None: run every step).
-
-        Returns:
-            the dict of :meth:`forward` for the refined velocity (``"velocity"`` and
-            ``"velocity_mean"`` both hold it; ``"velocity_log_var"`` is the network's), detached.
+        As in training, the velocity stays on its grid (``int_downsize``) and the image term is
+        evaluated on the grid the network sees (:meth:`images_on_network_grid`); the updates are
+        voxel-wise by default, and the context holds the network's log variance (held fixed)
+        for the loss's KL term (:class:`~monai_diffreg.losses.prob_svf.ProbabilisticSVFLoss`).
         """
-        from ..engines.svf_optim import refine_velocity
-        from ..losses.prob_svf import ProbabilisticSVFLoss
+        mean, log_var = self.posterior_params(moving, fixed)
+        return VelocityRefinementStart(self.images_on_network_grid(fixed), self.images_on_network_grid(moving), mean,
+                                       self.int_downsize, self.num_steps, context={"velocity_log_var": log_var})
 
-        if loss_function is None:
-            loss_function = ProbabilisticSVFLoss("ncc", prior_lambda=self.prior_lambda, posterior=self.posterior)
-        elif not isinstance(loss_function, ProbabilisticSVFLoss):
-            raise ValueError(f"ProbabilisticVoxelMorph.refine(): 'loss_function' must be a ProbabilisticSVFLoss "
-                             f"(the training loss), got {type(loss_function).__name__}")
-        with torch.no_grad():
-            mean, log_var = self.posterior_params(moving, fixed)
-        velocity, _ = refine_velocity(
-            self.images_on_network_grid(fixed), self.images_on_network_grid(moving), mean, steps,
-            loss_fn=lambda warped, target: loss_function.image_weight * loss_function.image_term(warped, target),
-            regularizer=lambda v: loss_function.kl_term(v, log_var), bidirectional=loss_function.bidirectional,
-            learning_rate=learning_rate, num_steps=self.num_steps, smoothing_sigma=smoothing_sigma,
-            int_downsize=self.int_downsize, callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
-        )
-        with torch.no_grad():
-            return self.outputs_from_velocity(moving, fixed, velocity, velocity, log_var)
+    def refined_outputs(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                        start: VelocityRefinementStart) -> dict[str, torch.Tensor]:
+        """The dict of :meth:`forward` for a refined velocity (``"velocity"`` and ``"velocity_mean"`` both hold it)."""
+        return self.outputs_from_velocity(moving, fixed, velocity, velocity, start.context["velocity_log_var"])

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
+from monai_diffreg.engines import network_inference
 from monai_diffreg.engines.network_inference import REFINE_PRESETS, NetworkRegistration, load_weights
+from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.functional import gaussian_smooth
 from monai_diffreg.methods import check_method_output
+from monai_diffreg.losses import MDRegNetLoss
+from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import MDRegNet, ProbabilisticVoxelMorph
 
 
@@ -13,10 +17,29 @@ def tiny_network(spatial_dims=3):
     return ProbabilisticVoxelMorph(spatial_dims, enc_channels=(4, 8), dec_channels=(8, 8, 4), int_downsize=1)
 
 
+class ZeroNetwork(torch.nn.Module):
+    """The smallest registration network of the contract: the identity, no optional capabilities."""
+
+    spatial_dims = 3
+
+    def forward(self, moving, fixed):
+        return self.displacements(moving, fixed)
+
+    def displacements(self, moving, fixed):
+        zero = torch.zeros(moving.shape[0], 3, *moving.shape[2:])
+        return {"ddf": zero, "inverse_ddf": zero}
+
+
 def smooth_pair(shape):
     fixed = gaussian_smooth(torch.rand(1, 1, *shape), 2.0) * 100  # intensities as read from a file
     moving = torch.roll(fixed, shifts=1, dims=2)
     return fixed, moving
+
+
+def test_a_network_of_the_contract_alone_is_a_method():
+    fixed, moving = smooth_pair((8, 8, 8))
+    out = check_method_output(NetworkRegistration(ZeroNetwork(), device="cpu")(fixed, moving), fixed, "zero")
+    assert set(out) == {"ddf", "inverse_ddf"} and not out["ddf"].any()
 
 
 def test_output_follows_the_method_contract_and_matches_the_network(tmp_path):
@@ -38,14 +61,14 @@ def test_uncertainty_and_refinement():
     network = tiny_network()
     with torch.no_grad():
         network.log_var_head.bias.fill_(-2.0)  # a visible posterior variance
-    out = NetworkRegistration(network, num_samples=3, refine_steps=2, device="cpu")(fixed, moving)
+    out = NetworkRegistration(network, num_samples=3, refine_steps=2, refine_loss=ProbabilisticSVFLoss("ncc"),
+                              device="cpu")(fixed, moving)
     assert out["uncertainty"].shape == (1, 1, 16, 16, 16) and bool((out["uncertainty"] > 0).all())
     assert out["ddf"].requires_grad is False
 
 
 def test_refinement_minimises_the_given_loss():
-    """refine_loss reaches the network's refine: the result is refine(..., loss_function=refine_loss)'s."""
-    from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
+    """refine_loss is what refine_network minimises: the result is refine_network(..., refine_loss)'s."""
     from monai_diffreg.transforms.intensity import normalize_intensity_percentile
 
     fixed, moving = smooth_pair((16, 16, 16))
@@ -56,45 +79,49 @@ def test_refinement_minimises_the_given_loss():
     out = NetworkRegistration(network, refine_steps=3, refine_loss=loss, device="cpu")(fixed, moving)
     norm_fixed = normalize_intensity_percentile(fixed, name="fixed", caller="t")
     norm_moving = normalize_intensity_percentile(moving, name="moving", caller="t")
-    weighted = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1, loss_function=loss)["ddf"]
-    default = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1)["ddf"]
+    weighted = refine_network(network, norm_moving, norm_fixed, loss, 3, learning_rate=0.1)["ddf"]
+    default = refine_network(network, norm_moving, norm_fixed, ProbabilisticSVFLoss("ncc"), 3, learning_rate=0.1)["ddf"]
     torch.testing.assert_close(out["ddf"], weighted)
     assert (weighted - default).abs().max() > 1e-3
 
 
 def test_refinement_preconditioning_reaches_the_network():
-    """refine_smoothing_sigma is refine(..., smoothing_sigma=)'s; a bad value is a clear error."""
+    """refine_smoothing_sigma is refine_network(..., smoothing_sigma=)'s; a bad value is a clear error."""
     from monai_diffreg.transforms.intensity import normalize_intensity_percentile
 
     fixed, moving = smooth_pair((16, 16, 16))
     network = tiny_network()
     with torch.no_grad():
         network.mean_head.weight.normal_(0.0, 0.3)
-    out = NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=2.0, device="cpu")(fixed, moving)
+    loss = ProbabilisticSVFLoss("ncc")
+    out = NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=2.0, refine_loss=loss,
+                              device="cpu")(fixed, moving)
     norm_fixed = normalize_intensity_percentile(fixed, name="fixed", caller="t")
     norm_moving = normalize_intensity_percentile(moving, name="moving", caller="t")
-    smoothed = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1, smoothing_sigma=2.0)["ddf"]
-    default = network.refine(norm_moving, norm_fixed, steps=3, learning_rate=0.1)["ddf"]
+    smoothed = refine_network(network, norm_moving, norm_fixed, loss, 3, learning_rate=0.1, smoothing_sigma=2.0)["ddf"]
+    default = refine_network(network, norm_moving, norm_fixed, loss, 3, learning_rate=0.1)["ddf"]
     torch.testing.assert_close(out["ddf"], smoothed)
     assert (smoothed - default).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"'refine_smoothing_sigma' must be a finite number > 0"):
-        NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=0.0, device="cpu")
+        NetworkRegistration(network, refine_steps=3, refine_smoothing_sigma=0.0, refine_loss=loss, device="cpu")
 
 
-@pytest.mark.parametrize("network_factory", [lambda: ProbabilisticVoxelMorph(3, enc_channels=(4, 8), dec_channels=(8, 8, 4)),
-                                             lambda: MDRegNet(3, levels=2, enc_channels=(4, 8), up_channels=8,
-                                                              out_channels=(8, 4))])
-def test_refine_fast_is_the_preset_passed_to_the_network(monkeypatch, network_factory):
-    """refine="fast" = REFINE_PRESETS["fast"]'s steps, coarse steps and tolerance reach network.refine (both networks)."""
+@pytest.mark.parametrize("network_factory,loss", [
+    (lambda: ProbabilisticVoxelMorph(3, enc_channels=(4, 8), dec_channels=(8, 8, 4)), ProbabilisticSVFLoss("ncc")),
+    (lambda: MDRegNet(3, levels=2, enc_channels=(4, 8), up_channels=8, out_channels=(8, 4)), MDRegNetLoss()),
+])
+def test_refine_fast_is_the_preset_passed_to_the_engine(monkeypatch, network_factory, loss):
+    """refine="fast" = REFINE_PRESETS["fast"]'s steps, coarse steps and tolerance reach refine_network (both networks)."""
     network = network_factory()
     calls = []
-    real = network.refine
-    monkeypatch.setattr(network, "refine", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr(network_inference, "refine_network",
+                        lambda *a, **k: calls.append((a, k)) or refine_network(*a, **k))
     fixed, moving = smooth_pair((16, 16, 16))
-    out = NetworkRegistration(network, refine="fast", device="cpu")(fixed, moving)
+    out = NetworkRegistration(network, refine="fast", refine_loss=loss, device="cpu")(fixed, moving)
     preset = REFINE_PRESETS["fast"]
-    assert calls[0]["steps"] == preset["refine_steps"] and calls[0]["coarse_steps"] == preset["refine_coarse_steps"]
-    assert calls[0]["tolerance"] == preset["refine_tolerance"]
+    (args, kwargs), = calls
+    assert args[3] is loss and args[4] == preset["refine_steps"] and kwargs["coarse_steps"] == preset["refine_coarse_steps"]
+    assert kwargs["tolerance"] == preset["refine_tolerance"]
     assert out["ddf"].shape == (1, 3, 16, 16, 16) and torch.isfinite(out["ddf"]).all()
     assert NetworkRegistration(network_factory(), device="cpu").refine == "none"  # the network alone by default
 
@@ -106,8 +133,10 @@ def test_refine_option_errors():
         NetworkRegistration(tiny_network(), refine="fast", refine_steps=5)
     with pytest.raises(ValueError, match=r"'refine_coarse_steps' must be an integer >= 0"):
         NetworkRegistration(tiny_network(), refine_coarse_steps=-1)
-    with pytest.raises(ValueError, match=r"has no 'refine' method"):
+    with pytest.raises(ValueError, match=r"'network' must be a registration network"):
         NetworkRegistration(torch.nn.Identity(), refine="fast")
+    with pytest.raises(ValueError, match=r"refinement needs 'refine_loss', the loss the weights were trained with"):
+        NetworkRegistration(tiny_network(), refine="fast")
 
 
 def test_strict_weight_loading_errors(tmp_path):
@@ -133,8 +162,10 @@ def test_bad_input_and_options():
         method(torch.ones(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
     with pytest.raises(ValueError, match=r"'num_samples' must be 0 or an integer >= 2, got 1"):
         NetworkRegistration(tiny_network(), num_samples=1)
-    with pytest.raises(ValueError, match=r"has no 'refine' method"):
-        NetworkRegistration(torch.nn.Identity(), refine_steps=3)
+    with pytest.raises(ValueError, match=r"ZeroNetwork does not offer refinement"):
+        NetworkRegistration(ZeroNetwork(), refine_steps=3, refine_loss=ProbabilisticSVFLoss())
+    with pytest.raises(ValueError, match=r"ZeroNetwork has no 'sample' method"):
+        NetworkRegistration(ZeroNetwork(), num_samples=2)
     with pytest.raises(ValueError, match=r"has no 'warped_level_images' method"):
         NetworkRegistration(tiny_network(), save_levels=True)
     with pytest.raises(ValueError, match=r"'save_levels' must be True or False, got 'False'"):

@@ -13,8 +13,8 @@ from monai_diffreg.losses.kl import kl_svf_laplacian
 from monai_diffreg.losses.mse import mse_loss
 from monai_diffreg.losses.ncc import local_ncc_loss
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
-from monai_diffreg.networks import posterior_smoothing_sigma
-from monai_diffreg.networks.posterior import optimal_log_variance, smoothed_posterior_degree
+from monai_diffreg.functional.posterior import posterior_smoothing_sigma
+from monai_diffreg.functional.posterior import optimal_log_variance, smoothed_posterior_degree
 
 
 def _outputs(size=(12, 14), velocity_size=(6, 7)):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from monai_diffreg.functional import gaussian_smooth, resize_image, warp
+from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.losses import MDRegNetLoss
 from monai_diffreg.networks import MDRegNet
 
@@ -261,8 +262,8 @@ def test_refine_starts_at_the_finest_training_terms_and_improves_them():
                          + loss.regularization_term(v))
         network = model(moving, fixed)
     history = []
-    out = model.refine(moving, fixed, steps=30, loss_function=loss, learning_rate=0.2,
-                       callback=lambda i, value: history.append(value))
+    out = refine_network(model, moving, fixed, loss, 30, learning_rate=0.2,
+                         callback=lambda i, value: history.append(value))
     assert history[0] == pytest.approx(expected, abs=1e-5)
     assert history[-1] < history[0] - 0.1
     assert set(out) == {"ddf", "inverse_ddf", "velocity", "warped"}
@@ -277,7 +278,7 @@ def test_refine_without_steps_is_the_network_registration():
     moving, fixed = torch.rand(1, 1, 20, 24, 16), torch.rand(1, 1, 20, 24, 16)
     with torch.no_grad():
         expected = model(moving, fixed)
-    out = model.refine(moving, fixed, steps=0)
+    out = refine_network(model, moving, fixed, MDRegNetLoss(), 0)
     for key in ("ddf", "inverse_ddf", "velocity", "warped"):
         torch.testing.assert_close(out[key], expected[key])
 
@@ -298,7 +299,7 @@ def _refined_change_roughness(model, **refine_options) -> float:
     moving, fixed = _shifted_pair((64, 64))
     with torch.no_grad():
         start = model(moving, fixed)["velocity"]
-    change = model.refine(moving, fixed, steps=5, learning_rate=0.5, **refine_options)["velocity"] - start
+    change = refine_network(model, moving, fixed, MDRegNetLoss(), 5, learning_rate=0.5, **refine_options)["velocity"] - start
     return float(change.diff(dim=2).diff(dim=2).abs().mean() / change.abs().mean())
 
 
@@ -309,13 +310,15 @@ def test_refine_smoothing_sigma_preconditions_with_the_whole_gaussian():
     assert _refined_change_roughness(_model(2, smoothing=False).eval(), smoothing_sigma=2.0) < 0.3
 
 
-def test_refine_rejects_another_loss():
-    from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
+def test_refine_rejects_what_cannot_refine():
+    from monai_diffreg.networks import VxmUNet
 
     moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"MDRegNet.refine\(\): 'loss_function' must be an MDRegNetLoss"):
-        _model(2).refine(moving, fixed, steps=1, loss_function=ProbabilisticSVFLoss())
+    with pytest.raises(ValueError, match=r"refine_network\(\): 'loss' must offer refinement_terms"):
+        refine_network(_model(2), moving, fixed, torch.nn.MSELoss(), 1)
+    with pytest.raises(ValueError, match=r"refine_network\(\): VxmUNet does not offer refinement"):
+        refine_network(VxmUNet(2), moving, fixed, MDRegNetLoss(), 1)
     with pytest.raises(ValueError, match=r"'steps' must be an integer >= 0"):
-        _model(2).refine(moving, fixed, steps=-1)
+        refine_network(_model(2), moving, fixed, MDRegNetLoss(), -1)
     with pytest.raises(ValueError, match=r"MDRegNet\(\): .moving. must be 5D"):
-        _model(3).refine(moving, fixed, steps=1)  # 2D images for a 3D model
+        refine_network(_model(3), moving, fixed, MDRegNetLoss(), 1)  # 2D images for a 3D model

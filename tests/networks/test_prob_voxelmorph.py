@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from monai_diffreg.functional import compose_ddf, gaussian_smooth, integrate_velocity, resize_field, warp
+from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import ProbabilisticVoxelMorph
-from monai_diffreg.networks.posterior import optimal_log_variance
+from monai_diffreg.functional.posterior import optimal_log_variance
 
 KEYS = {"ddf", "inverse_ddf", "velocity", "velocity_mean", "velocity_log_var", "warped", "warped_fixed"}
 SMALL = {"enc_channels": (4, 8), "dec_channels": (8, 8, 8)}
@@ -16,6 +17,10 @@ SMALL = {"enc_channels": (4, 8), "dec_channels": (8, 8, 8)}
 
 def _model(spatial_dims, **kwargs):
     return ProbabilisticVoxelMorph(spatial_dims, **{**SMALL, **kwargs})
+
+
+def _training_loss(model, **kwargs):
+    return ProbabilisticSVFLoss("ncc", prior_lambda=model.prior_lambda, posterior=model.posterior, **kwargs)
 
 
 def _set_constant_velocity(model, values):
@@ -203,7 +208,8 @@ def test_refine_improves_the_image_term_and_stays_diffeomorphic(int_downsize):
     with torch.no_grad():
         before = model(moving, fixed)
     history = []
-    after = model.refine(moving, fixed, steps=25, learning_rate=0.3, callback=lambda i, loss: history.append(loss))
+    after = refine_network(model, moving, fixed, _training_loss(model), 25, learning_rate=0.3,
+                           callback=lambda i, loss: history.append(loss))
     assert set(after) == KEYS and len(history) == 25
     assert history[-1] < history[0]
     ncc_before = float(local_ncc_loss(before["warped"], fixed))
@@ -220,7 +226,7 @@ def test_refine_without_steps_is_the_mean_prediction():
     moving, fixed = _synthetic_pair()
     with torch.no_grad():
         expected = model(moving, fixed)
-    out = model.refine(moving, fixed, steps=0)
+    out = refine_network(model, moving, fixed, _training_loss(model), 0)
     for key in KEYS:
         torch.testing.assert_close(out[key], expected[key])
 
@@ -235,7 +241,7 @@ def test_images_on_network_grid_cover_the_velocity_cells(scale, downsize, size):
 
 
 def test_refine_starts_at_the_training_loss_of_the_forward_registration():
-    """refine's first loss is the training loss (weighted image term, both directions when bidirectional,
+    """refine_network's first loss is the training loss (weighted image term, both directions when bidirectional,
     KL) of the forward pass's warped images on the network grid: same geometry, same balance."""
     from monai_diffreg.losses.ncc import local_ncc_loss
 
@@ -257,7 +263,7 @@ def test_refine_starts_at_the_training_loss_of_the_forward_registration():
                                              bidirectional=bidirectional, image_weight=weight)
         expected = weight * image + float(loss_function.kl_term(mean, log_var))
         first = []
-        model.refine(moving, fixed, steps=1, callback=lambda i, loss: first.append(loss), loss_function=loss_function)
+        refine_network(model, moving, fixed, loss_function, 1, callback=lambda i, loss: first.append(loss))
         assert first[0] == pytest.approx(expected, abs=1e-4)
 
 
@@ -295,11 +301,13 @@ def test_displacements_match_forward_in_eval_mode():
     assert torch.equal(full["ddf"], lean["ddf"]) and torch.equal(full["inverse_ddf"], lean["inverse_ddf"])
 
 
-def test_refine_rejects_another_loss():
-    from monai_diffreg.losses import MDRegNetLoss
+def test_refine_needs_the_probabilistic_loss_context():
+    """The KL term needs the network's log variance: a network without it (MDRegNet) cannot refine with this loss."""
+    from monai_diffreg.networks import MDRegNet
 
-    moving, fixed = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
-    with pytest.raises(ValueError, match=r"refine\(\): 'loss_function' must be a ProbabilisticSVFLoss"):
-        _model(2).refine(moving, fixed, steps=1, loss_function=MDRegNetLoss())
+    moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    network = MDRegNet(2, enc_channels=(4, 8, 8, 8), up_channels=8, out_channels=(8, 4)).eval()
+    with pytest.raises(ValueError, match=r"refinement_terms\(\): the refinement context lacks 'velocity_log_var'"):
+        refine_network(network, moving, fixed, ProbabilisticSVFLoss(), 1)
     with pytest.raises(ValueError, match=r"ProbabilisticVoxelMorph\(\): .moving. must be 5D"):
-        _model(3).refine(moving, fixed, steps=1)  # 2D images for a 3D model
+        refine_network(_model(3), moving, fixed, ProbabilisticSVFLoss(), 1)  # 2D images for a 3D model

@@ -29,8 +29,8 @@ import math
 
 import torch
 
-from ..functional.smoothing import gaussian_kernel1d, gaussian_smooth
 from ..validation import check_choice, check_field, check_positive
+from .smoothing import gaussian_kernel1d, gaussian_smooth
 
 __all__ = [
     "POSTERIORS", "posterior_smoothing_sigma", "smoothed_posterior_degree", "posterior_degree", "optimal_log_variance",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from monai_diffreg.functional import gaussian_smooth
-from monai_diffreg.networks import posterior_smoothing_sigma, sample_velocity
-from monai_diffreg.networks.posterior import smoothed_posterior_degree
+from monai_diffreg.functional.posterior import posterior_smoothing_sigma, sample_velocity
+from monai_diffreg.functional.posterior import smoothed_posterior_degree
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
