@@ -26,7 +26,7 @@ import torch
 from monai_diffreg.functional import warp
 from monai_diffreg.losses import gradient_loss
 from monai_diffreg.metrics import folding_percentage, mean_dice
-from monai_diffreg.networks.posterior import sample_velocity
+from monai_diffreg.functional.posterior import sample_velocity
 
 from .properties_common import brain_synthetic_case, bundle_network
 from .run import DEFAULT_CACHE
