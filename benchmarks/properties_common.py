@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 from torch import nn
 
 from monai_diffreg.engines.network_inference import load_weights
+from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.transforms.intensity import normalize_intensity_percentile
 
 from .adapters import Reorientation
@@ -21,8 +21,7 @@ BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 def bundle_network(bundle: str, **overrides) -> nn.Module:
     """``network_def`` of ``bundles/<bundle>/configs/inference.json`` (after ``overrides`` by id), with the
     weights its ``method`` loads, in eval mode."""
-    config = ConfigParser()
-    config.read_config(BUNDLES / bundle / "configs" / "inference.json")
+    config = read_bundle_config(BUNDLES / bundle)
     for key, value in overrides.items():
         config[key] = value
     return load_weights(config.get_parsed_content("network_def"), config.get_parsed_content("method#weights")).eval()

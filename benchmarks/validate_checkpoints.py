@@ -43,7 +43,7 @@ from benchmarks import DEFAULT_DATA_DIR
 from monai_diffreg.cli import parse_option_value
 from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.functional.warp import warp
-from monai_diffreg.methods import resolve_bundle
+from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.metrics.dice import mean_dice
 
 __all__ = ["train_config", "parse_override", "validation_pairs", "pair_dice", "validate", "main"]
@@ -55,8 +55,7 @@ def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None 
     """The bundle's ``train.json`` with its shared data at ``data_dir``, its dataset seed set to ``seed``
     and each ``overrides`` entry (config id -> value) set. ``held_out_subjects``: every pair comes
     from the label maps train.json holds out (``validation_label_maps``), none from training's."""
-    parser = ConfigParser()
-    parser.read_config(Path(resolve_bundle(bundle)) / "configs" / "train.json")
+    parser = read_bundle_config(bundle, "train")
     parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
     if held_out_subjects:

@@ -57,7 +57,7 @@ from . import __version__
 from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
-from .methods import check_method_output, find_method, load_method
+from .methods import MethodInfo, check_method_output, find_method, load_method
 from .functional.jacobian import jacobian_determinant
 from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
 from .transforms.intensity import normalize_intensity_percentile, percentile
@@ -527,7 +527,9 @@ def register(
         moving: the moving image, same kinds. Files and MetaTensors may be on another grid
             (resampled); plain arrays must have the fixed image's shape.
         bundle: method name (``"svf_optim"``, ``"vxm_prob"``, ...; see
-            :func:`monai_diffreg.methods.available_methods`) or a bundle folder.
+            :func:`monai_diffreg.methods.available_methods`), a bundle folder, or a method object
+            (:func:`monai_diffreg.methods.load_method`'s result, a bundle config's ``method``; no
+            ``method_options`` then, and by default its own ``device``).
         fixed_labels: optional fixed label map (integer values), same kinds.
         moving_labels: optional moving label map: warped (nearest) into ``warped_labels``.
         affine: run the affine stage first (recommended unless the pair is already affinely
@@ -562,8 +564,17 @@ def register(
             raise TypeError(f"{_CALLER}(): '{name}' must be True or False, got {flag!r}")
     if affine_metric not in AFFINE_METRICS:
         raise ValueError(f"{_CALLER}(): 'affine_metric' must be one of {list(AFFINE_METRICS)}, got {affine_metric!r}")
+    is_object = callable(bundle) and not isinstance(bundle, (str, os.PathLike))
+    if is_object:
+        if method_options:
+            raise ValueError(f"{_CALLER}(): method options {sorted(method_options)} apply to a method name or bundle "
+                             f"folder; 'bundle' is already a method object ({type(bundle).__name__})")
+        method_info = MethodInfo(str(getattr(bundle, "name", type(bundle).__name__)), "object",
+                                 f"{type(bundle).__module__}.{type(bundle).__qualname__}", "")
+        device = getattr(bundle, "device", None) if device is None else device
+    else:
+        method_info = find_method(bundle, _CALLER, "bundle")
     dev = _check_device(device)
-    method_info = find_method(bundle, _CALLER, "bundle")
     if output_dir is not None:
         check_output_dir(output_dir)  # before any work
 
@@ -599,7 +610,7 @@ def register(
     fixed_w, moving_w = on_device(work["fixed"]), on_device(work["moving"])
     times["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    method = load_method(bundle, device=dev, **method_options)
+    method = bundle if is_object else load_method(bundle, device=dev, **method_options)
     times["load_method"] = time.perf_counter() - t0
 
     # 3. misalignment check
@@ -655,6 +666,7 @@ def register(
         "method": method_info.name,
         "method_location": method_info.location,
         "method_options": {k: repr(v) for k, v in method_options.items()},
+        "method_settings": repr(method),
         "affine_stage": {"enabled": affine, "metric": affine_metric if affine else None,
                          "matrix_voxels": None if matrix is None else matrix[0].cpu().tolist()},
         "device": str(dev),

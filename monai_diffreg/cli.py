@@ -1,4 +1,4 @@
-"""Command line: ``monai-diffreg register ...`` and ``monai-diffreg methods``.
+"""Command line: ``monai-diffreg register ...``, ``evaluate``, ``export`` and ``methods``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
         --moving-labels s1_seg.nii.gz s2_seg.nii.gz --fixed-labels atlas_seg.nii.gz \\
         --bundle vxm_prob --affine --output-dir results
     monai-diffreg methods
+    monai-diffreg export --bundle vxm_prob --output vxm_prob.pt2 --size 160 192 160
 
 Several moving images form a batch: each is registered to the fixed image into its own
 sub-folder of ``--output-dir`` (named after the moving file), with a progress bar. User
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "register_pairs", "evaluate_and_report"]
 
 _PROG = "monai-diffreg"
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
@@ -42,7 +43,7 @@ class _UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Diffeomorphic image registration with MONAI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,methods,monailabel-app}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,export,methods,monailabel-app}")
 
     reg = sub.add_parser("register", help="register moving image(s) to a fixed image and write the results",
                          description="Register moving image(s) to a fixed image. Writes warped.nii.gz, ddf.nii.gz "
@@ -80,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--affine", action="store_true", help="run the affine stage first")
     ev.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="method option (JSON value), repeatable")
+
+    exp = sub.add_parser("export", help="export a bundle's network to a torch.export .pt2 file",
+                         description="Export a bundle's network (with its weights) as a torch.export program "
+                                     "(moving, fixed) -> (ddf, inverse_ddf) for images of one spatial size, "
+                                     "normalised as at inference; checks it against the eager network.")
+    exp.add_argument("--bundle", default="vxm_prob", metavar="NAME", help="bundle name or folder (default vxm_prob)")
+    exp.add_argument("--output", metavar="FILE", help="the .pt2 file to write (default outputs/<bundle>.pt2)")
+    exp.add_argument("--size", type=int, nargs="+", metavar="N",
+                     help="spatial size of the images the program takes (default 160 192 160, 1 mm)")
+    exp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="bundle config override (JSON value), repeatable")
+    exp.add_argument("--debug", action="store_true", help="show tracebacks")
 
     met = sub.add_parser("methods", help="list the available registration methods")
     met.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -130,30 +143,21 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"{len(args.moving_labels)} label maps")
 
 
-def _pairs(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]], Any]:
-    """(fixed, [{moving, moving_labels, folder}], true_ddf) from checked arguments (loads the sample if asked)."""
-    true_ddf = None
-    if args.sample:
-        from .sample import load_sample
-
-        sample = load_sample()
-        paths = sample["paths"]
-        args.fixed, args.moving = str(paths["fixed"]), [str(paths["moving"])]
-        args.fixed_labels, args.moving_labels = str(paths["fixed_labels"]), [str(paths["moving_labels"])]
-        true_ddf = sample["true_ddf"]
-    labels = args.moving_labels or [None] * len(args.moving)
-    out = Path(args.output_dir)
+def _pairs(moving: Sequence[str], moving_labels: Sequence[str] | None, output_dir: str | Path) -> list[dict[str, Any]]:
+    """[{moving, moving_labels, folder}]: one output folder, or one sub-folder per moving image in a batch."""
+    labels = moving_labels or [None] * len(moving)
+    out = Path(output_dir)
     pairs, used = [], set()
-    for moving, moving_labels in zip(args.moving, labels):
+    for image, image_labels in zip(moving, labels):
         folder = out
-        if len(args.moving) > 1:
-            name, k = _stem(moving), 2
+        if len(moving) > 1:
+            name, k = _stem(image), 2
             while name in used:
-                name, k = f"{_stem(moving)}_{k}", k + 1
+                name, k = f"{_stem(image)}_{k}", k + 1
             used.add(name)
             folder = out / name
-        pairs.append({"moving": moving, "moving_labels": moving_labels, "folder": folder})
-    return args.fixed, pairs, true_ddf
+        pairs.append({"moving": image, "moving_labels": image_labels, "folder": folder})
+    return pairs
 
 
 def _line(message: object) -> str:
@@ -175,17 +179,38 @@ def _report(pair: dict[str, Any], result: Any) -> str:
     return " ".join(parts)
 
 
-def _register(args: argparse.Namespace) -> int:
+def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None, *, output_dir: str | Path,
+                   fixed_labels: str | None = None, moving_labels: Sequence[str] | None = None,
+                   affine: bool = False, affine_metric: str = "ncc", orientation: str | None = "RAS",
+                   device: str | None = None, qc: bool = True, inverse: bool = False,
+                   options: dict[str, Any] | None = None, debug: bool = False) -> int:
+    """Register each moving image onto ``fixed`` and report each pair in one line (the ``register`` command).
+
+    Args:
+        method: a method name, bundle folder or method object (:func:`monai_diffreg.register`'s ``bundle``).
+        fixed, moving: image files; ``moving`` None: the built-in sample (fixed, moving, labels and true field).
+        output_dir: output folder; a batch writes one sub-folder per moving image.
+        options: the method's options (names and folders only).
+        debug: raise errors instead of reporting them.
+        Other arguments: as for :func:`monai_diffreg.register`.
+
+    Returns:
+        the exit status: 0, or 1 when a pair failed (each reported on stderr; the others still run).
+    """
     from tqdm.auto import tqdm
 
     from .api import DissimilarityWarning, MisalignmentWarning, register
-    from .methods import find_method
 
-    options = _parse_options(args.option)
-    _check_args(args)
-    find_method(args.bundle, "register", "bundle")  # fail once, before any work, on an unknown method
-    fixed, pairs, true_ddf = _pairs(args)
-    orientation = None if str(args.orientation).lower() == "none" else args.orientation
+    true_ddf = None
+    if moving is None:
+        from .sample import load_sample
+
+        sample = load_sample()
+        paths = sample["paths"]
+        fixed, moving = str(paths["fixed"]), [str(paths["moving"])]
+        fixed_labels, moving_labels = str(paths["fixed_labels"]), [str(paths["moving_labels"])]
+        true_ddf = sample["true_ddf"]
+    pairs = _pairs(moving, moving_labels, output_dir)
     failures = 0
     batch = len(pairs) > 1
     progress = tqdm(pairs, desc="registering", unit="pair", disable=not batch, file=sys.stderr)
@@ -193,13 +218,12 @@ def _register(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                result = register(fixed, pair["moving"], args.bundle, fixed_labels=args.fixed_labels,
-                                  moving_labels=pair["moving_labels"], affine=args.affine,
-                                  affine_metric=args.affine_metric, true_ddf=true_ddf, orientation=orientation,
-                                  device=args.device, output_dir=pair["folder"], qc=not args.no_qc,
-                                  inverse=args.inverse, **options)
+                result = register(fixed, pair["moving"], method, fixed_labels=fixed_labels,
+                                  moving_labels=pair["moving_labels"], affine=affine, affine_metric=affine_metric,
+                                  true_ddf=true_ddf, orientation=orientation, device=device,
+                                  output_dir=pair["folder"], qc=qc, inverse=inverse, **(options or {}))
             except _USER_ERRORS as err:
-                if args.debug:
+                if debug:
                     raise
                 failures += 1
                 msg = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -213,22 +237,58 @@ def _register(args: argparse.Namespace) -> int:
                         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         tqdm.write(_report(pair, result), file=sys.stdout)
     if batch:
-        print(f"{len(pairs) - failures}/{len(pairs)} pairs registered into {args.output_dir}", file=sys.stderr)
+        print(f"{len(pairs) - failures}/{len(pairs)} pairs registered into {output_dir}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _register(args: argparse.Namespace) -> int:
+    from .methods import find_method
+
+    options = _parse_options(args.option)
+    _check_args(args)
+    find_method(args.bundle, "register", "bundle")  # fail once, before any work, on an unknown method
+    orientation = None if str(args.orientation).lower() == "none" else args.orientation
+    return register_pairs(args.bundle, args.fixed, None if args.sample else args.moving, output_dir=args.output_dir,
+                          fixed_labels=args.fixed_labels, moving_labels=args.moving_labels, affine=args.affine,
+                          affine_metric=args.affine_metric, orientation=orientation, device=args.device,
+                          qc=not args.no_qc, inverse=args.inverse, options=options, debug=args.debug)
+
+
+def evaluate_and_report(method: Any, pairs: str | None, output_csv: str | Path, *, device: str | None = None,
+                        affine: bool = False, options: dict[str, Any] | None = None) -> int:
+    """Evaluate ``method`` on every pair into ``output_csv`` and report failures in one line each (``evaluate``).
+
+    Returns:
+        the exit status: 0, or 1 when a pair failed.
+    """
     from .evaluation import evaluate_pairs
+
+    rows = evaluate_pairs(pairs, method, output_csv, device=device, affine=affine, **(options or {}))
+    failed = [row for row in rows if "error" in row]
+    for row in failed:
+        print(f"{_PROG}: error: pair {row['pair']} ({row['moving']}): {row['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)}/{len(rows)} pairs evaluated -> {output_csv}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from .methods import find_method
 
     options = _parse_options(args.option)
     find_method(args.bundle, "evaluate", "bundle")
-    rows = evaluate_pairs(args.pairs, args.bundle, args.output_csv, device=args.device, affine=args.affine, **options)
-    failed = [row for row in rows if "error" in row]
-    for row in failed:
-        print(f"{_PROG}: error: pair {row['pair']} ({row['moving']}): {row['error']}", file=sys.stderr)
-    print(f"{len(rows) - len(failed)}/{len(rows)} pairs evaluated -> {args.output_csv}", file=sys.stderr)
-    return 1 if failed else 0
+    return evaluate_and_report(args.bundle, args.pairs, args.output_csv, device=args.device, affine=args.affine,
+                               options=options)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+
+    options = _parse_options(args.option)
+    done = export_bundle(args.bundle, output=args.output, size=args.size, options=options)
+    size = "x".join(str(s) for s in done.spatial_size)
+    print(f"{args.bundle} -> {done.path}: (moving, fixed) -> (ddf, inverse_ddf) for {size} images (any batch size); "
+          f"max |exported - eager| {done.max_abs_difference:.2g} voxels; {done.seconds:.1f} s")
+    return 0
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -267,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _methods(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "monailabel-app":
             from .apps import monailabel_app_dir
 
@@ -284,14 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_PROG}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def run(argv: Sequence[str]) -> None:
-    """Run the command line and raise ``SystemExit`` on failure (for callers that ignore return values,
-    such as a bundle's ``"run"`` expression under ``python -m monai.bundle run``)."""
-    status = main([str(a) for a in argv])
-    if status:
-        raise SystemExit(status)
 
 
 if __name__ == "__main__":

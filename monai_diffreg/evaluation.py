@@ -78,7 +78,7 @@ def _row(result: Any, spacing: list[float]) -> dict[str, Any]:
     return row
 
 
-def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None, bundle: str | os.PathLike,
+def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None, bundle: Any,
                    output_csv: str | os.PathLike, *, device: str | None = None, affine: bool = False,
                    progress: bool = True, **method_options: Any) -> list[dict[str, Any]]:
     """Register every pair with ``bundle`` and write the metrics to ``output_csv``.
@@ -86,12 +86,13 @@ def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None
     Args:
         pairs: a pairs file (see :func:`read_pairs`), a list of dicts with :data:`PAIR_COLUMNS`,
             or None for the built-in sample (which also reports the error against its true field).
-        bundle: method name or bundle path (:func:`monai_diffreg.methods.load_method`).
+        bundle: method name or bundle path (:func:`monai_diffreg.methods.load_method`, loaded
+            once with ``method_options``), or a method object.
         output_csv: CSV to write (atomically); its folder is created.
         device: device to run on.
         affine: run the affine stage first.
         progress: show a progress bar.
-        method_options: passed to :func:`monai_diffreg.register`.
+        method_options: options of a method given by name (:func:`~monai_diffreg.methods.load_method`).
 
     Returns:
         the rows written, one per pair (a failed pair has an ``error`` entry).
@@ -99,6 +100,7 @@ def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None
     from tqdm.auto import tqdm
 
     from .api import register
+    from .methods import load_method
     from .sample import load_sample
 
     true_ddf = None
@@ -110,13 +112,17 @@ def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None
         true_ddf = sample["true_ddf"]
     elif isinstance(pairs, (str, os.PathLike)):
         pairs = read_pairs(pairs)
+    if isinstance(bundle, (str, os.PathLike)):  # loaded once for all pairs; a bad option fails before any pair
+        name, method = str(bundle), load_method(bundle, device=device, **method_options)
+    else:
+        name, method = str(getattr(bundle, "name", type(bundle).__name__)), bundle
     rows = []
     for index, pair in enumerate(tqdm(pairs, desc="evaluating", unit="pair", disable=not progress)):
-        row: dict[str, Any] = {"pair": index, "method": str(bundle), "fixed": pair["fixed"], "moving": pair["moving"]}
+        row: dict[str, Any] = {"pair": index, "method": name, "fixed": pair["fixed"], "moving": pair["moving"]}
         try:
-            result = register(pair["fixed"], pair["moving"], bundle, fixed_labels=pair.get("fixed_labels"),
+            result = register(pair["fixed"], pair["moving"], method, fixed_labels=pair.get("fixed_labels"),
                               moving_labels=pair.get("moving_labels"), affine=affine, true_ddf=true_ddf,
-                              device=device, **method_options)
+                              device=device)
             row.update(_row(result, _spacing(result.affine)))
         except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
             row["error"] = str(err).splitlines()[0]

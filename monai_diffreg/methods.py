@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +59,7 @@ __all__ = [
     "available_methods",
     "find_method",
     "resolve_bundle",
+    "read_bundle_config",
     "load_method",
     "check_method_output",
 ]
@@ -205,14 +206,39 @@ def resolve_bundle(name: str | os.PathLike) -> Path:
     return Path(info.location)
 
 
-def _load_bundle_method(bundle: Path, device: str | torch.device | None, options: Mapping[str, Any]) -> object:
+def read_bundle_config(bundle: str | os.PathLike, configs: str | Sequence[str] = "inference"):
+    """A :class:`monai.bundle.ConfigParser` of a bundle's configs, as ``monai.bundle run`` would read them.
+
+    Args:
+        bundle: bundle name or folder (:func:`resolve_bundle`).
+        configs: config name(s) under ``configs/`` without ``.json`` (several are merged in order,
+            e.g. ``["train", "multi_gpu_train"]``).
+
+    Returns:
+        the parser, with ``metadata.json`` read and ``bundle_root`` set to the bundle folder.
+
+    Raises:
+        ValueError: unknown bundle; FileNotFoundError: no such config.
+    """
     from monai.bundle import ConfigParser
 
+    folder = resolve_bundle(bundle)
+    names = [configs] if isinstance(configs, str) else list(configs)
+    files = [folder / "configs" / f"{name}.json" for name in names]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"read_bundle_config(): {folder.name} has no config {str(file)!r}")
     parser = ConfigParser()
-    parser.read_config(str(bundle / _INFERENCE_CONFIG))
-    meta = bundle / "configs" / "metadata.json"
+    parser.read_config([str(f) for f in files])
+    meta = folder / "configs" / "metadata.json"
     if meta.is_file():
         parser.read_meta(str(meta))
+    parser["bundle_root"] = str(folder)
+    return parser
+
+
+def _load_bundle_method(bundle: Path, device: str | torch.device | None, options: Mapping[str, Any]) -> object:
+    parser = read_bundle_config(bundle)
     if _METHOD_ID not in parser:
         raise ValueError(f"load_method(): bundle {str(bundle)!r} defines no id '{_METHOD_ID}' in "
                          f"{_INFERENCE_CONFIG.as_posix()} (see monai_diffreg.methods for the contract)")
@@ -220,7 +246,6 @@ def _load_bundle_method(bundle: Path, device: str | torch.device | None, options
     if unknown:
         raise ValueError(f"load_method(): option(s) {unknown} are not ids of {bundle.name}'s "
                          f"{_INFERENCE_CONFIG.as_posix()}; pass config ids such as '{_METHOD_ID}#<argument>'")
-    parser["bundle_root"] = str(bundle)
     if device is not None:
         parser["device"] = f"$torch.device('{torch.device(device)}')"
     for key, value in options.items():

@@ -1,4 +1,9 @@
-"""Identity grids in voxel coordinates, built lazily and cached by (shape, device, dtype)."""
+"""Identity grids in voxel coordinates, built lazily and cached by (shape, device, dtype).
+
+While ``torch.export`` / ``torch.compile`` trace a model the caches are bypassed: a cached eager
+tensor would be baked into the program as a constant, and a traced (fake) tensor left in the
+cache would break later eager calls (:func:`tracing`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,12 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["identity_grid"]
+__all__ = ["identity_grid", "tracing"]
+
+
+def tracing() -> bool:
+    """True while ``torch.export`` or ``torch.compile`` trace the calling code."""
+    return torch.compiler.is_compiling()
 
 
 @lru_cache(maxsize=32)
@@ -28,6 +38,7 @@ def identity_grid(shape: tuple[int, ...] | torch.Size, device: torch.device | st
 
     Returns:
         ``(D, *spatial)`` tensor whose channel ``i`` holds the index along spatial axis ``i``.
-        The tensor is shared from a cache: never modify it in place.
+        The tensor is shared from a cache (except while tracing): never modify it in place.
     """
-    return _cached_grid(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)
+    build = _cached_grid.__wrapped__ if tracing() else _cached_grid
+    return build(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_choice, check_field, check_spatial_tensor
-from .grid import identity_grid
+from .grid import identity_grid, tracing
 
 __all__ = ["warp", "WARP_MODES", "PADDING_MODES", "voxel_to_sampling_coordinates"]
 
@@ -53,7 +53,8 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
-    base, scale = _sampling_base(tuple(ddf.shape[2:]), ddf.device, image.dtype)
+    base, scale = (_sampling_base.__wrapped__ if tracing() else _sampling_base)(tuple(ddf.shape[2:]), ddf.device,
+                                                                                 image.dtype)
     # the grid in one fused pass from the cached normalised identity (the image is left contiguous:
     # grid_sample's backward is about twice slower on a permuted input)
     grid = torch.addcmul(base, ddf.to(image.dtype).flip(1).movedim(1, -1), scale)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
+from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.sample import sample_paths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,9 +37,7 @@ def bundle_run():
 
 def _bundle_config(bundle: str, config: str) -> ConfigParser:
     """A ``ConfigParser`` holding ``bundles/<bundle>/configs/<config>.json``."""
-    parser = ConfigParser()
-    parser.read_config(REPO / "bundles" / bundle / "configs" / f"{config}.json")
-    return parser
+    return read_bundle_config(REPO / "bundles" / bundle, config)
 
 
 @pytest.fixture(scope="session")

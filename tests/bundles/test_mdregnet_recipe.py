@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from monai.bundle import ConfigParser
-
 from monai_diffreg.losses import MDRegNetLoss
+from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.networks import MDRegNet
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "mdregnet" / "configs"
 
 
 def test_train_json_uses_the_papers_settings():
-    parser = ConfigParser()
-    parser.read_config(CONFIGS / "train.json")
+    parser = read_bundle_config(CONFIGS.parent, "train")
     network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
     assert isinstance(network, MDRegNet) and isinstance(loss, MDRegNetLoss)
     assert (network.levels, network.num_steps, network.smoothing) == (3, 7, True)
@@ -28,9 +26,7 @@ def test_train_json_uses_the_papers_settings():
 
 
 def test_inference_matches_training_architecture_and_switches_the_ablation():
-    train, infer = ConfigParser(), ConfigParser()
-    train.read_config(CONFIGS / "train.json")
-    infer.read_config(CONFIGS / "inference.json")
+    train, infer = read_bundle_config(CONFIGS.parent, "train"), read_bundle_config(CONFIGS.parent, "inference")
     trained = train.get_parsed_content("network_def")
     deployed = infer.get_parsed_content("network_def")
     assert deployed.image_scale == 0.5 and trained.image_scale == 1.0  # trained on 2 mm, deployed on 1 mm

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from monai.bundle import ConfigParser
+from monai_diffreg.methods import read_bundle_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "vxm_prob" / "configs"
 
 
 def test_train_json_defaults_match_the_shipped_recipe():
-    parser = ConfigParser()
-    parser.read_config(CONFIGS / "train.json")
+    parser = read_bundle_config(CONFIGS.parent, "train")
     network = parser.get_parsed_content("network_def")
     loss = parser.get_parsed_content("loss")
     assert (network.posterior, network.prior_lambda, network.int_downsize, network.num_steps) == ("smoothed", 10.0, 2, 7)
