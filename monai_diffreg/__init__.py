@@ -6,23 +6,40 @@ One call registers a pair and returns the warped image and the displacement fiel
     result = monai_diffreg.register("fixed.nii.gz", "moving.nii.gz", bundle="vxm_prob")
     result.save("out/")  # warped.nii.gz, ddf.nii.gz (ITK), summary.json, qc.png
 
-Conventions shared by every module are stated in :mod:`monai_diffreg.functional`.
+Conventions shared by every module are stated in :mod:`monai_diffreg.functional`. The names
+below are imported on first use, so ``import monai_diffreg.functional`` (or ``.networks``,
+``.losses``) does not load the API, I/O and sample modules.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.2.0"
 
-from .api import DissimilarityWarning, MisalignmentWarning, RegistrationResult, register
-from .methods import available_methods, load_method
-from .sample import load_sample, sample_paths
+#: public name -> module that defines it
+_EXPORTS = {
+    "register": "api",
+    "RegistrationResult": "api",
+    "MisalignmentWarning": "api",
+    "DissimilarityWarning": "api",
+    "load_method": "methods",
+    "available_methods": "methods",
+    "register_method": "methods",
+    "load_sample": "sample",
+    "sample_paths": "sample",
+}
 
-__all__ = [
-    "__version__",
-    "register",
-    "RegistrationResult",
-    "MisalignmentWarning",
-    "DissimilarityWarning",
-    "load_method",
-    "available_methods",
-    "load_sample",
-    "sample_paths",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

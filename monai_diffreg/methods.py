@@ -23,6 +23,9 @@ Where methods come from
   :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
   a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
   options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
+  :func:`register_method` adds one from Python; another installed package adds its own through
+  the entry-point group :data:`ENTRY_POINT_GROUP` (``name = package.module:factory`` in its
+  package metadata), so no list in this package is edited to add a method.
 * **Bundles**: a MONAI bundle folder whose ``configs/inference.json`` defines the id
   ``"method"``, which :class:`monai.bundle.ConfigParser` instantiates into an object obeying
   the contract above. Before parsing, ``bundle_root`` is set to the bundle folder and, when a
@@ -55,6 +58,9 @@ __all__ = [
     "PercentileNormalised",
     "MethodInfo",
     "BUILTIN_METHODS",
+    "ENTRY_POINT_GROUP",
+    "register_method",
+    "unregister_method",
     "bundle_search_paths",
     "available_methods",
     "find_method",
@@ -105,11 +111,66 @@ def _svf_optim(**options: Any) -> PercentileNormalised:
     return PercentileNormalised(SVFRegistration(**options))
 
 
-#: name -> (factory called with the method's options, one-line description)
+#: name -> (factory called with the method's options, one-line description); extended by
+#: :func:`register_method` and by other packages' ``monai_diffreg.methods`` entry points
 BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
     "svf_optim": (_svf_optim, "built-in: multi-resolution optimisation of a stationary velocity field (no training); "
                               "options: monai_diffreg.engines.svf_optim.optimise_svf arguments"),
 }
+
+#: entry-point group through which another installed package adds methods (``name = module:factory``)
+ENTRY_POINT_GROUP = "monai_diffreg.methods"
+_entry_points_loaded = False
+
+
+def register_method(name: str, factory: Callable[..., object], description: str = "", *,
+                    replace: bool = False) -> None:
+    """Make a method available by name to :func:`load_method`, ``register()``, the CLI and evaluation.
+
+    Args:
+        name: the method's name (letters, digits, ``_`` and ``-``); a bundle of the same name is then shadowed.
+        factory: called as ``factory(**options)``, returns an object obeying the method contract
+            (module docstring); a ``TypeError`` it raises for an unknown option is reported as a bad option.
+        description: one line for ``monai-diffreg methods`` (default: the factory's docstring's first line).
+        replace: allow replacing a method already registered under ``name``.
+
+    Raises:
+        ValueError: a bad name, a factory that is not callable, or a name already taken (without ``replace``).
+    """
+    _load_entry_points()
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise ValueError(f"register_method(): 'name' must be a non-empty name of letters, digits, '_' or '-', got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"register_method(): 'factory' must be callable, got {type(factory).__name__}")
+    if name in BUILTIN_METHODS and not replace:
+        raise ValueError(f"register_method(): a method called {name!r} is already registered (replace=True replaces it)")
+    doc = (getattr(factory, "__doc__", None) or "").strip().splitlines()
+    BUILTIN_METHODS[name] = (factory, description or (doc[0] if doc else name))
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method added by :func:`register_method` (a ``KeyError``-free no-op for unknown names)."""
+    BUILTIN_METHODS.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    """Register the methods other installed packages declare in :data:`ENTRY_POINT_GROUP` (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name not in BUILTIN_METHODS:
+            BUILTIN_METHODS[point.name] = (_deferred(point), f"from the installed package entry point {point.value}")
+
+
+def _deferred(point) -> Callable[..., object]:
+    """A factory that imports an entry point's factory on first use (listing methods imports nothing)."""
+    def factory(**options: Any) -> object:
+        return point.load()(**options)
+    return factory
 
 
 def _build_builtin(name: str, options: Mapping[str, Any]) -> object:
@@ -163,6 +224,7 @@ def _bundles() -> dict[str, Path]:
 
 def available_methods() -> list[MethodInfo]:
     """Every method :func:`load_method` accepts by name: built-in ones first, then bundles found."""
+    _load_entry_points()
     infos = [MethodInfo(name, "builtin", "monai_diffreg", desc) for name, (_, desc) in BUILTIN_METHODS.items()]
     infos += [MethodInfo(name, "bundle", str(path), _description(path))
               for name, path in _bundles().items() if name not in BUILTIN_METHODS]
@@ -180,6 +242,7 @@ def find_method(name_or_path: str | os.PathLike, caller: str = "find_method",
     Raises:
         ValueError: no such method; the message lists the available methods.
     """
+    _load_entry_points()
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_METHODS:
         return MethodInfo(name_or_path, "builtin", "monai_diffreg", BUILTIN_METHODS[name_or_path][1])
     if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path):

@@ -57,10 +57,12 @@ class ToyMethod:
 
 
 @pytest.fixture
-def toy(monkeypatch):
+def toy():
+    """A tiny test-only method, added through the public registration (methods.register_method)."""
     ToyMethod.calls = []
-    monkeypatch.setitem(methods.BUILTIN_METHODS, "toy", (ToyMethod, "test method"))
-    return ToyMethod
+    methods.register_method("toy", ToyMethod, "test method")
+    yield ToyMethod
+    methods.unregister_method("toy")
 
 
 def test_register_arrays(toy):
@@ -238,7 +240,7 @@ def test_saved_field_maps_original_moving_file_in_itk(toy, tmp_path):
     np.testing.assert_array_equal(saved, ours)
 
 
-def test_field_mapped_back_to_file_axes(monkeypatch, toy):
+def test_field_mapped_back_to_file_axes(toy):
     """A field along +R on the RAS working grid is along -axis 0 on an LAS file grid, with its spatial layout flipped."""
     shape = (12, 10, 8)
     ramp = torch.arange(12, dtype=torch.float32).view(1, 12, 1, 1).expand(1, 12, 10, 8)
@@ -249,16 +251,19 @@ def test_field_mapped_back_to_file_axes(monkeypatch, toy):
         def __call__(self, fixed, moving):
             return {"ddf": work_ddf.clone()}
 
-    monkeypatch.setitem(methods.BUILTIN_METHODS, "const", (Fixed, "const"))
-    image, _ = blobs(shape)
-    las = MetaTensor(torch.as_tensor(image)[None], affine=torch.diag(torch.tensor([-2.0, 1.0, 1.5, 1.0], dtype=torch.float64)))
-    result = register(las, las.clone(), "const")
-    expected = torch.zeros(1, 3, *shape)
-    expected[:, 0] = -0.1 * ramp.flip(1)
-    torch.testing.assert_close(result.ddf, expected)
-    # orientation=None: the method works on the file axes directly
-    result_none = register(las, las.clone(), "const", orientation=None)
-    torch.testing.assert_close(result_none.ddf, work_ddf)
+    methods.register_method("const", Fixed, "const")
+    try:
+        image, _ = blobs(shape)
+        las = MetaTensor(torch.as_tensor(image)[None], affine=torch.diag(torch.tensor([-2.0, 1.0, 1.5, 1.0], dtype=torch.float64)))
+        result = register(las, las.clone(), "const")
+        expected = torch.zeros(1, 3, *shape)
+        expected[:, 0] = -0.1 * ramp.flip(1)
+        torch.testing.assert_close(result.ddf, expected)
+        # orientation=None: the method works on the file axes directly
+        result_none = register(las, las.clone(), "const", orientation=None)
+        torch.testing.assert_close(result_none.ddf, work_ddf)
+    finally:
+        methods.unregister_method("const")
 
 
 def test_affine_stage_composed(toy):

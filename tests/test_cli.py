@@ -30,8 +30,10 @@ class ShiftMethod:
 
 
 @pytest.fixture
-def shift_method(monkeypatch):
-    monkeypatch.setitem(methods.BUILTIN_METHODS, "shift", (ShiftMethod, "constant shift (test)"))
+def shift_method():
+    methods.register_method("shift", ShiftMethod, "constant shift (test)")
+    yield
+    methods.unregister_method("shift")
 
 
 @pytest.fixture
@@ -200,7 +202,7 @@ from monai_diffreg import api, methods
 from monai_diffreg.cli import main
 sys.path.insert(0, {tests!r})
 from test_cli import ShiftMethod
-methods.BUILTIN_METHODS["shift"] = (ShiftMethod, "constant shift (test)")
+methods.register_method("shift", ShiftMethod, "constant shift (test)")
 real = api.RegistrationResult._write
 def slow(self, folder, qc, inverse):
     files = real(self, folder, qc, inverse)

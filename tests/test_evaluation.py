@@ -23,8 +23,10 @@ class ShiftMethod:
 
 
 @pytest.fixture
-def shift_method(monkeypatch):
-    monkeypatch.setitem(methods.BUILTIN_METHODS, "shift", (lambda **_: ShiftMethod(), "test: 1-voxel shift"))
+def shift_method():
+    methods.register_method("shift", lambda **_: ShiftMethod(), "test: 1-voxel shift")
+    yield
+    methods.unregister_method("shift")
 
 
 @pytest.fixture

@@ -123,3 +123,55 @@ def test_bad_bundle_options_raise_the_packages_own_error(options, error, match):
     """MONAI's config parser wraps component errors in RuntimeErrors; load_method raises the cause itself."""
     with pytest.raises(error, match=match):
         load_method("vxm_prob", device="cpu", **options)
+
+
+def test_register_method_is_the_public_way_to_add_a_method():
+    """A tiny test-only method added with register_method is listed, loaded with its options, and rejected
+    cleanly when misused; nothing else in the package is edited to add it."""
+    from monai_diffreg import methods
+
+    class Shift:
+        """constant one-voxel shift (test)"""
+
+        def __init__(self, amount=1.0):
+            self.amount = amount
+
+        def __call__(self, fixed, moving):
+            ddf = torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:])
+            ddf[:, 0] = self.amount
+            return {"ddf": ddf}
+
+    methods.register_method("test_shift", Shift)
+    try:
+        info = {m.name: m for m in methods.available_methods()}["test_shift"]
+        assert info.kind == "builtin" and info.description == "constant one-voxel shift (test)"
+        assert methods.load_method("test_shift", amount=2.0).amount == 2.0
+        with pytest.raises(ValueError, match=r"bad option\(s\) \['speed'\] for 'test_shift'"):
+            methods.load_method("test_shift", speed=3)
+        with pytest.raises(ValueError, match=r"'test_shift' is already registered"):
+            methods.register_method("test_shift", Shift)
+        methods.register_method("test_shift", Shift, "replaced", replace=True)
+        assert {m.name: m for m in methods.available_methods()}["test_shift"].description == "replaced"
+    finally:
+        methods.unregister_method("test_shift")
+    assert "test_shift" not in {m.name for m in methods.available_methods()}
+    with pytest.raises(ValueError, match=r"'name' must be a non-empty name"):
+        methods.register_method("a b", Shift)
+    with pytest.raises(ValueError, match=r"'factory' must be callable"):
+        methods.register_method("x", 3)
+
+
+def test_methods_of_other_packages_come_through_entry_points(monkeypatch):
+    """An installed package's 'monai_diffreg.methods' entry point is listed without importing it, loaded on use."""
+    from importlib import metadata
+
+    from monai_diffreg import methods
+
+    point = metadata.EntryPoint("ep_identity", "monai_diffreg.methods:PercentileNormalised", methods.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [point] if group == methods.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(methods, "_entry_points_loaded", False)
+    monkeypatch.setattr(methods, "BUILTIN_METHODS", {**methods.BUILTIN_METHODS})
+    info = {m.name: m for m in methods.available_methods()}["ep_identity"]
+    assert "monai_diffreg.methods:PercentileNormalised" in info.description
+    loaded = methods.load_method("ep_identity", method=lambda f, m: {"ddf": f})
+    assert isinstance(loaded, methods.PercentileNormalised)
