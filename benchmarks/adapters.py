@@ -27,10 +27,17 @@ Names:
     ANTsPy SyN (``ants.registration(type_of_transform="SyN")``: its default affine + SyN
     stages) in ANTsPy's own environment (``benchmarks/setup_ants_env.sh``), through
     ``benchmarks/peers/ants_syn.py`` with ``.npy`` files; it reports its own seconds and memory
-    (``ants.registration`` alone, without interpreter start-up and file I/O).
+    (``ants.registration`` alone, without interpreter start-up and file I/O). Options:
+    ``transform`` (``type_of_transform``) and any other ``ants.registration`` keyword, e.g.
+    SyN with cross-correlation: ``--option ants@cc:transform=SyNOnly --option ants@cc:syn_metric=CC
+    --option ants@cc:syn_sampling=2 --option 'ants@cc:reg_iterations=[100,70,50,0]'``.
 any other name
     :func:`monai_diffreg.methods.load_method` (``"svf_optim"``, bundles such as ``"vxm_prob"``);
     ``method(fixed, moving)["ddf"]`` is timed.
+
+A name may carry a variant label, ``NAME@VARIANT`` (``vxm_prob@fast``, ``ants@cc``): the same
+adapter as ``NAME`` with that label's own options (``--option vxm_prob@fast:refine=fast``), so
+one run can compare settings of one method side by side.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ADAPTERS", "DEFAULT_ANTS_VENV", "REFERENCE", "make_adapter", "ants_python", "peer_available"]
+__all__ = ["ADAPTERS", "DEFAULT_ANTS_VENV", "REFERENCE", "base_name", "make_adapter", "ants_python", "peer_available"]
 
 REFERENCE = "monai_voxelmorph"
 DEFAULT_ANTS_VENV = Path(os.environ.get("ANTS_VENV", "/work/venvs/ants"))
@@ -58,6 +65,7 @@ def ants_python() -> Path:
 
 def peer_available(name: str) -> tuple[bool, str]:
     """Whether a peer method can run here, and why not."""
+    name = base_name(name)
     if name == "elastix":
         try:
             import itk
@@ -115,47 +123,24 @@ class MonaiVoxelMorph(_Adapter):
         return {"ddf": self.ddf}
 
 
-class Reorientation:
-    """Axis permutation and flips from a case's array axes (e.g. ``"LIA"``) to RAS, for images and fields.
-
-    :func:`monai_diffreg.register` gives methods their inputs re-oriented to RAS, the orientation
-    learned methods are trained in; the benchmark does the same for package methods, and maps
-    the returned field back to the case's axes (components permuted, flipped ones negated).
-    """
-
-    def __init__(self, axcodes: str):
-        import nibabel.orientations as nio
-
-        ornt = nio.ornt_transform(nio.axcodes2ornt(tuple(axcodes)), nio.axcodes2ornt(("R", "A", "S")))
-        self.target = [int(t) for t in ornt[:, 0]]  # case axis i becomes RAS axis target[i]
-        self.flip = [int(f) for f in ornt[:, 1]]
-
-    def to_ras(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S)`` on the case's axes -> on RAS axes."""
-        flipped = [i + 2 for i, f in enumerate(self.flip) if f < 0]
-        x = x.flip(flipped) if flipped else x
-        order = [self.target.index(t) for t in range(len(self.target))]  # RAS axis t comes from case axis order[t]
-        return x.permute(0, 1, *[i + 2 for i in order])
-
-    def field_from_ras(self, ddf: torch.Tensor) -> torch.Tensor:
-        """A ``(B, D, *S_ras)`` field in RAS-grid voxels -> the same motion on the case's axes and voxels."""
-        moved = ddf.permute(0, 1, *[t + 2 for t in self.target])
-        flipped = [i + 2 for i, f in enumerate(self.flip) if f < 0]
-        moved = moved.flip(flipped) if flipped else moved
-        return torch.stack([self.flip[i] * moved[:, self.target[i]] for i in range(len(self.target))], dim=1)
-
-
 class PackageMethod(_Adapter):
     """A method of :func:`monai_diffreg.methods.load_method` (built-in or bundle), given RAS inputs
-    like :func:`monai_diffreg.register` gives them (``axcodes``: the case arrays' orientation)."""
+    like :func:`monai_diffreg.register` gives them (``axcodes``: the case arrays' orientation).
+
+    :func:`monai_diffreg.register` gives methods their inputs re-oriented to RAS, the orientation
+    learned methods are trained in; the benchmark does the same for package methods
+    (:func:`monai_diffreg.transforms.to_target_axes`), and maps the returned field back to the
+    case's axes (:func:`~monai_diffreg.transforms.to_source_axes`: components permuted, flipped
+    ones negated)."""
 
     def prepare(self, fixed, moving, axcodes: str | None = None):
         from monai_diffreg.methods import load_method
+        from monai_diffreg.transforms import axis_mapping, to_target_axes
 
         super().prepare(fixed, moving)
-        self.orientation = Reorientation(axcodes) if axcodes else None
-        if self.orientation is not None:
-            self.fixed, self.moving = self.orientation.to_ras(self.fixed), self.orientation.to_ras(self.moving)
+        self.to_ras = axis_mapping(axcodes, "RAS") if axcodes else None
+        if self.to_ras is not None:
+            self.fixed, self.moving = to_target_axes(self.fixed, self.to_ras), to_target_axes(self.moving, self.to_ras)
         self.method = load_method(self.name, device=self.device, **self.options)
 
     def register(self) -> None:
@@ -164,8 +149,10 @@ class PackageMethod(_Adapter):
             torch.cuda.synchronize(self.device)
 
     def result(self) -> dict:
+        from monai_diffreg.transforms import to_source_axes
+
         ddf = self.out["ddf"]
-        return {"ddf": self.orientation.field_from_ras(ddf) if self.orientation is not None else ddf}
+        return {"ddf": to_source_axes(ddf, self.to_ras, is_field=True) if self.to_ras is not None else ddf}
 
 
 class Elastix(_Adapter):
@@ -202,9 +189,10 @@ class AntsSyN(_Adapter):
 
     def register(self) -> None:
         env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(self.threads))
+        keywords = {k: v for k, v in self.options.items() if k != "transform"}
         cmd = [str(ants_python()), str(_ANTS_SCRIPT), "--fixed", str(self.tmp / "fixed.npy"),
                "--moving", str(self.tmp / "moving.npy"), "--out", str(self.tmp),
-               "--transform", str(self.options.get("transform", "SyN"))]
+               "--transform", str(self.options.get("transform", "SyN")), "--keywords", json.dumps(keywords)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"ANTsPy failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -221,7 +209,13 @@ class AntsSyN(_Adapter):
 ADAPTERS = {"identity": Identity, REFERENCE: MonaiVoxelMorph, "elastix": Elastix, "ants": AntsSyN}
 
 
+def base_name(name: str) -> str:
+    """The method of a ``NAME@VARIANT`` label (module docstring): ``NAME``."""
+    return name.partition("@")[0]
+
+
 def make_adapter(name: str, device: str, threads: int, options: dict) -> _Adapter:
-    """The adapter of method ``name`` (module docstring), with method ``options``."""
-    return ADAPTERS.get(name, PackageMethod)(name, torch.device(device), threads, options)
+    """The adapter of method ``name`` (``NAME`` or ``NAME@VARIANT``, module docstring), with method ``options``."""
+    base = base_name(name)
+    return ADAPTERS.get(base, PackageMethod)(base, torch.device(device), threads, options)
 

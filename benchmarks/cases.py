@@ -49,6 +49,13 @@ Case groups (one results table each):
     MNI152 template put on the crop's grid through both RAS affines (the header's true affine; brain
     centres of mass superimposed) and affinely aligned to it; ``fixed`` = the crop with labels
     from its mapped aparc+aseg by :func:`monai_diffreg.datasets.aseg_to_tissue` (default rule).
+``subject_to_subject`` (3D, 30 labels; a real inter-subject pair)
+    ``fixed`` = test_scan with its aseg; ``moving`` = the validation subject ``niivue_freesurfer/``
+    (whole 1 mm volume, its aparc+aseg mapped to aseg codes by
+    :func:`monai_diffreg.datasets.load_niivue_subject`) put on the test_scan grid and affinely
+    aligned to it exactly as the template in ``mni_to_subject`` (both header affines; brain
+    centres of mass superimposed; ``optimise_affine``); the 30 VoxelMorph labels scored on both
+    sides. An evaluation case: it holds test_scan, so nothing is chosen by it.
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -120,15 +127,16 @@ __all__ = [
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
 CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3,
-                 "niivue_synthetic": 1, "niivue_mni": 1}
+                 "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1}
 
 #: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
 #: volume ``niivue_freesurfer/norm.mgz``, so LIA too); package methods get them re-oriented to
-#: RAS, as :func:`monai_diffreg.register` gives them (benchmarks.adapters.Reorientation).
-CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION) for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic")}
+#: RAS, as :func:`monai_diffreg.register` gives them (monai_diffreg.transforms.to_target_axes).
+CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION)
+                for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic", "subject_to_subject")}
 CASE_AXCODES.update({family: "LIA" for family in ("niivue_synthetic", "niivue_mni")})
 #: Benchmark case groups, in report order.
-GROUPS = ("brain_synthetic", "mni_to_subject", "pairs_2d")
+GROUPS = ("brain_synthetic", "mni_to_subject", "subject_to_subject", "pairs_2d")
 #: Held-out groups for choosing settings (never for reported accuracy).
 VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni")
 #: Shape of the crop of the validation subject (test_scan's, so timings and settings transfer).
@@ -155,7 +163,7 @@ def case_names(groups, seeds) -> list[tuple[str, str]]:
             continue
         if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic"):
             names += [(group, f"{group}_s{s}") for s in seeds]
-        elif group in ("mni_to_subject", "niivue_mni"):
+        elif group in ("mni_to_subject", "niivue_mni", "subject_to_subject"):
             names.append((group, group))
         else:
             names += [(group, "elastix_2d")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
@@ -287,42 +295,58 @@ def _world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ np.array(ndimage.center_of_mass(mask)) + affine[:3, 3]
 
 
-@functools.lru_cache(maxsize=2)
-def _aligned_template(data: Path, subject, scale: float) -> dict:
-    """The MNI152 template aligned to a subject: the ``mni_to_subject`` (``subject=_test_scan``) and
-    ``niivue_mni`` (``_niivue_subject``) cases. Built once per process and subject: its affine
-    alignment takes minutes.
+def _source_image(data: Path, source: str) -> dict:
+    """What is aligned onto a subject: ``"mni152"`` (skull-stripped template, GM/WM labels) or ``"niivue"``
+    (the validation subject's whole 1 mm volume, its 30-label aseg): numpy image, labels, brain mask, affine."""
+    if source == "mni152":
+        mni = load_mni152(data / "mni152_2009a", skull_strip=True)
+        return {"image": mni["image"][0].numpy(), "labels": mni["labels"][0].numpy(),
+                "mask": mni["mask"][0].numpy() > 0, "affine": mni["image"].affine.numpy()}
+    image, seg = load_niivue_subject(data / "niivue_freesurfer")
+    return {"image": image[0].numpy(), "labels": seg[0].numpy(), "mask": seg[0].numpy() > 0,
+            "affine": image.affine.numpy()}
+
+
+@functools.lru_cache(maxsize=3)
+def _aligned_onto(data: Path, subject, scale: float, source: str = "mni152") -> dict:
+    """An image aligned onto a subject's grid: the template (``mni_to_subject`` with ``subject=_test_scan``,
+    ``niivue_mni`` with ``_niivue_subject``) or the validation subject (``subject_to_subject``). Built
+    once per process and pair: its affine alignment takes minutes.
 
     Args:
         data: the shared ``data`` folder.
         subject: ``(data, scale) -> dict`` of the subject's grid (:func:`_subject_grid`: image,
             aseg and voxel-to-RAS affine at ``scale``).
         scale: 1 or 0.5.
+        source: ``"mni152"`` (labels: GM/WM, the subject's aseg by ``aseg_to_tissue``) or
+            ``"niivue"`` (labels: the 30 VoxelMorph aseg labels on both sides).
     """
     subject = subject(data, scale)
     fixed, seg, affine = subject["image"], subject["aseg"], subject["affine"]
-    fixed_labels = aseg_to_tissue(seg)
-    mni = load_mni152(data / "mni152_2009a", skull_strip=True)
-    mni_affine = mni["image"].affine.numpy()
-    shift = _world_centroid(mni["mask"][0].numpy() > 0, mni_affine) - _world_centroid(seg[0, 0].numpy() > 0, affine)
+    moving_source = _source_image(data, source)
+    source_affine = moving_source["affine"]
+    shift = _world_centroid(moving_source["mask"], source_affine) - _world_centroid(seg[0, 0].numpy() > 0, affine)
     shape = fixed.shape[2:]
-    moving = _resample_to(mni["image"][0].numpy(), mni_affine, shift, shape, affine, order=1)
-    moving_labels = _resample_to(mni["labels"][0].numpy(), mni_affine, shift, shape, affine, order=0)
+    moving = _resample_to(moving_source["image"], source_affine, shift, shape, affine, order=1)
+    moving_labels = _resample_to(moving_source["labels"], source_affine, shift, shape, affine, order=0)
     moving = torch.as_tensor(moving, dtype=torch.float32)[None, None]
     moving_labels = torch.as_tensor(moving_labels, dtype=torch.float32)[None, None]
     aligned = optimise_affine(fixed, moving, metric="ncc", levels=AFFINE_LEVELS, iterations=AFFINE_ITERATIONS)
+    tissue = source == "mni152"
     return {
         "fixed": fixed, "moving": aligned["warped"].clamp(0.0, 1.0),
-        "fixed_labels": fixed_labels, "moving_labels": warp(moving_labels, aligned["ddf"], mode="nearest"),
-        "labels": [1, 2], "true_ddf": None, "mask": None, "spacing": [1.0 / scale] * 3,
-        "settings": {**subject["settings"], "affine_matrix": aligned["matrix"][0].tolist(),
+        "fixed_labels": aseg_to_tissue(seg) if tissue else seg,
+        "moving_labels": warp(moving_labels, aligned["ddf"], mode="nearest"),
+        "labels": [1, 2] if tissue else list(VOXELMORPH_LABELS), "true_ddf": None, "mask": None,
+        "spacing": [1.0 / scale] * 3,
+        "settings": {**subject["settings"], "moving_source": source, "affine_matrix": aligned["matrix"][0].tolist(),
                      "centroid_shift_mm": shift.tolist(),
                      "affine_final_loss": aligned["history"][-1]["loss"] if aligned["history"] else None},
     }
 
 
 def _mni_synthetic(data: Path, seed: int, scale: float) -> dict:
-    template = _aligned_template(data, _test_scan, scale)
+    template = _aligned_onto(data, _test_scan, scale)
     spacing = 1.0 / scale
     pair = synthetic_pair(template["moving"], template["moving_labels"], seed, spacing)
     return {
@@ -373,7 +397,9 @@ def _build(data: Path, name: str, scale: float) -> dict:
     if name.startswith("dipy_synthetic_s"):
         return _dipy_synthetic(data, int(name.rsplit("_s", 1)[1]), scale)
     if name in ("mni_to_subject", "niivue_mni"):
-        return dict(_aligned_template(data, _test_scan if name == "mni_to_subject" else _niivue_subject, scale))
+        return dict(_aligned_onto(data, _test_scan if name == "mni_to_subject" else _niivue_subject, scale))
+    if name == "subject_to_subject":
+        return dict(_aligned_onto(data, _test_scan, scale, "niivue"))
     if name == "elastix_2d":
         return _elastix_2d(data, scale)
     raise ValueError(f"get_case(): unknown case {name!r}")

@@ -36,13 +36,16 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--transform", default="SyN", help="ants.registration type_of_transform (default SyN)")
     parser.add_argument("--seed", type=int, default=0, help="random_seed of ants.registration")
+    parser.add_argument("--keywords", default="{}", help="JSON dict of further ants.registration keywords "
+                                                         "(e.g. syn_metric, syn_sampling, reg_iterations)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fixed = ants.from_numpy(np.load(args.fixed).astype(np.float32))
     moving = ants.from_numpy(np.load(args.moving).astype(np.float32))
     reg, seconds, peak_mb = measure(
-        ants.registration, fixed, moving, type_of_transform=args.transform, random_seed=args.seed
+        ants.registration, fixed, moving, type_of_transform=args.transform, random_seed=args.seed,
+        **json.loads(args.keywords)
     )
     with tempfile.TemporaryDirectory() as tmp:
         composite = ants.apply_transforms(fixed, moving, reg["fwdtransforms"], compose=str(Path(tmp) / "composite"))
