@@ -57,7 +57,7 @@ from . import __version__
 from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
-from .methods import MethodInfo, check_method_output, find_method, load_method
+from .methods import MethodInfo, check_method_output, find_method, load_method, run_method
 from .functional.jacobian import jacobian_determinant
 from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
 from .transforms.intensity import normalize_intensity_percentile, percentile
@@ -545,8 +545,9 @@ def register(
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available, else CPU).
         output_dir: when given, :meth:`RegistrationResult.save` writes the files there.
         qc: also write ``qc.png`` when saving.
-        inverse: also write ``inverse_ddf.nii.gz`` when saving (``result.inverse_ddf`` is there
-            either way when the method gives it).
+        inverse: also compute the inverse field ``result.inverse_ddf`` (moving -> fixed) and
+            write ``inverse_ddf.nii.gz`` when saving; without it, methods that can skip the
+            inverse do (the learned bundles), and ``result.inverse_ddf`` is None for them.
         method_options: options of the method (built-in: constructor arguments; bundles:
             config overrides by id, e.g. ``**{"method#iterations": 50}``).
 
@@ -631,7 +632,7 @@ def register(
         moving_in = warp(moving_w, affine_ddf)
     times["affine"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = check_method_output(method(fixed_w, moving_in), fixed_w, method_info.name)
+    out = check_method_output(run_method(method, fixed_w, moving_in, inverse=inverse), fixed_w, method_info.name)
     times["registration"] = time.perf_counter() - t0
 
     # 5.-6. total fields on the fixed file's axes, outputs (metrics: on first use)

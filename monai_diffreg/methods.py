@@ -16,6 +16,9 @@ A registration method is any callable object implementing :class:`RegistrationMe
   field) and ``"uncertainty"`` ``(1, 1, *S)`` (e.g. the posterior standard deviation of a
   probabilistic model) and ``"warped_levels"`` ``(1, L, *S)`` (the moving image warped by each
   level of a multi-level method, coarse to fine, for inspection). Other keys are ignored by the API.
+* A method may take the keyword ``inverse`` (``method(fixed, moving, inverse=False)``): the caller
+  then does not need ``"inverse_ddf"`` and the method may skip computing it (:func:`run_method`
+  passes it to the methods whose ``__call__`` accepts it).
 
 Where methods come from
 -----------------------
@@ -41,6 +44,7 @@ source checkout (``Path(monai_diffreg.__file__).parents[1] / "bundles"``); the i
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -67,6 +71,7 @@ __all__ = [
     "resolve_bundle",
     "read_bundle_config",
     "load_method",
+    "run_method",
     "check_method_output",
 ]
 
@@ -357,6 +362,15 @@ def load_method(name_or_path: str | os.PathLike, device: str | torch.device | No
     if not callable(method):
         raise TypeError(f"load_method(): '{name_or_path}' built a {type(method).__name__}, which is not callable")
     return method  # type: ignore[return-value]
+
+
+def run_method(method: RegistrationMethod, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> object:
+    """``method(fixed, moving)``, telling a method that accepts the keyword whether ``"inverse_ddf"`` is wanted."""
+    try:
+        accepts = "inverse" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no introspectable signature (e.g. some builtins)
+        accepts = False
+    return method(fixed, moving, inverse=inverse) if accepts else method(fixed, moving)
 
 
 def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str, torch.Tensor]:

@@ -144,8 +144,9 @@ class NetworkRegistration:
         self.save_levels = save_levels
         self.name = name
 
-    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`)."""
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`);
+        ``inverse=False``: the caller does not need ``"inverse_ddf"``, which the network alone then skips."""
         expected = self.network.spatial_dims
         for key, image in (("fixed", fixed), ("moving", moving)):
             ndim = check_spatial_tensor(image, key, self.name, channels=1)
@@ -158,8 +159,8 @@ class NetworkRegistration:
             if self.num_samples:
                 out = self.network.sample(moving, fixed, num_samples=self.num_samples)
             else:
-                out = self.network.displacements(moving, fixed)
-        result = {"ddf": out["ddf"], "inverse_ddf": out["inverse_ddf"]}
+                out = self.network.displacements(moving, fixed, inverse=inverse)
+        result = {key: out[key] for key in ("ddf", "inverse_ddf") if key in out}
         if "uncertainty" in out:
             result["uncertainty"] = out["uncertainty"]
         if self.save_levels:
@@ -169,7 +170,7 @@ class NetworkRegistration:
             refined = refine_network(self.network, moving, fixed, self.refine_loss, self.refine_steps,
                                      coarse_steps=self.refine_coarse_steps, learning_rate=self.refine_learning_rate,
                                      smoothing_sigma=self.refine_smoothing_sigma, tolerance=self.refine_tolerance)
-            result.update(ddf=refined["ddf"], inverse_ddf=refined["inverse_ddf"])
+            result.update({key: refined[key] for key in ("ddf", "inverse_ddf") if key in result})
         return result
 
     def __repr__(self) -> str:

@@ -9,7 +9,8 @@ displacements ``(B, D, *S)`` in voxels, pull-back from fixed to moving (package 
 
 * :class:`RegistrationNetwork`: ``forward(moving, fixed)`` returns a dict with at least
   ``"ddf"`` and ``"inverse_ddf"`` (training adds what its loss needs), and
-  ``displacements(moving, fixed)`` returns just those two (inference without the warped images).
+  ``displacements(moving, fixed, inverse=True)`` returns just those two, or only ``"ddf"`` with
+  ``inverse=False`` (inference without the warped images, and without the inverse nobody asked for).
 * :class:`SamplingNetwork`: ``sample(moving, fixed, num_samples)`` adds ``"uncertainty"``
   ``(B, 1, *S)`` (probabilistic models).
 * :class:`MultiLevelNetwork`: ``warped_level_images(moving, fixed)`` ``(B, L * C, *S)``, the
@@ -48,8 +49,8 @@ class RegistrationNetwork(Protocol):
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """At least ``"ddf"`` and ``"inverse_ddf"`` ``(B, D, *S)``."""
 
-    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> Mapping[str, torch.Tensor]:
-        """Only ``"ddf"`` and ``"inverse_ddf"`` ``(B, D, *S)``."""
+    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> Mapping[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` ``(B, D, *S)``."""
 
 
 @runtime_checkable

@@ -212,12 +212,14 @@ class MDRegNet(nn.Module):
         """``exp(velocity)`` of a level-grid velocity -> displacement ``(B, D, *S)`` in input voxels."""
         return self._on_input_grid(integrate_velocity(velocity, self.num_steps), padded_size, spatial_size)
 
-    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Only ``"ddf"`` and ``"inverse_ddf"`` (inference without the images and levels of :meth:`forward`)."""
+    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` (inference without the images and levels of :meth:`forward`)."""
         run = self._run_levels(moving, fixed)
         size, padded = moving.shape[2:], run.moving.shape[2:]
-        return {"ddf": self._full_ddf(run.velocities[-1], padded, size),
-                "inverse_ddf": self._full_ddf(-run.velocities[-1], padded, size)}
+        out = {"ddf": self._full_ddf(run.velocities[-1], padded, size)}
+        if inverse:
+            out["inverse_ddf"] = self._full_ddf(-run.velocities[-1], padded, size)
+        return out
 
     def level_displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
         """Displacement ``(B, D, *S)`` of every level's accumulated field ``exp(v~^l)`` on the input grid, coarse to fine.

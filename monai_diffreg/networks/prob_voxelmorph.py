@@ -174,9 +174,11 @@ class ProbabilisticVoxelMorph(nn.Module):
         velocity = self.sample_velocity(mean, log_var) if self.training else mean
         return self.outputs_from_velocity(moving, fixed, velocity, mean, log_var)
 
-    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Only ``"ddf"`` and ``"inverse_ddf"`` of the posterior mean (inference without the warped images)."""
+    def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` of the posterior mean (inference without the warped images)."""
         mean, _ = self.posterior_params(moving, fixed)
+        if not inverse:
+            return {"ddf": self.velocity_to_ddf(mean, moving.shape[2:])}
         ddf, inverse_ddf = self.bidirectional_ddfs(mean, moving.shape[2:])
         return {"ddf": ddf, "inverse_ddf": inverse_ddf}
 

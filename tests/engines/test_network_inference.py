@@ -7,7 +7,7 @@ from monai_diffreg.engines import network_inference
 from monai_diffreg.engines.network_inference import REFINE_PRESETS, NetworkRegistration, load_weights
 from monai_diffreg.engines.refinement import refine_network
 from monai_diffreg.functional import gaussian_smooth
-from monai_diffreg.methods import check_method_output
+from monai_diffreg.methods import check_method_output, run_method
 from monai_diffreg.losses import MDRegNetLoss
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import MDRegNet, ProbabilisticVoxelMorph
@@ -25,9 +25,9 @@ class ZeroNetwork(torch.nn.Module):
     def forward(self, moving, fixed):
         return self.displacements(moving, fixed)
 
-    def displacements(self, moving, fixed):
+    def displacements(self, moving, fixed, inverse=True):
         zero = torch.zeros(moving.shape[0], 3, *moving.shape[2:])
-        return {"ddf": zero, "inverse_ddf": zero}
+        return {"ddf": zero, "inverse_ddf": zero} if inverse else {"ddf": zero}
 
 
 def smooth_pair(shape):
@@ -40,6 +40,17 @@ def test_a_network_of_the_contract_alone_is_a_method():
     fixed, moving = smooth_pair((8, 8, 8))
     out = check_method_output(NetworkRegistration(ZeroNetwork(), device="cpu")(fixed, moving), fixed, "zero")
     assert set(out) == {"ddf", "inverse_ddf"} and not out["ddf"].any()
+
+
+@pytest.mark.parametrize("network", [tiny_network(), MDRegNet(3, levels=2, enc_channels=(4, 8), up_channels=8,
+                                                              out_channels=(8, 4))])
+def test_the_inverse_is_skipped_when_nobody_asks(network):
+    """inverse=False (register() without inverse=True): the same forward field, no inverse computed."""
+    fixed, moving = smooth_pair((16, 16, 16))
+    method = NetworkRegistration(network, device="cpu")
+    both, forward_only = method(fixed, moving), run_method(method, fixed, moving, inverse=False)
+    assert set(forward_only) == {"ddf"} and torch.equal(forward_only["ddf"], both["ddf"])
+    assert set(run_method(lambda f, m: {"ddf": f}, fixed, moving, inverse=False)) == {"ddf"}  # no keyword: plain call
 
 
 def test_output_follows_the_method_contract_and_matches_the_network(tmp_path):
