@@ -103,12 +103,8 @@ from monai_diffreg.datasets import (
 from monai_diffreg.engines.affine import optimise_affine
 from monai_diffreg.functional import resize_image, warp
 from monai_diffreg.transforms import control_grid_shape, deformation_from_params, sample_smooth_velocity_params
-from monai_diffreg.transforms.synthesis import (
-    add_gaussian_noise,
-    apply_gamma,
-    bias_field_from_coefficients,
-    min_max_normalize,
-)
+from monai_diffreg.transforms.intensity import min_max_normalize
+from monai_diffreg.transforms.synthesis import add_gaussian_noise, apply_gamma, bias_field_from_coefficients
 
 __all__ = [
     "CASE_VERSIONS",

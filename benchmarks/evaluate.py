@@ -4,7 +4,7 @@
   Learn2Reg rule: a label absent from either map is skipped); moving labels are warped with
   nearest neighbour by the method's field; ``dice_per_label`` keeps every label's value.
 * ``hd95``: mean 95th-percentile Hausdorff distance over the same labels, in mm.
-* ``folding_pct``: percentage of voxels with ``det J <= 0`` (central differences, 2 voxels
+* ``folding_percent``: percentage of voxels with ``det J <= 0`` (central differences, 2 voxels
   cropped at the border).
 * ``sdlogj``: the standard deviation of ``log det J`` over unfolded voxels;
   ``sdlogj_l2r``: Learn2Reg's code's variant ``std(log(clip(det J + 3)))``.
@@ -34,7 +34,7 @@ __all__ = ["METRICS", "evaluate"]
 METRICS = {
     "dice": ("Dice", False),
     "hd95": ("HD95 (mm)", True),
-    "folding_pct": ("% det J <= 0", True),
+    "folding_percent": ("% det J <= 0", True),
     "sdlogj": ("SDlogJ", True),
     "sdlogj_l2r": ("SDlogJ (L2R +3)", True),
     "epe": ("EPE (mm)", True),
@@ -54,7 +54,7 @@ def evaluate(case: dict, ddf: torch.Tensor, hd95: bool = True) -> dict:
     scores = {
         "dice": _nanmean(dice),
         "dice_per_label": {str(lab): float(v) for lab, v in zip(labels, dice)},
-        "folding_pct": float(folding_percentage(ddf)[0]),
+        "folding_percent": float(folding_percentage(ddf)[0]),
         "sdlogj": float(sd_log_jacobian(ddf)[0]),
         "sdlogj_l2r": float(sd_log_jacobian_l2r(ddf)[0]),
         "hd95": math.nan,

@@ -11,8 +11,8 @@ from torch import nn
 from monai_diffreg.engines.network_inference import load_weights
 from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.transforms.intensity import normalize_intensity_percentile
+from monai_diffreg.transforms.spatial import axis_mapping, to_target_axes
 
-from .adapters import Reorientation
 from .cases import CASE_AXCODES
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -30,8 +30,8 @@ def bundle_network(bundle: str, **overrides) -> nn.Module:
 def brain_synthetic_case(seed: int, cache_dir: Path) -> dict[str, torch.Tensor]:
     """A cached benchmark case on RAS axes: ``fixed``/``moving`` normalised to [0, 1], label maps, ``labels``."""
     case = torch.load(cache_dir / f"brain_synthetic_s{seed}@1.pt", weights_only=True)
-    ras = Reorientation(CASE_AXCODES["brain_synthetic"])
-    out = {k: ras.to_ras(case[k]) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+    to_ras = axis_mapping(CASE_AXCODES["brain_synthetic"], "RAS")
+    out = {k: to_target_axes(case[k], to_ras) for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
     for key in ("fixed", "moving"):
         out[key] = normalize_intensity_percentile(out[key], name=key, caller="properties")
     out["labels"] = case["labels"]

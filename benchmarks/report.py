@@ -58,7 +58,7 @@ def _fmt(value: float, key: str) -> str:
         return "—"
     if key in ("seconds", "peak_mb", "hd95", "epe", "ratio"):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    if key == "folding_pct":
+    if key == "folding_percent":
         return f"{value:.4f}"
     return f"{value:.3f}"
 
@@ -123,7 +123,7 @@ def _markdown(group: str, records: list[dict], refs: list[dict], settings: dict,
             lines.append(f"| {r['case']} | {r['method']} | failed | | | | | | |")
             continue
         lines.append(f"| {r['case']} | {r['method']} | " + " | ".join(
-            _fmt(r.get(k, math.nan), k) for k in ("dice", "hd95", "folding_pct", "epe", "seconds", "ratio", "peak_mb")) + " |")
+            _fmt(r.get(k, math.nan), k) for k in ("dice", "hd95", "folding_percent", "epe", "seconds", "ratio", "peak_mb")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -96,6 +96,8 @@ def _run_worker(method: str, group: str, name: str, case: Path, out: Path, args,
     if args.resume and out.is_file():
         earlier = json.loads(out.read_text())
         if "error" not in earlier and earlier.get("fingerprint") == fingerprint:
+            if "folding_pct" in earlier:  # a record from before the key was the API's "folding_percent"
+                earlier["folding_percent"] = earlier.pop("folding_pct")
             return earlier
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(args.threads))

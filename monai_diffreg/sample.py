@@ -6,9 +6,10 @@ first run of any method work offline and report Dice before/after and the field 
 
 How it is built (:func:`build_sample`, ``python -m monai_diffreg.sample --source DIR``):
 
-1. **Brain mask** (skull stripping): ``p_gm + p_wm > 0.5`` (probabilities = map / 255),
-   closed morphologically (5 iterations of a 6-connected 3x3x3 element), holes filled
-   slice-free in 3D (the ventricles), then dilated by one voxel to take in the sulcal CSF.
+1. **Brain mask** (skull stripping, :func:`~monai_diffreg.datasets.tissue_brain_mask`):
+   ``p_gm + p_wm >= 0.5`` (probabilities = map / 255), closed morphologically (5 iterations of
+   a 6-connected 3x3x3 element), holes filled slice-free in 3D (the ventricles), then dilated
+   by one voxel to take in the sulcal CSF.
 2. **Crop**: a ``160 x 192 x 160`` box (RAS axes, 1 mm; every size divisible by 16) centred
    on the mask's bounding box, clipped to the template.
 3. **Fixed image**: the template T1 inside the mask, 0 outside, ``uint8``.
@@ -155,12 +156,14 @@ def load_sample(folder: str | os.PathLike | None = None, with_fields: bool = Tru
 
 # ------------------------------------------------------------------------------------------- build
 def _brain_mask(p_gm: np.ndarray, p_wm: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
+    """Step 1 of the module docstring: :func:`~monai_diffreg.datasets.tissue_brain_mask` with the sample's settings.
 
-    brain = (p_gm + p_wm) > 0.5
-    brain = ndimage.binary_closing(brain, iterations=5)
-    brain = ndimage.binary_fill_holes(brain)
-    return ndimage.binary_dilation(brain, iterations=1)
+    (``p_gm + p_wm >= 0.5`` equals the ``> 0.5`` the sample was built with: the maps are
+    multiples of 1/255, so their sum is never within 1/510 of 0.5.)
+    """
+    from .datasets import tissue_brain_mask
+
+    return tissue_brain_mask(p_gm + p_wm, 0.5, closing_iterations=5, dilation_iterations=1)
 
 
 def _crop_box(mask: np.ndarray) -> tuple[slice, ...]:

@@ -27,6 +27,7 @@ from monai_diffreg.datasets import (
     load_niivue_subject,
     load_voxelmorph_labels,
     load_voxelmorph_scan,
+    tissue_brain_mask,
     voxelmorph_affine,
 )
 
@@ -171,6 +172,24 @@ def test_load_mni152(mni, shared_data):
     raw = load_mni152(shared_data / "mni152_2009a", skull_strip=False)
     assert float(raw["image"][mni["mask"] == 0].max()) > 0.5  # the skull is still there
     np.testing.assert_allclose(raw["image"].numpy() * 255, np.asanyarray(header.dataobj)[None], atol=1e-3)
+
+
+def test_tissue_brain_mask_steps():
+    """Threshold (>=), holes filled, then the optional closing, dilation and smoothing (no data needed)."""
+    grid = np.indices((21, 21, 21)) - 10
+    radius = np.sqrt((grid**2).sum(0))
+    shell = np.where((radius >= 5) & (radius <= 8), 0.6, 0.0)  # tissue around an enclosed "ventricle"
+    filled = tissue_brain_mask(shell, 0.6)
+    np.testing.assert_array_equal(filled, radius <= 8)
+    assert not tissue_brain_mask(shell, 0.61).any()
+    np.testing.assert_array_equal(tissue_brain_mask(shell, 0.6, dilation_iterations=1),
+                                  ndimage.binary_dilation(radius <= 8))
+    opened = shell.copy()
+    opened[10, 10, 15:19] = 0.0  # a one-voxel channel through the shell: the hole is no longer enclosed
+    assert not tissue_brain_mask(opened, 0.6)[10, 10, 10]
+    assert tissue_brain_mask(opened, 0.6, closing_iterations=1)[10, 10, 10]  # closing seals it, then it fills
+    smooth = tissue_brain_mask(shell, 0.2, smoothing_sigma=1.5)
+    assert smooth[radius <= 8].all() and smooth.sum() > (radius <= 8).sum()  # smoothing reaches past the shell
 
 
 def test_load_elastix_2d(shared_data):

@@ -14,7 +14,7 @@
 """
 
 from .affine import AFFINE_INITIALISATIONS, AffineRegistration, centre_of_mass, optimise_affine
-from .similarity import SIMILARITY_METRICS, image_dissimilarity, normalise_intensity
+from .similarity import SIMILARITY_METRICS, image_dissimilarity
 from .network_inference import NetworkRegistration, load_weights
 from .refinement import RefinementLoss, refine_network
 from .svf_optim import SVF_IMAGE_LOSSES, SVFRegistration, optimise_svf, refine_velocity
@@ -28,7 +28,6 @@ __all__ = [
     "optimise_affine",
     "SIMILARITY_METRICS",
     "image_dissimilarity",
-    "normalise_intensity",
     "SVF_IMAGE_LOSSES",
     "SVFRegistration",
     "optimise_svf",

@@ -1,6 +1,6 @@
 """Plumbing shared by the classical optimisation engines (private).
 
-Input checks for an image pair and its mask, the multi-resolution schedule (level shapes and
+Input checks for an image pair and its weight mask, the multi-resolution schedule (level shapes and
 area-downsampled images), and progress reporting (callback and/or tqdm bar).
 """
 
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..functional import resize_image
 from ..validation import check_finite, check_not_constant, check_spatial_tensor
 
-__all__ = ["check_pair", "check_mask", "check_schedule", "level_shape", "downsample", "ProgressReporter", "progress_reporter", "EngineSettings"]
+__all__ = ["check_pair", "check_weight_mask", "check_schedule", "level_shape", "downsample", "ProgressReporter", "progress_reporter", "EngineSettings"]
 
 ProgressReporter = Callable[[int, int, float], None]
 
@@ -42,8 +42,11 @@ def check_pair(fixed: object, moving: object, caller: str) -> int:
     return ndim
 
 
-def check_mask(mask: object, fixed: torch.Tensor, caller: str, name: str = "fixed_mask") -> torch.Tensor:
-    """Validate a mask ``(B or 1, 1, *spatial)`` of weights in ``[0, 1]`` on the fixed grid, not all zero.
+def check_weight_mask(mask: object, fixed: torch.Tensor, caller: str, name: str = "fixed_mask") -> torch.Tensor:
+    """Validate a weight mask ``(B or 1, 1, *spatial)``: weights in ``[0, 1]`` on the fixed grid, not all zero.
+
+    Weights scale each voxel's share of the image term, unlike the metrics' 0/1 regions
+    (``metrics._common.check_region_mask``).
 
     Returns:
         the mask as a float tensor on ``fixed``'s device and dtype.

@@ -46,9 +46,10 @@ import torch
 from ..functional import warp
 from ..functional.affine import affine_from_params, affine_to_ddf, num_affine_params, rescale_affine
 from ..functional.grid import identity_grid
+from ..transforms.intensity import min_max_normalize
 from ..validation import check_choice, check_positive
-from ._optim_common import EngineSettings, ProgressReporter, check_mask, check_pair, check_schedule, downsample, level_shape, progress_reporter
-from .similarity import SIMILARITY_METRICS, image_dissimilarity, normalise_intensity
+from ._optim_common import EngineSettings, ProgressReporter, check_pair, check_schedule, check_weight_mask, downsample, level_shape, progress_reporter
+from .similarity import SIMILARITY_METRICS, image_dissimilarity
 
 __all__ = ["optimise_affine", "AffineRegistration", "centre_of_mass", "AFFINE_INITIALISATIONS"]
 
@@ -119,11 +120,11 @@ def optimise_affine(
     check_choice(initialisation, "initialisation", caller, AFFINE_INITIALISATIONS)
     factors, counts = check_schedule(levels, iterations, caller)
     learning_rate = check_positive(learning_rate, "learning_rate", caller)
-    mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, caller).float()
+    mask = None if fixed_mask is None else check_weight_mask(fixed_mask, fixed, caller).float()
 
     fixed32, moving32 = fixed.float(), moving.float()
     if metric == "mi":
-        fixed32, moving32 = normalise_intensity(fixed32), normalise_intensity(moving32)
+        fixed32, moving32 = min_max_normalize(fixed32), min_max_normalize(moving32)  # not constant: check_pair
     shape = tuple(fixed.shape[2:])
     batch, device = fixed.shape[0], fixed.device
     centre = torch.tensor([(n - 1) / 2 for n in shape], device=device)

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..losses.wrappers import BIDIRECTIONAL_REDUCTIONS
 from ..networks.contract import RefinableNetwork
 from .svf_optim import refine_velocity
 
@@ -27,16 +28,18 @@ Regularizer = Callable[[torch.Tensor], torch.Tensor]
 
 @runtime_checkable
 class RefinementLoss(Protocol):
-    """A loss usable for refinement: ``refinement_terms(context) -> (image_term, regularizer, bidirectional)``.
+    """A loss usable for refinement: ``refinement_terms(context) -> (image_term, regularizer, directions)``.
 
     ``image_term(warped, target)`` is one direction's weighted dissimilarity (scalar),
-    ``regularizer(velocity)`` the weighted prior on the velocity, and ``bidirectional`` whether
-    both directions are matched (their mean is minimised, :func:`refine_velocity`). ``context`` is
-    :attr:`~monai_diffreg.networks.contract.VelocityRefinementStart.context`.
+    ``regularizer(velocity)`` the weighted prior on the velocity, and ``directions`` how both
+    directions are matched: ``None`` (the forward one only) or the loss's bidirectional
+    reduction, ``"mean"`` or ``"sum"`` of the two image terms
+    (:func:`~monai_diffreg.losses.combine_directions`, the convention its training uses).
+    ``context`` is :attr:`~monai_diffreg.networks.contract.VelocityRefinementStart.context`.
     """
 
-    def refinement_terms(self, context: Mapping[str, torch.Tensor]) -> tuple[ImageTerm, Regularizer, bool]:
-        """The image term, the regulariser and whether to match both directions."""
+    def refinement_terms(self, context: Mapping[str, torch.Tensor]) -> tuple[ImageTerm, Regularizer, str | None]:
+        """The image term, the regulariser and how to combine both directions (None: forward only)."""
 
 
 def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch.Tensor, loss: RefinementLoss,
@@ -74,13 +77,18 @@ def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch
                          f"loss), got {type(loss).__name__}")
     with torch.no_grad():
         start = network.refinement_start(moving, fixed)
-    image_term, regularizer, bidirectional = loss.refinement_terms(start.context)
+    image_term, regularizer, directions = loss.refinement_terms(start.context)
+    if directions is not None and directions not in BIDIRECTIONAL_REDUCTIONS:
+        raise ValueError(f"{caller}(): {type(loss).__name__}.refinement_terms() must give None or one of "
+                         f"{list(BIDIRECTIONAL_REDUCTIONS)} as its third item (how both directions combine), "
+                         f"got {directions!r}")
     kernel_size = None  # an explicit sigma gets the whole Gaussian
     if smoothing_sigma is None:
         smoothing_sigma, kernel_size = start.smoothing_sigma, start.smoothing_kernel_size
     velocity, _ = refine_velocity(
         start.fixed, start.moving, start.velocity, steps, loss_fn=image_term, regularizer=regularizer,
-        bidirectional=bidirectional, learning_rate=learning_rate, num_steps=start.num_steps,
+        bidirectional=directions is not None, bidirectional_reduction=directions or "mean",
+        learning_rate=learning_rate, num_steps=start.num_steps,
         smoothing_sigma=smoothing_sigma, smoothing_kernel_size=kernel_size, int_downsize=start.int_downsize,
         callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
     )

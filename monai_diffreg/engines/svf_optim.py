@@ -37,13 +37,16 @@ import torch
 from ..functional import gaussian_smooth, integrate_velocity, resize_field, resize_image, warp
 from ..losses import gradient_loss
 from ..losses.regularization import PENALTIES
+from ..losses.similarity import similarity_subset
+from ..losses.wrappers import BIDIRECTIONAL_REDUCTIONS, combine_directions
 from ..validation import check_choice, check_field, check_positive
-from ._optim_common import EngineSettings, ProgressReporter, check_mask, check_pair, check_schedule, downsample, level_shape, progress_reporter
+from ._optim_common import EngineSettings, ProgressReporter, check_pair, check_schedule, check_weight_mask, downsample, level_shape, progress_reporter
 from .similarity import image_dissimilarity
 
 __all__ = ["refine_velocity", "optimise_svf", "SVFRegistration", "SVF_IMAGE_LOSSES"]
 
-SVF_IMAGE_LOSSES = ("ncc", "mse")
+#: The image terms :func:`optimise_svf` offers (a subset of the similarity registry).
+SVF_IMAGE_LOSSES = similarity_subset(("ncc", "mse"), "optimise_svf")
 
 DEFAULT_REGULARIZATION_WEIGHT = 1.0
 DEFAULT_LEARNING_RATE = 0.2
@@ -74,6 +77,7 @@ def refine_velocity(
     smoothing_kernel_size: int | None = None,
     int_downsize: int = 1,
     bidirectional: bool = False,
+    bidirectional_reduction: str = "mean",
     callback: Callable[[int, float], None] | None = None,
     coarse_steps: int = 0,
     tolerance: float | None = None,
@@ -82,9 +86,11 @@ def refine_velocity(
     """Refine a velocity field by ``steps`` Adam iterations (after ``coarse_steps`` on half-size images).
 
     Minimises ``loss_fn(warp(moving, exp(v)), fixed) + regularizer(v)`` (module docstring),
-    starting from ``velocity``; with ``bidirectional=True`` the image term is the mean of both
-    directions, ``(loss_fn(moving o exp(v), fixed) + loss_fn(fixed o exp(-v), moving)) / 2``
-    (the bidirectional training loss of the networks; about twice the cost per step).
+    starting from ``velocity``; with ``bidirectional=True`` the image term combines both
+    directions, ``loss_fn(moving o exp(v), fixed)`` and ``loss_fn(fixed o exp(-v), moving)``, by
+    ``bidirectional_reduction`` (:func:`~monai_diffreg.losses.combine_directions`: their mean by
+    default, or their sum), as the networks' bidirectional training losses do (about twice the
+    cost per step).
     Runs on the inputs' device, in float32 unless the inputs are float64.
 
     Args:
@@ -106,6 +112,9 @@ def refine_velocity(
             ``int_downsize``): ``exp(v)`` is upsampled with its vectors rescaled
             (:func:`~monai_diffreg.functional.resize_field`) before warping, as the networks do.
         bidirectional: also match ``fixed`` warped by the inverse ``exp(-v)`` to ``moving``.
+        bidirectional_reduction: ``"mean"`` or ``"sum"`` of the two directions' image terms
+            (used when ``bidirectional``; the loss's own convention, see
+            :mod:`monai_diffreg.losses.wrappers`).
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
         coarse_steps: Adam iterations run first with both images average-pooled to half size
             (the velocity stays on its grid, so ``int_downsize`` must be even): each costs about an
@@ -148,12 +157,14 @@ def refine_velocity(
     regularizer = _default_regularizer if regularizer is None else regularizer
     if not isinstance(bidirectional, bool):
         raise ValueError(f"{caller}(): 'bidirectional' must be True or False, got {bidirectional!r}")
+    check_choice(bidirectional_reduction, "bidirectional_reduction", caller, BIDIRECTIONAL_REDUCTIONS)
 
     dtype = torch.float64 if velocity.dtype == torch.float64 else torch.float32
     fixed, moving, velocity = fixed.to(dtype), moving.to(dtype), velocity.detach().to(dtype)
     settings = dict(loss_fn=loss_fn, regularizer=regularizer, learning_rate=learning_rate, num_steps=num_steps,
                     smoothing_sigma=smoothing_sigma, smoothing_kernel_size=smoothing_kernel_size,
-                    bidirectional=bidirectional, callback=callback, tolerance=tolerance, patience=patience)
+                    bidirectional=bidirectional, bidirectional_reduction=bidirectional_reduction, callback=callback,
+                    tolerance=tolerance, patience=patience)
     history: list[dict] = []
     if coarse_steps:
         half = [n // 2 for n in image_size]
@@ -166,7 +177,7 @@ def refine_velocity(
 def _adam_stage(fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, int_downsize: int,
                 stage: str, history: list[dict], *, loss_fn, regularizer, learning_rate: float, num_steps: int,
                 smoothing_sigma: float | None, smoothing_kernel_size: int | None, bidirectional: bool,
-                callback, tolerance: float | None, patience: int) -> torch.Tensor:
+                bidirectional_reduction: str, callback, tolerance: float | None, patience: int) -> torch.Tensor:
     """One stage of :func:`refine_velocity`: Adam on the velocity at the images' resolution; appends to ``history``."""
     image_size = list(fixed.shape[2:])
     update = torch.zeros_like(start, requires_grad=True)
@@ -186,7 +197,7 @@ def _adam_stage(fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, 
         batch = v.shape[0]
         image = loss_fn(warp(moving, ddfs[:batch]), fixed)
         if bidirectional:
-            image = 0.5 * (image + loss_fn(warp(fixed, ddfs[batch:]), moving))
+            image = combine_directions(image, loss_fn(warp(fixed, ddfs[batch:]), moving), bidirectional_reduction)
         regularization = regularizer(v)
         loss = image + regularization
         optimiser.zero_grad()
@@ -288,7 +299,7 @@ def optimise_svf(
     check_choice(regularization, "regularization", caller, PENALTIES)
     weight = check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
     image_sigma = check_positive(image_sigma, "image_sigma", caller)
-    mask = None if fixed_mask is None else check_mask(fixed_mask, fixed, caller).float()
+    mask = None if fixed_mask is None else check_weight_mask(fixed_mask, fixed, caller).float()
 
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])

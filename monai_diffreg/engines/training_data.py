@@ -48,13 +48,13 @@ from monai.transforms import Orientation
 from torch.utils.data import Dataset
 
 from ..functional import integrate_velocity, resize_image, warp
-from ..transforms.label_protocol import TRAINING_STRUCTURES, to_training_labels
+from ..transforms.label_protocol import TRAINING_STRUCTURES, brain_mask, to_training_labels
 from ..transforms.deformation import sample_smooth_velocity_params, smooth_velocity_from_params
+from ..transforms.intensity import min_max_normalize
 from ..transforms.synthesis import (
     add_gaussian_noise,
     apply_gamma,
     bias_field_from_coefficients,
-    min_max_normalize,
     random_label_map,
     sample_synthesis_params,
     synthesize_image,
@@ -278,7 +278,7 @@ class SyntheticPairDataset(Dataset):
                                              bias_control_spacing=self.bias_control_spacing, generator=generator)
             jitter = (torch.rand(values.shape, generator=generator) * 2 - 1) * self.intensity_jitter
             params["means"] = (structure_means[to_training_labels(values)] + jitter).clamp(0.0, 1.0)
-            brain = (structures > 0).float()
+            brain = brain_mask(codes).float()
             item[name] = min_max_normalize(synthesize_image(codes, params) * brain)[0]
             onehot = F.one_hot(structures[0, 0], len(TRAINING_STRUCTURES) + 1).movedim(-1, 0).float()
             item[f"{name}_labels"] = self._one_hot(onehot)

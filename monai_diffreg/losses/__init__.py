@@ -14,11 +14,15 @@ function                       class                           what
 :func:`soft_dice_loss`         :class:`SoftDiceLoss`           ``1 - soft Dice`` per label
 :func:`gradient_loss`          :class:`GradientLoss`           forward-difference l2 / l1 penalty
 :func:`kl_svf_laplacian`       :class:`ProbabilisticSVFKLLoss` KL vs Laplacian prior (+ :func:`degree_matrix`)
-(wrapper)                      :class:`BidirectionalLoss`      ``0.5 (loss(y o phi, x) + loss(x o phi^-1, y))``
+(wrapper)                      :class:`BidirectionalLoss`      both directions, mean or sum (:func:`combine_directions`)
 (wrapper)                      :class:`MultiResolutionLoss`    weighted sum over pyramid levels
 (composite)                    :class:`ProbabilisticSVFLoss`   probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
 (composite)                    :class:`MDRegNetLoss`           MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
 =============================  ==============================  ===================================
+
+Image terms chosen by name (``"ncc"``, ``"mse"``, ``"mi"``) are stated once in
+:mod:`.similarity` (:data:`SIMILARITY_METRICS`, :func:`image_similarity_loss`); the one
+bidirectional convention (``"mean"`` or ``"sum"`` of the two directions) in :mod:`.wrappers`.
 """
 
 from .dice import SoftDiceLoss, soft_dice_loss
@@ -28,7 +32,8 @@ from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
 from .regularization import GradientLoss, gradient_loss
-from .wrappers import BidirectionalLoss, MultiResolutionLoss
+from .similarity import SIMILARITY_METRICS, image_similarity_loss, similarity_subset
+from .wrappers import BIDIRECTIONAL_REDUCTIONS, BidirectionalLoss, MultiResolutionLoss, combine_directions
 
 __all__ = [
     "local_ncc_loss",
@@ -42,6 +47,11 @@ __all__ = [
     "degree_matrix",
     "kl_svf_laplacian",
     "ProbabilisticSVFKLLoss",
+    "SIMILARITY_METRICS",
+    "image_similarity_loss",
+    "similarity_subset",
+    "BIDIRECTIONAL_REDUCTIONS",
+    "combine_directions",
     "BidirectionalLoss",
     "MultiResolutionLoss",
     "ProbabilisticSVFLoss",

@@ -44,13 +44,16 @@ class MDRegNetLoss(_Loss):
     summed penalties) and ``"loss"``, their sum.
     """
 
+    #: Eq. 4 sums the two directions (:func:`~monai_diffreg.losses.wrappers.combine_directions`).
+    bidirectional_reduction = "sum"
+
     def __init__(self, regularization_weight: float = 0.35, ncc_window: int = 9,
                  level_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.regularization_weight = check_positive(regularization_weight, "regularization_weight", "MDRegNetLoss",
                                                     allow_zero=True)
         self.ncc = LocalNCCLoss(window=ncc_window)
-        self.similarity = MultiResolutionLoss(BidirectionalLoss(self.ncc), level_weights)
+        self.similarity = MultiResolutionLoss(BidirectionalLoss(self.ncc, self.bidirectional_reduction), level_weights)
 
     def finest_image_term(self, warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One direction's similarity term of the finest level, ``w_L * -NCC(target, warped)`` (test-time refinement)."""
@@ -64,10 +67,10 @@ class MDRegNetLoss(_Loss):
     def refinement_terms(self, context: Mapping[str, torch.Tensor]):
         """Test-time refinement's terms (:class:`~monai_diffreg.engines.refinement.RefinementLoss`).
 
-        The finest level's similarity in both directions (eq. 4 sums them; the refinement
-        averages, hence the factor 2) and ``lambda * R`` of the whole velocity; ``context`` is unused.
+        The finest level's one-direction similarity (both directions are summed, as eq. 4 does:
+        :attr:`bidirectional_reduction`) and ``lambda * R`` of the whole velocity; ``context`` is unused.
         """
-        return (lambda warped, target: 2.0 * self.finest_image_term(warped, target), self.regularization_term, True)
+        return self.finest_image_term, self.regularization_term, self.bidirectional_reduction
 
     def forward(self, outputs: Mapping[str, Sequence[torch.Tensor]], fixed: torch.Tensor | None = None,
                 moving: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
@@ -75,8 +78,7 @@ class MDRegNetLoss(_Loss):
         missing = [k for k in _REQUIRED_OUTPUTS if k not in outputs]
         if missing:
             raise ValueError(f"MDRegNetLoss(): 'outputs' lacks key(s) {missing}; expected MDRegNet's dict")
-        # BidirectionalLoss averages the two directions; eq. 4 sums them.
-        similarity = 2.0 * self.similarity(outputs["fixed_levels"], outputs["moving_levels"],
-                                           outputs["warped_levels"], outputs["warped_fixed_levels"])
+        similarity = self.similarity(outputs["fixed_levels"], outputs["moving_levels"],
+                                     outputs["warped_levels"], outputs["warped_fixed_levels"])
         regularization = sum(self.regularization_term(v) for v in outputs["velocity_levels"])
         return {"similarity": similarity, "regularization": regularization, "loss": similarity + regularization}

@@ -7,10 +7,12 @@ Dalca et al., "Improved probabilistic diffeomorphic registration with CNNs" (201
 * **image term** for a posterior sample ``z_k`` (one sample per step, ``K = 1``): with
   ``image_loss="mse"`` the Gaussian likelihood ``1 / (2 sigma^2) ||x - y o phi_z||^2``
   (:func:`~monai_diffreg.losses.mse.mse_loss`, a per-voxel mean); ``bidirectional=True``
-  averages it with the inverse direction ``||y - x o phi_z^-1||^2``, which is eq. 2's
+  averages it with the inverse direction ``||y - x o phi_z^-1||^2`` (the ``"mean"`` of
+  :func:`~monai_diffreg.losses.wrappers.combine_directions`), which is eq. 2's
   ``1 / (4 sigma^2) (...)``. ``image_loss="ncc"`` uses local squared NCC
-  (:func:`~monai_diffreg.losses.ncc.local_ncc_loss`) instead, as VoxelMorph offers.
-  Either is multiplied by ``image_weight``.
+  (:func:`~monai_diffreg.losses.ncc.local_ncc_loss`) instead, as VoxelMorph offers. Both are
+  names of the similarity registry (:mod:`~monai_diffreg.losses.similarity`). Either is
+  multiplied by ``image_weight``.
 * **KL** from the Laplacian prior ``N(0, (lambda L)^-1)``,
   :func:`~monai_diffreg.losses.kl.kl_svf_laplacian` (the reference code's normalisation).
   For the smoothed posterior ``Sigma = C D D^T C^T`` the exact KL is the diagonal one with
@@ -40,12 +42,13 @@ from ..functional.posterior import POSTERIORS, posterior_degree
 from ..validation import check_choice, check_positive, check_spatial_tensor
 from .dice import soft_dice_loss
 from .kl import kl_svf_laplacian
-from .mse import mse_loss
-from .ncc import local_ncc_loss
+from .similarity import image_similarity_loss, similarity_subset
+from .wrappers import combine_directions
 
 __all__ = ["ProbabilisticSVFLoss", "IMAGE_LOSSES", "present_label_dice_loss"]
 
-IMAGE_LOSSES = ("mse", "ncc")
+#: The image terms this loss offers: the registry's names with a per-voxel likelihood.
+IMAGE_LOSSES = similarity_subset(("mse", "ncc"), "ProbabilisticSVFLoss")
 _REQUIRED_OUTPUTS = ("warped", "warped_fixed", "ddf", "inverse_ddf", "velocity_mean", "velocity_log_var")
 
 
@@ -83,6 +86,9 @@ class ProbabilisticSVFLoss(_Loss):
     (0 when ``dice_weight = 0``) and ``"loss" = image + kl + dice_weight * dice``.
     """
 
+    #: With ``bidirectional``, eq. 2 averages the two directions (image and Dice terms alike).
+    bidirectional_reduction = "mean"
+
     def __init__(self, image_loss: str = "mse", image_sigma: float = 0.02, prior_lambda: float = 10.0,
                  bidirectional: bool = True, dice_weight: float = 0.0, posterior: str = "diagonal",
                  image_weight: float = 1.0, ncc_window: int = 9) -> None:
@@ -99,9 +105,8 @@ class ProbabilisticSVFLoss(_Loss):
 
     def image_term(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The (unweighted) image dissimilarity between a warped image and its target."""
-        if self.image_loss == "mse":
-            return mse_loss(pred, target, self.image_sigma)
-        return local_ncc_loss(pred, target, window=self.ncc_window)
+        return image_similarity_loss(pred, target, self.image_loss, image_sigma=self.image_sigma,
+                                     ncc_window=self.ncc_window)
 
     def kl_term(self, velocity_mean: torch.Tensor, velocity_log_var: torch.Tensor) -> torch.Tensor:
         """KL from the prior for this posterior type (up to a constant for ``"smoothed"``)."""
@@ -116,14 +121,16 @@ class ProbabilisticSVFLoss(_Loss):
 
         The weighted image term, the KL with the network's log variance held fixed
         (``context["velocity_log_var"]``, :meth:`ProbabilisticVoxelMorph.refinement_start`) and
-        this loss's ``bidirectional``; the Dice term is left out (no labels at test time).
+        how the directions are combined: :attr:`bidirectional_reduction` when ``bidirectional``,
+        else None (forward only); the Dice term is left out (no labels at test time).
         """
         if "velocity_log_var" not in context:
             raise ValueError("ProbabilisticSVFLoss.refinement_terms(): the refinement context lacks "
                              "'velocity_log_var' (a probabilistic network's refinement_start provides it)")
         log_var = context["velocity_log_var"]
         return (lambda warped, target: self.image_weight * self.image_term(warped, target),
-                lambda velocity: self.kl_term(velocity, log_var), self.bidirectional)
+                lambda velocity: self.kl_term(velocity, log_var),
+                self.bidirectional_reduction if self.bidirectional else None)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], fixed: torch.Tensor, moving: torch.Tensor,
                 fixed_labels: torch.Tensor | None = None,
@@ -134,7 +141,8 @@ class ProbabilisticSVFLoss(_Loss):
             raise ValueError(f"{caller}(): 'outputs' lacks key(s) {missing}; expected the network's dict {list(_REQUIRED_OUTPUTS)}")
         image = self.image_term(outputs["warped"], fixed)
         if self.bidirectional:
-            image = 0.5 * (image + self.image_term(outputs["warped_fixed"], moving))
+            backward = self.image_term(outputs["warped_fixed"], moving)
+            image = combine_directions(image, backward, self.bidirectional_reduction)
         kl = self.kl_term(outputs["velocity_mean"], outputs["velocity_log_var"])
         dice = torch.zeros((), dtype=kl.dtype, device=kl.device)
         if self.dice_weight > 0:
@@ -144,6 +152,7 @@ class ProbabilisticSVFLoss(_Loss):
             check_spatial_tensor(moving_labels, "moving_labels", caller, channels=fixed_labels.shape[1])
             dice = present_label_dice_loss(warp(moving_labels, outputs["ddf"]), fixed_labels)
             if self.bidirectional:
-                dice = 0.5 * (dice + present_label_dice_loss(warp(fixed_labels, outputs["inverse_ddf"]), moving_labels))
+                backward = present_label_dice_loss(warp(fixed_labels, outputs["inverse_ddf"]), moving_labels)
+                dice = combine_directions(dice, backward, self.bidirectional_reduction)
         image = self.image_weight * image
         return {"image": image, "kl": kl, "dice": dice, "loss": image + kl + self.dice_weight * dice}

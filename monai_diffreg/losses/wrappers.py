@@ -1,4 +1,19 @@
-"""Loss combinators: symmetric (bidirectional) image terms and deep supervision over resolutions."""
+"""Loss combinators: symmetric (bidirectional) image terms and deep supervision over resolutions.
+
+**Bidirectional convention**, stated once here (:func:`combine_directions`) and used by every
+loss and engine that matches both directions of a registration: the forward term
+``f = loss(moving o phi, fixed)`` and the inverse term ``b = loss(fixed o phi^-1, moving)`` are
+combined with a reduction named by the loss that owns them:
+
+* ``"mean"``: ``0.5 * (f + b)``; probabilistic VoxelMorph (Dalca et al. 2018, eq. 2's
+  ``1 / (4 sigma^2)`` with the per-direction ``1 / (2 sigma^2)`` of the MSE term):
+  :class:`~monai_diffreg.losses.ProbabilisticSVFLoss`, and the default of :class:`BidirectionalLoss`;
+* ``"sum"``: ``f + b``; MDReg-Net (Li and Fan, eq. 4): :class:`~monai_diffreg.losses.MDRegNetLoss`.
+
+Test-time refinement (:func:`~monai_diffreg.engines.refinement.refine_network`) takes the
+reduction from the loss's ``refinement_terms`` and combines the two directions with the same
+function, so a refinement minimises the training loss's terms as they are.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +22,26 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn.modules.loss import _Loss
 
-from ..validation import check_positive
+from ..validation import check_choice, check_positive
 
-__all__ = ["BidirectionalLoss", "MultiResolutionLoss"]
+__all__ = ["BIDIRECTIONAL_REDUCTIONS", "combine_directions", "BidirectionalLoss", "MultiResolutionLoss"]
+
+#: How the forward and inverse terms of a bidirectional loss are combined (module docstring).
+BIDIRECTIONAL_REDUCTIONS = ("mean", "sum")
+
+
+def combine_directions(forward: torch.Tensor, backward: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The two directions' terms of a bidirectional loss combined: ``"mean"`` ``0.5 * (f + b)``, ``"sum"`` ``f + b``.
+
+    Args:
+        forward: the forward term ``loss(moving o phi, fixed)``.
+        backward: the inverse term ``loss(fixed o phi^-1, moving)``, of the same shape.
+        reduction: one of :data:`BIDIRECTIONAL_REDUCTIONS`.
+    """
+    check_choice(reduction, "reduction", "combine_directions", BIDIRECTIONAL_REDUCTIONS)
+    if reduction == "sum":
+        return forward + backward
+    return 0.5 * (forward + backward)
 
 
 def _check_loss(loss: object, caller: str) -> Callable[..., torch.Tensor]:
@@ -19,28 +51,30 @@ def _check_loss(loss: object, caller: str) -> Callable[..., torch.Tensor]:
 
 
 class BidirectionalLoss(_Loss):
-    """Average of an image loss in both directions of a diffeomorphic registration.
+    """An image loss in both directions of a diffeomorphic registration, averaged or summed.
 
     ``forward(fixed, moving, moving_warped, fixed_warped)`` returns::
 
-        0.5 * (loss(moving_warped, fixed) + loss(fixed_warped, moving))
+        combine_directions(loss(moving_warped, fixed), loss(fixed_warped, moving), reduction)
 
-    with ``moving_warped = moving o phi`` and ``fixed_warped = fixed o phi^-1`` (for an SVF
-    ``v``: ``phi = exp(v)``, ``phi^-1 = exp(-v)``). With
-    :class:`~monai_diffreg.losses.MSELoss` (``1 / (2 sigma^2)`` per direction) this is the
-    ``1 / (4 sigma^2) (||x - y o phi||^2 + ||y - x o phi^-1||^2)`` of improved probabilistic
-    VoxelMorph (Dalca et al. 2018, eq. 2, per voxel); with
-    :class:`~monai_diffreg.losses.LocalNCCLoss` it is MDReg-Net's two-way NCC (eq. 4) halved.
+    that is ``0.5 * (f + b)`` for ``reduction="mean"`` and ``f + b`` for ``"sum"`` (module
+    docstring), with ``moving_warped = moving o phi`` and ``fixed_warped = fixed o phi^-1`` (for
+    an SVF ``v``: ``phi = exp(v)``, ``phi^-1 = exp(-v)``). With
+    :class:`~monai_diffreg.losses.MSELoss` (``1 / (2 sigma^2)`` per direction) and ``"mean"``
+    this is the ``1 / (4 sigma^2) (||x - y o phi||^2 + ||y - x o phi^-1||^2)`` of improved
+    probabilistic VoxelMorph (Dalca et al. 2018, eq. 2, per voxel); with
+    :class:`~monai_diffreg.losses.LocalNCCLoss` and ``"sum"`` it is MDReg-Net's two-way NCC (eq. 4).
 
-    The inner loss is called as ``loss(pred, target)`` and decides the reduction; both calls
-    must return tensors of the same shape (scalars for the usual ``"mean"``).
+    The inner loss is called as ``loss(pred, target)`` and decides the reduction over voxels and
+    batch; both calls must return tensors of the same shape (scalars for the usual ``"mean"``).
 
     Args:
         loss: the image loss, any callable ``loss(pred, target) -> Tensor`` (usually a ``_Loss``).
+        reduction: how the two directions are combined, ``"mean"`` (default) or ``"sum"``.
     """
 
-    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], reduction: str = "mean") -> None:
+        super().__init__(reduction=check_choice(reduction, "reduction", "BidirectionalLoss", BIDIRECTIONAL_REDUCTIONS))
         self.loss = _check_loss(loss, "BidirectionalLoss")
 
     def forward(
@@ -48,7 +82,10 @@ class BidirectionalLoss(_Loss):
     ) -> torch.Tensor:
         """Args: ``(B, C, *spatial)`` images: the fixed and moving images, the moving image warped
         to the fixed grid, and the fixed image warped back to the moving grid."""
-        return 0.5 * (self.loss(moving_warped, fixed) + self.loss(fixed_warped, moving))
+        return combine_directions(self.loss(moving_warped, fixed), self.loss(fixed_warped, moving), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
 
 
 class MultiResolutionLoss(_Loss):

@@ -17,7 +17,7 @@ from ..validation import check_positive, check_spatial_tensor
 __all__ = [
     "check_spacing",
     "check_crop",
-    "check_mask",
+    "check_region_mask",
     "crop_border",
     "masked_mean",
     "masked_std",
@@ -67,8 +67,11 @@ def check_crop(crop: int, spatial: Sequence[int] | None, caller: str) -> int:
     return crop
 
 
-def check_mask(mask: object, like: torch.Tensor, caller: str) -> torch.Tensor | None:
+def check_region_mask(mask: object, like: torch.Tensor, caller: str) -> torch.Tensor | None:
     """Validate a region mask ``(B or 1, 1, *spatial)`` of 0/1 (or bool) values; return it as bool.
+
+    A region says which voxels a metric evaluates (in or out), unlike the engines' soft weights
+    in ``[0, 1]`` (``engines._optim_common.check_weight_mask``).
 
     Args:
         mask: ``None`` or the mask; non-zero voxels are evaluated.

@@ -9,7 +9,7 @@ import torch
 
 from ..validation import check_field
 from ._base import SpacingMetric
-from ._common import check_mask, check_spacing, mean_vector_norm
+from ._common import check_region_mask, check_spacing, mean_vector_norm
 
 __all__ = ["endpoint_error", "EndPointErrorMetric"]
 
@@ -40,7 +40,7 @@ def endpoint_error(
     ndim = check_field(ddf, "ddf", "endpoint_error")
     check_field(true_ddf, "true_ddf", "endpoint_error", like=ddf)
     spacing = check_spacing(spacing, ndim, "endpoint_error")
-    keep = check_mask(mask, ddf, "endpoint_error")
+    keep = check_region_mask(mask, ddf, "endpoint_error")
     return mean_vector_norm(ddf - true_ddf.to(ddf), spacing, keep)
 
 

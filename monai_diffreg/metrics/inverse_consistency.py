@@ -18,7 +18,7 @@ import torch
 from ..functional import compose_ddf
 from ..validation import check_field
 from ._base import SpacingMetric
-from ._common import check_crop, check_mask, check_spacing, crop_border, mean_vector_norm
+from ._common import check_crop, check_region_mask, check_spacing, crop_border, mean_vector_norm
 
 __all__ = ["inverse_consistency_error", "InverseConsistencyMetric"]
 
@@ -53,7 +53,7 @@ def inverse_consistency_error(
     check_field(ddf_inverse, "ddf_inverse", caller, like=ddf_forward)
     spacing = check_spacing(spacing, ndim, caller)
     check_crop(crop, ddf_forward.shape[2:], caller)
-    keep = check_mask(mask, ddf_forward, caller)
+    keep = check_region_mask(mask, ddf_forward, caller)
     keep = None if keep is None else crop_border(keep, crop)
     ddf_inverse = ddf_inverse.to(ddf_forward)
     pairs = [(ddf_forward, ddf_inverse), (ddf_inverse, ddf_forward)] if symmetric else [(ddf_forward, ddf_inverse)]

@@ -23,7 +23,7 @@ import torch
 from ..functional import jacobian_determinant
 from ..validation import check_choice, check_field
 from ._base import ReducedMetric
-from ._common import check_crop, check_mask, crop_border, masked_mean, masked_std
+from ._common import check_crop, check_region_mask, crop_border, masked_mean, masked_std
 
 __all__ = [
     "SD_LOG_JACOBIAN_VARIANTS",
@@ -45,7 +45,7 @@ def _cropped_determinant(
     """``det J`` ``(B, 1, *spatial')`` and the bool mask of evaluated voxels, both cropped."""
     check_field(ddf, "ddf", caller)
     check_crop(crop, ddf.shape[2:], caller)
-    keep = check_mask(mask, ddf, caller)
+    keep = check_region_mask(mask, ddf, caller)
     det = jacobian_determinant(ddf)
     return crop_border(det, crop), None if keep is None else crop_border(keep, crop)
 
@@ -94,7 +94,7 @@ def determinant_statistics(det: torch.Tensor, crop: int = 2,
         raise ValueError(f"{caller}(): 'det' must be a (B, 1, *spatial) tensor, got "
                          f"{tuple(det.shape) if isinstance(det, torch.Tensor) else type(det).__name__}")
     check_crop(crop, det.shape[2:], caller)
-    keep = check_mask(mask, det, caller)
+    keep = check_region_mask(mask, det, caller)
     det, keep = crop_border(det, crop), None if keep is None else crop_border(keep, crop)
     return {"folding_percent": _folding(det, keep), "sd_log_jacobian": _sd_log(det, keep),
             "sd_log_jacobian_learn2reg": _sd_log_l2r(det, keep)}

@@ -1,5 +1,5 @@
 """MONAI-style transforms for registration: random diffeomorphisms, label-map image synthesis,
-robust intensity scaling, padding and loading of registration pairs.
+intensity scaling (robust and min-max), padding, re-orientation and loading of registration pairs.
 
 Stateless maths lives in :mod:`.deformation`, :mod:`.synthesis`, :mod:`.intensity` and
 :mod:`.spatial`; :mod:`.array` holds the array transforms (``(C, *spatial)`` in and out) and
@@ -23,15 +23,22 @@ from .dictionary import (
     RandSmoothDeformationd,
     RandSynthesizeImaged,
 )
-from .intensity import normalize_intensity_percentile, percentile
-from .spatial import crop_back, divisible_padding, load_channel_first, pad_to_divisible
+from .intensity import min_max_normalize, normalize_intensity_percentile, percentile
+from .spatial import (
+    axis_mapping,
+    crop_back,
+    divisible_padding,
+    load_channel_first,
+    pad_to_divisible,
+    to_source_axes,
+    to_target_axes,
+)
 from .synthesis import (
     add_gaussian_noise,
     apply_gamma,
     bias_field_from_coefficients,
     gaussian_blur,
     label_intensity_image,
-    min_max_normalize,
     random_label_map,
     sample_synthesis_params,
     synthesize_image,
@@ -50,6 +57,7 @@ __all__ = [
     "SynthesizeImageFromLabels",
     "add_gaussian_noise",
     "apply_gamma",
+    "axis_mapping",
     "bias_field_from_coefficients",
     "control_grid_shape",
     "crop_back",
@@ -67,6 +75,8 @@ __all__ = [
     "sample_synthesis_params",
     "smooth_velocity_from_params",
     "synthesize_image",
+    "to_source_axes",
+    "to_target_axes",
     "upsample_control_grid",
     "warp_channel_first",
 ]

@@ -1,4 +1,8 @@
-"""Robust intensity scaling to [0, 1] by percentiles.
+"""Intensity scaling to [0, 1]: robust (by percentiles) and plain min-max.
+
+:func:`min_max_normalize` is the package's one min-max scaling, ``(x - min) / (max - min)`` per
+batch item (a constant item becomes 0); synthesis, the training streams, the mutual-information
+metric of the engines and the dataset loaders use it.
 
 Registration losses such as MSE and the networks' first layers expect intensities of the
 same order in both images; min-max scaling is ruined by a single hot voxel, so intensities
@@ -14,9 +18,34 @@ import math
 
 import torch
 
-from ..validation import check_finite, check_not_constant
+from ..validation import check_finite, check_not_constant, check_spatial_tensor
 
-__all__ = ["percentile", "order_statistics", "normalize_intensity_percentile"]
+__all__ = ["percentile", "order_statistics", "normalize_intensity_percentile", "min_max_normalize"]
+
+
+def min_max_normalize(image: torch.Tensor) -> torch.Tensor:
+    """Scale each batch item of ``(B, C, *spatial)`` linearly to [0, 1]: ``(x - min) / (max - min)``.
+
+    ``min`` and ``max`` are taken over the item's channels and voxels together. A constant
+    item (``max == min``) has no range to scale: it becomes all 0, a defined result and not an
+    error (a synthesised or masked training image may be constant, and the training stream must
+    not stop on it). Callers for which a constant image is an input error check before calling
+    (:func:`~monai_diffreg.validation.check_not_constant`, as the engines and dataset loaders do).
+    Not robust to outliers (one hot voxel sets ``max``): for real scans prefer
+    :func:`normalize_intensity_percentile`.
+
+    Args:
+        image: ``(B, C, *spatial)`` float tensor, 2 or 3 spatial axes.
+
+    Returns:
+        tensor of the same shape and dtype, each item in [0, 1] (its minimum 0 and, unless
+        constant, its maximum 1).
+    """
+    check_spatial_tensor(image, "image", "min_max_normalize")
+    flat = image.flatten(1)
+    low = flat.min(dim=1).values.view(-1, *([1] * (image.ndim - 1)))
+    span = (flat.max(dim=1).values - flat.min(dim=1).values).view_as(low)
+    return (image - low) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def percentile(x: torch.Tensor, q: float) -> torch.Tensor:

@@ -1,8 +1,16 @@
-"""Grid handling: padding to a multiple of the network's downsampling, and reading pair images.
+"""Grid handling: padding to a multiple of the network's downsampling, re-orientation of images
+and fields between axis orders, and reading pair images.
 
 Networks that downsample ``n`` times need every spatial size divisible by ``2**n``. Padding
 shifts the grid by whole voxels, which leaves displacements (in voxels) unchanged, so a field
 predicted on the padded grid is cropped back to the original grid with :func:`crop_back`.
+
+Re-orientation (:func:`axis_mapping`, :func:`to_target_axes`, :func:`to_source_axes`) only
+permutes and flips voxel axes (no interpolation), as MONAI's ``Orientation`` does to images; for
+a displacement field in voxels the components are permuted alike and those of flipped axes
+negated, so the field describes the same motion on the other axes. A mapping has one entry per
+axis ``j`` of the source grid: ``(i, sign)``, the target axis along the same world direction and
+whether it points the same way (+1) or the opposite way (-1).
 """
 
 from __future__ import annotations
@@ -17,9 +25,14 @@ from monai.transforms import DivisiblePad, EnsureChannelFirst, LoadImage
 
 from ..validation import check_finite, check_not_constant
 
-__all__ = ["divisible_padding", "pad_to_divisible", "crop_back", "load_channel_first", "check_image"]
+__all__ = ["divisible_padding", "pad_to_divisible", "crop_back", "axis_mapping", "to_target_axes", "to_source_axes",
+           "load_channel_first", "check_image"]
 
 PAD_MODES = ("constant", "replicate", "reflect")
+
+#: nibabel's axis-code letters: the world axis each names (0 left-right, 1 posterior-anterior,
+#: 2 inferior-superior) and its direction (+1 towards R, A, S).
+_AXIS_CODES = {"L": (0, -1), "R": (0, 1), "P": (1, -1), "A": (1, 1), "I": (2, -1), "S": (2, 1)}
 
 
 def divisible_padding(spatial_shape: Sequence[int], k: int | Sequence[int],
@@ -87,6 +100,92 @@ def crop_back(x: torch.Tensor, padding: Sequence[Sequence[int]]) -> torch.Tensor
         raise ValueError(f"crop_back(): cannot remove padding {tuple(map(tuple, padding))} from shape {tuple(x.shape)}")
     index = tuple(slice(before, size - after) for (before, after), size in zip(padding, x.shape[-ndim:]))
     return x[(..., *index)]
+
+
+def _world_axes(axcodes: object, name: str) -> list[tuple[int, int]]:
+    codes = list(axcodes) if isinstance(axcodes, (str, Sequence)) else None
+    if not codes or any(c not in _AXIS_CODES for c in codes) or len({_AXIS_CODES[c][0] for c in codes}) != len(codes):
+        raise ValueError(f"axis_mapping(): '{name}' must be axis codes with one letter of L/R, P/A, I/S per axis "
+                         f"(e.g. 'RAS' or 'LIA'), got {axcodes!r}")
+    return [_AXIS_CODES[c] for c in codes]
+
+
+def axis_mapping(source: str | Sequence[str], target: str | Sequence[str] = "RAS") -> tuple[tuple[int, int], ...]:
+    """The voxel-axis mapping from a grid with axis codes ``source`` to one with ``target`` (module docstring).
+
+    Args:
+        source: nibabel axis codes of the source grid, one letter per voxel axis (e.g. ``"LIA"``:
+            axis 0 points left, 1 inferior, 2 anterior).
+        target: axis codes of the target grid, along the same world axes (default ``"RAS"``).
+
+    Returns:
+        per source axis ``j``: ``(i, sign)`` with ``i`` the target axis along the same world
+        direction and ``sign`` +1 (same way) or -1 (opposite), e.g. ``((0, -1), (2, -1), (1, 1))``
+        for ``"LIA"`` to ``"RAS"`` (nibabel's ``ornt_transform``).
+    """
+    source_axes, target_axes = _world_axes(source, "source"), _world_axes(target, "target")
+    target_of = {world: (i, direction) for i, (world, direction) in enumerate(target_axes)}
+    if set(target_of) != {world for world, _ in source_axes}:
+        raise ValueError(f"axis_mapping(): 'source' {source!r} and 'target' {target!r} must name the same world axes")
+    return tuple((target_of[world][0], direction * target_of[world][1]) for world, direction in source_axes)
+
+
+def _check_mapping(x: object, mapping: Sequence[tuple[int, int]], caller: str) -> tuple[tuple[int, int], ...]:
+    ndim = len(mapping)
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim + 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{caller}(): 'x' must be (B, C, *spatial) with {ndim} spatial axes (one per mapping "
+                         f"entry), got {shape}")
+    mapping = tuple((int(i), int(sign)) for i, sign in mapping)
+    if sorted(i for i, _ in mapping) != list(range(ndim)) or any(sign not in (1, -1) for _, sign in mapping):
+        raise ValueError(f"{caller}(): 'mapping' must give each of the {ndim} target axes once with a sign of "
+                         f"+1 or -1 (from axis_mapping), got {mapping}")
+    return mapping
+
+
+def to_target_axes(x: torch.Tensor, mapping: Sequence[tuple[int, int]], is_field: bool = False) -> torch.Tensor:
+    """Re-orient ``(B, C, *S_source)`` onto the target grid's axes of ``mapping`` (:func:`axis_mapping`).
+
+    Args:
+        x: an image or, with ``is_field``, a displacement field ``(B, D, *S_source)`` in source voxels.
+        mapping: per source axis ``(target axis, sign)``.
+        is_field: also permute the components and negate those along flipped axes.
+
+    Returns:
+        ``(B, C, *S_target)`` (a view of ``x`` where possible), the inverse of :func:`to_source_axes`.
+    """
+    mapping = _check_mapping(x, mapping, "to_target_axes")
+    source_of = [0] * len(mapping)  # target axis i comes from source axis source_of[i]
+    for j, (i, _) in enumerate(mapping):
+        source_of[i] = j
+    flips = [2 + j for j, (_, sign) in enumerate(mapping) if sign < 0]
+    out = x.flip(flips) if flips else x
+    out = out.permute(0, 1, *(2 + j for j in source_of))
+    if is_field:
+        out = torch.stack([mapping[j][1] * out[:, j] for j in source_of], dim=1)
+    return out
+
+
+def to_source_axes(x: torch.Tensor, mapping: Sequence[tuple[int, int]], is_field: bool = False) -> torch.Tensor:
+    """Re-orient ``(B, C, *S_target)`` back onto the source grid's axes of ``mapping`` (:func:`axis_mapping`).
+
+    Args:
+        x: an image or, with ``is_field``, a displacement field ``(B, D, *S_target)`` in target voxels
+            (e.g. a method's output on its RAS working grid).
+        mapping: per source axis ``(target axis, sign)``.
+        is_field: also permute the components and negate those along flipped axes.
+
+    Returns:
+        ``(B, C, *S_source)`` (a view of ``x`` where possible), the inverse of :func:`to_target_axes`.
+    """
+    mapping = _check_mapping(x, mapping, "to_source_axes")
+    out = x.permute(0, 1, *(2 + i for i, _ in mapping))  # source axis j is target axis mapping[j][0]
+    flips = [2 + j for j, (_, sign) in enumerate(mapping) if sign < 0]
+    if flips:
+        out = out.flip(flips)
+    if is_field:
+        out = torch.stack([sign * out[:, i] for i, sign in mapping], dim=1)
+    return out
 
 
 def load_channel_first(path: str | os.PathLike, key: str, caller: str, reader: object | None = None) -> MetaTensor:

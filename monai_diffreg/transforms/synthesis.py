@@ -12,7 +12,8 @@ Pipeline of :func:`synthesize_image` (every random number is in the parameter di
 1. per-label Gaussian intensities (GMM): ``x = mean[l] + std[l] * n``, ``n ~ N(0, 1)`` per voxel;
 2. Gaussian blur of standard deviation ``blur_sigma`` voxels (one per axis);
 3. multiplicative smooth bias field ``exp(b)``, ``b`` smooth from coarse control values;
-4. min-max scaling to [0, 1] and gamma: ``x <- x ** gamma``;
+4. min-max scaling to [0, 1] (:func:`~monai_diffreg.transforms.intensity.min_max_normalize`)
+   and gamma: ``x <- x ** gamma``;
 5. additive Gaussian noise of standard deviation ``noise_std``, then min-max scaling to [0, 1].
 
 Tensors follow the package layout: label maps ``(B, 1, *spatial)`` integer, images
@@ -31,6 +32,7 @@ from ..functional import gaussian_smooth, warp
 from ..validation import check_positive, check_spatial_tensor
 from .control_grid import as_spatial_shape, control_grid_shape, per_axis, upsample_control_grid
 from .deformation import deformation_from_params, sample_smooth_velocity_params
+from .intensity import min_max_normalize
 
 __all__ = [
     "random_label_map",
@@ -38,7 +40,6 @@ __all__ = [
     "label_intensity_image",
     "gaussian_blur",
     "bias_field_from_coefficients",
-    "min_max_normalize",
     "apply_gamma",
     "add_gaussian_noise",
     "synthesize_image",
@@ -218,15 +219,6 @@ def bias_field_from_coefficients(coefficients: torch.Tensor, spatial_shape: Sequ
         ``(1, 1, *spatial)`` positive bias field.
     """
     return torch.exp(upsample_control_grid(coefficients, spatial_shape, is_field=False))
-
-
-def min_max_normalize(image: torch.Tensor) -> torch.Tensor:
-    """Scale each batch item to [0, 1]: ``(x - min) / (max - min)``; a constant item becomes 0."""
-    check_spatial_tensor(image, "image", "min_max_normalize")
-    flat = image.flatten(1)
-    low = flat.min(dim=1).values.view(-1, *([1] * (image.ndim - 1)))
-    span = (flat.max(dim=1).values - flat.min(dim=1).values).view_as(low)
-    return (image - low) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def apply_gamma(image: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from monai_diffreg.engines._optim_common import (
-    check_mask,
     check_pair,
     check_schedule,
+    check_weight_mask,
     downsample,
     level_shape,
     progress_reporter,
@@ -48,17 +48,17 @@ def test_check_pair_per_sample_constant():
     assert check_pair(images[:1], images[:1] * 2, "f") == 2
 
 
-def test_check_mask():
+def test_check_weight_mask():
     fixed = torch.rand(2, 1, 6, 6)
-    assert check_mask(torch.ones(1, 1, 6, 6, dtype=torch.bool), fixed, "f").dtype == torch.float32
+    assert check_weight_mask(torch.ones(1, 1, 6, 6, dtype=torch.bool), fixed, "f").dtype == torch.float32
     with pytest.raises(ValueError, match=r"f\(\): 'fixed_mask' must hold weights in \[0, 1\]"):
-        check_mask(torch.full((2, 1, 6, 6), 2.0), fixed, "f")
+        check_weight_mask(torch.full((2, 1, 6, 6), 2.0), fixed, "f")
     with pytest.raises(ValueError, match=r"f\(\): 'fixed_mask' must have 1 channel"):
-        check_mask(torch.ones(2, 2, 6, 6), fixed, "f")
+        check_weight_mask(torch.ones(2, 2, 6, 6), fixed, "f")
     empty = torch.ones(2, 1, 6, 6)
     empty[1] = 0
     with pytest.raises(ValueError, match=r"f\(\): 'fixed_mask' is empty"):
-        check_mask(empty, fixed, "f")
+        check_weight_mask(empty, fixed, "f")
 
 
 def test_progress_reporter_calls_back(capsys):

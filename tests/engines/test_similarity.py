@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.losses import GlobalMutualInformationLoss
 
-from monai_diffreg.engines.similarity import image_dissimilarity, normalise_intensity
+from monai_diffreg.engines import SIMILARITY_METRICS, SVF_IMAGE_LOSSES
+from monai_diffreg.engines.similarity import image_dissimilarity
 from monai_diffreg.losses import local_ncc_loss
 
 
@@ -53,9 +54,9 @@ def test_mask_for_mutual_information_selects_voxels():
     assert torch.allclose(image_dissimilarity(warped, fixed, "mi", mask=mask), expected)
 
 
-def test_normalise_intensity_per_sample():
-    image = torch.stack([torch.linspace(-2, 6, 20), torch.linspace(10, 11, 20)]).view(2, 1, 4, 5)
-    out = normalise_intensity(image)
-    assert torch.allclose(out.flatten(1).min(1).values, torch.zeros(2))
-    assert torch.allclose(out.flatten(1).max(1).values, torch.ones(2))
-    assert torch.allclose(out[0], (image[0] + 2) / 8)
+def test_engines_offer_the_registry_names():
+    """The engines' names are the losses' registry (one list), the SVF engine a subset of it."""
+    from monai_diffreg import losses
+
+    assert SIMILARITY_METRICS is losses.SIMILARITY_METRICS == ("ncc", "mse", "mi")
+    assert set(SVF_IMAGE_LOSSES) <= set(SIMILARITY_METRICS)

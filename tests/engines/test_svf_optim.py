@@ -249,3 +249,13 @@ def test_bidirectional_refine_matches_both_directions(phantom, smooth_velocity):
     assert error_after < 0.6 * error_before
     with pytest.raises(ValueError, match=r"refine_velocity\(\): 'bidirectional' must be True or False, got 1"):
         refine_velocity(fixed, moving, start, 1, bidirectional=1)
+
+
+def test_bidirectional_reduction_sum_adds_the_directions(phantom, smooth_velocity):
+    """bidirectional_reduction="sum": the image term is the sum of both directions (MDReg-Net's eq. 4 convention)."""
+    fixed, moving, velocity = _pair(phantom, smooth_velocity, (32, 32), amplitude=2.0)
+    _, history = refine_velocity(fixed, moving, velocity, 1, bidirectional=True, bidirectional_reduction="sum")
+    both = _ncc_term(fixed, moving, velocity) + _ncc_term(moving, fixed, -velocity)
+    assert history[0]["image"] == pytest.approx(both, abs=1e-6)
+    with pytest.raises(ValueError, match=r"refine_velocity\(\): 'bidirectional_reduction' must be one of \['mean', 'sum'\]"):
+        refine_velocity(fixed, moving, velocity, 1, bidirectional=True, bidirectional_reduction="none")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_diffreg.losses import BidirectionalLoss, LocalNCCLoss, MSELoss, MultiResolutionLoss
+from monai_diffreg.losses import (
+    BidirectionalLoss,
+    LocalNCCLoss,
+    MDRegNetLoss,
+    MSELoss,
+    MultiResolutionLoss,
+    ProbabilisticSVFLoss,
+    combine_directions,
+)
 
 
 def mean_difference(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,3 +87,20 @@ def test_bad_inputs_raise_clear_errors():
         MultiResolutionLoss(mean_difference, weights=[1.0, 1.0])(x, x)
     with pytest.raises(ValueError, match=r"expected one sequence per argument"):
         loss()
+
+
+def test_bidirectional_sum_and_the_one_convention():
+    """reduction="sum" adds the directions (MDReg-Net's eq. 4); combine_directions is the one statement of both."""
+    fixed, moving = torch.full((1, 1, 4, 4), 1.0), torch.full((1, 1, 4, 4), 10.0)
+    moving_warped, fixed_warped = torch.full((1, 1, 4, 4), 3.0), torch.full((1, 1, 4, 4), 7.0)
+    summed = BidirectionalLoss(mean_difference, reduction="sum")
+    assert float(summed(fixed, moving, moving_warped, fixed_warped)) == pytest.approx(-1.0)  # 2 + (-3)
+    assert "reduction='sum'" in repr(summed) and "reduction='mean'" in repr(BidirectionalLoss(mean_difference))
+    f, b = torch.tensor(2.0), torch.tensor(-3.0)
+    assert float(combine_directions(f, b)) == -0.5 and float(combine_directions(f, b, "sum")) == -1.0
+    # each composite loss states its convention once; refinement takes the same one
+    assert (MDRegNetLoss.bidirectional_reduction, ProbabilisticSVFLoss.bidirectional_reduction) == ("sum", "mean")
+    with pytest.raises(ValueError, match=r"BidirectionalLoss\(\): 'reduction' must be one of \['mean', 'sum'\]"):
+        BidirectionalLoss(mean_difference, reduction="none")
+    with pytest.raises(ValueError, match=r"combine_directions\(\): 'reduction' must be one of"):
+        combine_directions(f, b, "max")

@@ -302,6 +302,14 @@ def test_refine_rejects_what_cannot_refine():
     moving, fixed = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
     with pytest.raises(ValueError, match=r"refine_network\(\): 'loss' must offer refinement_terms"):
         refine_network(_model(2), moving, fixed, torch.nn.MSELoss(), 1)
+
+    class OldConvention(MDRegNetLoss):  # a bool instead of the bidirectional reduction
+        def refinement_terms(self, context):
+            return self.finest_image_term, self.regularization_term, True
+
+    with pytest.raises(ValueError, match=r"refine_network\(\): OldConvention.refinement_terms\(\) must give None or "
+                                         r"one of \['mean', 'sum'\] as its third item"):
+        refine_network(_model(2), moving, fixed, OldConvention(), 1)
     with pytest.raises(ValueError, match=r"refine_network\(\): VxmUNet does not offer refinement"):
         refine_network(VxmUNet(2), moving, fixed, MDRegNetLoss(), 1)
     with pytest.raises(ValueError, match=r"'steps' must be an integer >= 0"):

@@ -9,7 +9,12 @@ from monai.data import MetaTensor
 
 from monai_diffreg.transforms.array import NormalizeIntensityPercentile
 from monai_diffreg.transforms.dictionary import NormalizeIntensityPercentiled
-from monai_diffreg.transforms.intensity import normalize_intensity_percentile, order_statistics, percentile
+from monai_diffreg.transforms.intensity import (
+    min_max_normalize,
+    normalize_intensity_percentile,
+    order_statistics,
+    percentile,
+)
 
 
 @pytest.mark.parametrize("q", [0.0, 0.5, 13.7, 50.0, 99.5, 100.0])
@@ -88,3 +93,36 @@ def test_array_and_dictionary_transforms():
     torch.testing.assert_close(d["fixed"].as_tensor(), d["moving"].as_tensor())
     with pytest.raises(ValueError, match=r"NormalizeIntensityPercentile\(\): 'moving' is constant"):
         NormalizeIntensityPercentiled(("fixed", "moving"))({"fixed": image, "moving": torch.ones(1, 4, 4)})
+
+
+# ---------------------------------------------------------------- min-max
+
+
+def test_min_max_normalize_analytic():
+    image = torch.tensor([[[[1.0, 2.0], [3.0, 2.0]]]])
+    assert torch.equal(min_max_normalize(image), torch.tensor([[[[0.0, 0.5], [1.0, 0.5]]]]))
+
+
+def test_min_max_normalize_per_item_over_channels():
+    image = torch.stack([torch.linspace(-2, 6, 20), torch.linspace(10, 11, 20)]).view(2, 1, 4, 5)
+    out = min_max_normalize(image)
+    assert torch.equal(out.flatten(1).min(1).values, torch.zeros(2))
+    assert torch.equal(out.flatten(1).max(1).values, torch.ones(2))
+    torch.testing.assert_close(out[0], (image[0] + 2) / 8)
+    two_channels = torch.stack([torch.zeros(3, 3), torch.full((3, 3), 4.0)])[None]  # (1, 2, 3, 3): one range
+    assert torch.equal(min_max_normalize(two_channels), two_channels / 4)
+    doubles = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
+    assert min_max_normalize(doubles).dtype == torch.float64
+
+
+def test_min_max_normalize_constant_item_is_zero():
+    """A constant item has no range: it becomes 0 (documented result, no division by zero); others are scaled."""
+    image = torch.cat([torch.full((1, 1, 3, 3), 7.0), torch.arange(9.0).view(1, 1, 3, 3)])
+    out = min_max_normalize(image)
+    assert torch.equal(out[0], torch.zeros(1, 3, 3)) and bool(torch.isfinite(out).all())
+    assert torch.equal(out[1], torch.arange(9.0).view(1, 3, 3) / 8)
+
+
+def test_min_max_normalize_bad_input():
+    with pytest.raises(ValueError, match=r"min_max_normalize\(\): 'image' must be"):
+        min_max_normalize(torch.rand(5, 5))

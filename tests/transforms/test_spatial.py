@@ -12,7 +12,15 @@ from monai.transforms import LoadImage
 
 from monai_diffreg.transforms.array import PadToDivisible
 from monai_diffreg.transforms.dictionary import LoadRegistrationPaird, PadToDivisibled
-from monai_diffreg.transforms.spatial import crop_back, divisible_padding, pad_to_divisible
+from monai_diffreg.functional import warp
+from monai_diffreg.transforms.spatial import (
+    axis_mapping,
+    crop_back,
+    divisible_padding,
+    pad_to_divisible,
+    to_source_axes,
+    to_target_axes,
+)
 
 # ---------------------------------------------------------------- padding
 
@@ -61,6 +69,55 @@ def test_pad_transforms_round_trip():
     out = pad_d({"fixed": image, "moving": image.clone()})
     assert pad_d.padding["moving"] == ((1, 2), (1, 1)) and out["moving"].shape == (1, 16, 12)
     assert torch.equal(pad_d.inverse(out)["fixed"].as_tensor(), image.as_tensor())
+
+
+# ---------------------------------------------------------------- re-orientation
+
+
+@pytest.mark.parametrize("source, target", [("LIA", "RAS"), ("RAS", "RAS"), ("PSL", "RAS"), ("LPS", "AIR"), ("RA", "PL")])
+def test_axis_mapping_matches_nibabel(source, target):
+    ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(tuple(source)),
+                                           nib.orientations.axcodes2ornt(tuple(target)))
+    assert axis_mapping(source, target) == tuple((int(i), int(sign)) for i, sign in ornt)
+
+
+def test_images_reoriented_as_monai_orientation():
+    """to_target_axes moves an image as MONAI's Orientation does (the loader's re-orientation), no interpolation."""
+    from monai.transforms import Orientation
+
+    affine = np.zeros((4, 4))
+    affine[[0, 2, 1], [0, 1, 2]] = [-1.0, -1.0, 1.0]  # LIA: axis 0 left, 1 inferior, 2 anterior
+    affine[3, 3] = 1.0
+    image = MetaTensor(torch.rand(1, 5, 6, 7), affine=torch.as_tensor(affine))
+    expected = Orientation("RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image).as_tensor()
+    got = to_target_axes(image.as_tensor()[None], axis_mapping("LIA"))[0]
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("source", ["LIA", "ASR", "RPI"])
+def test_fields_describe_the_same_motion_on_both_axes(source):
+    """Warping on the source axes then re-orienting equals re-orienting image and field then warping;
+    to_source_axes undoes to_target_axes for images and fields."""
+    mapping = axis_mapping(source, "RAS")
+    image = torch.rand(1, 1, 6, 7, 8, dtype=torch.float64)
+    ddf = 1.5 * torch.randn(1, 3, 6, 7, 8, dtype=torch.float64)
+    on_target = warp(to_target_axes(image, mapping), to_target_axes(ddf, mapping, is_field=True))
+    torch.testing.assert_close(on_target, to_target_axes(warp(image, ddf), mapping))
+    assert torch.equal(to_source_axes(to_target_axes(ddf, mapping, is_field=True), mapping, is_field=True), ddf)
+    assert torch.equal(to_source_axes(to_target_axes(image, mapping), mapping), image)
+
+
+def test_reorientation_errors():
+    with pytest.raises(ValueError, match=r"axis_mapping\(\): 'source' must be axis codes .* got 'LLA'"):
+        axis_mapping("LLA")
+    with pytest.raises(ValueError, match=r"axis_mapping\(\): 'target' must be axis codes .* got 'RAX'"):
+        axis_mapping("LIA", "RAX")
+    with pytest.raises(ValueError, match=r"must name the same world axes"):
+        axis_mapping("RA", "RS")
+    with pytest.raises(ValueError, match=r"to_target_axes\(\): 'x' must be \(B, C, \*spatial\) with 3 spatial axes"):
+        to_target_axes(torch.zeros(1, 4, 4), axis_mapping("LIA"))
+    with pytest.raises(ValueError, match=r"to_source_axes\(\): 'mapping' must give each of the 2 target axes once"):
+        to_source_axes(torch.zeros(1, 1, 4, 4), ((0, 1), (0, -1)))
 
 
 # ---------------------------------------------------------------- loading pairs: helpers
