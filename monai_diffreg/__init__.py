@@ -23,6 +23,8 @@ _EXPORTS = {
     "RegistrationResult": "api",
     "MisalignmentWarning": "api",
     "DissimilarityWarning": "api",
+    "SpacingWarning": "input_checks",
+    "InsufficientMemoryError": "input_checks",
     "load_method": "methods",
     "available_methods": "methods",
     "register_method": "methods",

@@ -5,14 +5,26 @@ Pipeline of :func:`register`:
 1. **Inputs** (paths, numpy arrays, torch tensors or MONAI MetaTensors) become ``(1, *S)``
    MetaTensors and are checked, each error naming the argument: one channel, 2D or 3D, same
    dimensionality, finite, not constant, label maps integer-valued; plain arrays carry no
-   geometry, so they get an identity affine and must share the fixed image's shape.
+   geometry, so they get an identity affine and must share the fixed image's shape. Then the
+   method is loaded (a bad option fails here) and a **memory check** estimates the peak memory
+   of the run from the grid sizes (:func:`~monai_diffreg.input_checks.estimate_memory`, calibrated on the shipped methods):
+   more than the memory available (:func:`~monai_diffreg.input_checks.available_memory`, Linux) raises
+   :class:`InsufficientMemoryError` (a ``MemoryError`` and a ``ValueError``) before any heavy work,
+   with the sizes, the estimate and what to do (``MONAI_DIFFREG_MEMORY_CHECK=0`` skips it).
 2. **Working grid**: :class:`~monai_diffreg.transforms.dictionary.LoadRegistrationPaird`
    re-orients the images to ``orientation`` (RAS by default, the orientation learned models
    are trained in) and resamples the moving image (linear) and label maps (nearest) onto the
    fixed grid. Re-orienting only permutes/flips axes: the voxel centres are the fixed file's.
-3. A **misalignment check** (foreground centroids more than ``MISALIGNMENT_MM`` apart, or
-   foreground Dice below ``MISALIGNMENT_DICE``) warns with :class:`MisalignmentWarning`
-   suggesting ``affine=True`` when the affine stage is off.
+3. A **spacing check** (:func:`~monai_diffreg.input_checks.spacing_check`): a fixed image whose voxels are strongly
+   anisotropic (largest side more than ``ANISOTROPY_LIMIT`` times the smallest) or, per axis of
+   the working grid, more than ``SPACING_FACTOR`` times finer or coarser than the method's
+   ``expected_spacing_mm`` (method contract, :mod:`monai_diffreg.methods`; the learned bundles
+   expect 1 mm) warns with :class:`SpacingWarning`, suggesting isotropic voxels
+   (:func:`monai_diffreg.io.resample_file_to_spacing`); the working grid is never changed
+   silently. ``summary.json`` records the spacings (``"spacing"``). Then a **misalignment
+   check** (foreground centroids more than ``MISALIGNMENT_MM`` apart, or foreground Dice below
+   ``MISALIGNMENT_DICE``) warns with :class:`MisalignmentWarning` suggesting ``affine=True`` when
+   the affine stage is off.
 4. Optional **affine stage** (:func:`monai_diffreg.engines.affine.optimise_affine`), then the
    **deformable method** (:func:`monai_diffreg.methods.load_method`) on the affinely aligned
    moving image. The total field is ``compose_ddf(affine_ddf, deformable_ddf)`` (the affine
@@ -56,6 +68,7 @@ from monai.data import MetaTensor
 from . import __version__
 from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf
+from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
 from .methods import MethodInfo, check_method_output, find_method, load_method, run_method
 from .functional.jacobian import jacobian_determinant
@@ -65,7 +78,7 @@ from .transforms.spatial import check_image, load_channel_first
 from .transforms.utils import integer_labels, plain_tensor
 
 __all__ = ["register", "RegistrationResult", "MisalignmentWarning", "DissimilarityWarning", "NMI_TOLERANCE", "misalignment", "check_output_dir", "MISALIGNMENT_MM",
-           "MISALIGNMENT_DICE", "AFFINE_METRICS", "OUTPUT_FILES"]
+           "MISALIGNMENT_DICE", "AFFINE_METRICS", "OUTPUT_FILES", "SpacingWarning", "InsufficientMemoryError"]
 
 #: Every file :meth:`RegistrationResult.save` may write (a run removes the others' stale copies).
 OUTPUT_FILES = frozenset({"warped.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "warped_labels.nii.gz", "uncertainty.nii.gz",
@@ -86,6 +99,8 @@ class DissimilarityWarning(UserWarning):
 
 #: A result whose NMI with the fixed image falls more than this below the input's is reported.
 NMI_TOLERANCE = 0.005
+
+
 
 
 def check_output_dir(output_dir: object, caller: str = _CALLER) -> Path:
@@ -234,7 +249,6 @@ def misalignment(fixed: torch.Tensor, moving: torch.Tensor, affine: object) -> d
     return {"centroid_distance_mm": distance, "foreground_dice": 2 * inter / total if total else float("nan")}
 
 
-# ----------------------------------------------------------------------------------------- metrics
 def _dice_dict(pred: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
     labels = sorted(set(torch.unique(target).tolist()) - {0})
     if not labels:
@@ -557,6 +571,12 @@ def register(
     Raises:
         ValueError / TypeError / FileNotFoundError: bad input, with a message naming the argument;
         nothing is written then.
+        InsufficientMemoryError: the run would need more memory than is available (a
+            ``MemoryError`` and a ``ValueError``; module docstring, step 1), before any heavy work.
+
+    Warns:
+        SpacingWarning: strongly anisotropic voxels, or far from the method's expected spacing (step 3).
+        MisalignmentWarning, DissimilarityWarning: steps 3 and 7.
     """
     times = {}
     start = time.perf_counter()
@@ -595,8 +615,14 @@ def register(
         got = tuple(true_ddf.shape) if isinstance(true_ddf, torch.Tensor) else type(true_ddf).__name__
         raise ValueError(f"{_CALLER}(): 'true_ddf' must be a tensor of shape {(1, ndim, *images['fixed'].shape[1:])}, "
                          f"got {got}")
+    times["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    method = bundle if is_object else load_method(bundle, device=dev, **method_options)
+    times["load_method"] = time.perf_counter() - t0
+    memory = check_memory(images, method, output_dir is not None, dev)  # before any heavy work
 
     # 2. working grid
+    t0 = time.perf_counter()
     from .transforms.dictionary import LoadRegistrationPaird
 
     loader = LoadRegistrationPaird(orientation=orientation)
@@ -609,12 +635,15 @@ def register(
         return plain_tensor(x).float().unsqueeze(0).to(dev)
 
     fixed_w, moving_w = on_device(work["fixed"]), on_device(work["moving"])
-    times["load"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    method = bundle if is_object else load_method(bundle, device=dev, **method_options)
-    times["load_method"] = time.perf_counter() - t0
+    times["load"] += time.perf_counter() - t0
 
-    # 3. misalignment check
+    # 3. spacing check (arrays without an affine have no known spacing), misalignment check
+    spacing_info = spacing_check(np.linalg.norm(work_affine[:ndim, :ndim], axis=0),
+                                 expected_spacing(method, ndim, method_info.name), method_info.name)
+    if not has_geometry["fixed"]:
+        spacing_info["warning"] = None
+    elif spacing_info["warning"] is not None:
+        warnings.warn(spacing_info["warning"], SpacingWarning, stacklevel=2)
     check = misalignment(work["fixed"], work["moving"], work_affine)
     if check["centroid_distance_mm"] > MISALIGNMENT_MM or check["foreground_dice"] < MISALIGNMENT_DICE:
         advice = "it is included (affine=True)" if affine else "use affine=True (CLI: --affine)"
@@ -673,6 +702,15 @@ def register(
         "device": str(dev),
         "inputs": {name: _describe(value) for name, value in given.items()},
         "spacing_mm": spacing,
+        "spacing": {"fixed_mm": spacing, "known": has_geometry["fixed"],
+                    "moving_mm": [float(v) for v in np.linalg.norm(
+                        spatial_affine(images["moving"].affine, ndim, _CALLER)[:ndim, :ndim], axis=0)],
+                    "working_grid_mm": spacing_info["spacing_mm"],
+                    "method_expects_mm": spacing_info["expected_spacing_mm"],
+                    "anisotropy": spacing_info["anisotropy"], "warning": spacing_info["warning"]},
+        "memory": {"estimate_gb": round(memory["estimate_bytes"] / 1e9, 3),
+                   "available_gb": None if memory["available_bytes"] is None
+                   else round(memory["available_bytes"] / 1e9, 3)},
     }
     result = RegistrationResult(
         warped=outputs["warped"], ddf=fields["ddf"], fixed=outputs["fixed"], moving=outputs["moving"],

@@ -132,6 +132,19 @@ def check_run() -> bool:
     return True
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no option as the command line gives it (``--inverse true``: fire passes the text ``"true"``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    print(f"monai.bundle run: error: --{name} must be true or false, got {value!r}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_registration(method: Any, *, fixed: str | None, moving: str | None,
                      fixed_labels: str | None = None, moving_labels: str | None = None,
                      output_dir: str, affine: bool = False, inverse: bool = False, qc: bool = True) -> None:
@@ -145,6 +158,7 @@ def run_registration(method: Any, *, fixed: str | None, moving: str | None,
     """
     from .cli import register_pairs
 
+    affine, inverse, qc = (_flag(value, name) for value, name in ((affine, "affine"), (inverse, "inverse"), (qc, "qc")))
     if (fixed is None) != (moving is None):
         missing = "moving" if moving is None else "fixed"
         print(f"monai.bundle run: error: give both --fixed and --moving (or neither, for the built-in sample); "
@@ -165,6 +179,7 @@ def run_evaluation(method: Any, *, pairs: str | None, output_csv: str, affine: b
     """
     from .cli import evaluate_and_report
 
+    affine = _flag(affine, "affine")
     status = evaluate_and_report(method, pairs, output_csv, affine=affine)
     if status:
         raise SystemExit(status)

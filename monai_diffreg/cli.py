@@ -199,7 +199,7 @@ def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None,
     """
     from tqdm.auto import tqdm
 
-    from .api import DissimilarityWarning, MisalignmentWarning, register
+    from .api import DissimilarityWarning, MisalignmentWarning, SpacingWarning, register
 
     true_ddf = None
     if moving is None:
@@ -231,7 +231,7 @@ def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None,
                 continue
             finally:
                 for w in caught:
-                    if issubclass(w.category, (MisalignmentWarning, DissimilarityWarning)):
+                    if issubclass(w.category, (MisalignmentWarning, DissimilarityWarning, SpacingWarning)):
                         tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
                     elif not any(noise in str(w.message) for noise in _NOISE):
                         warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .functional.grid import identity_grid
-from .functional.warp import PADDING_MODES, WARP_MODES
+from .functional.warp import PADDING_MODES, WARP_MODES, voxel_to_sampling_coordinates
 from .validation import check_choice, check_field, check_spatial_tensor
 
 __all__ = [
@@ -53,6 +53,10 @@ __all__ = [
     "ddf_to_itk_field",
     "itk_field_to_ddf",
     "resample_to_fixed",
+    "RESAMPLE_SLAB_VOXELS",
+    "spacing_grid",
+    "resample_to_spacing",
+    "resample_file_to_spacing",
 ]
 
 _LPS_FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -208,7 +212,7 @@ def save_image(image: object, affine: object, path: str | os.PathLike, *, label:
     elif np.issubdtype(arr.dtype, np.integer):
         arr = arr.astype(_label_dtype(arr, "save_image", "image"))
     else:
-        arr = arr.astype(np.float32)
+        arr = arr.astype(np.float32, copy=False)
     img = nib.Nifti1Image(np.ascontiguousarray(arr), aff)
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
@@ -432,6 +436,11 @@ def save_json(data: Mapping, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+#: Fixed-grid voxels resampled per slab by :func:`resample_to_fixed`: its float64 coordinates then
+#: need about 150 bytes per voxel of the slab (~40 MB), not of the whole grid.
+RESAMPLE_SLAB_VOXELS = 2**18
+
+
 def resample_to_fixed(moving: torch.Tensor, moving_affine: object, fixed_affine: object,
                       fixed_shape: Sequence[int], ddf: torch.Tensor | None = None, mode: str = "bilinear",
                       padding_mode: str = "zeros") -> torch.Tensor:
@@ -440,6 +449,11 @@ def resample_to_fixed(moving: torch.Tensor, moving_affine: object, fixed_affine:
     Fixed voxel ``x`` takes the moving value at moving voxel ``y = A_m^-1 A_f (x + u(x))``
     (``u = 0`` when ``ddf`` is None): one interpolation from the original moving image,
     exactly what ITK does with the field written by :func:`save_displacement_field`.
+
+    The sampling points are computed in float64 (``y`` of a large grid needs it) slab by slab
+    along the first fixed axis (:data:`RESAMPLE_SLAB_VOXELS` voxels at a time), so the memory
+    needed beyond the output is a few tens of megabytes whatever the grid size (a whole 512^3
+    grid's float64 coordinates took over 12 GB).
 
     Args:
         moving: ``(1, C, *S_m)`` image on its own grid.
@@ -462,23 +476,124 @@ def resample_to_fixed(moving: torch.Tensor, moving_affine: object, fixed_affine:
         raise ValueError(f"resample_to_fixed(): 'fixed_shape' must have {ndim} entries, got {shape}")
     a_m = spatial_affine(moving_affine, ndim, "resample_to_fixed")
     a_f = spatial_affine(fixed_affine, ndim, "resample_to_fixed")
-    vox = np.linalg.solve(a_m, a_f)  # fixed voxel -> moving voxel
-    dtype = moving.dtype if moving.is_floating_point() else torch.float32
-    data = torch.as_tensor(moving).to(dtype)
-    points = identity_grid(shape, moving.device, torch.float64).unsqueeze(0)
     if ddf is not None:
         check_field(ddf, "ddf", "resample_to_fixed")
         if tuple(ddf.shape) != (moving.shape[0], ndim, *shape):
             raise ValueError(
                 f"resample_to_fixed(): 'ddf' must have shape {(moving.shape[0], ndim, *shape)}, got {tuple(ddf.shape)}"
             )
-        points = points + ddf.to(device=moving.device, dtype=torch.float64)
-    lin = torch.as_tensor(vox[:ndim, :ndim], device=moving.device)
-    off = torch.as_tensor(vox[:ndim, ndim], device=moving.device).view(1, ndim, *([1] * ndim))
-    coords = torch.einsum("ij,bj...->bi...", lin, points) + off
-    size = torch.tensor([2.0 / max(n - 1, 1) for n in moving.shape[2:]], dtype=torch.float64, device=moving.device)
-    coords = coords * size.view(1, ndim, *([1] * ndim)) - 1.0
-    grid = coords.permute(0, *range(2, ndim + 2), 1).flip(-1).to(dtype)
-    if grid.shape[0] != data.shape[0]:
-        grid = grid.expand(data.shape[0], *grid.shape[1:])
-    return torch.nn.functional.grid_sample(data, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    device = moving.device
+    vox = np.linalg.solve(a_m, a_f)  # fixed voxel -> moving voxel
+    lin = torch.as_tensor(vox[:ndim, :ndim], device=device)
+    off = torch.as_tensor(vox[:ndim, ndim], device=device).view(1, ndim, *([1] * ndim))
+    dtype = moving.dtype if moving.is_floating_point() else torch.float32
+    data = torch.as_tensor(moving).to(dtype)  # no copy for floating input
+    out = torch.empty((data.shape[0], data.shape[1], *shape), dtype=dtype, device=device)
+    rows = max(1, RESAMPLE_SLAB_VOXELS // max(math.prod(shape[1:]), 1))
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        points = identity_grid((stop - start, *shape[1:]), device, torch.float64).unsqueeze(0)
+        if start:
+            points = points + torch.as_tensor([start] + [0] * (ndim - 1), dtype=torch.float64,
+                                              device=device).view(1, ndim, *([1] * ndim))
+        if ddf is not None:
+            points = points + ddf[:, :, start:stop].to(device=device, dtype=torch.float64)
+        coords = torch.einsum("ij,bj...->bi...", lin, points) + off  # moving voxels, (B, D, *slab)
+        grid = voxel_to_sampling_coordinates(coords.movedim(1, -1), moving.shape[2:]).to(dtype)
+        if grid.shape[0] != data.shape[0]:
+            grid = grid.expand(data.shape[0], *grid.shape[1:])
+        out[:, :, start:stop] = torch.nn.functional.grid_sample(data, grid, mode=mode, padding_mode=padding_mode,
+                                                                align_corners=True)
+    return out
+
+
+def _spacing_values(spacing: float | Sequence[float], ndim: int, caller: str) -> np.ndarray:
+    try:
+        values = np.atleast_1d(np.asarray(spacing, dtype=np.float64)) if not isinstance(spacing, bool) else np.array([])
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.size == 1:
+        values = np.repeat(values, ndim)
+    if values.shape != (ndim,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"{caller}(): 'spacing' must be a positive number or {ndim} positive numbers (mm), "
+                         f"got {spacing!r}")
+    return values
+
+
+def spacing_grid(affine: object, shape: Sequence[int],
+                 spacing: float | Sequence[float]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A grid of voxel size ``spacing`` covering the field of view of the grid ``(affine, shape)``.
+
+    The new grid keeps the axes, their directions and the centre of the field of view; along
+    each axis it has ``round(n * old_spacing / spacing)`` voxels (at least 1).
+
+    Args:
+        affine: voxel-to-RAS affine of the grid, ``(D + 1, D + 1)`` or ``(4, 4)``.
+        shape: its spatial shape ``S``.
+        spacing: new voxel size in millimetres, one number (isotropic) or one per axis.
+
+    Returns:
+        ``(affine, shape)`` of the new grid (``(D + 1, D + 1)`` float64 affine).
+    """
+    shape = tuple(int(n) for n in shape)
+    ndim = len(shape)
+    a = spatial_affine(affine, ndim, "spacing_grid")
+    new = _spacing_values(spacing, ndim, "spacing_grid")
+    old = np.linalg.norm(a[:ndim, :ndim], axis=0)
+    new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old, new))
+    out = np.eye(ndim + 1)
+    out[:ndim, :ndim] = a[:ndim, :ndim] / old * new
+    centre = a[:ndim, :ndim] @ ((np.array(shape) - 1) / 2.0) + a[:ndim, ndim]
+    out[:ndim, ndim] = centre - out[:ndim, :ndim] @ ((np.array(new_shape) - 1) / 2.0)
+    return out, new_shape
+
+
+def resample_to_spacing(image: torch.Tensor, affine: object, spacing: float | Sequence[float],
+                        mode: str = "bilinear") -> tuple[torch.Tensor, np.ndarray]:
+    """Resample an image onto a grid of voxel size ``spacing`` covering the same field of view (:func:`spacing_grid`).
+
+    E.g. thick-slice data (0.5 x 0.5 x 5 mm) to the 1 mm isotropic voxels a learned method was
+    trained on (what :class:`monai_diffreg.api.SpacingWarning` suggests). Linear (or nearest,
+    for label maps) interpolation, border values outside; no smoothing, so downsampling by more
+    than a factor of 2 along an axis aliases fine detail (smooth first).
+
+    Args:
+        image: ``(1, C, *S)`` image.
+        affine: its voxel-to-RAS affine.
+        spacing: new voxel size in millimetres (one number or one per axis).
+        mode: ``"bilinear"`` or ``"nearest"`` (label maps).
+
+    Returns:
+        ``(resampled (1, C, *S'), affine of the new grid)``.
+    """
+    ndim = check_spatial_tensor(image, "image", "resample_to_spacing")
+    new_affine, new_shape = spacing_grid(affine, image.shape[2:], spacing)
+    return resample_to_fixed(image, affine, new_affine, new_shape, mode=mode, padding_mode="border"), new_affine
+
+
+def resample_file_to_spacing(path: str | os.PathLike, output: str | os.PathLike, spacing: float | Sequence[float] = 1.0,
+                             *, label: bool = False) -> Path:
+    """Write an image file resampled to voxels of ``spacing`` mm (:func:`resample_to_spacing`) as NIfTI.
+
+    One line for files, e.g. before registering thick-slice images with a method trained on 1 mm
+    isotropic images::
+
+        python -c "from monai_diffreg.io import resample_file_to_spacing as r; r('t1.nii.gz', 't1_1mm.nii.gz', 1.0)"
+
+    Args:
+        path: image file (anything MONAI's ``LoadImage`` reads).
+        output: NIfTI file to write (``.nii`` or ``.nii.gz``; atomic).
+        spacing: new voxel size in millimetres (one number or one per axis).
+        label: a label map: nearest-neighbour interpolation, integer output.
+
+    Returns:
+        the written path.
+    """
+    from .transforms.spatial import load_channel_first
+
+    image = load_channel_first(path, "path", "resample_file_to_spacing")
+    ndim = image.ndim - 1
+    affine = spatial_affine(image.affine, ndim, "resample_file_to_spacing")
+    data = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image).unsqueeze(0)
+    out, new_affine = resample_to_spacing(data, affine, spacing, mode="nearest" if label else "bilinear")
+    return save_image(out[0], new_affine, output, label=label, spatial_dims=ndim)

@@ -19,6 +19,15 @@ A registration method is any callable object implementing :class:`RegistrationMe
 * A method may take the keyword ``inverse`` (``method(fixed, moving, inverse=False)``): the caller
   then does not need ``"inverse_ddf"`` and the method may skip computing it (:func:`run_method`
   passes it to the methods whose ``__call__`` accepts it).
+* Optional attributes that :func:`monai_diffreg.register` reads before any heavy work:
+  ``expected_spacing_mm``, the voxel size the method was made for (a tuple of ``D`` millimetres
+  in the working grid's axis order, one number for all axes, or None / absent: any spacing; a
+  learned method states the spacing it was trained at times the scale factor it applies to its
+  inputs, e.g. the bundles' networks, trained at 2 mm, with ``image_scale`` 0.5 expect 1 mm). A fixed image more than
+  2 times finer or coarser on some axis, or strongly anisotropic, gets a ``SpacingWarning``.
+  ``memory_bytes_per_voxel``: the memory its call needs per fixed-grid voxel at its peak, when
+  more than the 64 bytes the shipped networks need (e.g. a full-resolution optimisation);
+  :func:`monai_diffreg.input_checks.estimate_memory` adds the difference when it runs on the CPU.
 
 Where methods come from
 -----------------------

@@ -10,7 +10,7 @@ instance-specific refinement when the network offers them (the capabilities of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -58,6 +58,21 @@ def load_weights(network: nn.Module, weights: str | os.PathLike, caller: str = "
     return network
 
 
+def _spacing_per_axis(value: float | Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...] | None:
+    """``expected_spacing_mm`` as one positive float per axis (or None)."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        floats = tuple(float(check_positive(v, "expected_spacing_mm", caller)) for v in values)
+    except TypeError:
+        floats = ()
+    if len(floats) not in (1, ndim):
+        raise ValueError(f"{caller}(): 'expected_spacing_mm' must be a positive number or {ndim} positive numbers "
+                         f"(mm), got {value!r}")
+    return floats * ndim if len(floats) == 1 else floats
+
+
 class NetworkRegistration:
     """Register a pair with a trained network: ``method(fixed, moving) -> {"ddf", "inverse_ddf"[, "uncertainty"]}``.
 
@@ -84,13 +99,19 @@ class NetworkRegistration:
             moving image warped by each level's field (multi-level networks such as
             :class:`~monai_diffreg.networks.MDRegNet`); costs one more forward pass.
         name: the method's name in error messages.
+        expected_spacing_mm: the voxel size (mm) of the images the network expects, one number or
+            one per axis: the spacing it was trained at times the scale factor it applies to its inputs
+            (the bundles: trained on 2 mm, ``image_scale`` 0.5, so 1 mm); None: not stated. Kept as the attribute
+            ``expected_spacing_mm`` (a tuple per axis), which :func:`monai_diffreg.register`
+            compares with the images' spacing (method contract, :mod:`monai_diffreg.methods`).
     """
 
     def __init__(self, network: nn.Module, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, num_samples: int = 0, refine_steps: int = 0,
                  refine_learning_rate: float = 0.1, refine_loss: nn.Module | None = None,
                  refine_smoothing_sigma: float | None = None, save_levels: bool = False, name: str = "network",
-                 refine: str = "none", refine_coarse_steps: int = 0, refine_tolerance: float | None = None) -> None:
+                 refine: str = "none", refine_coarse_steps: int = 0, refine_tolerance: float | None = None,
+                 expected_spacing_mm: float | Sequence[float] | None = None) -> None:
         caller = "NetworkRegistration"
         if not isinstance(refine, str) or refine not in REFINE_PRESETS:
             raise ValueError(f"{caller}(): 'refine' must be one of {list(REFINE_PRESETS)}, got {refine!r}")
@@ -128,6 +149,7 @@ class NetworkRegistration:
         if save_levels and not isinstance(network, MultiLevelNetwork):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'warped_level_images' method, "
                              "so 'save_levels' must be False")
+        expected_spacing_mm = _spacing_per_axis(expected_spacing_mm, network.spatial_dims, caller)
         if weights is not None:
             load_weights(network, weights, caller)
         self.device = torch.device(device) if device is not None else torch.device(
@@ -143,6 +165,7 @@ class NetworkRegistration:
         self.refine_tolerance = refine_tolerance
         self.save_levels = save_levels
         self.name = name
+        self.expected_spacing_mm = expected_spacing_mm
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`);

@@ -81,6 +81,7 @@ def test_a_copy_without_weights_names_its_own_file(tmp_path):
     ("inference.json", ("--refine_steps", "-1"), "'refine_steps' must be an integer >= 0, got -1", 1),
     ("inference.json", ("--refine", "quick"), "'refine' must be one of ['none', 'fast'], got 'quick'", 1),
     ("inference.json", ("--fixed", "f.nii.gz"), "give both --fixed and --moving", 2),
+    ("inference.json", ("--inverse", "maybe"), "--inverse must be true or false, got 'maybe'", 2),
 ])
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, config, overrides, message, status):
     out = tmp_path / "out"
