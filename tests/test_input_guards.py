@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 import monai_diffreg
-from monai_diffreg import api, input_checks, io, methods
+from monai_diffreg import input_checks, io, methods
 from monai_diffreg.api import register
 from monai_diffreg.cli import main
 from monai_diffreg.functional.grid import identity_grid
