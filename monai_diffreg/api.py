@@ -68,13 +68,14 @@ from monai.data import MetaTensor
 from . import __version__
 from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf
+from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
 from .methods import MethodInfo, check_method_output, find_method, load_method, run_method
 from .functional.jacobian import jacobian_determinant
 from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
 from .transforms.intensity import normalize_intensity_percentile, percentile
-from .transforms.spatial import check_image, load_channel_first
+from .transforms.spatial import check_image, load_channel_first, to_source_axes
 from .transforms.utils import integer_labels, plain_tensor
 
 __all__ = ["register", "RegistrationResult", "MisalignmentWarning", "DissimilarityWarning", "NMI_TOLERANCE", "misalignment", "check_output_dir", "MISALIGNMENT_MM",
@@ -85,7 +86,7 @@ OUTPUT_FILES = frozenset({"warped.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "
                           "warped_levels.nii.gz", "summary.json", "qc.png"})
 MISALIGNMENT_MM = 15.0
 MISALIGNMENT_DICE = 0.6
-AFFINE_METRICS = ("ncc", "mi", "mse")
+AFFINE_METRICS = similarity_subset(("ncc", "mi", "mse"), "register(affine_metric=)")
 _CALLER = "register"
 
 
@@ -200,17 +201,12 @@ def _voxel_map(a_from: np.ndarray, a_to: np.ndarray, shape_to: tuple[int, ...]) 
 
 
 def _to_file_axes(x: torch.Tensor, mapping: list[tuple[int, int]], is_field: bool) -> torch.Tensor:
-    """Permute/flip ``(1, C, *S_work)`` to the fixed file's axes; fields also get their components mapped.
-    The identity mapping (the fixed file is in the working orientation, e.g. RAS arrays) returns ``x``."""
+    """Permute/flip ``(1, C, *S_work)`` to the fixed file's axes (:func:`~monai_diffreg.transforms.to_source_axes`);
+    fields also get their components mapped. The identity mapping (the fixed file is in the working
+    orientation, e.g. RAS arrays) returns ``x``."""
     if all(i == j and sign > 0 for j, (i, sign) in enumerate(mapping)):
         return x.contiguous()
-    out = x.permute(0, 1, *(2 + i for i, _ in mapping))
-    flips = [2 + j for j, (_, sign) in enumerate(mapping) if sign < 0]
-    if flips:
-        out = out.flip(flips)
-    if is_field:
-        out = torch.stack([sign * out[:, i] for i, sign in mapping], dim=1)
-    return out.contiguous()
+    return to_source_axes(x, mapping, is_field).contiguous()
 
 
 # ----------------------------------------------------------------------------------------- checks

@@ -34,6 +34,8 @@ _PROG = "monai-diffreg"
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
 # MONAI's LoadImage instantiates its DICOM reader, which complains about an optional GPU codec
 _NOISE = ("NvImgCodecPydicomReader", "nvImageCodec is not available")
+# api.AFFINE_METRICS, spelt out so that building the parser imports no torch (tests/test_cli.py checks they agree)
+_AFFINE_METRICS = ("ncc", "mi", "mse")
 
 
 class _UserError(Exception):
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (one sub-folder per pair in a batch)")
     reg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     reg.add_argument("--affine", action="store_true", help="run the affine stage before the deformable method")
-    reg.add_argument("--affine-metric", default="ncc", choices=("ncc", "mi", "mse"),
+    reg.add_argument("--affine-metric", default="ncc", choices=_AFFINE_METRICS,
                      help="similarity of the affine stage (mi for different contrasts)")
     reg.add_argument("--orientation", default="RAS",
                      help="axis codes of the grid the method works on, or 'none' for the fixed file's axes (default: RAS)")

@@ -64,14 +64,13 @@ def _orient(volumes: list[np.ndarray], ddf: np.ndarray, affine: np.ndarray | Non
         return volumes, ddf, spacing, affine is not None
     import nibabel.orientations as nio
 
-    ornt = nio.io_orientation(affine)  # per input axis: (output axis, +1/-1)
-    volumes = [nio.apply_orientation(v, ornt) for v in volumes]
-    comps = [nio.apply_orientation(c, ornt) for c in ddf]
-    out = np.empty((ndim, *volumes[0].shape))
-    for axis, (target, sign) in enumerate(ornt):
-        out[int(target)] = sign * comps[axis]
+    from .transforms.spatial import axis_mapping, to_target_axes
+
+    mapping = axis_mapping(nio.aff2axcodes(affine), "RAS")  # per input axis: (RAS axis, +1/-1)
+    volumes = [to_target_axes(torch.as_tensor(v)[None, None], mapping)[0, 0].numpy() for v in volumes]
+    out = to_target_axes(torch.as_tensor(ddf)[None], mapping, is_field=True)[0].numpy()
     spacing = np.empty(ndim)
-    spacing[ornt[:, 0].astype(int)] = np.linalg.norm(affine[:ndim, :ndim], axis=0)
+    spacing[[i for i, _ in mapping]] = np.linalg.norm(affine[:ndim, :ndim], axis=0)
     return volumes, out, spacing, True
 
 

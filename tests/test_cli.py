@@ -237,3 +237,9 @@ def test_sigterm_while_writing_leaves_nothing_behind(pair_files, tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not out.exists()
+
+
+def test_affine_metric_choices_are_the_apis():
+    from monai_diffreg import api, cli
+
+    assert cli._AFFINE_METRICS == api.AFFINE_METRICS
