@@ -260,12 +260,18 @@ def evaluate_and_report(method: Any, pairs: str | None, output_csv: str | Path, 
                         affine: bool = False, options: dict[str, Any] | None = None) -> int:
     """Evaluate ``method`` on every pair into ``output_csv`` and report failures in one line each (``evaluate``).
 
+    Under ``torchrun`` every rank registers its share and rank 0 reports for all (:mod:`monai_diffreg.evaluation`).
+
     Returns:
         the exit status: 0, or 1 when a pair failed.
     """
+    import os
+
     from .evaluation import evaluate_pairs
 
     rows = evaluate_pairs(pairs, method, output_csv, device=device, affine=affine, **(options or {}))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 gathered the rows and reports them
     failed = [row for row in rows if "error" in row]
     for row in failed:
         print(f"{_PROG}: error: pair {row['pair']} ({row['moving']}): {row['error']}", file=sys.stderr)
