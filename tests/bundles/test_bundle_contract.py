@@ -48,6 +48,31 @@ def test_metadata_declares_inputs_and_outputs(bundle):
     assert (REPO / "bundles" / bundle / "docs" / "README.md").is_file()
 
 
+#: what MONAI's bundle metadata schema (meta_schema_20240725, ``verify_metadata``) requires, checked offline
+_SCHEMA_KEYS = {"version": str, "changelog": dict, "monai_version": str, "pytorch_version": str, "numpy_version": str,
+                "required_packages_version": dict, "task": str, "description": str, "authors": str,
+                "copyright": str, "network_data_format": dict}
+_TENSOR_KEYS = {"type": str, "format": str, "num_channels": int, "spatial_shape": list, "dtype": str,
+                "value_range": list, "is_patch_data": bool, "channel_def": dict}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_is_valid_offline_and_pins_this_package(bundle):
+    """verify_metadata-equivalent without the network: the schema's required keys and types, a changelog
+    entry for the current version, and the package version the bundle was released with."""
+    import monai_diffreg
+
+    meta = json.loads((_configs(bundle) / "metadata.json").read_text())
+    for key, kind in _SCHEMA_KEYS.items():
+        assert isinstance(meta.get(key), kind), key
+    assert next(iter(meta["changelog"])) == meta["version"]  # newest first
+    assert meta["required_packages_version"]["monai_diffreg"] == monai_diffreg.__version__
+    for section in ("inputs", "outputs"):
+        for name, spec in meta["network_data_format"][section].items():
+            for key, kind in _TENSOR_KEYS.items():
+                assert isinstance(spec.get(key), kind), (section, name, key)
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_network_matches_metadata_inputs_and_outputs(bundle):
     """verify_net_in_out-style: build network_def with the shipped weights (strict), feed inputs as declared."""
