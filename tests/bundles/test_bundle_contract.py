@@ -244,3 +244,21 @@ def test_train_json_holds_out_validation_subjects_and_fine_tunes(bundle, shared_
     assert initial.is_file() and initial.parent == _configs(bundle).parent / "models"
     parser.get_parsed_content("network_def").load_state_dict(torch.load(initial, weights_only=True))
 
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_eval_metrics_are_the_measured_ones(bundle):
+    """metadata's eval_metrics come from the benchmark run they name: each Dice equals that run's group mean."""
+    import csv as csv_module
+    import statistics
+
+    meta = json.loads((_configs(bundle) / "metadata.json").read_text())["eval_metrics"]
+    run = REPO / meta["measured_by"].split(" ")[0]
+    for key, value in meta.items():
+        if not key.startswith("mean_dice_"):
+            continue
+        case = key[len("mean_dice_"):].removesuffix("_refine_fast")
+        method = bundle + ("@fast" if key.endswith("_refine_fast") else "")
+        with open(run / f"{case}.csv", newline="") as f:
+            dice = [float(r["dice"]) for r in csv_module.DictReader(f) if r["method"] == method]
+        assert dice and round(statistics.fmean(dice), 3) == value, (key, dice)
