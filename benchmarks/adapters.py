@@ -176,7 +176,9 @@ class Elastix(_Adapter):
         )
 
     def result(self) -> dict:
-        field = self.itk.array_from_image(self.itk.transformix_deformation_field(self.moving_itk, self.transform))
+        with tempfile.TemporaryDirectory(prefix="bench_transformix_") as folder:  # it writes deformationField.nii
+            field = self.itk.array_from_image(self.itk.transformix_deformation_field(
+                self.moving_itk, self.transform, output_directory=folder + os.sep))
         ddf = np.moveaxis(field[..., ::-1], -1, 0).astype(np.float32)
         return {"ddf": torch.as_tensor(ddf.copy())[None]}
 
