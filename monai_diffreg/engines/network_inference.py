@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..networks.contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork
+from ..networks.contract import MultiLevelNetwork, RegistrationNetwork, SamplingNetwork
 from ..transforms.intensity import normalize_intensity_percentile
 from ..validation import check_positive, check_spatial_tensor
-from .refinement import RefinementLoss, refine_network
+from .refinement import check_refinement, refine_network
 
 __all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
 
@@ -138,12 +138,7 @@ class NetworkRegistration:
         if num_samples and not isinstance(network, SamplingNetwork):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'sample' method, so 'num_samples' must be 0")
         if refine_steps or refine_coarse_steps:
-            if not isinstance(network, RefinableNetwork):
-                raise ValueError(f"{caller}(): {type(network).__name__} does not offer refinement, so 'refine' must be "
-                                 "'none' and 'refine_steps' 0")
-            if not isinstance(refine_loss, RefinementLoss):
-                raise ValueError(f"{caller}(): refinement needs 'refine_loss', the loss the weights were trained with "
-                                 f"(a loss with refinement_terms()), got {type(refine_loss).__name__}")
+            check_refinement(network, refine_loss, caller, "refine_loss")
         if not isinstance(save_levels, bool):
             raise ValueError(f"{caller}(): 'save_levels' must be True or False, got {save_levels!r}")
         if save_levels and not isinstance(network, MultiLevelNetwork):

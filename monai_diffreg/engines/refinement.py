@@ -20,7 +20,7 @@ from ..losses.wrappers import BIDIRECTIONAL_REDUCTIONS
 from ..networks.contract import RefinableNetwork
 from .svf_optim import refine_velocity
 
-__all__ = ["RefinementLoss", "refine_network"]
+__all__ = ["RefinementLoss", "check_refinement", "refine_network"]
 
 ImageTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Regularizer = Callable[[torch.Tensor], torch.Tensor]
@@ -40,6 +40,16 @@ class RefinementLoss(Protocol):
 
     def refinement_terms(self, context: Mapping[str, torch.Tensor]) -> tuple[ImageTerm, Regularizer, str | None]:
         """The image term, the regulariser and how to combine both directions (None: forward only)."""
+
+
+def check_refinement(network: object, loss: object, caller: str, loss_argument: str = "loss") -> None:
+    """Raise a ValueError unless ``network`` offers refinement and ``loss`` its refinement terms."""
+    if not isinstance(network, RefinableNetwork):
+        raise ValueError(f"{caller}(): {type(network).__name__} does not offer refinement "
+                         "(no refinement_start/refined_outputs methods)")
+    if not isinstance(loss, RefinementLoss):
+        raise ValueError(f"{caller}(): '{loss_argument}' must offer refinement_terms(context), normally the loss the "
+                         f"weights were trained with, got {type(loss).__name__}")
 
 
 def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch.Tensor, loss: RefinementLoss,
@@ -69,12 +79,7 @@ def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch
         ValueError: the network or the loss does not offer refinement, or bad settings.
     """
     caller = "refine_network"
-    if not isinstance(network, RefinableNetwork):
-        raise ValueError(f"{caller}(): {type(network).__name__} does not offer refinement "
-                         "(no refinement_start/refined_outputs methods)")
-    if not isinstance(loss, RefinementLoss):
-        raise ValueError(f"{caller}(): 'loss' must offer refinement_terms(context) (e.g. the network's training "
-                         f"loss), got {type(loss).__name__}")
+    check_refinement(network, loss, caller)
     with torch.no_grad():
         start = network.refinement_start(moving, fixed)
     image_term, regularizer, directions = loss.refinement_terms(start.context)

@@ -146,7 +146,7 @@ def test_refine_option_errors():
         NetworkRegistration(tiny_network(), refine_coarse_steps=-1)
     with pytest.raises(ValueError, match=r"'network' must be a registration network"):
         NetworkRegistration(torch.nn.Identity(), refine="fast")
-    with pytest.raises(ValueError, match=r"refinement needs 'refine_loss', the loss the weights were trained with"):
+    with pytest.raises(ValueError, match=r"'refine_loss' must offer refinement_terms\(context\), normally the loss the weights were trained with"):
         NetworkRegistration(tiny_network(), refine="fast")
 
 
