@@ -12,7 +12,8 @@ components; the few expressions they share live here, once:
   (MONAI's config parser wraps them in several pages of tracebacks); ``MONAI_DIFFREG_TRACEBACK=1``
   restores the full traceback.
 * :func:`run_registration` / :func:`run_evaluation`: the configs' ``run`` step, with the config's
-  ``method`` object (no second parse of the config, no command line).
+  ``method`` object (no second parse of the config, no command line); :func:`rank_device` gives
+  ``evaluate.json`` one GPU per ``torchrun`` process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_root", "check_run", "run_registration", "run_evaluation"]
+__all__ = ["bundle_root", "check_run", "rank_device", "run_registration", "run_evaluation"]
 
 # arguments of ``monai.bundle run`` itself (monai.bundle.scripts.run), not config overrides
 _RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id",
@@ -130,6 +131,13 @@ def check_run() -> bool:
               f"its top-level ids: {top}", file=sys.stderr)
         raise SystemExit(2)
     return True
+
+
+def rank_device() -> str:
+    """``"cuda:<LOCAL_RANK>"`` when CUDA is there (one GPU per ``torchrun`` process; ``cuda:0`` alone), else ``"cpu"``."""
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def _flag(value: Any, name: str) -> bool:
