@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_root", "check_run", "rank_device", "run_registration", "run_evaluation"]
+__all__ = ["bundle_root", "check_run", "check_training_data", "rank_device", "run_registration", "run_evaluation"]
 
 # arguments of ``monai.bundle run`` itself (monai.bundle.scripts.run), not config overrides
 _RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id",
@@ -129,6 +129,28 @@ def check_run() -> bool:
         top = ", ".join(sorted(k for k in known if "#" not in k and not k.startswith("_")))
         print(f"monai.bundle run: error: {', '.join(hints)} is not an id of {', '.join(files)}; "
               f"its top-level ids: {top}", file=sys.stderr)
+        raise SystemExit(2)
+    return True
+
+
+def check_training_data(shared_data: str, label_maps: Sequence[str], label_map_probability: float,
+                        template_folder: str | None) -> bool:
+    """``train.json``'s check of its data before training starts; returns True.
+
+    Raises:
+        SystemExit: label maps are asked for (``label_map_probability`` > 0) but none was found, or
+            the template folder is missing: one line naming the folder and how to point at it (status 2).
+    """
+    hint = ("set MONAI_DIFFREG_SHARED to the folder holding data/ (the project's shared data) or pass "
+            "--shared_data DIR")
+    if float(label_map_probability) > 0 and not list(label_maps):
+        print(f"monai.bundle run: error: no label maps found under {str(Path(shared_data).resolve())!r} "
+              f"(label_map_probability {label_map_probability}): {hint}; or train on shapes and the template alone "
+              "with --label_map_probability 0", file=sys.stderr)
+        raise SystemExit(2)
+    if template_folder is not None and not Path(template_folder).is_dir():
+        print(f"monai.bundle run: error: the MNI template folder {str(Path(template_folder).resolve())!r} does not "
+              f"exist: {hint}; or train without it with --template_folder '$None'", file=sys.stderr)
         raise SystemExit(2)
     return True
 

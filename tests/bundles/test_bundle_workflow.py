@@ -98,3 +98,18 @@ def test_the_traceback_is_there_on_request(tmp_path):
     result = _run(REPO / "bundles" / "vxm_prob", "inference.json", "--output_dir", str(tmp_path / "out"),
                   "--refine_steps", "-1", env={"MONAI_DIFFREG_TRACEBACK": "1"})
     assert result.returncode == 1 and "Traceback" in result.stderr and "RuntimeError" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,message", [
+    ((), "no label maps found under '/nonexistent/data'"),
+    (("--label_map_probability", "0"), "the MNI template folder '/nonexistent/data/mni152_2009a' does not exist"),
+])
+def test_train_json_names_the_missing_data_folder(tmp_path, overrides, message):
+    """Without the shared data train.json stops before training with one line saying where it looked and what to set."""
+    result = _run(REPO / "bundles" / "vxm_prob", "train.json", "--output_dir", str(tmp_path / "run"), *overrides,
+                  env={"MONAI_DIFFREG_SHARED": "/nonexistent"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = _error_lines(result.stderr)
+    assert message in line and "MONAI_DIFFREG_SHARED" in line
+    assert not (tmp_path / "run").exists()
