@@ -5,6 +5,7 @@ from .blocks import NORMS, OneDNNConv2d, OneDNNConv3d, conv_block, convolution, 
 from .contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork, VelocityRefinementStart
 from .mdregnet import MDRegNet, MDRegSubNetwork
 from .prob_voxelmorph import ProbabilisticVoxelMorph
+from .pyramid import CoarseToFinePass, coarse_to_fine
 from .vxm_unet import VxmUNet
 
 __all__ = [
@@ -22,5 +23,7 @@ __all__ = [
     "RefinableNetwork",
     "VelocityRefinementStart",
     "ProbabilisticVoxelMorph",
+    "CoarseToFinePass",
+    "coarse_to_fine",
     "VxmUNet",
 ]

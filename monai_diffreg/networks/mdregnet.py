@@ -43,6 +43,7 @@ from ..validation import check_positive
 from .blocks import conv_block, convolution, init_flow_head
 from .contract import VelocityRefinementStart
 from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
+from .pyramid import coarse_to_fine
 
 __all__ = ["MDRegSubNetwork", "MDRegNet"]
 
@@ -177,7 +178,9 @@ class MDRegNet(nn.Module):
         return [tuple(-(-s // 2 ** (self.levels - level)) for s in size) for level in range(self.levels)]
 
     def _run_levels(self, moving: torch.Tensor, fixed: torch.Tensor) -> _LevelPass:
-        """Run the levels on the padded grid ``P`` (see :class:`_LevelPass` for what comes back)."""
+        """Run the levels on the padded grid ``P`` (see :class:`_LevelPass` for what comes back): the images
+        resampled and padded, then :func:`~monai_diffreg.networks.pyramid.coarse_to_fine` with velocities
+        integrated by scaling and squaring and the smoothing layer on the finest."""
         check_registration_pair("MDRegNet", moving, fixed, self.spatial_dims, self.in_channels)
         size = scaled_size(moving.shape[2:], self.image_scale)
         moving_p = pad_to_multiple(resize_image(moving, size=size, mode="area"), self.divisor)
@@ -188,20 +191,13 @@ class MDRegNet(nn.Module):
                 f"more than one voxel for the normalisation statistics; images of shape {tuple(moving.shape)} "
                 f"(network grid {size}) are too small"
             )
-        increments, accumulated, coarse_ddfs = [], [], []
-        warped = moving_p
-        for level, subnetwork in enumerate(self.subnetworks):
-            increment = subnetwork(torch.cat([warped, fixed_p], dim=1))
-            total = increment if not accumulated else resize_field(accumulated[-1], size=increment.shape[2:]) + increment
-            if level == self.levels - 1:
-                if self.smoothing:
-                    total = gaussian_smooth(total, self.smoothing_sigma, self.smoothing_kernel_size)
-            else:
-                coarse_ddfs.append(integrate_velocity(total, self.num_steps))
-                warped = warp(moving_p, resize_field(coarse_ddfs[-1], size=moving_p.shape[2:]))
-            increments.append(increment)
-            accumulated.append(total)
-        return _LevelPass(increments, accumulated, coarse_ddfs, moving_p, fixed_p)
+        levels = [lambda warped, fixed, sub=subnetwork: sub(torch.cat([warped, fixed], dim=1))
+                  for subnetwork in self.subnetworks]
+        run = coarse_to_fine(
+            levels, moving_p, fixed_p, to_displacement=lambda velocity: integrate_velocity(velocity, self.num_steps),
+            finish=(lambda v: gaussian_smooth(v, self.smoothing_sigma, self.smoothing_kernel_size)) if self.smoothing else None,
+        )
+        return _LevelPass(run.increments, run.fields, run.displacements, moving_p, fixed_p)
 
     def _on_input_grid(self, ddf: torch.Tensor, padded_size: Sequence[int], spatial_size: Sequence[int]) -> torch.Tensor:
         """A displacement on a level grid of the padded network grid -> ``(B, D, *S)`` in input voxels."""
