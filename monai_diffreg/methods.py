@@ -46,9 +46,10 @@ Where methods come from
   an id that the config does not define is an error.
 
 A bundle is found by name (:func:`resolve_bundle`), in this order: a path to a bundle folder;
-each folder of ``$MONAI_DIFFREG_BUNDLES`` (``os.pathsep``-separated); ``<repo>/bundles`` in a
-source checkout (``Path(monai_diffreg.__file__).parents[1] / "bundles"``); the installed copy
-``<sys.prefix>/share/monai_diffreg/bundles`` (``setup.cfg`` ``data_files``).
+each folder of ``$MONAI_DIFFREG_BUNDLES`` (``os.pathsep``-separated); the package's ``bundles``
+folder (``Path(monai_diffreg.__file__).parent / "bundles"``: in a source checkout a link to the
+repository's ``bundles/``, in an installed copy the bundles themselves, shipped as package data);
+``<repo>/bundles`` (a checkout whose link was not created, e.g. on a file system without links).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,8 +208,8 @@ class MethodInfo:
 def bundle_search_paths() -> list[Path]:
     """Folders searched for bundles by name, in order (module docstring)."""
     paths = [Path(p) for p in os.environ.get("MONAI_DIFFREG_BUNDLES", "").split(os.pathsep) if p]
+    paths.append(Path(__file__).resolve().parent / "bundles")
     paths.append(Path(__file__).resolve().parents[1] / "bundles")
-    paths.append(Path(sys.prefix) / "share" / "monai_diffreg" / "bundles")
     return paths
 
 

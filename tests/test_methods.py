@@ -56,11 +56,12 @@ def test_resolve_bundle_by_name_and_path(bundle_dir):
         resolve_bundle("nope")
 
 
-def test_search_paths_include_checkout_and_install(monkeypatch):
+def test_search_paths_are_the_package_bundles_then_the_checkouts(monkeypatch):
     monkeypatch.delenv("MONAI_DIFFREG_BUNDLES", raising=False)
-    paths = methods.bundle_search_paths()
-    assert paths[0].name == "bundles" and paths[0].parent == methods.Path(methods.__file__).resolve().parents[1]
-    assert paths[1].parts[-3:] == ("share", "monai_diffreg", "bundles")
+    package = methods.Path(methods.__file__).resolve().parent
+    assert methods.bundle_search_paths() == [package / "bundles", package.parent / "bundles"]
+    monkeypatch.setenv("MONAI_DIFFREG_BUNDLES", "/a" + methods.os.pathsep + "/b")
+    assert methods.bundle_search_paths()[:2] == [methods.Path("/a"), methods.Path("/b")]
 
 
 def test_load_bundle_method_with_overrides(bundle_dir):

@@ -1,38 +1,41 @@
-"""Packaging: an installed (non-editable) copy of the package finds every bundle file.
+"""Packaging: an installed (non-editable) copy of the package carries every bundle, with no list to keep.
 
-``setup.cfg``'s ``[options.data_files]`` installs the bundles under ``share/monai_diffreg/bundles``
-(``monai_diffreg.methods.bundle_search_paths``). Every file of every bundle folder must be matched
-by one of its patterns, into the folder of the same relative path; the bundle list comes from
-``bundles/*``, so a new bundle without its lines here fails.
+``monai_diffreg/bundles`` links to the repository's ``bundles/``, and ``setup.cfg`` ships it as
+package data (``bundles/**/*``), where ``monai_diffreg.methods.bundle_search_paths`` looks. The test
+builds the wheel users would install and checks that it holds every file of every bundle folder
+(the bundles come from ``bundles/*``, so a new bundle is covered without editing anything).
 """
 
 from __future__ import annotations
 
-import configparser
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
-PREFIX = Path("share/monai_diffreg")
 
 
-def _installed_files() -> set[Path]:
-    """Repository-relative paths that ``data_files`` installs, each checked to land at the same relative place."""
-    config = configparser.ConfigParser()
-    config.read(REPO / "setup.cfg")
-    installed = set()
-    for target, sources in config["options.data_files"].items():
-        for pattern in (p.strip() for p in sources.split(",") if p.strip()):
-            for path in REPO.glob(pattern):
-                relative = path.relative_to(REPO)
-                assert PREFIX / relative.parent == Path(target), f"{relative} is installed into {target}"
-                installed.add(relative)
-    return installed
+def test_the_package_links_to_the_bundles():
+    link = REPO / "monai_diffreg" / "bundles"
+    assert link.is_symlink() and link.resolve() == (REPO / "bundles").resolve()
 
 
-def test_every_bundle_file_is_installed():
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_wheel_holds_every_bundle_file(tmp_path):
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info into the source tree
+    shutil.copytree(REPO, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("monai_diffreg-*.whl")
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("monai_diffreg/bundles/")}
     bundles = [p for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file()]
-    assert len(bundles) >= 2
-    files = {p.relative_to(REPO) for b in bundles for p in b.rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")}
-    missing = sorted(str(p) for p in files - _installed_files())
-    assert not missing, f"add these to setup.cfg [options.data_files]: {missing}"
+    files = {"monai_diffreg/" + p.relative_to(REPO).as_posix() for b in bundles for p in b.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    assert len(bundles) >= 2 and files and not files - packaged, sorted(files - packaged)
