@@ -232,7 +232,7 @@ def _bundles() -> dict[str, Path]:
         if root.is_dir():
             for folder in sorted(root.iterdir()):
                 if folder.name not in found and _is_bundle(folder):
-                    found[folder.name] = folder
+                    found[folder.name] = folder.resolve()  # its real place, not through a link
     return found
 
 
