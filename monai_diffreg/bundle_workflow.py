@@ -91,9 +91,9 @@ def _command_line_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, s
 
 def _excepthook(default):
     def hook(kind, error, traceback):
-        cause = error
-        while cause is not None and not isinstance(cause, _USER_ERRORS):
-            cause = cause.__cause__ or cause.__context__
+        from .methods import user_cause
+
+        cause = user_cause(error, _USER_ERRORS)
         if cause is None or os.environ.get("MONAI_DIFFREG_TRACEBACK"):
             default(kind, error, traceback)
             return

@@ -81,6 +81,7 @@ __all__ = [
     "read_bundle_config",
     "load_method",
     "run_method",
+    "user_cause",
     "check_method_output",
 ]
 
@@ -330,17 +331,17 @@ def _load_bundle_method(bundle: Path, device: str | torch.device | None, options
     try:
         return parser.get_parsed_content(_METHOD_ID)
     except RuntimeError as error:  # MONAI's parser wraps what a component raised in RuntimeErrors
-        raise _user_cause(error) from None
+        raise user_cause(error) or error from None
 
 
-def _user_cause(error: BaseException) -> BaseException:
-    """The first ValueError/TypeError/FileNotFoundError behind MONAI's wrapping, else ``error`` itself."""
+def user_cause(error: BaseException, kinds: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError)
+               ) -> BaseException | None:
+    """The first exception of ``kinds`` in ``error``'s chain (MONAI's config parser wraps what a component
+    raised in RuntimeErrors), or None."""
     cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
-            return cause
+    while cause is not None and not isinstance(cause, kinds):
         cause = cause.__cause__ or cause.__context__
-    return error
+    return cause
 
 
 def load_method(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
