@@ -7,7 +7,7 @@
     python -m benchmarks.validate_checkpoints --bundle mdregnet --checkpoints RUN/checkpoint_*.pt \
         --override smoothing=False      # a run trained with an override of train.json
     python -m benchmarks.validate_checkpoints --bundle vxm_prob --checkpoints RUN/checkpoint_*.pt \
-        --held-out-subjects             # real anatomy: only the label maps train.json holds out
+        --held-out-subjects             # real anatomy: only the label maps training holds out
 
 The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
 another seed (999; training uses 0): drawn from the training distribution, never trained on.
@@ -42,6 +42,7 @@ from monai.bundle import ConfigParser
 from benchmarks import DEFAULT_DATA_DIR
 from monai_diffreg.cli import parse_option_value
 from monai_diffreg.engines.refinement import refine_network
+from monai_diffreg.engines.training_data import VALIDATION_LABEL_MAPS, real_label_maps
 from monai_diffreg.functional.warp import warp
 from monai_diffreg.methods import read_bundle_config
 from monai_diffreg.metrics.dice import mean_dice
@@ -54,16 +55,17 @@ def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None 
                  held_out_subjects: bool = False) -> ConfigParser:
     """The bundle's ``train.json`` with its shared data at ``data_dir``, its dataset seed set to ``seed``
     and each ``overrides`` entry (config id -> value) set. ``held_out_subjects``: every pair comes
-    from the label maps train.json holds out (``validation_label_maps``), none from training's."""
+    from the label maps training holds out (:data:`~monai_diffreg.engines.training_data.VALIDATION_LABEL_MAPS`),
+    none from training's."""
     parser = read_bundle_config(bundle, "train")
     parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
     if held_out_subjects:
-        held_out = set(parser.get_parsed_content("validation_label_maps"))
-        files = [p for p in parser.get_parsed_content("label_map_files") if Path(p).name in held_out]
-        if len(files) != len(held_out):
-            raise ValueError(f"train_config: held-out label maps {sorted(held_out)} not all found under {data_dir}")
-        parser["label_maps"] = files
+        files = real_label_maps(data_dir, held_out=True)
+        if len(files) != len(VALIDATION_LABEL_MAPS):
+            raise ValueError(f"train_config: held-out label maps {sorted(VALIDATION_LABEL_MAPS)} not all found under "
+                             f"{data_dir}")
+        parser["dataset#label_maps"] = files
         parser["label_map_probability"] = 1.0
         parser["template_probability"] = 0.0
     for key, value in (overrides or {}).items():
@@ -166,7 +168,7 @@ def main(argv=None) -> None:
                         help="set a train.json entry as the training run did (e.g. smoothing=False); repeatable")
     parser.add_argument("--output", type=Path, help="CSV file: name, iteration, mean_dice, dice per pair")
     parser.add_argument("--held-out-subjects", action="store_true",
-                        help="pairs from train.json's held-out real label maps (validation_label_maps) only")
+                        help="pairs from the real label maps training holds out (VALIDATION_LABEL_MAPS) only")
     parser.add_argument("--refine-steps", type=int, default=0, help="score the network's test-time refinement (steps)")
     parser.add_argument("--refine-learning-rate", type=float, default=0.1)
     parser.add_argument("--refine-smoothing-sigma", type=float, default=None,

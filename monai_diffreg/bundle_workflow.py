@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_root", "check_run", "check_training_data", "rank_device", "run_registration", "run_evaluation"]
+__all__ = ["bundle_root", "check_run", "check_training_data", "real_anatomy_dataset", "rank_device", "run_registration", "run_evaluation"]
 
 # arguments of ``monai.bundle run`` itself (monai.bundle.scripts.run), not config overrides
 _RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id",
@@ -135,7 +135,8 @@ def check_run() -> bool:
 
 def check_training_data(shared_data: str, label_maps: Sequence[str], label_map_probability: float,
                         template_folder: str | None) -> bool:
-    """``train.json``'s check of its data before training starts; returns True.
+    """The check of the training data before training starts (``train.json``'s ``dataset``,
+    :func:`real_anatomy_dataset`); returns True.
 
     Raises:
         SystemExit: label maps are asked for (``label_map_probability`` > 0) but none was found, or
@@ -150,9 +151,52 @@ def check_training_data(shared_data: str, label_maps: Sequence[str], label_map_p
         raise SystemExit(2)
     if template_folder is not None and not Path(template_folder).is_dir():
         print(f"monai.bundle run: error: the MNI template folder {str(Path(template_folder).resolve())!r} does not "
-              f"exist: {hint}; or train without it with --template_folder '$None'", file=sys.stderr)
+              f"exist: {hint}; or train without it with --template_probability 0", file=sys.stderr)
         raise SystemExit(2)
     return True
+
+
+def real_anatomy_dataset(spatial_size: Sequence[int], seed: int = 0, shared_data: str | Path | None = None,
+                         label_map_probability: float = 0.6, template_probability: float = 0.2,
+                         num_label_channels: int = 19, label_maps: Sequence[str | Path] | None = None,
+                         **settings: Any) -> SyntheticPairDataset:
+    """The bundles' real-anatomy training data (their ``train.json`` ``dataset``), checked before it is built.
+
+    A :class:`~monai_diffreg.engines.training_data.SyntheticPairDataset` of subject pairs from the real label maps of the shared data
+    folder less :data:`~monai_diffreg.engines.training_data.VALIDATION_LABEL_MAPS` (:func:`~monai_diffreg.engines.training_data.real_label_maps`), template pairs from its
+    ``mni152_2009a`` (at 2 mm: ``template_scale`` 0.5, reoriented to RAS) and shape pairs for the
+    rest, deformed with control-point spacings of 8 to 16 voxels and velocities of up to 5 voxels.
+
+    Args:
+        spatial_size: size of every image (3 sizes; the subject maps' canvas, 2 mm voxels).
+        seed: base seed of the items (:class:`SyntheticPairDataset`).
+        shared_data: the shared data folder (holding ``synthseg_label_maps/``, ``synthsr_label_maps/``
+            and ``mni152_2009a/``); None: ``$MONAI_DIFFREG_SHARED/data``, by default ``../shared/data``.
+        label_map_probability: probability of a subject pair; 0 needs no label map.
+        template_probability: probability of a template pair; 0 needs no template.
+        num_label_channels: channels of the one-hot label maps (background + the 18 training structures).
+        label_maps: label-map files instead of the training maps of ``shared_data`` (e.g. the
+            held-out ones, ``real_label_maps(held_out=True)``).
+        settings: further :class:`SyntheticPairDataset` arguments; they replace the recipe's.
+
+    Raises:
+        SystemExit: label maps are asked for but none was found, or the template folder is missing
+            (:func:`check_training_data`: one line naming the folder).
+    """
+    from .engines.training_data import TEMPLATE_FOLDER, SyntheticPairDataset, real_label_maps, shared_data_folder
+
+    folder = shared_data_folder(shared_data)
+    if label_maps is None:
+        label_maps = real_label_maps(folder) if float(label_map_probability) > 0 else []
+    template_folder = f"{folder}/{TEMPLATE_FOLDER}" if float(template_probability) > 0 else None
+    check_training_data(folder, label_maps, label_map_probability, template_folder)
+    recipe: dict[str, Any] = {"template_scale": 0.5, "orientation": "RAS", "control_spacing": (8.0, 16.0),
+                              "max_displacement": (0.0, 5.0)}
+    recipe.update(settings)
+    return SyntheticPairDataset(spatial_size, seed=seed, template_folder=template_folder,
+                                template_probability=template_probability, label_maps=list(label_maps),
+                                label_map_probability=label_map_probability,
+                                num_label_channels=num_label_channels, **recipe)
 
 
 def rank_device() -> str:

@@ -35,10 +35,16 @@ and labels alike). Labels come as soft one-hot maps with ``num_label_channels`` 
 (shapes: ``shape_labels`` labels; template: background, GM, WM, the rest zero), warped with
 linear interpolation; subjects: background and the training structures). The labelled
 evaluation brain (``voxelmorph/test_scan.npz``) must never be given to this class.
+
+:func:`real_label_maps` lists the real label maps of the shared data folder less
+:data:`VALIDATION_LABEL_MAPS` (held out for validation); the bundles' ``train.json`` build their
+data from them with :func:`monai_diffreg.bundle_workflow.real_anatomy_dataset`.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +66,8 @@ from ..transforms.synthesis import (
     synthesize_image,
 )
 
-__all__ = ["SyntheticPairDataset", "T1_MEANS"]
+__all__ = ["SyntheticPairDataset", "T1_MEANS", "VALIDATION_LABEL_MAPS", "real_label_maps",
+           "shared_data_folder"]
 
 #: T1-weighted mean intensity (scale of a white-matter-normalised scan, [0, 1]) of background
 #: and each structure of :data:`~monai_diffreg.transforms.label_protocol.TRAINING_STRUCTURES`, in
@@ -69,6 +76,16 @@ T1_MEANS: tuple[float, ...] = (
     0.0, 0.85, 0.50, 0.10, 0.80, 0.50, 0.70, 0.55, 0.60, 0.72,
     0.10, 0.10, 0.75, 0.50, 0.52, 0.10, 0.72, 0.35, 0.55,
 )  # fmt: skip
+
+#: The real label maps held out of training, for validation (``benchmarks.validate_checkpoints
+#: --held-out-subjects``): file names under ``synthseg_label_maps/`` (``training_seg_19``,
+#: ``training_seg_20``) and ``synthsr_label_maps/`` (``brain5_labels``) of the shared data folder.
+VALIDATION_LABEL_MAPS: tuple[str, ...] = ("training_seg_19.nii.gz", "training_seg_20.nii.gz", "brain5_labels.nii.gz")
+
+#: folders of the shared data folder that hold the real subjects' label maps (``*.nii.gz``)
+_LABEL_MAP_FOLDERS = ("synthseg_label_maps", "synthsr_label_maps")
+#: folder of the shared data folder that holds the MNI ICBM152 2009a template
+TEMPLATE_FOLDER = "mni152_2009a"
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -283,3 +300,25 @@ class SyntheticPairDataset(Dataset):
             onehot = F.one_hot(structures[0, 0], len(TRAINING_STRUCTURES) + 1).movedim(-1, 0).float()
             item[f"{name}_labels"] = self._one_hot(onehot)
         return item
+
+
+def shared_data_folder(shared_data: str | Path | None = None) -> str:
+    """``shared_data`` as text; None: the ``data`` folder of ``$MONAI_DIFFREG_SHARED``, by default
+    ``../shared/data`` (relative to the working directory: the bundles run from the repository root)."""
+    if shared_data is None:
+        return os.environ.get("MONAI_DIFFREG_SHARED", "../shared") + "/data"
+    return str(shared_data)
+
+
+def real_label_maps(shared_data: str | Path | None = None, held_out: bool = False) -> list[str]:
+    """The real subjects' label-map files of the shared data folder, sorted: the training ones (all
+    ``*.nii.gz`` of ``synthseg_label_maps/`` and ``synthsr_label_maps/`` but :data:`VALIDATION_LABEL_MAPS`)
+    or, with ``held_out``, the held-out ones. A missing folder holds none.
+
+    Args:
+        shared_data: the shared data folder (:func:`shared_data_folder`; None: the default one).
+        held_out: the maps of :data:`VALIDATION_LABEL_MAPS` found there instead of the training maps.
+    """
+    folder = glob.escape(shared_data_folder(shared_data))
+    files = sorted(path for name in _LABEL_MAP_FOLDERS for path in glob.glob(f"{folder}/{name}/*.nii.gz"))
+    return [path for path in files if (os.path.basename(path) in VALIDATION_LABEL_MAPS) == held_out]

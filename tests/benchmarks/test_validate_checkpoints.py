@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks.validate_checkpoints import main, parse_override, train_config
+from monai_diffreg.engines.training_data import VALIDATION_LABEL_MAPS
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -84,10 +85,10 @@ def test_main_names_weights_of_another_shape(tmp_path):
 @pytest.mark.parametrize("bundle", ["vxm_prob", "mdregnet"])
 def test_held_out_subjects_use_only_the_maps_training_leaves_out(bundle, shared_data):
     config = train_config(bundle, shared_data, seed=999, held_out_subjects=True)
-    held_out = set(config.get_parsed_content("validation_label_maps"))
-    assert {p.split("/")[-1] for p in config.get_parsed_content("label_maps")} == held_out
-    assert config.get_parsed_content("dataset").label_map_probability == 1.0
-    assert config.get_parsed_content("dataset").template_probability == 0.0
+    assert {p.split("/")[-1] for p in config.get_parsed_content("dataset#label_maps")} == set(VALIDATION_LABEL_MAPS)
+    dataset = config.get_parsed_content("dataset")
+    assert dataset.label_map_probability == 1.0 and dataset.template_probability == 0.0
+    assert dataset.subject_maps.shape[0] == len(VALIDATION_LABEL_MAPS)
 
 
 def test_held_out_subjects_need_the_maps(tmp_path):

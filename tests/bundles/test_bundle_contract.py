@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_diffreg.engines.training_data import VALIDATION_LABEL_MAPS, real_label_maps
 from monai_diffreg.io import load_displacement_field
 from monai_diffreg.methods import read_bundle_config
 
@@ -186,7 +187,7 @@ def test_inference_refine_fast_improves_dice(bundle_run, bundle, cropped_pair, t
     assert dice["fast"] > dice["none"] + 0.005
 
 
-_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_folder", "$None", "--label_maps", "[]",
+_TINY_TRAINING = ("--max_iterations", "2", "--patch_size", "[32,32,32]", "--template_probability", "0",
                   "--label_map_probability", "0",
                   "--num_workers", "0", "--log_interval", "1", "--num_threads", "1")
 
@@ -230,14 +231,18 @@ def test_multi_gpu_train_runs_real_ddp_with_gloo(bundle_run, tmp_path):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_train_json_holds_out_validation_subjects_and_fine_tunes(bundle, shared_data, monkeypatch):
-    """Training maps: SynthSeg's and SynthSR's label maps less the held-out ones; never the validation
-    subject (niivue) or the evaluation brain; fine-tuning starts from the shipped pre-training weights."""
+    """Training maps (the shared recipe, real_anatomy_dataset with its default maps): SynthSeg's and SynthSR's
+    label maps less the held-out ones; never the validation subject (niivue) or the evaluation brain;
+    fine-tuning starts from the shipped pre-training weights."""
     monkeypatch.setenv("MONAI_DIFFREG_SHARED", str(shared_data.parent))
     parser = read_bundle_config(bundle, "train")
-    maps = [Path(p) for p in parser.get_parsed_content("label_maps")]
-    held_out = set(parser.get_parsed_content("validation_label_maps"))
+    assert parser["dataset"]["_target_"] == "monai_diffreg.bundle_workflow.real_anatomy_dataset"
+    assert "label_maps" not in parser["dataset"] and parser.get_parsed_content("shared_data") is None
+    maps = [Path(p) for p in real_label_maps()]  # the maps real_anatomy_dataset trains on (shared_data None)
+    held_out = set(VALIDATION_LABEL_MAPS)
     assert len(maps) == 25 - len(held_out) and len(held_out) == 3
     assert not held_out & {p.name for p in maps}
+    assert {Path(p).name for p in real_label_maps(held_out=True)} == held_out
     assert all(p.parent.name in ("synthseg_label_maps", "synthsr_label_maps") for p in maps)
     assert parser.get_parsed_content("dataset#num_label_channels") == 19
     initial = Path(parser.get_parsed_content("initial_weights"))

@@ -21,7 +21,7 @@ def test_train_json_uses_the_papers_settings():
     assert [len(s.decoder) for s in network.subnetworks] == [1, 2, 3]  # 1/8, 1/4, 1/2
     assert loss.regularization_weight == 0.35
     base = json.loads((CONFIGS / "train.json").read_text())
-    data_settings = json.dumps([base["dataset"], base["template_folder"], base["shared_data"]])
+    data_settings = json.dumps([base["dataset"], base["shared_data"]])
     assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
 
 

@@ -19,7 +19,7 @@ def test_train_json_defaults_match_the_shipped_recipe():
     assert network.unet.norm == "instance"
     assert (loss.posterior, loss.prior_lambda, loss.image_loss, loss.bidirectional) == ("smoothed", 10.0, "ncc", True)
     base = json.loads((CONFIGS / "train.json").read_text())
-    data_settings = json.dumps([base["dataset"], base["template_folder"], base["shared_data"]])
+    data_settings = json.dumps([base["dataset"], base["shared_data"]])
     assert "test_scan" not in data_settings and "voxelmorph" not in data_settings
 
 
