@@ -173,23 +173,23 @@ class NetworkRegistration:
                                  f"got a {ndim}D '{key}' of shape {tuple(image.shape)}")
         fixed = normalize_intensity_percentile(fixed.to(self.device), name="fixed", caller=self.name)
         moving = normalize_intensity_percentile(moving.to(self.device), name="moving", caller=self.name)
+        refining = bool(self.refine_steps or self.refine_coarse_steps)
         with torch.no_grad():
             if self.num_samples:
                 out = self.network.sample(moving, fixed, num_samples=self.num_samples)
+            elif refining:  # the refinement runs the network itself
+                out = {}
             else:
                 out = self.network.displacements(moving, fixed, inverse=inverse)
-        result = {key: out[key] for key in ("ddf", "inverse_ddf") if key in out}
-        if "uncertainty" in out:
-            result["uncertainty"] = out["uncertainty"]
-        if self.save_levels:
-            with torch.no_grad():
-                result["warped_levels"] = self.network.warped_level_images(moving, fixed)
-        if self.refine_steps or self.refine_coarse_steps:
+            if self.save_levels:
+                out["warped_levels"] = self.network.warped_level_images(moving, fixed)
+        if refining:
             refined = refine_network(self.network, moving, fixed, self.refine_loss, self.refine_steps,
                                      coarse_steps=self.refine_coarse_steps, learning_rate=self.refine_learning_rate,
                                      smoothing_sigma=self.refine_smoothing_sigma, tolerance=self.refine_tolerance)
-            result.update({key: refined[key] for key in ("ddf", "inverse_ddf") if key in result})
-        return result
+            out.update({key: refined[key] for key in ("ddf", "inverse_ddf")})
+        keys = ("ddf", "inverse_ddf", "uncertainty", "warped_levels") if inverse else ("ddf", "uncertainty", "warped_levels")
+        return {key: out[key] for key in keys if key in out}
 
     def __repr__(self) -> str:
         return (f"NetworkRegistration({type(self.network).__name__}, device={self.device}, "

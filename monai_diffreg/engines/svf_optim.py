@@ -116,10 +116,13 @@ def refine_velocity(
             (used when ``bidirectional``; the loss's own convention, see
             :mod:`monai_diffreg.losses.wrappers`).
         callback: called as ``callback(iteration, loss)`` after each step (loss before the step).
-        coarse_steps: Adam iterations run first with both images average-pooled to half size
-            (the velocity stays on its grid, so ``int_downsize`` must be even): each costs about an
-            eighth of a full-size step (3D), which makes them the cheap way to travel most of
-            the distance; then ``steps`` at full size finish. 0: none.
+        coarse_steps: Adam iterations run first at half resolution: both images area-pooled to
+            half size and the change of the velocity optimised on a grid half as fine as
+            ``velocity``'s (upsampled onto it with :func:`~monai_diffreg.functional.resize_field`;
+            the image term integrates the velocity resized to the half-size grid, the regulariser
+            sees the full velocity). Each costs about an eighth of a full-size step in 3D, which
+            makes them the cheap way to travel most of the distance; then ``steps`` at full size
+            finish. 0: none.
         tolerance: stop a stage early when its loss has not fallen by more than ``tolerance``
             (absolute) below its best value for ``patience`` consecutive iterations; None: never.
         patience: iterations without such an improvement that stop a stage.
@@ -142,9 +145,6 @@ def refine_velocity(
         )
     steps = _check_steps(steps, "steps", caller)
     coarse_steps = _check_steps(coarse_steps, "coarse_steps", caller)
-    if coarse_steps and int_downsize % 2:
-        raise ValueError(f"{caller}(): 'coarse_steps' need an even 'int_downsize' (the half-size images must stay "
-                         f"on or finer than the velocity grid), got int_downsize={int_downsize}")
     if tolerance is not None:
         tolerance = check_positive(tolerance, "tolerance", caller, allow_zero=True)
     if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
@@ -167,32 +167,39 @@ def refine_velocity(
                     tolerance=tolerance, patience=patience)
     history: list[dict] = []
     if coarse_steps:
-        half = [n // 2 for n in image_size]
+        half = [max(1, n // 2) for n in image_size]
+        half_grid = [max(1, n // 2) for n in velocity.shape[2:]]
         velocity = _adam_stage(resize_image(fixed, size=half, mode="area"), resize_image(moving, size=half, mode="area"),
-                               velocity, coarse_steps, int_downsize // 2, "coarse", history, **settings)
-    velocity = _adam_stage(fixed, moving, velocity, steps, int_downsize, "fine", history, **settings)
+                               velocity, coarse_steps, "coarse", history, grid=half_grid, **settings)
+    velocity = _adam_stage(fixed, moving, velocity, steps, "fine", history, grid=list(velocity.shape[2:]), **settings)
     return velocity, history
 
 
-def _adam_stage(fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, int_downsize: int,
-                stage: str, history: list[dict], *, loss_fn, regularizer, learning_rate: float, num_steps: int,
+def _adam_stage(fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, stage: str,
+                history: list[dict], *, grid: list[int], loss_fn, regularizer, learning_rate: float, num_steps: int,
                 smoothing_sigma: float | None, smoothing_kernel_size: int | None, bidirectional: bool,
                 bidirectional_reduction: str, callback, tolerance: float | None, patience: int) -> torch.Tensor:
-    """One stage of :func:`refine_velocity`: Adam on the velocity at the images' resolution; appends to ``history``."""
+    """One stage of :func:`refine_velocity`: Adam on a change of ``start`` held on ``grid``; appends to ``history``.
+
+    The candidate velocity is ``start + resize(G * update)`` on ``start``'s grid (what the
+    regulariser sees and the stage returns); the image term integrates it resized to ``grid``
+    and compares the images at their own size (the field resized to them when they differ).
+    """
     image_size = list(fixed.shape[2:])
-    update = torch.zeros_like(start, requires_grad=True)
+    start_grid = list(start.shape[2:])
+    update = torch.zeros(*start.shape[:2], *grid, dtype=start.dtype, device=start.device, requires_grad=True)
     optimiser = torch.optim.Adam([update], lr=learning_rate)
 
     def current() -> torch.Tensor:
-        if smoothing_sigma is None:
-            return start + update
-        return start + gaussian_smooth(update, smoothing_sigma, smoothing_kernel_size)
+        change = update if smoothing_sigma is None else gaussian_smooth(update, smoothing_sigma, smoothing_kernel_size)
+        return start + (change if grid == start_grid else resize_field(change, size=start_grid))
 
     best, stale = float("inf"), 0
     for iteration in range(steps):
         v = current()
-        ddfs = integrate_velocity(torch.cat([v, -v]) if bidirectional else v, num_steps)
-        if int_downsize > 1:
+        v_grid = v if grid == start_grid else resize_field(v, size=grid)
+        ddfs = integrate_velocity(torch.cat([v_grid, -v_grid]) if bidirectional else v_grid, num_steps)
+        if grid != image_size:
             ddfs = resize_field(ddfs, size=image_size)
         batch = v.shape[0]
         image = loss_fn(warp(moving, ddfs[:batch]), fixed)

@@ -39,19 +39,48 @@ def _check_window(window: object, caller: str) -> int | tuple[int, ...]:
     return window if isinstance(window, int) else tuple(sizes)
 
 
-def _box_sum(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """Sum of every channel over a centred box window, zero outside the image (separable, depthwise)."""
-    ndim, channels = len(sizes), x.shape[1]
-    conv = (F.conv2d, F.conv3d)[ndim - 2]
+def _box_sum_forward(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Sum of every channel over a centred box window, zero outside the image.
+
+    Separable: per axis, the sum of the zero-padded tensor's ``size`` shifted slices. The same
+    values as a depthwise convolution with a kernel of ones, and on CPU several times faster
+    along the first spatial axis, where PyTorch falls back to a slow convolution.
+    """
     for axis, size in enumerate(sizes):
         if size == 1:
             continue
-        shape = [1] * ndim
-        shape[axis] = size
-        padding = [0] * ndim
-        padding[axis] = size // 2
-        x = conv(x, x.new_ones((channels, 1, *shape)), padding=padding, groups=channels)
+        dim, length = axis + 2, x.shape[axis + 2]
+        padding = [0] * (2 * len(sizes))
+        padding[2 * (len(sizes) - 1 - axis)] = padding[2 * (len(sizes) - 1 - axis) + 1] = size // 2
+        padded = F.pad(x, padding)
+        x = padded.narrow(dim, 0, length).clone()
+        for shift in range(1, size):
+            x += padded.narrow(dim, shift, length)
     return x
+
+
+class _BoxSum(torch.autograd.Function):
+    """The centred box sum with its own backward: the operator is self-adjoint.
+
+    Along one axis ``y_i = sum_{|j - i| <= r, 0 <= j < n} x_j`` has the symmetric matrix
+    ``[|i - j| <= r]``, so the gradient is the same box sum of the incoming gradient. This is
+    much faster on CPU than autograd's backward of the shifted sums or of a depthwise convolution
+    (which dominated each refinement step), and it stays differentiable (the backward calls the Function).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        ctx.sizes = sizes
+        return _box_sum_forward(x, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _BoxSum.apply(grad, ctx.sizes), None
+
+
+def _box_sum(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Sum of every channel over a centred box window, zero outside the image (:class:`_BoxSum`)."""
+    return _BoxSum.apply(x, tuple(sizes))
 
 
 def local_ncc_loss(

@@ -79,20 +79,28 @@ def test_refine_from_true_velocity_does_not_get_worse(phantom, smooth_velocity):
 
 
 def test_coarse_steps_travel_on_half_size_images_then_fine_steps_finish(phantom, smooth_velocity):
-    """Coarse stage: half-size images, velocity on its grid (int_downsize 2 -> 1); both stages lower the loss."""
+    """Coarse stage: half-size images and a change of the velocity held on a half-size grid; both stages lower the loss."""
     fixed, moving, velocity = _pair(phantom, smooth_velocity, (48, 48), amplitude=3.0)
     coarse_velocity = resize_field(velocity, size=(24, 24))
-    start = torch.zeros_like(coarse_velocity)
+    start = 0.3 * coarse_velocity
     refined, history = refine_velocity(fixed, moving, start, 5, coarse_steps=30, int_downsize=2, learning_rate=0.1)
     assert [r["stage"] for r in history] == ["coarse"] * 30 + ["fine"] * 5
     assert refined.shape == start.shape
+    # the coarse image term integrates the velocity on the 12^2 grid and compares the 24^2 images
+    half_fixed, half_moving = (resize_image(image, size=(24, 24), mode="area") for image in (fixed, moving))
+    coarse_ddf = resize_field(integrate_velocity(resize_field(start, size=(12, 12))), size=(24, 24))
+    assert history[0]["image"] == pytest.approx(float(local_ncc_loss(warp(half_moving, coarse_ddf), half_fixed)), abs=1e-6)
+    assert history[0]["regularization"] == pytest.approx(float(gradient_loss(start)), abs=1e-6)  # on the full velocity
     assert history[29]["loss"] < history[0]["loss"] - 0.05  # the coarse stage does the travelling
     # the fine stage starts where the coarse one ended and evaluates the full-size images
     full = resize_field(integrate_velocity(refined), size=(48, 48))
     assert _ncc_term(fixed, moving, resize_field(refined, size=(48, 48))) < _ncc_term(fixed, moving, resize_field(start, size=(48, 48)))
     assert torch.isfinite(full).all()
-    with pytest.raises(ValueError, match="even 'int_downsize'"):
-        refine_velocity(fixed, moving, velocity, 1, coarse_steps=2)
+    # a velocity on the images' own grid (int_downsize 1) gets a coarse stage too
+    refined_1, history_1 = refine_velocity(fixed, moving, resize_field(start, size=(48, 48)), 2, coarse_steps=10)
+    assert [r["stage"] for r in history_1] == ["coarse"] * 10 + ["fine"] * 2
+    assert refined_1.shape == (1, 2, 48, 48) and history_1[9]["loss"] < history_1[0]["loss"]
+    assert _ncc_term(fixed, moving, refined_1) < _ncc_term(fixed, moving, resize_field(start, size=(48, 48)))
 
 
 def test_tolerance_stops_a_stage_once_the_loss_stalls(phantom, smooth_velocity):

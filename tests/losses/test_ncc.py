@@ -128,6 +128,14 @@ def test_gradcheck_float64(shape, window):
     assert torch.autograd.gradcheck(lambda p, t: local_ncc_loss(p, t, window=window), (pred, target))
 
 
+def test_second_derivatives_float64():
+    """The box sum's own (self-adjoint) backward stays differentiable: gradgradcheck of the loss map."""
+    pred = torch.rand((1, 2, 4, 5, 3), dtype=torch.float64, requires_grad=True)
+    target = torch.rand((1, 2, 4, 5, 3), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda p, t: local_ncc_loss(p, t, window=(3, 5, 3), reduction="none"),
+                                        (pred, target))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs_are_evaluated_in_float32(dtype):
     pred, target = torch.rand(1, 1, 24, 24).to(dtype), torch.rand(1, 1, 24, 24).to(dtype)
