@@ -21,24 +21,23 @@ import torch
 
 from .functional.jacobian import jacobian_determinant
 from .io import atomic_path, spatial_affine
+from .transforms.intensity import percentile
 
 __all__ = ["save_qc_figure", "checkerboard"]
 
 _PLANE_NAMES_RAS = {0: "sagittal", 1: "coronal", 2: "axial"}
 
 
-def _volume(x: object, name: str, ndim: int) -> np.ndarray:
-    """``(*S)`` float64 array from ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)`` with ``ndim`` spatial axes."""
-    if isinstance(x, torch.Tensor):
-        arr = torch.as_tensor(x).detach().cpu().double().numpy()
-    elif isinstance(x, np.ndarray):
-        arr = x.astype(np.float64)
+def _volume(x: object, name: str, ndim: int) -> torch.Tensor:
+    """``(*S)`` float32 tensor from ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)`` with ``ndim`` spatial axes."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        arr = torch.as_tensor(x).detach().cpu().float()
     else:
         raise TypeError(f"save_qc_figure(): '{name}' must be a numpy array or torch tensor, got {type(x).__name__}")
     while arr.ndim > ndim and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != ndim:
-        raise ValueError(f"save_qc_figure(): '{name}' must be one {ndim}D image like 'ddf', got shape {np.shape(x)}")
+        raise ValueError(f"save_qc_figure(): '{name}' must be one {ndim}D image like 'ddf', got shape {tuple(np.shape(x))}")
     return arr
 
 
@@ -49,15 +48,17 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     return np.where(idx.sum(axis=0) % 2 == 0, a, b)
 
 
-def _robust_scale(x: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(x, [1, 99])
+def _robust_scale(x: torch.Tensor) -> torch.Tensor:
+    """``x`` mapped to [0, 1] between its 1st and 99th percentiles (exact, without sorting the volume)."""
+    lo, hi = float(percentile(x, 1)), float(percentile(x, 99))
     if hi <= lo:
         lo, hi = float(x.min()), float(x.max()) + 1e-12
-    return np.clip((x - lo) / (hi - lo), 0, 1)
+    return ((x - lo) / (hi - lo)).clamp(0, 1)
 
 
-def _orient(volumes: list[np.ndarray], ddf: np.ndarray, affine: np.ndarray | None):
-    """Reorient volumes (and the field's components) to RAS; return them with voxel sizes."""
+def _orient(volumes: list[torch.Tensor], ddf: torch.Tensor, affine: np.ndarray | None):
+    """Reorient ``(*S)`` volumes and the ``(D, *S)`` field (its components too) to RAS, as views where
+    possible; return them with the voxel sizes and whether the axes are anatomical."""
     ndim = ddf.shape[0]
     if affine is None or ndim == 2:
         spacing = np.ones(ndim) if affine is None else np.linalg.norm(affine[:ndim, :ndim], axis=0)
@@ -67,8 +68,8 @@ def _orient(volumes: list[np.ndarray], ddf: np.ndarray, affine: np.ndarray | Non
     from .transforms.spatial import axis_mapping, to_target_axes
 
     mapping = axis_mapping(nio.aff2axcodes(affine), "RAS")  # per input axis: (RAS axis, +1/-1)
-    volumes = [to_target_axes(torch.as_tensor(v)[None, None], mapping)[0, 0].numpy() for v in volumes]
-    out = to_target_axes(torch.as_tensor(ddf)[None], mapping, is_field=True)[0].numpy()
+    volumes = [to_target_axes(torch.as_tensor(v)[None, None], mapping)[0, 0] for v in volumes]
+    out = to_target_axes(torch.as_tensor(ddf)[None], mapping, is_field=True)[0]
     spacing = np.empty(ndim)
     spacing[[i for i, _ in mapping]] = np.linalg.norm(affine[:ndim, :ndim], axis=0)
     return volumes, out, spacing, True
@@ -87,8 +88,9 @@ def _planes(shape: tuple[int, ...], anatomical: bool):
     return planes
 
 
-def _slice(x: np.ndarray, normal: int | None, index: int | None) -> np.ndarray:
-    return x if normal is None else np.take(x, index, axis=normal)
+def _slice(x: torch.Tensor, normal: int | None, index: int | None) -> np.ndarray:
+    """The displayed plane of a volume, as a float64 array."""
+    return (x if normal is None else x.select(normal, index)).double().numpy()
 
 
 def _draw_grid(ax, ddf2: np.ndarray, spacing2: np.ndarray, lines: int = 24) -> None:
@@ -132,7 +134,7 @@ def save_qc_figure(fixed: object, moving: object, warped: object, ddf: object, p
     from matplotlib.colors import ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    field = torch.as_tensor(ddf.detach().cpu() if isinstance(ddf, torch.Tensor) else np.asarray(ddf)).double()
+    field = torch.as_tensor(ddf.detach().cpu() if isinstance(ddf, torch.Tensor) else np.asarray(ddf)).float()
     if field.ndim in (3, 4) and field.shape[0] == field.ndim - 1:
         field = field.unsqueeze(0)
     ndim = field.ndim - 2
@@ -143,14 +145,14 @@ def save_qc_figure(fixed: object, moving: object, warped: object, ddf: object, p
     for img, name in zip(images, ("fixed", "moving", "warped")):
         if img.shape != spatial:
             raise ValueError(f"save_qc_figure(): '{name}' must have spatial shape {spatial} like 'ddf', got {img.shape}")
-    detj = (jacobian_determinant(field)[0, 0].numpy() if det_jacobian is None
+    detj = (jacobian_determinant(field)[0, 0] if det_jacobian is None
             else _volume(det_jacobian, "det_jacobian", ndim))
     aff = None if affine is None else spatial_affine(affine, ndim, "save_qc_figure")
-    (fix, mov, wrp, detj), u, spacing, anatomical = _orient([*images, detj], field[0].numpy(), aff)
+    (fix, mov, wrp, detj), u, spacing, anatomical = _orient([*images, detj], field[0], aff)
     fix, mov, wrp = (_robust_scale(v) for v in (fix, mov, wrp))
 
-    fold_pct = 100.0 * float(np.mean(detj <= 0))
-    span = max(1.0 - float(np.percentile(detj, 0.5)), float(np.percentile(detj, 99.5)) - 1.0, 0.05)
+    fold_pct = 100.0 * float((detj <= 0).double().mean())
+    span = max(1.0 - float(percentile(detj, 0.5)), float(percentile(detj, 99.5)) - 1.0, 0.05)
     norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - span, vmax=1.0 + span)
     fold_cmap = ListedColormap(["black"])
 
