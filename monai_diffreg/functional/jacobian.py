@@ -9,6 +9,17 @@ from ..validation import check_field, check_spatial_tensor
 __all__ = ["spatial_gradient", "jacobian_matrix", "jacobian_determinant"]
 
 
+def _central_differences(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.gradient`` along one axis (``edge_order=1``), the same values about three times faster on CPU:
+    written into one output through slices (differentiable: autograd records the slice copies)."""
+    n = x.shape[dim]
+    out = torch.empty_like(x)
+    out.narrow(dim, 1, n - 2).copy_(x.narrow(dim, 2, n - 2)).sub_(x.narrow(dim, 0, n - 2)).mul_(0.5)
+    out.narrow(dim, 0, 1).copy_(x.narrow(dim, 1, 1)).sub_(x.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1)).sub_(x.narrow(dim, n - 2, 1))
+    return out
+
+
 def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
     """Derivatives of every channel along every spatial axis, per voxel.
 
@@ -23,8 +34,7 @@ def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
     ndim = check_spatial_tensor(x, "x", "spatial_gradient")
     if min(x.shape[2:]) < 2:
         raise ValueError(f"spatial_gradient(): every spatial axis needs >= 2 voxels, got shape {tuple(x.shape)}")
-    grads = torch.gradient(x, dim=tuple(range(2, ndim + 2)))
-    return torch.stack(grads, dim=2)
+    return torch.stack([_central_differences(x, dim) for dim in range(2, ndim + 2)], dim=2)
 
 
 def jacobian_matrix(ddf: torch.Tensor) -> torch.Tensor:
@@ -57,7 +67,7 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     if min(ddf.shape[2:]) < 2:
         raise ValueError(f"jacobian_determinant(): every spatial axis needs >= 2 voxels, got shape {tuple(ddf.shape)}")
     # d[j][:, i] = d u_i / d x_j; the closed forms on these views avoid building (and permuting) J
-    d = torch.gradient(ddf, dim=tuple(range(2, ndim + 2)))
+    d = [_central_differences(ddf, dim) for dim in range(2, ndim + 2)]
 
     def entry(i: int, j: int) -> torch.Tensor:
         return d[j][:, i] + 1.0 if i == j else d[j][:, i]

@@ -65,3 +65,12 @@ def test_determinant_equals_the_determinant_of_the_jacobian_matrix(ndim):
     ddf = torch.randn(2, ndim, *([9] * ndim), dtype=torch.float64)
     expected = torch.linalg.det(jacobian_matrix(ddf).permute(0, *range(3, ndim + 3), 1, 2))
     torch.testing.assert_close(jacobian_determinant(ddf)[:, 0], expected, rtol=0, atol=1e-12)
+
+
+def test_derivatives_match_torch_gradient_on_short_axes_and_are_differentiable():
+    """Two-voxel axes (one-sided differences only) as torch.gradient; float64 gradcheck of det J."""
+    x = torch.rand(1, 2, 2, 3, 5, dtype=torch.float64)
+    expected = torch.stack(torch.gradient(x, dim=(2, 3, 4)), dim=2)
+    torch.testing.assert_close(spatial_gradient(x), expected, rtol=0, atol=0)
+    ddf = (0.3 * torch.randn(1, 3, 3, 4, 3, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(jacobian_determinant, (ddf,))
