@@ -46,7 +46,7 @@ def check_refinement(network: object, loss: object, caller: str, loss_argument: 
     """Raise a ValueError unless ``network`` offers refinement and ``loss`` its refinement terms."""
     if not isinstance(network, RefinableNetwork):
         raise ValueError(f"{caller}(): {type(network).__name__} does not offer refinement "
-                         "(no refinement_start/refined_outputs methods)")
+                         "(no refinement_start/refined_outputs/refined_displacements methods)")
     if not isinstance(loss, RefinementLoss):
         raise ValueError(f"{caller}(): '{loss_argument}' must offer refinement_terms(context), normally the loss the "
                          f"weights were trained with, got {type(loss).__name__}")
@@ -55,7 +55,8 @@ def check_refinement(network: object, loss: object, caller: str, loss_argument: 
 def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch.Tensor, loss: RefinementLoss,
                    steps: int = 50, *, coarse_steps: int = 0, learning_rate: float = 0.1,
                    smoothing_sigma: float | None = None, tolerance: float | None = None,
-                   callback: Callable[[int, float], None] | None = None) -> dict[str, torch.Tensor]:
+                   callback: Callable[[int, float], None] | None = None, displacements_only: bool = False,
+                   inverse: bool = True) -> dict[str, torch.Tensor]:
     """Refine ``network``'s velocity for the pair by Adam on ``loss``'s refinement terms.
 
     Args:
@@ -70,10 +71,13 @@ def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch
             Gaussian); None: the network's default (``start.smoothing_sigma``, its kernel size).
         tolerance: stop a stage once its loss stalls (absolute; None: run every step).
         callback: ``callback(iteration, loss)`` after each step.
+        displacements_only: return the network's :meth:`refined_displacements` instead (no
+            warped images: what a registration method needs).
+        inverse: with ``displacements_only``, also ``"inverse_ddf"``.
 
     Returns:
         the network's :meth:`refined_outputs` (``"ddf"``, ``"inverse_ddf"``, ``"velocity"``,
-        ``"warped"``, ...), detached.
+        ``"warped"``, ...), or its :meth:`refined_displacements`, detached.
 
     Raises:
         ValueError: the network or the loss does not offer refinement, or bad settings.
@@ -98,4 +102,6 @@ def refine_network(network: RefinableNetwork, moving: torch.Tensor, fixed: torch
         callback=callback, coarse_steps=coarse_steps, tolerance=tolerance,
     )
     with torch.no_grad():
+        if displacements_only:
+            return network.refined_displacements(moving, fixed, velocity, start, inverse=inverse)
         return network.refined_outputs(moving, fixed, velocity, start)

@@ -19,7 +19,7 @@ displacements ``(B, D, *S)`` in voxels, pull-back from fixed to moving (package 
   (:func:`monai_diffreg.engines.refinement.refine_network`): ``refinement_start(moving, fixed)``
   states the problem (:class:`VelocityRefinementStart`), ``refined_outputs(moving, fixed,
   velocity, start)`` turns the refined velocity into ``"ddf"``, ``"inverse_ddf"``, ``"velocity"``
-  and ``"warped"``. The loss is the caller's (normally the training loss); the network knows
+  and ``"warped"``, ``refined_displacements(..., inverse)`` into the displacements alone. The loss is the caller's (normally the training loss); the network knows
   nothing of losses or optimisers.
 """
 
@@ -105,3 +105,8 @@ class RefinableNetwork(Protocol):
     def refined_outputs(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
                         start: VelocityRefinementStart) -> dict[str, torch.Tensor]:
         """``"ddf"``, ``"inverse_ddf"`` ``(B, D, *S)``, ``"velocity"`` and ``"warped"`` for a refined velocity."""
+
+    def refined_displacements(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                              start: VelocityRefinementStart, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` ``(B, D, *S)`` of a refined velocity (as
+        :meth:`RegistrationNetwork.displacements` is to ``forward``)."""

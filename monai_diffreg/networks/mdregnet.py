@@ -211,10 +211,13 @@ class MDRegNet(nn.Module):
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` (inference without the images and levels of :meth:`forward`)."""
         run = self._run_levels(moving, fixed)
-        size, padded = moving.shape[2:], run.moving.shape[2:]
-        out = {"ddf": self._full_ddf(run.velocities[-1], padded, size)}
+        return self._displacements(run.velocities[-1], run.moving.shape[2:], moving.shape[2:], inverse)
+
+    def _displacements(self, velocity: torch.Tensor, padded: Sequence[int], size: Sequence[int],
+                       inverse: bool) -> dict[str, torch.Tensor]:
+        out = {"ddf": self._full_ddf(velocity, padded, size)}
         if inverse:
-            out["inverse_ddf"] = self._full_ddf(-run.velocities[-1], padded, size)
+            out["inverse_ddf"] = self._full_ddf(-velocity, padded, size)
         return out
 
     def level_displacements(self, moving: torch.Tensor, fixed: torch.Tensor) -> list[torch.Tensor]:
@@ -258,6 +261,11 @@ class MDRegNet(nn.Module):
         ddf = self._full_ddf(velocity, padded, size)
         return {"ddf": ddf, "inverse_ddf": self._full_ddf(-velocity, padded, size),
                 "velocity": crop_spatial(velocity, self.level_sizes(size)[-1]), "warped": warp(moving, ddf)}
+
+    def refined_displacements(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                              start: VelocityRefinementStart, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` of a refined velocity (no warped image)."""
+        return self._displacements(velocity, start.moving.shape[2:], moving.shape[2:], inverse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` ``(B, C_f, *S)``; see the class docstring."""

@@ -177,9 +177,12 @@ class ProbabilisticVoxelMorph(nn.Module):
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` of the posterior mean (inference without the warped images)."""
         mean, _ = self.posterior_params(moving, fixed)
+        return self._displacements(mean, moving.shape[2:], inverse)
+
+    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
         if not inverse:
-            return {"ddf": self.velocity_to_ddf(mean, moving.shape[2:])}
-        ddf, inverse_ddf = self.bidirectional_ddfs(mean, moving.shape[2:])
+            return {"ddf": self.velocity_to_ddf(velocity, spatial_size)}
+        ddf, inverse_ddf = self.bidirectional_ddfs(velocity, spatial_size)
         return {"ddf": ddf, "inverse_ddf": inverse_ddf}
 
     def sample(self, moving: torch.Tensor, fixed: torch.Tensor, num_samples: int = 10) -> dict[str, torch.Tensor]:
@@ -231,3 +234,8 @@ class ProbabilisticVoxelMorph(nn.Module):
                         start: VelocityRefinementStart) -> dict[str, torch.Tensor]:
         """The dict of :meth:`forward` for a refined velocity (``"velocity"`` and ``"velocity_mean"`` both hold it)."""
         return self.outputs_from_velocity(moving, fixed, velocity, velocity, start.context["velocity_log_var"])
+
+    def refined_displacements(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
+                              start: VelocityRefinementStart, inverse: bool = True) -> dict[str, torch.Tensor]:
+        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` of a refined velocity (no warped images)."""
+        return self._displacements(velocity, moving.shape[2:], inverse)

@@ -316,3 +316,17 @@ def test_refine_rejects_what_cannot_refine():
         refine_network(_model(2), moving, fixed, MDRegNetLoss(), -1)
     with pytest.raises(ValueError, match=r"MDRegNet\(\): .moving. must be 5D"):
         refine_network(_model(3), moving, fixed, MDRegNetLoss(), 1)  # 2D images for a 3D model
+
+
+def test_refined_displacements_are_the_refined_outputs_fields():
+    """displacements_only: the same fields as the full outputs, without the warped image; no inverse on request."""
+    model = _model(2).eval()
+    moving, fixed = torch.rand(1, 1, 24, 20), torch.rand(1, 1, 24, 20)
+    full = refine_network(model, moving, fixed, MDRegNetLoss(), 3, learning_rate=0.2)
+    lean = refine_network(model, moving, fixed, MDRegNetLoss(), 3, learning_rate=0.2, displacements_only=True)
+    assert set(lean) == {"ddf", "inverse_ddf"}
+    for key in lean:
+        torch.testing.assert_close(lean[key], full[key])
+    forward_only = refine_network(model, moving, fixed, MDRegNetLoss(), 3, learning_rate=0.2,
+                                  displacements_only=True, inverse=False)
+    assert set(forward_only) == {"ddf"}

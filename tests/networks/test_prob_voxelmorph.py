@@ -296,3 +296,18 @@ def test_refine_needs_the_probabilistic_loss_context():
         refine_network(network, moving, fixed, ProbabilisticSVFLoss(), 1)
     with pytest.raises(ValueError, match=r"ProbabilisticVoxelMorph\(\): .moving. must be 5D"):
         refine_network(_model(3), moving, fixed, ProbabilisticSVFLoss(), 1)  # 2D images for a 3D model
+
+
+def test_refined_displacements_are_the_refined_outputs_fields():
+    """displacements_only: the same fields as the full outputs, without the warped images; no inverse on request."""
+    model = _model(2, int_downsize=2).eval()
+    moving, fixed = _synthetic_pair()
+    full = refine_network(model, moving, fixed, _training_loss(model), 3, learning_rate=0.3)
+    lean = refine_network(model, moving, fixed, _training_loss(model), 3, learning_rate=0.3, displacements_only=True)
+    assert set(lean) == {"ddf", "inverse_ddf"}
+    for key in lean:
+        torch.testing.assert_close(lean[key], full[key])
+    forward_only = refine_network(model, moving, fixed, _training_loss(model), 3, learning_rate=0.3,
+                                  displacements_only=True, inverse=False)
+    assert set(forward_only) == {"ddf"}
+    torch.testing.assert_close(forward_only["ddf"], full["ddf"])
