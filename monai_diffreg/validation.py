@@ -124,3 +124,17 @@ def check_positive(value: float, name: str, caller: str, *, allow_zero: bool = F
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{caller}(): '{name}' must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+def check_flag(value: object, name: str, caller: str) -> bool:
+    """Validate a boolean option (True or False, not a truthy stand-in) and return it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{caller}(): '{name}' must be True or False, got {value!r}")
+    return value
+
+
+def check_integer(value: object, name: str, caller: str, minimum: int = 0) -> int:
+    """Validate an integer ``>= minimum`` (bools refused) and return it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{caller}(): '{name}' must be an integer >= {minimum}, got {value!r}")
+    return value

@@ -39,7 +39,7 @@ from ..losses import gradient_loss
 from ..losses.regularization import PENALTIES
 from ..losses.similarity import similarity_subset
 from ..losses.wrappers import BIDIRECTIONAL_REDUCTIONS, combine_directions
-from ..validation import check_choice, check_field, check_positive
+from ..validation import check_choice, check_field, check_integer, check_positive
 from ._optim_common import EngineSettings, ProgressReporter, check_pair, check_schedule, check_weight_mask, downsample, level_shape, progress_reporter
 from .similarity import image_dissimilarity
 
@@ -55,12 +55,6 @@ DEFAULT_SMOOTHING_SIGMA = 2.0
 
 def _default_regularizer(velocity: torch.Tensor) -> torch.Tensor:
     return DEFAULT_REGULARIZATION_WEIGHT * gradient_loss(velocity, penalty="l2")
-
-
-def _check_steps(value: object, name: str, caller: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{caller}(): '{name}' must be an integer >= 0, got {value!r}")
-    return value
 
 
 def refine_velocity(
@@ -143,14 +137,14 @@ def refine_velocity(
             f"{caller}(): 'velocity' {tuple(velocity.shape)} does not fit images {tuple(fixed.shape)}: expected "
             f"(B, D) = {(fixed.shape[0], fixed.ndim - 2)} and images of spatial size velocity * int_downsize = {image_size}"
         )
-    steps = _check_steps(steps, "steps", caller)
-    coarse_steps = _check_steps(coarse_steps, "coarse_steps", caller)
+    steps = check_integer(steps, "steps", caller)
+    coarse_steps = check_integer(coarse_steps, "coarse_steps", caller)
     if tolerance is not None:
         tolerance = check_positive(tolerance, "tolerance", caller, allow_zero=True)
     if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
         raise ValueError(f"{caller}(): 'patience' must be an integer >= 1, got {patience!r}")
     learning_rate = check_positive(learning_rate, "learning_rate", caller)
-    num_steps = _check_steps(num_steps, "num_steps", caller)
+    num_steps = check_integer(num_steps, "num_steps", caller)
     if smoothing_sigma is not None:
         smoothing_sigma = check_positive(smoothing_sigma, "smoothing_sigma", caller)
     loss_fn = partial(image_dissimilarity, metric="ncc") if loss_fn is None else loss_fn

@@ -17,10 +17,20 @@ Conventions (DESIGN.md section 3; tested in ``tests/functional``):
   ``warp(warp(img, a), b) == warp(img, compose_ddf(a, b))``.
 """
 
-from .affine import affine_from_params, affine_to_ddf, identity_affine, num_affine_params, rescale_affine
+from .affine import (
+    affine_from_normalized,
+    affine_from_params,
+    affine_to_ddf,
+    affine_to_normalized,
+    identity_affine,
+    num_affine_params,
+    rescale_affine,
+)
 from .compose import compose_ddf
+from .correlation import correlation_displacements, local_correlation, num_correlation_channels
 from .grid import identity_grid
 from .integrate import integrate_velocity
+from .invert import invert_ddf
 from .jacobian import jacobian_determinant, jacobian_matrix, spatial_gradient
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .resize import resize_field, resize_image
@@ -28,12 +38,18 @@ from .smoothing import gaussian_kernel1d, gaussian_smooth
 from .warp import warp
 
 __all__ = [
+    "affine_from_normalized",
     "affine_from_params",
     "affine_to_ddf",
+    "affine_to_normalized",
     "identity_affine",
     "num_affine_params",
     "rescale_affine",
     "compose_ddf",
+    "correlation_displacements",
+    "local_correlation",
+    "num_correlation_channels",
+    "invert_ddf",
     "identity_grid",
     "integrate_velocity",
     "POSTERIORS",

@@ -20,7 +20,8 @@ import torch
 
 from .grid import identity_grid
 
-__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine"]
+__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine",
+           "affine_from_normalized", "affine_to_normalized"]
 
 
 def _check_matrix(matrix: object, caller: str, ndim: int | None = None) -> int:
@@ -152,3 +153,84 @@ def rescale_affine(matrix: torch.Tensor, from_shape: Sequence[int], to_shape: Se
     # y' = S^-1 (A (S x' + o) + t - o)
     shift = (torch.einsum("bij,j->bi", matrix[:, :, :ndim], origin) + matrix[:, :, ndim] - origin) / scale
     return torch.cat([linear, shift.unsqueeze(-1)], dim=2)
+
+
+# ------------------------------------------------------------------------------- normalised coordinates
+# Affine transforms in normalised coordinates of a grid, and their voxel-index matrices.
+#
+# The package's affine matrices (:mod:`monai_diffreg.functional.affine`) map fixed-grid voxel
+# indices to moving-grid voxel indices. Their translation column depends on the grid's size and
+# origin (a rotation about the image centre has a translation of the order of the image size), so
+# it is a poor quantity to predict or to penalise. Here the same transform is written in
+# **normalised coordinates** of a grid with ``n`` voxels per axis::
+#
+#     x_n = (x - c) / h,      c = (n - 1) / 2,   h = n / 2     (per axis, tensor axis order)
+#
+# so the grid's extent (voxel ``i`` covers ``[i - 1/2, i + 1/2]``) is ``[-1, 1]`` and its centre is
+# 0, the ``align_corners=False`` geometry of :func:`~monai_diffreg.functional.resize.resize_field`:
+# grids of any resolution over the same extent share these coordinates, so a normalised matrix
+# means the same physical transform on all of them. A normalised matrix ``[A_n | t_n]`` maps
+# ``x_n -> A_n x_n + t_n``: ``A_n`` is dimensionless, ``t_n`` is the displacement of the centre as a
+# fraction of the half-extent. With ``H = diag(h)`` the voxel-index matrix is
+# ``A = H A_n H^-1``, ``t = c + H t_n - A c``.
+
+
+def _centre_and_half(shape: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    centre = torch.tensor([(n - 1) / 2 for n in shape], dtype=like.dtype, device=like.device)
+    half = torch.tensor([n / 2 for n in shape], dtype=like.dtype, device=like.device)
+    return centre, half
+
+
+def affine_from_normalized(params: torch.Tensor, spatial_shape: Sequence[int],
+                           exponential: bool = False) -> torch.Tensor:
+    """Voxel-index matrix of a grid from normalised affine parameters (the "normalised coordinates" comment above).
+
+    Args:
+        params: ``(B, D * D + D)``: ``L`` (row-major ``D x D``) then ``t_n`` (``D``); all zeros is
+            the identity. The normalised linear part is ``A_n = I + L`` or, with
+            ``exponential=True``, ``A_n = expm(L)`` (``det A_n = exp(trace L) > 0``: always
+            invertible and orientation-preserving).
+        spatial_shape: the grid ``(*spatial)``, ``D`` integers.
+        exponential: the linear part as a matrix exponential.
+
+    Returns:
+        ``(B, D, D + 1)`` ``[A | t]`` mapping fixed-grid voxel indices to moving-grid voxel indices
+        (the convention of :func:`~monai_diffreg.functional.affine.affine_to_ddf`), differentiable
+        with respect to ``params``.
+    """
+    caller = "affine_from_normalized"
+    shape = _check_shape(spatial_shape, caller)
+    ndim = len(shape)
+    expected = ndim * ndim + ndim
+    if not isinstance(params, torch.Tensor) or params.ndim != 2 or params.shape[1] != expected:
+        got = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
+        raise ValueError(f"{caller}(): 'params' must have shape (B, {expected}) for a {ndim}D grid, got {got}")
+    if not isinstance(exponential, bool):
+        raise ValueError(f"{caller}(): 'exponential' must be True or False, got {exponential!r}")
+    log_or_offset = params[:, : ndim * ndim].reshape(-1, ndim, ndim)
+    eye = torch.eye(ndim, dtype=params.dtype, device=params.device)
+    linear_n = torch.linalg.matrix_exp(log_or_offset) if exponential else eye + log_or_offset
+    centre, half = _centre_and_half(shape, params)
+    linear = linear_n * half.view(1, ndim, 1) / half.view(1, 1, ndim)
+    shift = centre + half * params[:, ndim * ndim:] - torch.einsum("bij,j->bi", linear, centre)
+    return torch.cat([linear, shift.unsqueeze(-1)], dim=2)
+
+
+def affine_to_normalized(matrix: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """The normalised matrix ``[A_n | t_n]`` of a voxel-index matrix of a grid (the "normalised coordinates" comment above).
+
+    Args:
+        matrix: ``(B, D, D + 1)`` voxel-index matrix on the grid ``spatial_shape``.
+        spatial_shape: the grid ``(*spatial)``.
+
+    Returns:
+        ``(B, D, D + 1)``; the identity gives ``[I | 0]``. Differentiable with respect to ``matrix``.
+    """
+    caller = "affine_to_normalized"
+    shape = _check_shape(spatial_shape, caller)
+    ndim = _check_matrix(matrix, caller, ndim=len(shape))
+    centre, half = _centre_and_half(shape, matrix)
+    linear = matrix[:, :, :ndim]
+    linear_n = linear * half.view(1, 1, ndim) / half.view(1, ndim, 1)
+    shift_n = (torch.einsum("bij,j->bi", linear, centre) + matrix[:, :, ndim] - centre) / half
+    return torch.cat([linear_n, shift_n.unsqueeze(-1)], dim=2)

@@ -6,19 +6,20 @@ supports ``reduction in ("mean", "sum", "none")``; ``"none"`` returns the per-vo
 one exists (NCC, MSE), per-sample-per-label values for Dice and per-sample values for the
 gradient penalty and the KL term.
 
-=============================  ==============================  ===================================
-function                       class                           what
-=============================  ==============================  ===================================
-:func:`local_ncc_loss`         :class:`LocalNCCLoss`           ``-`` local squared NCC (VoxelMorph)
-:func:`mse_loss`               :class:`MSELoss`                ``(p - t)^2 / (2 sigma^2)``
-:func:`soft_dice_loss`         :class:`SoftDiceLoss`           ``1 - soft Dice`` per label
-:func:`gradient_loss`          :class:`GradientLoss`           forward-difference l2 / l1 penalty
-:func:`kl_svf_laplacian`       :class:`ProbabilisticSVFKLLoss` KL vs Laplacian prior (+ :func:`degree_matrix`)
-(wrapper)                      :class:`BidirectionalLoss`      both directions, mean or sum (:func:`combine_directions`)
-(wrapper)                      :class:`MultiResolutionLoss`    weighted sum over pyramid levels
-(composite)                    :class:`ProbabilisticSVFLoss`   probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
-(composite)                    :class:`MDRegNetLoss`           MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
-=============================  ==============================  ===================================
+=============================  ==================================  ===================================
+function                       class                               what
+=============================  ==================================  ===================================
+:func:`local_ncc_loss`         :class:`LocalNCCLoss`               ``-`` local squared NCC (VoxelMorph)
+:func:`mse_loss`               :class:`MSELoss`                    ``(p - t)^2 / (2 sigma^2)``
+:func:`soft_dice_loss`         :class:`SoftDiceLoss`               ``1 - soft Dice`` per label
+:func:`gradient_loss`          :class:`GradientLoss`               forward-difference l2 / l1 penalty
+:func:`kl_svf_laplacian`       :class:`ProbabilisticSVFKLLoss`     KL vs Laplacian prior (+ :func:`degree_matrix`)
+(wrapper)                      :class:`BidirectionalLoss`          both directions, mean or sum (:func:`combine_directions`)
+(wrapper)                      :class:`MultiResolutionLoss`        weighted sum over pyramid levels
+(composite)                    :class:`ProbabilisticSVFLoss`       probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
+(composite)                    :class:`MDRegNetLoss`               MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
+(composite)                    :class:`RegistrationPyramidLoss`    registration pyramid training loss (eqs. 1-2: Dice + per-level NCC, affine, smoothness)
+=============================  ==================================  ===================================
 
 Image terms chosen by name (``"ncc"``, ``"mse"``, ``"mi"``) are stated once in
 :mod:`.similarity` (:data:`SIMILARITY_METRICS`, :func:`image_similarity_loss`); the one
@@ -31,6 +32,7 @@ from .mdreg import MDRegNetLoss
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
 from .prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
+from .reg_pyramid import RegistrationPyramidLoss, affine_identity_penalty
 from .regularization import GradientLoss, gradient_loss
 from .similarity import SIMILARITY_METRICS, image_similarity_loss, similarity_subset
 from .wrappers import BIDIRECTIONAL_REDUCTIONS, BidirectionalLoss, MultiResolutionLoss, combine_directions
@@ -57,4 +59,6 @@ __all__ = [
     "ProbabilisticSVFLoss",
     "present_label_dice_loss",
     "MDRegNetLoss",
+    "RegistrationPyramidLoss",
+    "affine_identity_penalty",
 ]

@@ -6,6 +6,7 @@ from .contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, 
 from .mdregnet import MDRegNet, MDRegSubNetwork
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .pyramid import CoarseToFinePass, coarse_to_fine
+from .reg_pyramid import AffineHead, DenseDeformBlock, FeaturePyramid, RegistrationPyramid
 from .vxm_unet import VxmUNet
 
 __all__ = [
@@ -25,5 +26,9 @@ __all__ = [
     "ProbabilisticVoxelMorph",
     "CoarseToFinePass",
     "coarse_to_fine",
+    "RegistrationPyramid",
+    "FeaturePyramid",
+    "AffineHead",
+    "DenseDeformBlock",
     "VxmUNet",
 ]
