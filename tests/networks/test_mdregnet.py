@@ -138,22 +138,13 @@ def test_loss_reaches_every_subnetwork():
         assert subnetwork.flow.weight.grad.abs().sum() > 0, f"level {level} got no gradient"
 
 
-def test_learns_a_translation_2d():
+def test_learns_a_translation_2d(fit_blob_translation):
     """A few Adam steps on one pair: the similarity improves and the field moves the right way."""
     torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
-    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 60.0).view(1, 1, 48, 48)  # noqa: E731
-    fixed, moving = blob(24, 24), blob(27, 22)  # moving(x + (3, -2)) == fixed(x)
     model = _model(2, norm="instance")
     loss_fn = MDRegNetLoss(regularization_weight=0.01)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        optimizer.zero_grad()
-        terms = loss_fn(model(moving, fixed))
-        terms["loss"].backward()
-        optimizer.step()
-        first = float(terms["similarity"].detach()) if first is None else first
+    # moving(x + (3, -2)) == fixed(x)
+    fixed, moving, first = fit_blob_translation(model, loss_fn, 48, (24, 24), (27, 22), 60.0, 60)
     with torch.no_grad():
         out = model(moving, fixed)
     centre = out["ddf"][0, :, 20:28, 20:28].mean(dim=(1, 2))

@@ -273,22 +273,13 @@ def test_contract_and_displacements_match_forward():
     assert full["ddf"].abs().max() > 1e-3
 
 
-def test_learns_a_translation_2d():
+def test_learns_a_translation_2d(fit_blob_translation):
     """A few Adam steps on one pair: the loss falls and the field moves the right way."""
     torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 30.0).view(1, 1, 32, 32)  # noqa: E731
-    fixed, moving = blob(16, 16), blob(18, 14.5)  # moving(x + (2, -1.5)) == fixed(x)
     model = _model(2).train()
     loss_fn = RegistrationPyramidLoss(ncc_window=5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(40):
-        optimizer.zero_grad()
-        terms = loss_fn(model(moving, fixed))
-        terms["loss"].backward()
-        optimizer.step()
-        first = float(terms["similarity"].detach()) if first is None else first
+    # moving(x + (2, -1.5)) == fixed(x)
+    fixed, moving, first = fit_blob_translation(model, loss_fn, 32, (16, 16), (18, 14.5), 30.0, 40)
     with torch.no_grad():
         out = model.eval()(moving, fixed)
     centre = out["ddf"][0, :, 12:20, 12:20].mean(dim=(1, 2))
