@@ -144,7 +144,10 @@ class PackageMethod(_Adapter):
         self.method = load_method(self.name, device=self.device, **self.options)
 
     def register(self) -> None:
-        self.out = self.method(self.fixed, self.moving)
+        from monai_diffreg.methods import run_method
+
+        # the call register() makes: the forward field only (the inverse is computed on request)
+        self.out = run_method(self.method, self.fixed, self.moving, inverse=False)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
