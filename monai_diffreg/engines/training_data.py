@@ -53,9 +53,9 @@ import torch.nn.functional as F
 from monai.transforms import Orientation
 from torch.utils.data import Dataset
 
-from ..functional import integrate_velocity, resize_image, warp
+from ..functional import affine_to_ddf, integrate_velocity, resize_image, warp
 from ..transforms.label_protocol import TRAINING_STRUCTURES, brain_mask, to_training_labels
-from ..transforms.deformation import sample_smooth_velocity_params, smooth_velocity_from_params
+from ..transforms.deformation import sample_random_affine, sample_smooth_velocity_params, smooth_velocity_from_params
 from ..transforms.intensity import min_max_normalize
 from ..transforms.synthesis import (
     add_gaussian_noise,
@@ -121,6 +121,11 @@ class SyntheticPairDataset(Dataset):
         inter_subject_probability: probability that a subject pair joins two different subjects.
         t1_contrast_probability: probability of T1-like rather than random contrast in a subject pair.
         t1_mean_jitter: standard deviation of each structure's mean around :data:`T1_MEANS`.
+        max_rotation_degrees, max_translation, max_log_scaling: a random affine
+            (:func:`~monai_diffreg.transforms.deformation.sample_random_affine`, about the centre;
+            translation in voxels) applied to the moving image and labels of every pair, for
+            networks that learn an affine too; all 0 (the default): none, and no random number is
+            drawn for it (the items are those of a dataset without the option).
 
     Items are dicts of float32 CPU tensors: ``"moving"``, ``"fixed"`` ``(1, *S)`` in [0, 1] and
     ``"moving_labels"``, ``"fixed_labels"`` ``(num_label_channels, *S)``.
@@ -134,7 +139,8 @@ class SyntheticPairDataset(Dataset):
                  bias_control_spacing: float = 16.0, intensity_jitter: float = 0.1, flip_probability: float = 0.5,
                  label_maps: Sequence[str | Path] | None = None, label_map_probability: float = 0.5,
                  label_map_spacing: float = 2.0, inter_subject_probability: float = 0.5,
-                 t1_contrast_probability: float = 0.5, t1_mean_jitter: float = 0.05) -> None:
+                 t1_contrast_probability: float = 0.5, t1_mean_jitter: float = 0.05,
+                 max_rotation_degrees: float = 0.0, max_translation: float = 0.0, max_log_scaling: float = 0.0) -> None:
         caller = "SyntheticPairDataset"
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if len(self.spatial_size) not in (2, 3) or min(self.spatial_size) < 4:
@@ -167,6 +173,11 @@ class SyntheticPairDataset(Dataset):
         self.inter_subject_probability = float(inter_subject_probability)
         self.t1_contrast_probability = float(t1_contrast_probability)
         self.t1_mean_jitter = float(t1_mean_jitter)
+        self.affine_limits = {"max_rotation_degrees": float(max_rotation_degrees),
+                              "max_translation": float(max_translation), "max_log_scaling": float(max_log_scaling)}
+        if any(v < 0 for v in self.affine_limits.values()):
+            raise ValueError(f"{caller}(): 'max_rotation_degrees', 'max_translation' and 'max_log_scaling' must be >= 0, "
+                             f"got {self.affine_limits}")
         self.subject_maps: torch.Tensor | None = None
         if self.label_map_probability > 0:
             if len(self.spatial_size) != 3:
@@ -210,6 +221,12 @@ class SyntheticPairDataset(Dataset):
         for axis in range(len(self.spatial_size)):
             if float(torch.rand((), generator=generator)) < self.flip_probability:
                 item = {k: v.flip(axis + 1) for k, v in item.items()}
+        if any(self.affine_limits.values()):
+            ddf = affine_to_ddf(sample_random_affine(self.spatial_size, generator=generator, **self.affine_limits),
+                                self.spatial_size)
+            item["moving"] = warp(item["moving"][None], ddf, padding_mode="zeros")[0]
+            item["moving_labels"] = warp(item["moving_labels"][None], ddf, padding_mode="zeros")[0]
+            item["moving_labels"][0] += 1.0 - item["moving_labels"].sum(0)  # outside the image: background
         return item
 
     def _random_ddf(self, generator: torch.Generator) -> torch.Tensor:

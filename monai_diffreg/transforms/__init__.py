@@ -14,7 +14,12 @@ from .array import (
     warp_channel_first,
 )
 from .control_grid import control_grid_shape, upsample_control_grid
-from .deformation import deformation_from_params, sample_smooth_velocity_params, smooth_velocity_from_params
+from .deformation import (
+    deformation_from_params,
+    sample_random_affine,
+    sample_smooth_velocity_params,
+    smooth_velocity_from_params,
+)
 from .dictionary import (
     LoadRegistrationPaird,
     NormalizeIntensityPercentiled,
@@ -72,6 +77,7 @@ __all__ = [
     "percentile",
     "random_label_map",
     "sample_smooth_velocity_params",
+    "sample_random_affine",
     "sample_synthesis_params",
     "smooth_velocity_from_params",
     "synthesize_image",

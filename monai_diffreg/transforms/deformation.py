@@ -27,6 +27,7 @@ voxels, channel ``i`` along axis ``i + 2``, pull-back ``warped(x) = image(x + dd
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "sample_smooth_velocity_params",
     "smooth_velocity_from_params",
     "deformation_from_params",
+    "sample_random_affine",
 ]
 
 DEFAULT_CONTROL_SPACING = 8.0
@@ -156,3 +158,39 @@ def deformation_from_params(
         "ddf": integrate_velocity(velocity, num_steps=num_steps),
         "inverse_ddf": integrate_velocity(-velocity, num_steps=num_steps),
     }
+
+
+def sample_random_affine(spatial_shape: Sequence[int], max_rotation_degrees: float = 0.0, max_translation: float = 0.0,
+                         max_log_scaling: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random affine about the grid's centre, ``(1, D, D + 1)`` voxel-index matrix (:mod:`monai_diffreg.functional.affine`).
+
+    ``y = R S (x - c) + c + t`` with ``c`` the centre, ``R`` a rotation by angles drawn uniformly in
+    ``[-max_rotation_degrees, max_rotation_degrees]`` (one in 2D; about each axis in 3D, composed in
+    axis order), ``S = diag(exp(s))`` with each ``s`` uniform in ``[-max_log_scaling, max_log_scaling]``
+    and ``t`` uniform in ``[-max_translation, max_translation]`` voxels per axis. Draws from
+    ``generator`` in a fixed order (angles, scalings, translations).
+    """
+    caller = "sample_random_affine"
+    shape = as_spatial_shape(spatial_shape, caller)
+    ndim = len(shape)
+    rotation_limit = math.radians(check_positive(max_rotation_degrees, "max_rotation_degrees", caller, allow_zero=True))
+    translation_limit = check_positive(max_translation, "max_translation", caller, allow_zero=True)
+    scaling_limit = check_positive(max_log_scaling, "max_log_scaling", caller, allow_zero=True)
+
+    def uniform(count: int, limit: float) -> torch.Tensor:
+        return (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * limit
+
+    angles = uniform(1 if ndim == 2 else 3, rotation_limit)
+    scaling = torch.diag(torch.exp(uniform(ndim, scaling_limit)))
+    translation = uniform(ndim, translation_limit)
+    rotation = torch.eye(ndim, dtype=torch.float64)
+    planes = [(0, 1)] if ndim == 2 else [(1, 2), (0, 2), (0, 1)]  # about axis 0, 1, 2 in turn
+    for angle, (i, j) in zip(angles, planes):
+        turn = torch.eye(ndim, dtype=torch.float64)
+        turn[i, i] = turn[j, j] = torch.cos(angle)
+        turn[i, j], turn[j, i] = -torch.sin(angle), torch.sin(angle)
+        rotation = turn @ rotation
+    linear = rotation @ scaling
+    centre = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64)
+    offset = centre + translation - linear @ centre
+    return torch.cat([linear, offset[:, None]], dim=1)[None].float()

@@ -111,3 +111,19 @@ def test_real_label_maps_make_brain_like_pairs(shared_data):
         brain = 1.0 - labels[0]
         assert 0.15 < float(brain.mean()) < 0.7  # the brain fills the canvas, with a margin
         assert int((labels.flatten(1).sum(1) > 0).sum()) >= 15  # most structures present
+
+
+def test_random_affine_moves_the_moving_side_only_and_costs_no_draw_when_off():
+    """Affine limits of 0 give the items of a dataset without the option (bit for bit); with limits the moving
+    image and labels are resampled by the pair's own affine, the fixed side untouched, labels still summing to 1."""
+    plain = SyntheticPairDataset((16, 20), seed=3)
+    off = SyntheticPairDataset((16, 20), seed=3, max_rotation_degrees=0.0, max_translation=0.0)
+    on = SyntheticPairDataset((16, 20), seed=3, max_rotation_degrees=10.0, max_translation=3.0)
+    for index in range(3):
+        a, b, c = plain[index], off[index], on[index]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(a["fixed"], c["fixed"]) and torch.equal(a["fixed_labels"], c["fixed_labels"])
+        assert not torch.equal(a["moving"], c["moving"])
+        torch.testing.assert_close(c["moving_labels"].sum(0), torch.ones(16, 20))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        SyntheticPairDataset((16, 20), max_translation=-1.0)

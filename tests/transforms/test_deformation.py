@@ -193,3 +193,28 @@ def test_dictionary_transform_prob_zero_and_bad_input():
         RandSmoothDeformationd(("a", "b"))({"a": torch.rand(1, 8, 8), "b": torch.rand(1, 8, 9)})
     with pytest.raises(ValueError, match=r"RandSmoothDeformationd\(\): 'padding_mode' must be one of"):
         RandSmoothDeformationd("a", padding_mode="wrap")
+
+
+def test_random_affine_is_a_rotation_scaling_and_shift_about_the_centre():
+    """Zero limits: the identity; rotation alone: orthonormal with det 1 fixing the centre; limits respected."""
+    from monai_diffreg.transforms.deformation import sample_random_affine
+
+    shape = (9, 11, 7)
+    identity = sample_random_affine(shape)
+    torch.testing.assert_close(identity, torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)[None])
+    generator = torch.Generator().manual_seed(0)
+    rotation = sample_random_affine(shape, max_rotation_degrees=10.0, generator=generator)[0].double()
+    linear = rotation[:, :3]
+    torch.testing.assert_close(linear @ linear.T, torch.eye(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert abs(float(torch.linalg.det(linear)) - 1.0) < 1e-6
+    centre = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64)
+    torch.testing.assert_close(linear @ centre + rotation[:, 3], centre, atol=1e-5, rtol=0)
+    angle = torch.rad2deg(torch.arccos(((torch.trace(linear) - 1) / 2).clamp(-1, 1)))
+    assert 0 < float(angle) <= 10.0 * 3**0.5
+    moved = sample_random_affine(shape, max_translation=2.0, max_log_scaling=0.1, generator=generator)[0]
+    scales = torch.diagonal(moved[:, :3])
+    assert torch.all(scales <= float(torch.exp(torch.tensor(0.1))) + 1e-6) and torch.all(scales >= float(torch.exp(torch.tensor(-0.1))) - 1e-6)
+    shift = moved[:, :3].double() @ centre + moved[:, 3].double() - centre
+    assert torch.all(shift.abs() <= 2.0 + 1e-5)
+    with pytest.raises(ValueError, match="'max_rotation_degrees' must be a finite number >= 0"):
+        sample_random_affine(shape, max_rotation_degrees=-1.0)
