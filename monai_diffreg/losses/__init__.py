@@ -26,12 +26,12 @@ Image terms chosen by name (``"ncc"``, ``"mse"``, ``"mi"``) are stated once in
 bidirectional convention (``"mean"`` or ``"sum"`` of the two directions) in :mod:`.wrappers`.
 """
 
-from .dice import SoftDiceLoss, soft_dice_loss
+from .dice import SoftDiceLoss, present_label_dice_loss, soft_dice_loss
 from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mdreg import MDRegNetLoss
 from .mse import MSELoss, mse_loss
 from .ncc import LocalNCCLoss, local_ncc_loss
-from .prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
+from .prob_svf import ProbabilisticSVFLoss
 from .reg_pyramid import RegistrationPyramidLoss, affine_identity_penalty
 from .regularization import GradientLoss, gradient_loss
 from .similarity import SIMILARITY_METRICS, image_similarity_loss, similarity_subset

@@ -8,7 +8,7 @@ from torch.nn.modules.loss import _Loss
 from ..validation import check_positive
 from ._utils import check_image_pair, check_reduction, promote_float, reduce_loss
 
-__all__ = ["soft_dice_loss", "SoftDiceLoss"]
+__all__ = ["soft_dice_loss", "present_label_dice_loss", "SoftDiceLoss"]
 
 
 def _check_include_background(include_background: object, caller: str) -> bool:
@@ -65,6 +65,20 @@ def soft_dice_loss(
     p, t = promote_float(pred).flatten(2), promote_float(target).flatten(2)
     dice = (2.0 * (p * t).sum(dim=2) + eps) / (p.sum(dim=2) + t.sum(dim=2) + eps)
     return reduce_loss(1.0 - dice, reduction)
+
+
+def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - Dice`` averaged over the (sample, label) pairs where the label appears in either map.
+
+    Args:
+        pred, target: ``(B, L, *spatial)`` one-hot / probability maps.
+
+    Returns:
+        scalar; 0 when no label is present anywhere.
+    """
+    per_label = soft_dice_loss(pred, target, reduction="none")
+    present = (pred.flatten(2).sum(dim=2) > 0) | (target.flatten(2).sum(dim=2) > 0)
+    return (per_label * present).sum() / present.sum().clamp(min=1)
 
 
 class SoftDiceLoss(_Loss):

@@ -40,30 +40,16 @@ from torch.nn.modules.loss import _Loss
 from ..functional.warp import warp
 from ..functional.posterior import POSTERIORS, posterior_degree
 from ..validation import check_choice, check_positive, check_spatial_tensor
-from .dice import soft_dice_loss
+from .dice import present_label_dice_loss
 from .kl import kl_svf_laplacian
 from .similarity import image_similarity_loss, similarity_subset
 from .wrappers import combine_directions
 
-__all__ = ["ProbabilisticSVFLoss", "IMAGE_LOSSES", "present_label_dice_loss"]
+__all__ = ["ProbabilisticSVFLoss", "IMAGE_LOSSES"]
 
 #: The image terms this loss offers: the registry's names with a per-voxel likelihood.
 IMAGE_LOSSES = similarity_subset(("mse", "ncc"), "ProbabilisticSVFLoss")
 _REQUIRED_OUTPUTS = ("warped", "warped_fixed", "ddf", "inverse_ddf", "velocity_mean", "velocity_log_var")
-
-
-def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 - Dice`` averaged over the (sample, label) pairs where the label appears in either map.
-
-    Args:
-        pred, target: ``(B, L, *spatial)`` one-hot / probability maps.
-
-    Returns:
-        scalar; 0 when no label is present anywhere.
-    """
-    per_label = soft_dice_loss(pred, target, reduction="none")
-    present = (pred.flatten(2).sum(dim=2) > 0) | (target.flatten(2).sum(dim=2) > 0)
-    return (per_label * present).sum() / present.sum().clamp(min=1)
 
 
 class ProbabilisticSVFLoss(_Loss):

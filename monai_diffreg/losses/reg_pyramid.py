@@ -36,9 +36,11 @@ What each term compares (the paper's formulas leave some of it open; these are o
   symbol ``phi_d^(l)`` in both. The derivative of a displacement in voxels per voxel is
   dimensionless, so the values of the levels are comparable. A mean rather than the paper's norm
   (a sum) keeps ``beta`` independent of the image size.
-* **(2a) Dice**: :func:`~monai_diffreg.losses.dice.soft_dice_loss` (``1 - Dice`` averaged over
-  labels, soft Dice of Milletari et al.) between the moving one-hot labels warped by ``"ddf"``
-  (linear interpolation) and the fixed ones; labels are optional (the term is 0 without them).
+* **(2a) Dice**: :func:`~monai_diffreg.losses.dice.present_label_dice_loss` (``1 - Dice`` of the
+  soft Dice of Milletari et al., averaged over the labels present in either map, background
+  included: the training data's maps have different label counts, so absent channels must not
+  count, the convention of the other bundles' losses) between the moving one-hot labels warped by
+  ``"ddf"`` (linear interpolation) and the fixed ones; labels are optional (0 without them).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from torch.nn.modules.loss import _Loss
 from ..functional.affine import affine_to_normalized
 from ..functional.warp import warp
 from ..validation import check_positive, check_spatial_tensor
-from .dice import soft_dice_loss
+from .dice import present_label_dice_loss
 from .ncc import LocalNCCLoss
 from .regularization import gradient_loss
 
@@ -81,7 +83,6 @@ class RegistrationPyramidLoss(_Loss):
         alpha: affine weight at the finest level; level ``l`` gets ``alpha * 2^l`` (1).
         beta: smoothness weight at the finest level; level ``l`` gets ``beta / 2^l`` (1).
         ncc_window: odd window of the local NCC in voxels of every level's grid (9).
-        include_background: whether label channel 0 counts in the Dice term.
 
     ``forward(outputs, fixed=None, moving=None, fixed_labels=None, moving_labels=None)`` takes the
     network's output dict (images are read from it; ``fixed`` and ``moving`` are accepted to match
@@ -92,7 +93,7 @@ class RegistrationPyramidLoss(_Loss):
     """
 
     def __init__(self, dice_weight: float = 5.0, gamma: float = 5.0, alpha: float = 1.0, beta: float = 1.0,
-                 ncc_window: int = 9, include_background: bool = True) -> None:
+                 ncc_window: int = 9) -> None:
         super().__init__()
         caller = "RegistrationPyramidLoss"
         self.dice_weight = check_positive(dice_weight, "dice_weight", caller, allow_zero=True)
@@ -100,9 +101,6 @@ class RegistrationPyramidLoss(_Loss):
         self.alpha = check_positive(alpha, "alpha", caller, allow_zero=True)
         self.beta = check_positive(beta, "beta", caller, allow_zero=True)
         self.ncc = LocalNCCLoss(window=ncc_window)
-        if not isinstance(include_background, bool):
-            raise ValueError(f"{caller}(): 'include_background' must be True or False, got {include_background!r}")
-        self.include_background = include_background
 
     def level_weights(self, level: int) -> tuple[float, float, float]:
         """``(gamma / 2^l, alpha * 2^l, beta / 2^l)`` of level ``l`` (0: finest)."""
@@ -131,7 +129,7 @@ class RegistrationPyramidLoss(_Loss):
             return ddf.new_zeros(())
         check_spatial_tensor(moving_labels, "moving_labels", caller)
         warped = warp(moving_labels.to(ddf.dtype), ddf)
-        return self.dice_weight * soft_dice_loss(warped, fixed_labels, include_background=self.include_background)
+        return self.dice_weight * present_label_dice_loss(warped, fixed_labels)
 
     def forward(self, outputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], fixed: torch.Tensor | None = None,
                 moving: torch.Tensor | None = None, fixed_labels: torch.Tensor | None = None,
@@ -153,4 +151,4 @@ class RegistrationPyramidLoss(_Loss):
 
     def extra_repr(self) -> str:
         return (f"dice_weight={self.dice_weight}, gamma={self.gamma}, alpha={self.alpha}, beta={self.beta}, "
-                f"ncc_window={self.ncc.window}, include_background={self.include_background}")
+                f"ncc_window={self.ncc.window}")

@@ -12,7 +12,8 @@ from monai_diffreg.losses.dice import soft_dice_loss
 from monai_diffreg.losses.kl import kl_svf_laplacian
 from monai_diffreg.losses.mse import mse_loss
 from monai_diffreg.losses.ncc import local_ncc_loss
-from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss, present_label_dice_loss
+from monai_diffreg.losses import present_label_dice_loss
+from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.functional.posterior import posterior_smoothing_sigma
 from monai_diffreg.functional.posterior import optimal_log_variance, smoothed_posterior_degree
 

@@ -10,7 +10,7 @@ import torch
 
 from monai_diffreg.functional import affine_to_ddf, gaussian_smooth, identity_affine, warp
 from monai_diffreg.functional.affine import affine_from_normalized
-from monai_diffreg.losses import gradient_loss, local_ncc_loss, soft_dice_loss
+from monai_diffreg.losses import gradient_loss, local_ncc_loss, present_label_dice_loss
 from monai_diffreg.losses.reg_pyramid import RegistrationPyramidLoss, affine_identity_penalty
 from monai_diffreg.networks.reg_pyramid import RegistrationPyramid
 
@@ -102,12 +102,17 @@ def test_each_weight_scales_its_own_term(name, term):
     assert float(zero[term]) == 0.0
 
 
-def test_segmentation_term_is_the_soft_dice_of_the_warped_labels():
+def test_segmentation_term_is_the_present_label_dice_of_the_warped_labels():
+    """Dice over the labels present in either map: an empty extra channel changes nothing."""
     out, moving, fixed = _outputs()
     fixed_labels, moving_labels = _labels(fixed), _labels(moving)
-    terms = RegistrationPyramidLoss(include_background=False)(out, fixed, moving, fixed_labels, moving_labels)
-    expected = 5.0 * soft_dice_loss(warp(moving_labels, out["ddf"]), fixed_labels, include_background=False)
+    terms = RegistrationPyramidLoss()(out, fixed, moving, fixed_labels, moving_labels)
+    expected = 5.0 * present_label_dice_loss(warp(moving_labels, out["ddf"]), fixed_labels)
     torch.testing.assert_close(terms["segmentation"], expected)
+    empty = fixed_labels.new_zeros(fixed_labels[:, :1].shape)
+    padded = RegistrationPyramidLoss()(out, fixed, moving, torch.cat([fixed_labels, empty], 1),
+                                       torch.cat([moving_labels, empty], 1))
+    torch.testing.assert_close(padded["segmentation"], terms["segmentation"])
 
 
 def test_affine_penalty_in_normalised_units():
@@ -162,5 +167,3 @@ def test_bad_inputs():
             RegistrationPyramidLoss(**{name: -1.0})
     with pytest.raises(ValueError, match=r"'window'"):
         RegistrationPyramidLoss(ncc_window=4)
-    with pytest.raises(ValueError, match=r"'include_background' must be True or False"):
-        RegistrationPyramidLoss(include_background=1)
