@@ -47,7 +47,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-__all__ = ["RegistrationTrainer", "registration_step", "save_atomic", "latest_checkpoint", "export_weights"]
+__all__ = ["RegistrationTrainer", "registration_step", "hypermorph_step", "save_atomic", "latest_checkpoint",
+           "export_weights"]
 
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -64,6 +65,28 @@ def registration_step(network: nn.Module, loss_function: Callable, batch: Mappin
     """
     outputs = network(batch["moving"], batch["fixed"])
     return loss_function(outputs, batch["fixed"], batch["moving"], batch.get("fixed_labels"), batch.get("moving_labels"))
+
+
+def hypermorph_step(network: Callable, loss_function: Callable, batch: Mapping[str, torch.Tensor],
+                    generator: torch.Generator | None = None, distribution: str = "uniform",
+                    concentration: float = 3.0) -> dict:
+    """One HyperMorph training step, a ``step_fn`` of :class:`~monai_diffreg.engines.training.RegistrationTrainer`.
+
+    As :func:`~monai_diffreg.engines.training.registration_step`, but the network is called with
+    ``reg_weight``: ``batch["reg_weight"]`` ``(B,)``/``(B, 1)`` when the batch has one, else one draw
+    per item from :func:`~monai_diffreg.losses.hypermorph.sample_reg_weight` (bind ``generator`` / ``distribution`` with
+    :func:`functools.partial`). The loss reads the weight back from ``outputs["reg_weight"]``.
+    """
+    from ..losses.hypermorph import sample_reg_weight
+
+    moving, fixed = batch["moving"], batch["fixed"]
+    reg_weight = batch.get("reg_weight")
+    if reg_weight is None:
+        device = generator.device if generator is not None else moving.device
+        reg_weight = sample_reg_weight(moving.shape[0], generator, distribution, concentration,
+                                       device=device).to(moving.device)
+    outputs = network(moving, fixed, reg_weight=reg_weight)
+    return loss_function(outputs, fixed, moving, batch.get("fixed_labels"), batch.get("moving_labels"))
 
 
 def save_atomic(obj: Any, path: Path | str) -> None:

@@ -18,6 +18,7 @@ function                       class                               what
 (wrapper)                      :class:`MultiResolutionLoss`        weighted sum over pyramid levels
 (composite)                    :class:`ProbabilisticSVFLoss`       probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
 (composite)                    :class:`MDRegNetLoss`               MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
+(composite)                    :class:`HyperMorphLoss`             HyperMorph: ``(1 - lambda) sim + lambda reg`` per item (+ :func:`sample_reg_weight`)
 (composite)                    :class:`RegistrationPyramidLoss`    registration pyramid training loss (eqs. 1-2: Dice + per-level NCC, affine, smoothness)
 =============================  ==================================  ===================================
 
@@ -27,6 +28,7 @@ bidirectional convention (``"mean"`` or ``"sum"`` of the two directions) in :mod
 """
 
 from .dice import SoftDiceLoss, present_label_dice_loss, soft_dice_loss
+from .hypermorph import HYPERMORPH_IMAGE_LOSSES, REG_WEIGHT_DISTRIBUTIONS, HyperMorphLoss, sample_reg_weight
 from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mdreg import MDRegNetLoss
 from .mse import MSELoss, mse_loss
@@ -59,6 +61,10 @@ __all__ = [
     "ProbabilisticSVFLoss",
     "present_label_dice_loss",
     "MDRegNetLoss",
+    "HyperMorphLoss",
+    "sample_reg_weight",
+    "HYPERMORPH_IMAGE_LOSSES",
+    "REG_WEIGHT_DISTRIBUTIONS",
     "RegistrationPyramidLoss",
     "affine_identity_penalty",
 ]

@@ -67,17 +67,23 @@ def soft_dice_loss(
     return reduce_loss(1.0 - dice, reduction)
 
 
-def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``1 - Dice`` averaged over the (sample, label) pairs where the label appears in either map.
 
     Args:
         pred, target: ``(B, L, *spatial)`` one-hot / probability maps.
+        reduction: ``"mean"`` (over all present pairs) or ``"none"`` (``(B,)``: each sample's mean
+            over its present labels).
 
     Returns:
-        scalar; 0 when no label is present anywhere.
+        scalar or ``(B,)``; 0 where no label is present.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"present_label_dice_loss(): 'reduction' must be one of ['mean', 'none'], got {reduction!r}")
     per_label = soft_dice_loss(pred, target, reduction="none")
     present = (pred.flatten(2).sum(dim=2) > 0) | (target.flatten(2).sum(dim=2) > 0)
+    if reduction == "none":
+        return (per_label * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)
     return (per_label * present).sum() / present.sum().clamp(min=1)
 
 

@@ -3,6 +3,7 @@ the contract of :mod:`.contract` (what the engines may ask of a network)."""
 
 from .blocks import NORMS, OneDNNConv2d, OneDNNConv3d, conv_block, convolution, init_flow_head
 from .contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork, VelocityRefinementStart
+from .hypermorph import HyperConv, HyperMorph, HyperNetwork, HyperVxmUNet, check_reg_weight, hyper_conv
 from .mdregnet import MDRegNet, MDRegSubNetwork
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .pyramid import CoarseToFinePass, coarse_to_fine
@@ -16,6 +17,12 @@ __all__ = [
     "conv_block",
     "convolution",
     "init_flow_head",
+    "HyperMorph",
+    "HyperVxmUNet",
+    "HyperNetwork",
+    "HyperConv",
+    "hyper_conv",
+    "check_reg_weight",
     "MDRegNet",
     "MDRegSubNetwork",
     "RegistrationNetwork",

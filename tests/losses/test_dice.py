@@ -83,3 +83,21 @@ def test_bad_inputs_raise_clear_errors():
         soft_dice_loss(PRED, TARGET, eps=float("nan"))
     with pytest.raises(ValueError, match=r"SoftDiceLoss\(\): 'reduction'"):
         SoftDiceLoss(reduction="macro")
+
+
+def test_present_label_dice_per_sample_ignores_labels_absent_from_both_maps():
+    """reduction="none": each sample's mean over its own present labels; "mean" over all present pairs."""
+    from monai_diffreg.losses import present_label_dice_loss
+
+    pred = torch.zeros(2, 3, 4, 4)
+    target = torch.zeros(2, 3, 4, 4)
+    pred[0, 0], target[0, 0] = 1.0, 1.0  # sample 0: label 0 only, perfect
+    pred[1, 0, :2], target[1, 0, :2] = 1.0, 1.0  # sample 1: label 0 perfect, label 1 predicted, absent in the target
+    pred[1, 1, 2:] = 1.0
+    target[1, 2, 2:] = 1.0  # ... and label 2 missed
+    per_sample = present_label_dice_loss(pred, target, reduction="none")
+    torch.testing.assert_close(per_sample[0], torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(per_sample[1], torch.tensor(2.0 / 3.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(present_label_dice_loss(pred, target), torch.tensor(2.0 / 4.0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="'reduction' must be one of"):
+        present_label_dice_loss(pred, target, reduction="sum")
