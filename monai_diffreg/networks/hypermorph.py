@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional.integrate import integrate_velocity
-from ..functional.resize import resize_field, resize_image
+from ..functional.resize import resize_image
 from ..functional.warp import warp
 from ..validation import check_integer, check_positive, check_spatial_tensor
-from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
+from .pair_geometry import (
+    check_pair_network_settings,
+    check_registration_pair,
+    crop_spatial,
+    pad_to_multiple,
+    scaled_size,
+    velocity_grid_size,
+    velocity_to_input_ddf,
+)
 from .vxm_unet import VxmUNet
 
 __all__ = ["hyper_conv", "HyperConv", "HyperNetwork", "HyperVxmUNet", "HyperMorph", "check_reg_weight"]
@@ -267,7 +274,7 @@ class HyperMorph(nn.Module):
 
     def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
-        return tuple(math.ceil(s / self.int_downsize) for s in self.network_size(spatial_size))
+        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
 
     def velocity(self, moving: torch.Tensor, fixed: torch.Tensor,
                  reg_weight: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,9 +295,8 @@ class HyperMorph(nn.Module):
         if tuple(velocity.shape[2:]) != expected:
             raise ValueError(f"HyperMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} for "
                              f"images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}")
-        ddf = integrate_velocity(velocity, self.num_steps)
-        ddf = resize_field(ddf, size=[n * self.int_downsize for n in expected])
-        return resize_field(crop_spatial(ddf, self.network_size(spatial_size)), size=list(spatial_size))
+        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                     spatial_size)
 
     def _both_ddfs(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         ddfs = self.velocity_to_ddf(torch.cat([velocity, -velocity]), spatial_size)  # one pass for both directions

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ..functional.integrate import integrate_velocity
+from ..functional.resize import resize_field
 from ..validation import check_spatial_tensor
 
-__all__ = ["check_pair_network_settings", "check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial"]
+__all__ = ["check_pair_network_settings", "check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial",
+           "velocity_grid_size", "velocity_to_input_ddf"]
 
 
 def check_pair_network_settings(caller: str, in_channels: object, num_steps: object) -> None:
@@ -63,3 +68,21 @@ def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
 def crop_spatial(x: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
     """The first ``spatial_size`` voxels of every spatial axis of ``(B, C, *S)``."""
     return x[(slice(None), slice(None), *(slice(0, int(s)) for s in spatial_size))]
+
+
+def velocity_grid_size(network_size: Sequence[int], int_downsize: int) -> tuple[int, ...]:
+    """The velocity grid ``ceil(S' / int_downsize)`` of a network that sees images of size ``S'``."""
+    return tuple(math.ceil(int(s) / int_downsize) for s in network_size)
+
+
+def velocity_to_input_ddf(velocity: torch.Tensor, num_steps: int, int_downsize: int, network_size: Sequence[int],
+                          spatial_size: Sequence[int]) -> torch.Tensor:
+    """Displacement ``(B, D, *S)`` on the input grid of ``exp(velocity)`` of a velocity on a network's grid.
+
+    ``velocity`` ``(B, D, *n)`` (``n = velocity_grid_size(S', int_downsize)``, its voxels) is integrated by
+    ``num_steps`` scaling-and-squaring steps on its grid, upsampled (vectors rescaled) to the padded
+    network grid ``n * int_downsize``, cropped to the network's image size ``S'`` and resized to ``S``.
+    """
+    ddf = integrate_velocity(velocity, num_steps)
+    ddf = resize_field(ddf, size=[n * int_downsize for n in velocity.shape[2:]])
+    return resize_field(crop_spatial(ddf, network_size), size=list(spatial_size))

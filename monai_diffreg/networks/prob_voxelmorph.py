@@ -19,19 +19,25 @@ iterations against 0.777 from -10 (same recipe otherwise; bundles/vxm_prob/docs/
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..functional.integrate import integrate_velocity
-from ..functional.resize import resize_field, resize_image
+from ..functional.resize import resize_image
 from ..functional.warp import warp
 from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
 from .blocks import convolution, init_flow_head
 from .contract import VelocityRefinementStart
-from .pair_geometry import check_pair_network_settings, check_registration_pair, crop_spatial, pad_to_multiple, scaled_size
+from .pair_geometry import (
+    check_pair_network_settings,
+    check_registration_pair,
+    crop_spatial,
+    pad_to_multiple,
+    scaled_size,
+    velocity_grid_size,
+    velocity_to_input_ddf,
+)
 from ..functional.posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
@@ -114,7 +120,7 @@ class ProbabilisticVoxelMorph(nn.Module):
 
     def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
-        return tuple(math.ceil(s / self.int_downsize) for s in self.network_size(spatial_size))
+        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
 
     def posterior_params(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log variance ``(B, D, *n)`` for the pair."""
@@ -139,10 +145,8 @@ class ProbabilisticVoxelMorph(nn.Module):
                 f"ProbabilisticVoxelMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} "
                 f"for images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}"
             )
-        ddf = integrate_velocity(velocity, self.num_steps)
-        ddf = resize_field(ddf, size=[n * self.int_downsize for n in expected])
-        ddf = crop_spatial(ddf, self.network_size(spatial_size))
-        return resize_field(ddf, size=list(spatial_size))
+        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                     spatial_size)
 
     def bidirectional_ddfs(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Displacements ``(B, D, *S)`` of ``exp(velocity)`` and ``exp(-velocity)``, integrated as one batch
