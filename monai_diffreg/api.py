@@ -67,7 +67,7 @@ from monai.data import MetaTensor
 
 from . import __version__
 from .functional import compose_ddf, warp
-from .functional.affine import affine_to_ddf
+from .functional.affine import affine_to_ddf, invert_affine
 from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
@@ -427,12 +427,6 @@ def _check_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
-    ndim = matrix.shape[1]
-    inv = torch.linalg.inv(matrix[:, :, :ndim])
-    return torch.cat([inv, -(inv @ matrix[:, :, ndim:])], dim=2)
-
-
 def _affine_stage(fixed: torch.Tensor, moving: torch.Tensor, metric: str,
                   options: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Voxel affine ``(1, D, D + 1)`` and its displacement, on percentile-normalised intensities."""
@@ -456,7 +450,7 @@ def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None, 
     if affine_ddf is not None:
         ddf = compose_ddf(affine_ddf, ddf)
         if inverse is not None:
-            inverse = compose_ddf(inverse, affine_to_ddf(_inverse_matrix(matrix.double()).float(), ddf.shape[2:]))
+            inverse = compose_ddf(inverse, affine_to_ddf(invert_affine(matrix.double()).float(), ddf.shape[2:]))
     uncertainty, levels = out.get("uncertainty"), out.get("warped_levels")
     return {
         "ddf": _to_file_axes(ddf, mapping, is_field=True).cpu(),

@@ -47,6 +47,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..losses.hypermorph import sample_reg_weight
+
 __all__ = ["RegistrationTrainer", "registration_step", "hypermorph_step", "save_atomic", "latest_checkpoint",
            "export_weights"]
 
@@ -77,8 +79,6 @@ def hypermorph_step(network: Callable, loss_function: Callable, batch: Mapping[s
     per item from :func:`~monai_diffreg.losses.hypermorph.sample_reg_weight` (bind ``generator`` / ``distribution`` with
     :func:`functools.partial`). The loss reads the weight back from ``outputs["reg_weight"]``.
     """
-    from ..losses.hypermorph import sample_reg_weight
-
     moving, fixed = batch["moving"], batch["fixed"]
     reg_weight = batch.get("reg_weight")
     if reg_weight is None:

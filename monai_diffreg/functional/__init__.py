@@ -23,6 +23,7 @@ from .affine import (
     affine_to_ddf,
     affine_to_normalized,
     identity_affine,
+    invert_affine,
     num_affine_params,
     rescale_affine,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "affine_to_ddf",
     "affine_to_normalized",
     "identity_affine",
+    "invert_affine",
     "num_affine_params",
     "rescale_affine",
     "compose_ddf",

@@ -20,7 +20,7 @@ import torch
 
 from .grid import identity_grid
 
-__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine",
+__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine", "invert_affine",
            "affine_from_normalized", "affine_to_normalized"]
 
 
@@ -123,6 +123,13 @@ def affine_from_params(params: torch.Tensor, centre: torch.Tensor | Sequence[flo
     linear = torch.eye(ndim, dtype=params.dtype, device=params.device) + params[:, : ndim * ndim].view(-1, ndim, ndim)
     offset = centre + params[:, ndim * ndim :] - torch.einsum("bij,bj->bi", linear, centre)
     return torch.cat([linear, offset.unsqueeze(-1)], dim=2)
+
+
+def invert_affine(matrix: torch.Tensor) -> torch.Tensor:
+    """``[A | t]^-1 = [A^-1 | -A^-1 t]`` of ``(B, D, D + 1)`` voxel-index matrices (the inverse transform)."""
+    ndim = _check_matrix(matrix, "invert_affine")
+    inverse = torch.linalg.inv(matrix[:, :, :ndim])
+    return torch.cat([inverse, -(inverse @ matrix[:, :, ndim:])], dim=2)
 
 
 def rescale_affine(matrix: torch.Tensor, from_shape: Sequence[int], to_shape: Sequence[int]) -> torch.Tensor:

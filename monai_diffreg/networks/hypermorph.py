@@ -32,6 +32,7 @@ from .pair_geometry import (
     crop_spatial,
     pad_to_multiple,
     scaled_size,
+    velocity_displacements,
     velocity_grid_size,
     velocity_to_input_ddf,
 )
@@ -298,23 +299,20 @@ class HyperMorph(nn.Module):
         return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
                                      spatial_size)
 
-    def _both_ddfs(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        ddfs = self.velocity_to_ddf(torch.cat([velocity, -velocity]), spatial_size)  # one pass for both directions
-        return ddfs[: velocity.shape[0]], ddfs[velocity.shape[0]:]
+    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
+        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                      spatial_size, inverse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor,
                 reg_weight: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Register ``moving`` ``(B, C_m, *S)`` to ``fixed`` at ``reg_weight`` (None: ``default_reg_weight``)."""
         velocity, lam = self.velocity(moving, fixed, reg_weight)
-        ddf, inverse_ddf = self._both_ddfs(velocity, moving.shape[2:])
-        return {"ddf": ddf, "inverse_ddf": inverse_ddf, "velocity": velocity, "warped": warp(moving, ddf),
-                "warped_fixed": warp(fixed, inverse_ddf), "reg_weight": lam}
+        out = self._displacements(velocity, moving.shape[2:], inverse=True)
+        return {**out, "velocity": velocity, "warped": warp(moving, out["ddf"]),
+                "warped_fixed": warp(fixed, out["inverse_ddf"]), "reg_weight": lam}
 
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True,
                       reg_weight: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` at ``reg_weight`` (inference without warped images)."""
         velocity, _ = self.velocity(moving, fixed, reg_weight)
-        if not inverse:
-            return {"ddf": self.velocity_to_ddf(velocity, moving.shape[2:])}
-        ddf, inverse_ddf = self._both_ddfs(velocity, moving.shape[2:])
-        return {"ddf": ddf, "inverse_ddf": inverse_ddf}
+        return self._displacements(velocity, moving.shape[2:], inverse)

@@ -35,6 +35,7 @@ from .pair_geometry import (
     crop_spatial,
     pad_to_multiple,
     scaled_size,
+    velocity_displacements,
     velocity_grid_size,
     velocity_to_input_ddf,
 )
@@ -151,8 +152,8 @@ class ProbabilisticVoxelMorph(nn.Module):
     def bidirectional_ddfs(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Displacements ``(B, D, *S)`` of ``exp(velocity)`` and ``exp(-velocity)``, integrated as one batch
         (one pass of every resampling kernel instead of two: ~15% faster on CPU)."""
-        ddfs = self.velocity_to_ddf(torch.cat([velocity, -velocity]), spatial_size)
-        return ddfs[: velocity.shape[0]], ddfs[velocity.shape[0]:]
+        out = self._displacements(velocity, spatial_size, inverse=True)
+        return out["ddf"], out["inverse_ddf"]
 
     def outputs_from_velocity(self, moving: torch.Tensor, fixed: torch.Tensor, velocity: torch.Tensor,
                               velocity_mean: torch.Tensor, velocity_log_var: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,10 +185,8 @@ class ProbabilisticVoxelMorph(nn.Module):
         return self._displacements(mean, moving.shape[2:], inverse)
 
     def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
-        if not inverse:
-            return {"ddf": self.velocity_to_ddf(velocity, spatial_size)}
-        ddf, inverse_ddf = self.bidirectional_ddfs(velocity, spatial_size)
-        return {"ddf": ddf, "inverse_ddf": inverse_ddf}
+        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                      spatial_size, inverse)
 
     def sample(self, moving: torch.Tensor, fixed: torch.Tensor, num_samples: int = 10) -> dict[str, torch.Tensor]:
         """Mean registration plus per-voxel uncertainty from ``num_samples`` posterior samples.

@@ -98,8 +98,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..functional.affine import affine_to_ddf, identity_affine, rescale_affine
-from ..functional.affine import affine_from_normalized
+from ..functional.affine import affine_from_normalized, affine_to_ddf, identity_affine, invert_affine, rescale_affine
 from ..functional.compose import compose_ddf
 from ..functional.correlation import local_correlation, num_correlation_channels
 from ..functional.integrate import integrate_velocity
@@ -203,13 +202,6 @@ class _Pass(NamedTuple):
     input_matrices: list[torch.Tensor]  # the same affines in voxel indices of the input grid (identity: affine=False)
     moving: torch.Tensor  # the padded images
     fixed: torch.Tensor
-
-
-def _invert_matrix(matrix: torch.Tensor) -> torch.Tensor:
-    """``[A | t]^-1 = [A^-1 | -A^-1 t]`` for ``(B, D, D + 1)`` matrices."""
-    ndim = matrix.shape[1]
-    inverse = torch.linalg.inv(matrix[:, :, :ndim])
-    return torch.cat([inverse, -torch.einsum("bij,bj->bi", inverse, matrix[:, :, ndim]).unsqueeze(-1)], dim=2)
 
 
 class RegistrationPyramid(nn.Module):
@@ -354,7 +346,7 @@ class RegistrationPyramid(nn.Module):
                 inverse = resize_field(inverse, size=grid)
             matrix = run.level_matrices[index]
             if self.residual and matrix is not None:
-                affine_inverse = affine_to_ddf(_invert_matrix(matrix), grid)
+                affine_inverse = affine_to_ddf(invert_affine(matrix), grid)
                 inverse = affine_inverse if inverse is None else compose_ddf(affine_inverse, inverse)
             step = integrate_velocity(-run.increments[index], self.num_steps)
             inverse = step if inverse is None else compose_ddf(step, inverse)
