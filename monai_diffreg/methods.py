@@ -126,11 +126,19 @@ def _svf_optim(**options: Any) -> PercentileNormalised:
     return PercentileNormalised(SVFRegistration(**options))
 
 
+def _flash(**options: Any) -> PercentileNormalised:
+    from .lddmm import FLASHRegistration
+
+    return PercentileNormalised(FLASHRegistration(**options))
+
+
 #: name -> (factory called with the method's options, one-line description); extended by
 #: :func:`register_method` and by other packages' ``monai_diffreg.methods`` entry points
 BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
     "svf_optim": (_svf_optim, "built-in: multi-resolution optimisation of a stationary velocity field (no training); "
                               "options: monai_diffreg.engines.svf_optim.optimise_svf arguments"),
+    "flash": (_flash, "built-in: FLASH, geodesic shooting of a band-limited velocity (LDDMM in Fourier space, "
+                      "no training); options: monai_diffreg.lddmm.flash_register arguments (alpha, sigma, ...)"),
 }
 
 #: entry-point group through which another installed package adds methods (``name = module:factory``)

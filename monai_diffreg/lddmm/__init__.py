@@ -1,0 +1,28 @@
+"""Fourier-space LDDMM (FLASH) and the estimation of its regularisation (Wang & Zhang).
+
+* :mod:`.fourier`: band-limited fields, their diagonal operators and alias-free products.
+* :mod:`.shooting`: EPDiff geodesic shooting of a band-limited initial velocity, the maps ``phi_1^-1``
+  and ``phi_1`` (:class:`BandOperators`, :func:`shoot`, :func:`shoot_maps`).
+* :mod:`.flash`: the registration energy and its minimisation (:func:`flash_register`,
+  :class:`FLASHRegistration`, the built-in method ``"flash"``).
+* :mod:`.regularization`: the prior, MAP / evidence estimation of ``alpha``
+  (:func:`estimate_regularization`) and prior sampling (:func:`sample_initial_velocity`).
+"""
+
+from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
+from .regularization import ESTIMATION_MODELS, estimate_regularization, sample_initial_velocity
+from .shooting import BandOperators, band_operators, shoot, shoot_maps
+
+__all__ = [
+    "BandOperators",
+    "band_operators",
+    "shoot",
+    "shoot_maps",
+    "band_to_ddf",
+    "flash_energy",
+    "flash_register",
+    "FLASHRegistration",
+    "ESTIMATION_MODELS",
+    "estimate_regularization",
+    "sample_initial_velocity",
+]

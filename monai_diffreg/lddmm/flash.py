@@ -1,0 +1,191 @@
+"""FLASH registration: geodesic shooting of a band-limited initial velocity (Zhang & Fletcher 2015/2019).
+
+The energy (eq. 3 of Wang & Zhang, with the SSD distance of their likelihood, eq. 4) is
+
+    E(v_0) = 1 / (2 sigma^2) sum_x (S o phi_1^-1 - T)^2 + 1/2 <L v_0, v_0>
+
+with ``S`` the moving (source) image, ``T`` the fixed (target) image, ``phi_1^-1`` from
+:func:`~.shooting.shoot`, and ``<L v, v> = prod(N) sum_k L(k) |v(k)|^2``: by Parseval the voxel
+*sum* of ``v . L v``, as the likelihood is a voxel sum, so ``alpha`` and ``sigma`` mean what they
+mean in a spatial-domain LDDMM on this grid (velocities in voxels per unit time with ``spacing`` 1).
+The paper does not say how it normalises the inner product; with this choice its ``sigma = 0.03``
+and ``alpha`` of a few units give smooth registrations of [0, 1] images (the bundle docs).
+
+The gradient is taken by automatic differentiation through the shooting: the exact gradient of
+the discretised energy (the paper's adjoint Jacobi fields are its continuous-time counterpart).
+Descent uses the Sobolev (V-) gradient ``K grad E / prod(N) = v_0 + K grad(image term) / prod(N)``,
+as FLASH does, with a step that halves whenever the energy would increase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, progress_reporter
+from ..functional import warp
+from ..validation import check_integer, check_positive
+from .fourier import band_to_spatial, hermitian_part
+from .shooting import BandOperators, band_operators, shoot, shoot_maps
+
+__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "flash_register", "FLASHRegistration"]
+
+DEFAULT_ALPHA = 3.0
+DEFAULT_SIGMA = 0.03
+
+
+def band_to_ddf(displacement: torch.Tensor, operators: BandOperators) -> torch.Tensor:
+    """Full-resolution displacement field in voxels ``(B, D, *shape)`` from band coefficients (physical units)."""
+    ddf = band_to_spatial(displacement, operators.shape)
+    scale = torch.tensor([1.0 / h for h in operators.spacing], device=ddf.device, dtype=ddf.dtype)
+    return ddf * scale.view(1, -1, *([1] * len(operators.shape)))
+
+
+def prior_energy(initial_velocity: torch.Tensor, operators: BandOperators) -> torch.Tensor:
+    """``1/2 <L v_0, v_0> = prod(N) / 2 sum_k L(k) |v_0(k)|^2`` per batch item ``(B,)`` (module docstring)."""
+    squared = initial_velocity.real ** 2 + initial_velocity.imag ** 2
+    return 0.5 * operators.num_voxels * (operators.regularization * squared).flatten(1).sum(1)
+
+
+def flash_energy(initial_velocity: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, operators: BandOperators, *,
+                 sigma: float = DEFAULT_SIGMA, num_steps: int = 10, integrator: str = "rk4") -> dict[str, torch.Tensor]:
+    """The FLASH energy of ``v_0`` for a pair (module docstring), per batch item.
+
+    Args:
+        initial_velocity: ``(B, D, *band)`` complex band coefficients.
+        fixed, moving: ``(B, C, *shape)`` images on the operators' grid.
+        operators: :func:`~.shooting.band_operators` of the grid.
+        sigma: image noise standard deviation (intensity units).
+
+    Returns:
+        dict of ``"total"``, ``"image"``, ``"prior"`` ``(B,)``, ``"ddf"`` (``phi_1^-1 - id`` in voxels) and ``"warped"``.
+    """
+    _, inverse_map = shoot(initial_velocity, operators, num_steps, integrator)
+    ddf = band_to_ddf(inverse_map, operators)
+    warped = warp(moving, ddf.to(moving.dtype))
+    image = (warped - fixed).pow(2).flatten(1).sum(1) / (2 * sigma ** 2)
+    prior = prior_energy(initial_velocity, operators)
+    return {"total": image + prior, "image": image, "prior": prior, "ddf": ddf, "warped": warped}
+
+
+def sobolev_step(initial_velocity: torch.Tensor, gradient: torch.Tensor, operators: BandOperators,
+                 step_size: float) -> torch.Tensor:
+    """``v_0 - step K grad / prod(N)``: a descent step along the V-gradient (Hermitian part kept: a real field)."""
+    return hermitian_part(initial_velocity - step_size * operators.kernel * gradient / operators.num_voxels)
+
+
+def flash_register(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sigma: float = DEFAULT_SIGMA,
+    truncation: int | Sequence[int] = 15,
+    num_steps: int = 10,
+    integrator: str = "rk4",
+    iterations: int = 100,
+    step_size: float = 1.0,
+    tolerance: float = 1e-5,
+    spacing: Sequence[float] | None = None,
+    initial_velocity: torch.Tensor | None = None,
+    inverse: bool = True,
+    callback: ProgressReporter | None = None,
+    progress: bool = False,
+) -> dict:
+    """Register ``moving`` to ``fixed`` (same grid) by FLASH: minimise the energy over ``v_0`` at a given ``alpha``.
+
+    Args:
+        fixed, moving: ``(B, C, *shape)`` images, 2D or 3D, intensities of order 1 (e.g. in [0, 1]).
+        alpha: regularisation parameter of ``L = (alpha A + 1)^3`` (> 0; larger is smoother).
+        sigma: noise standard deviation of the SSD likelihood (> 0; the paper uses 0.03 on [0, 1] images).
+        truncation: band frequencies per axis (odd; 16 becomes 15).
+        num_steps, integrator: time discretisation of the shooting (10 steps, ``"rk4"`` or ``"euler"``).
+        iterations: gradient steps at most.
+        step_size: initial step along the V-gradient (halved when the energy would increase).
+        tolerance: stop when an accepted step lowers the energy by less than this fraction.
+        spacing: voxel size per axis (None: voxel units).
+        initial_velocity: optional starting ``v_0`` ``(B, D, *band)`` complex.
+        inverse: also compute the forward map (``"inverse_ddf"``).
+        callback: ``callback(0, iteration, energy)`` after each accepted step.
+        progress: show a progress bar.
+
+    Returns:
+        dict with ``"ddf"`` (``phi_1^-1 - id``, fixed to moving, voxels), ``"inverse_ddf"`` (``phi_1 - id``,
+        with ``inverse``), ``"warped"``, ``"initial_velocity"`` (band coefficients), ``"energy"`` ``(B,)``
+        and ``"history"`` (per accepted step: ``iteration``, ``loss``, ``image``, ``prior``, ``step_size``).
+    """
+    caller = "flash_register"
+    check_pair(fixed, moving, caller)
+    alpha = check_positive(alpha, "alpha", caller)
+    sigma = check_positive(sigma, "sigma", caller)
+    check_integer(iterations, "iterations", caller)
+    step = check_positive(step_size, "step_size", caller)
+    check_positive(tolerance, "tolerance", caller, allow_zero=True)
+    fixed32, moving32 = fixed.float(), moving.float()
+    ops = band_operators(fixed.shape[2:], alpha, truncation, spacing=spacing, device=fixed.device)
+    ndim = fixed.ndim - 2
+    if initial_velocity is None:
+        velocity = torch.zeros(fixed.shape[0], ndim, *ops.band, dtype=torch.complex64, device=fixed.device)
+    else:
+        expected = (fixed.shape[0], ndim, *ops.band)
+        if tuple(initial_velocity.shape) != expected or not initial_velocity.is_complex():
+            raise ValueError(f"{caller}(): 'initial_velocity' must be complex band coefficients of shape {expected}, "
+                             f"got {tuple(initial_velocity.shape)} {initial_velocity.dtype}")
+        velocity = initial_velocity.detach().to(device=fixed.device, dtype=torch.complex64)
+
+    def evaluate(v: torch.Tensor) -> dict:
+        v = v.detach().requires_grad_(True)
+        out = flash_energy(v, fixed32, moving32, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
+        out["velocity"], out["value"] = v, float(out["total"].detach().sum())
+        return out
+
+    current = evaluate(velocity)
+    current["total"].sum().backward()
+    history = []
+    with progress_reporter(iterations, caller, progress, callback) as report:
+        for iteration in range(iterations):
+            energy = current["value"]
+            while True:
+                trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, ops, step))
+                if trial["value"] <= energy or step < 1e-6:
+                    break
+                step *= 0.5
+            if trial["value"] > energy:
+                break
+            trial["total"].sum().backward()
+            decrease = (energy - trial["value"]) / max(abs(energy), 1e-12)
+            current = trial
+            history.append({"iteration": iteration, "loss": current["value"],
+                            "image": float(current["image"].detach().sum()), "prior": float(current["prior"].detach().sum()),
+                            "step_size": step})
+            report(0, iteration, history[-1]["loss"])
+            step = min(2 * step, step_size * 4)
+            if decrease < tolerance:
+                break
+
+    velocity = current["velocity"].detach()
+    with torch.no_grad():
+        inverse_map, forward_map = shoot_maps(velocity, ops, num_steps, integrator, forward=inverse)
+        ddf = band_to_ddf(inverse_map, ops)
+        out = {"ddf": ddf, "warped": warp(moving32, ddf), "initial_velocity": velocity,
+               "energy": current["total"].detach(), "history": history}
+        if inverse:
+            out["inverse_ddf"] = band_to_ddf(forward_map, ops)
+    return out
+
+
+class FLASHRegistration(EngineSettings):
+    """Settings holder for :func:`flash_register`: ``FLASHRegistration(alpha=6.0)(fixed, moving)``.
+
+    Args:
+        **settings: any keyword of :func:`flash_register` except ``initial_velocity`` and ``callback``.
+    """
+
+    engine = staticmethod(flash_register)
+    per_call = ("initial_velocity", "callback", "inverse")
+
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,
+                 callback: ProgressReporter | None = None) -> dict:
+        """Register ``moving`` to ``fixed``; see :func:`flash_register`."""
+        return flash_register(fixed, moving, inverse=inverse, callback=callback, **self.settings)
