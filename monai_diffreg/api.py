@@ -687,6 +687,7 @@ def register(
         "method_location": method_info.location,
         "method_options": {k: repr(v) for k, v in method_options.items()},
         "method_settings": repr(method),
+        "method_summary": dict(out.get("summary") or {}),
         "affine_stage": {"enabled": affine, "metric": affine_metric if affine else None,
                          "matrix_voxels": None if matrix is None else matrix[0].cpu().tolist()},
         "device": str(dev),

@@ -1,4 +1,4 @@
-"""Command line: ``monai-diffreg register ...``, ``evaluate``, ``export`` and ``methods``.
+"""Command line: ``monai-diffreg register ...``, ``evaluate``, ``export``, ``methods`` and ``estimate-regularization``.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
         --bundle vxm_prob --affine --output-dir results
     monai-diffreg methods
     monai-diffreg export --bundle vxm_prob --output vxm_prob.pt2 --size 160 192 160
+    monai-diffreg estimate-regularization --fixed f.nii.gz --moving m.nii.gz
 
 Several moving images form a batch: each is registered to the fixed image into its own
 sub-folder of ``--output-dir`` (named after the moving file), with a progress bar. User
@@ -45,7 +46,7 @@ class _UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Diffeomorphic image registration with MONAI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,export,methods,monailabel-app}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,export,methods,estimate-regularization,monailabel-app}")
 
     reg = sub.add_parser("register", help="register moving image(s) to a fixed image and write the results",
                          description="Register moving image(s) to a fixed image. Writes warped.nii.gz, ddf.nii.gz "
@@ -98,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     met = sub.add_parser("methods", help="list the available registration methods")
     met.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    est = sub.add_parser("estimate-regularization", help="estimate FLASH's regularisation alpha for a pair (prints JSON)",
+                         description="Estimate the regularisation parameter alpha of FLASH (L = (alpha A + 1)^3) for a pair "
+                                     "by MAP / evidence maximisation (monai_diffreg.lddmm.estimate_regularization) and "
+                                     "print {\"alpha\": ..., ...} as JSON. The moving image is resampled onto the fixed grid.")
+    est.add_argument("--fixed", required=True, metavar="F", help="fixed image file")
+    est.add_argument("--moving", required=True, metavar="M", help="moving image file")
+    est.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    est.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="FLASH setting (sigma, truncation, num_steps, integrator, iterations), JSON value; repeatable")
+    est.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("monailabel-app", help="print the MONAI Label app folder (for monailabel start_server --app)")
     return parser
 
@@ -299,6 +310,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate_regularization(args: argparse.Namespace) -> int:
+    from .api import register
+
+    options = _parse_options(args.option)
+    if "alpha" in options:
+        raise _UserError("estimate-regularization estimates alpha: do not give --option alpha=...")
+    result = register(args.fixed, args.moving, bundle="flash", device=args.device, alpha="map", **options)
+    print(json.dumps({**result.info["method_summary"], "fixed": args.fixed, "moving": args.moving,
+                      "seconds": round(result.timings["registration"], 3)}))
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from .methods import available_methods
 
@@ -337,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "estimate-regularization":
+            return _estimate_regularization(args)
         if args.command == "monailabel-app":
             from .apps import monailabel_app_dir
 

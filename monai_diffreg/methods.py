@@ -15,7 +15,9 @@ A registration method is any callable object implementing :class:`RegistrationMe
   ``"inverse_ddf"`` (same layout, moving to fixed), ``"velocity"`` (the stationary velocity
   field) and ``"uncertainty"`` ``(1, 1, *S)`` (e.g. the posterior standard deviation of a
   probabilistic model) and ``"warped_levels"`` ``(1, L, *S)`` (the moving image warped by each
-  level of a multi-level method, coarse to fine, for inspection). Other keys are ignored by the API.
+  level of a multi-level method, coarse to fine, for inspection) and ``"summary"``, a dict of
+  JSON-serialisable values the method reports about the call (e.g. an estimated regularisation
+  weight), which the API copies into ``summary.json`` as ``"method_summary"``. Other keys are ignored.
 * A method may take the keyword ``inverse`` (``method(fixed, moving, inverse=False)``): the caller
   then does not need ``"inverse_ddf"`` and the method may skip computing it (:func:`run_method`
   passes it to the methods whose ``__call__`` accepts it).
@@ -31,7 +33,8 @@ A registration method is any callable object implementing :class:`RegistrationMe
 
 Where methods come from
 -----------------------
-* **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"svf_optim"`` is
+* **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"flash"`` is
+  :class:`monai_diffreg.lddmm.FLASHRegistration` (Fourier-space LDDMM); ``"svf_optim"`` is
   :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
   a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
   options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
@@ -400,7 +403,8 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
         name: the method's name, for messages.
 
     Returns:
-        the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``, ``warped_levels``).
+        the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``, ``warped_levels``,
+        ``summary``).
     """
     spatial = tuple(fixed.shape[2:])
     ndim = len(spatial)
@@ -423,4 +427,12 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
             raise ValueError(f"method '{name}' returned '{key}' of shape {got}, expected {shape}")
         if not all_finite(value):
             raise ValueError(f"method '{name}' returned a non-finite '{key}' (NaN/Inf)")
+    summary = out.get("summary")
+    if summary is not None:
+        try:
+            json.dumps(summary, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"method '{name}' returned a 'summary' that is not a JSON object of finite values: {err}") from None
+        if not isinstance(summary, Mapping):
+            raise ValueError(f"method '{name}' returned a 'summary' that is not a dict, got {type(summary).__name__}")
     return dict(out)

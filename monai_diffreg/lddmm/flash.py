@@ -97,7 +97,8 @@ def flash_register(
 
     Args:
         fixed, moving: ``(B, C, *shape)`` images, 2D or 3D, intensities of order 1 (e.g. in [0, 1]).
-        alpha: regularisation parameter of ``L = (alpha A + 1)^3`` (> 0; larger is smoother).
+        alpha: regularisation parameter of ``L = (alpha A + 1)^3`` (> 0; larger is smoother;
+            :class:`FLASHRegistration` also takes ``"map"``: estimated for the pair).
         sigma: noise standard deviation of the SSD likelihood (> 0; the paper uses 0.03 on [0, 1] images).
         truncation: band frequencies per axis (odd; 16 becomes 15).
         num_steps, integrator: time discretisation of the shooting (10 steps, ``"rk4"`` or ``"euler"``).
@@ -178,8 +179,14 @@ def flash_register(
 class FLASHRegistration(EngineSettings):
     """Settings holder for :func:`flash_register`: ``FLASHRegistration(alpha=6.0)(fixed, moving)``.
 
+    ``alpha="map"`` first estimates ``alpha`` for the pair (:func:`~.regularization.estimate_regularization`,
+    with this holder's ``sigma``, ``truncation``, ``num_steps``, ``integrator``, ``spacing``, ``iterations``
+    and ``tolerance``), then
+    registers at that ``alpha`` from the estimate's ``v_0``; the output's ``"summary"`` holds ``alpha``
+    (the method contract copies it into ``summary.json``).
+
     Args:
-        **settings: any keyword of :func:`flash_register` except ``initial_velocity`` and ``callback``.
+        **settings: any keyword of :func:`flash_register` except ``initial_velocity``, ``inverse`` and ``callback``.
     """
 
     engine = staticmethod(flash_register)
@@ -188,4 +195,19 @@ class FLASHRegistration(EngineSettings):
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,
                  callback: ProgressReporter | None = None) -> dict:
         """Register ``moving`` to ``fixed``; see :func:`flash_register`."""
-        return flash_register(fixed, moving, inverse=inverse, callback=callback, **self.settings)
+        settings = dict(self.settings)
+        if settings["alpha"] != "map":
+            out = flash_register(fixed, moving, inverse=inverse, callback=callback, **settings)
+            out["summary"] = {"alpha": float(settings["alpha"]), "alpha_source": "given"}
+            return out
+        from .regularization import estimate_regularization
+
+        shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "spacing", "progress",
+                                           "iterations", "tolerance")}
+        estimate = estimate_regularization(fixed, moving, **shared)
+        settings["alpha"] = estimate["alpha"]
+        out = flash_register(fixed, moving, inverse=inverse, callback=callback,
+                             initial_velocity=estimate["initial_velocity"], **settings)
+        out["summary"] = {"alpha": estimate["alpha"], "alpha_source": "map",
+                          "alpha_estimation_iterations": len(estimate["history"])}
+        return out

@@ -163,7 +163,7 @@ def estimate_regularization(
         tolerance: ``u``: an iteration whose relative objective change is below it counts as converged.
         min_converged: ``q_min``: stop after this many converged iterations.
         warmup: ``v_0`` steps at the starting ``alpha`` before ``alpha`` moves (from ``v_0 = 0`` the
-            ``alpha`` gradient alone would only grow ``alpha``).
+            ``alpha`` gradient alone would only grow ``alpha``); at most half of ``iterations``.
         model: ``"laplace"`` (default): the ``alpha`` gradient of the Laplace-approximated evidence, which
             counts a mode's log-determinant only as far as the data determine it; ``"joint"``: the
             paper's joint MAP of eq. (6)-(7), unbounded as ``alpha -> inf`` (module docstring).
@@ -181,6 +181,7 @@ def estimate_regularization(
     sigma = check_positive(sigma, "sigma", caller)
     for name, value in (("iterations", iterations), ("min_converged", min_converged), ("warmup", warmup)):
         check_integer(value, name, caller)
+    warmup = min(warmup, iterations // 2)
     step = check_positive(step_size, "step_size", caller)
     check_positive(max_alpha_change, "max_alpha_change", caller)
     fixed32, moving32 = fixed.float(), moving.float()

@@ -114,3 +114,46 @@ def test_settings_holder_rejects_unknown_settings():
     with pytest.raises(TypeError, match="unknown setting"):
         FLASHRegistration(lambda_=3)
     assert "alpha=6.0" in repr(FLASHRegistration(alpha=6.0))
+
+
+def test_alpha_map_estimates_alpha_and_reports_it_in_the_summary():
+    shape = (32, 32)
+    fixed = blobs(shape)
+    _, truth = deformation(shape, 0.02, seed=5)
+    method = FLASHRegistration(alpha="map", sigma=0.01, truncation=7, iterations=60)
+    out = check_method_output(method(fixed, warp(fixed, truth)), fixed, "flash")
+    assert out["summary"]["alpha_source"] == "map"
+    assert 1e-3 <= out["summary"]["alpha"] <= 1e3 and out["summary"]["alpha"] != 3.0  # moved from its start
+    given = check_method_output(FLASHRegistration(alpha=2.0, truncation=7, iterations=2)(fixed, fixed.flip(-1)), fixed, "flash")
+    assert given["summary"] == {"alpha": 2.0, "alpha_source": "given"}
+
+
+def test_contract_rejects_a_summary_that_is_not_json():
+    fixed = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="'summary' that is not a JSON object"):
+        check_method_output({"ddf": torch.zeros(1, 2, 4, 4), "summary": {"alpha": float("nan")}}, fixed, "m")
+    with pytest.raises(ValueError, match="'summary' that is not a dict"):
+        check_method_output({"ddf": torch.zeros(1, 2, 4, 4), "summary": [1, 2]}, fixed, "m")
+
+
+def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from monai_diffreg.cli import main
+
+    shape = (20, 20, 20)
+    fixed = blobs(shape)
+    _, truth = deformation(shape, 0.004, seed=6)
+    paths = {}
+    for name, image in (("fixed", fixed), ("moving", warp(fixed, truth))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(image[0, 0].numpy().astype(np.float32), np.eye(4)), paths[name])
+    status = main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
+                   "--option", "truncation=5", "--option", "iterations=5"])
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["alpha_source"] == "map" and 1e-3 <= printed["alpha"] <= 1e3 and printed["seconds"] > 0
+    assert main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(tmp_path / "nope.nii.gz")]) == 1
