@@ -9,6 +9,8 @@ Examples::
     monai-diffreg methods
     monai-diffreg export --bundle vxm_prob --output vxm_prob.pt2 --size 160 192 160
     monai-diffreg estimate-regularization --fixed f.nii.gz --moving m.nii.gz
+    monai-diffreg sweep --bundle flash --name alpha --values 0.5 1 3 10 --fixed f.nii.gz --moving m.nii.gz \
+        --fixed-labels fl.nii.gz --moving-labels ml.nii.gz --output-dir sweep
 
 Several moving images form a batch: each is registered to the fixed image into its own
 sub-folder of ``--output-dir`` (named after the moving file), with a progress bar. User
@@ -46,7 +48,7 @@ class _UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog=_PROG, description="Diffeomorphic image registration with MONAI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,export,methods,estimate-regularization,monailabel-app}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{register,evaluate,export,methods,estimate-regularization,sweep,monailabel-app}")
 
     reg = sub.add_parser("register", help="register moving image(s) to a fixed image and write the results",
                          description="Register moving image(s) to a fixed image. Writes warped.nii.gz, ddf.nii.gz "
@@ -109,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="FLASH setting (sigma, truncation, num_steps, integrator, iterations), JSON value; repeatable")
     est.add_argument("--debug", action="store_true", help="show tracebacks")
+    swp = sub.add_parser("sweep", help="register one pair once per value of a method option; CSV and plot",
+                         description="Register one pair once per value of one method option (e.g. a HyperMorph "
+                                     "model's reg_weight, FLASH's alpha) and write sweep.csv (metrics per value) and "
+                                     "sweep.png (mean Dice and SDlogJ against the value, folding) into --output-dir.")
+    swp.add_argument("--bundle", required=True, metavar="NAME", help="method name or bundle folder")
+    swp.add_argument("--name", required=True, metavar="OPTION", help="the option to sweep (constructor argument or config id)")
+    swp.add_argument("--values", required=True, nargs="+", metavar="V", help="its values (JSON each, e.g. 0.1 1 true)")
+    swp.add_argument("--fixed", required=True, metavar="F")
+    swp.add_argument("--moving", required=True, metavar="M")
+    swp.add_argument("--fixed-labels", metavar="L")
+    swp.add_argument("--moving-labels", metavar="L")
+    swp.add_argument("--output-dir", required=True, metavar="DIR")
+    swp.add_argument("--device", default=None)
+    swp.add_argument("--affine", action="store_true", help="run the affine stage first")
+    swp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other method option, repeatable")
+    swp.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("monailabel-app", help="print the MONAI Label app folder (for monailabel start_server --app)")
     return parser
 
@@ -322,6 +340,21 @@ def _estimate_regularization(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep_option
+
+    values = [parse_option_value(v) for v in args.values]
+    rows = sweep_option(args.bundle, args.name, values, args.fixed, args.moving, args.output_dir,
+                        fixed_labels=args.fixed_labels, moving_labels=args.moving_labels, device=args.device,
+                        affine=args.affine, **_parse_options(args.option))
+    for row in rows:
+        dice = f"Dice {row['dice_after']:.4f}  " if "dice_after" in row else ""
+        print(f"{args.name}={row[args.name]!r}: {dice}SDlogJ {row['sd_log_jacobian']:.4f}  "
+              f"folding {row['folding_percent']:.4g}%  {row['seconds_registration']:.1f} s")
+    print(f"wrote {Path(args.output_dir) / 'sweep.csv'} and sweep.png")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from .methods import available_methods
 
@@ -362,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "estimate-regularization":
             return _estimate_regularization(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "monailabel-app":
             from .apps import monailabel_app_dir
 

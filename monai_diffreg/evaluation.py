@@ -35,7 +35,7 @@ import numpy as np
 
 from .io import atomic_path
 
-__all__ = ["PAIR_COLUMNS", "read_pairs", "iter_pairs", "evaluate_pairs"]
+__all__ = ["PAIR_COLUMNS", "read_pairs", "iter_pairs", "evaluate_pairs", "metrics_row"]
 
 #: columns of a pairs file; ``fixed`` and ``moving`` are required
 PAIR_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels")
@@ -95,9 +95,12 @@ def _spacing(affine: np.ndarray) -> list[float]:
     return [float(v) for v in np.linalg.norm(np.asarray(affine)[:-1, :-1], axis=0)]
 
 
-def _row(result: Any, spacing: list[float]) -> dict[str, Any]:
+def metrics_row(result: Any) -> dict[str, Any]:
+    """One flat row of a :class:`~monai_diffreg.api.RegistrationResult`'s metrics: folding, SDlogJ, field errors
+    (with a known field), Dice before/after and per label, HD95 (mm) with labels, and the registration time."""
     from .metrics import mean_hausdorff95
 
+    spacing = _spacing(result.affine)
     m = result.metrics
     row: dict[str, Any] = {key: m[key] for key in ("folding_percent", "sd_log_jacobian", "sd_log_jacobian_learn2reg")}
     for key in ("epe_mm", "epe_before_mm", "epe_foreground_mm", "epe_foreground_before_mm"):
@@ -247,7 +250,7 @@ def evaluate_pairs(pairs: Sequence[Mapping[str, Any]] | str | os.PathLike | None
                 result = register(pair["fixed"], pair["moving"], method, fixed_labels=pair.get("fixed_labels"),
                                   moving_labels=pair.get("moving_labels"), affine=affine, true_ddf=true_ddf,
                                   device=device)
-                row.update(_row(result, _spacing(result.affine)))
+                row.update(metrics_row(result))
             except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
                 row["error"] = str(err).splitlines()[0]
             out.write(json.dumps(row) + "\n")

@@ -7,8 +7,11 @@
   :class:`FLASHRegistration`, the built-in method ``"flash"``).
 * :mod:`.regularization`: the prior, MAP / evidence estimation of ``alpha``
   (:func:`estimate_regularization`) and prior sampling (:func:`sample_initial_velocity`).
+* :mod:`.adjoint`: the gradient by the adjoint system integrated backward in time (a cross-check
+  of the automatic differentiation the registration uses).
 """
 
+from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
 from .regularization import ESTIMATION_MODELS, estimate_regularization, sample_initial_velocity
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
@@ -25,4 +28,5 @@ __all__ = [
     "ESTIMATION_MODELS",
     "estimate_regularization",
     "sample_initial_velocity",
+    "adjoint_gradient",
 ]

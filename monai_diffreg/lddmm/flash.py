@@ -192,6 +192,11 @@ class FLASHRegistration(EngineSettings):
     engine = staticmethod(flash_register)
     per_call = ("initial_velocity", "callback", "inverse")
 
+    def __init__(self, **settings: object) -> None:
+        super().__init__(**settings)
+        if self.settings["alpha"] != "map":
+            check_positive(self.settings["alpha"], "alpha", type(self).__name__)
+
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,
                  callback: ProgressReporter | None = None) -> dict:
         """Register ``moving`` to ``fixed``; see :func:`flash_register`."""
