@@ -29,7 +29,7 @@ from ..validation import check_integer, check_positive
 from .fourier import band_to_spatial, hermitian_part
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
-__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "flash_register", "FLASHRegistration"]
+__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
 
 DEFAULT_ALPHA = 3.0
 DEFAULT_SIGMA = 0.03
@@ -73,6 +73,30 @@ def sobolev_step(initial_velocity: torch.Tensor, gradient: torch.Tensor, operato
                  step_size: float) -> torch.Tensor:
     """``v_0 - step K grad / prod(N)``: a descent step along the V-gradient (Hermitian part kept: a real field)."""
     return hermitian_part(initial_velocity - step_size * operators.kernel * gradient / operators.num_voxels)
+
+
+def descent_step(current: dict, evaluate, operators: BandOperators, step_size: float,
+                 min_step: float = 1e-6) -> tuple[dict | None, float]:
+    """One step along the V-gradient from ``current`` that does not increase the objective, halving the step as needed.
+
+    Args:
+        current: ``{"velocity": v_0 (its ``.grad`` set), "value": objective (float), ...}``.
+        evaluate: ``v_0 -> dict`` of the same form (with the graph kept for ``backward``).
+        operators: the band operators of ``current`` (``K`` preconditions the gradient).
+        step_size: the first step tried.
+        min_step: give up below this step.
+
+    Returns:
+        ``(accepted evaluation or None, the step used)``.
+    """
+    step = step_size
+    while True:
+        trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, operators, step))
+        if trial["value"] <= current["value"]:
+            return trial, step
+        if step < min_step:
+            return None, step
+        step *= 0.5
 
 
 def flash_register(
@@ -147,12 +171,8 @@ def flash_register(
     with progress_reporter(iterations, caller, progress, callback) as report:
         for iteration in range(iterations):
             energy = current["value"]
-            while True:
-                trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, ops, step))
-                if trial["value"] <= energy or step < 1e-6:
-                    break
-                step *= 0.5
-            if trial["value"] > energy:
+            trial, step = descent_step(current, evaluate, ops, step)
+            if trial is None:
                 break
             trial["total"].sum().backward()
             decrease = (energy - trial["value"]) / max(abs(energy), 1e-12)

@@ -44,7 +44,7 @@ import torch
 from ..engines._optim_common import ProgressReporter, check_pair, progress_reporter
 from ..functional import warp
 from ..validation import check_choice, check_integer, check_positive
-from .flash import DEFAULT_SIGMA, band_to_ddf, flash_energy, sobolev_step
+from .flash import DEFAULT_SIGMA, band_to_ddf, descent_step, flash_energy
 from .shooting import BandOperators, band_operators, shoot_maps
 
 #: ``"laplace"``: evidence (Laplace approximation, default); ``"joint"``: the paper's joint MAP
@@ -193,7 +193,7 @@ def estimate_regularization(
         v = v.detach().requires_grad_(True)
         out = flash_energy(v, fixed32, moving32, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
         out["objective"] = out["total"].sum() - 0.5 * log_determinant(math.exp(log_a), ops, ndim)
-        out["velocity"], out["operators"] = v, ops
+        out["velocity"], out["operators"], out["value"] = v, ops, float(out["objective"].detach())
         return out
 
     velocity = torch.zeros(1, ndim, *base.band, dtype=torch.complex64, device=fixed.device)
@@ -208,14 +208,8 @@ def estimate_regularization(
                 log_alpha += max(-max_alpha_change, min(max_alpha_change, target - log_alpha))
                 current = objective(current["velocity"], log_alpha)
                 current["objective"].backward()
-            value = float(current["objective"].detach())
-            while True:
-                trial = objective(sobolev_step(current["velocity"].detach(), current["velocity"].grad,
-                                               current["operators"], step), log_alpha)
-                if float(trial["objective"].detach()) <= value or step < 1e-6:
-                    break
-                step *= 0.5
-            if float(trial["objective"].detach()) <= value:
+            trial, step = descent_step(current, lambda v: objective(v, log_alpha), current["operators"], step)
+            if trial is not None:
                 trial["objective"].backward()
                 current = trial
                 step = min(2 * step, 4 * step_size)
