@@ -42,7 +42,7 @@ def test_cli_sweep_and_its_errors(tmp_path, capsys):
     paths = write_pair(tmp_path)
     status = main(["sweep", "--bundle", "flash", "--name", "alpha", "--values", "1", "30", "--fixed", str(paths["fixed"]),
                    "--moving", str(paths["moving"]), "--output-dir", str(tmp_path / "s"), "--option", "truncation=5",
-                   "--option", "iterations=5"])
+                   "--option", "iterations=[5, 5]"])
     assert status == 0
     assert "alpha=1:" in capsys.readouterr().out and (tmp_path / "s" / "sweep.png").exists()
     # a bad value fails before any registration, with one line

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, progress_reporter
+from ..engines._optim_common import (EngineSettings, ProgressReporter, check_pair, check_schedule, downsample,
+                                     level_shape, progress_reporter)
 from ..functional import warp
 from ..validation import check_integer, check_positive
-from .fourier import band_to_spatial, hermitian_part
+from .fourier import band_to_spatial, hermitian_part, resize_band
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
-__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
+__all__ = ["level_grid", "band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
 
 DEFAULT_ALPHA = 3.0
 DEFAULT_SIGMA = 0.03
@@ -99,6 +100,14 @@ def descent_step(current: dict, evaluate, operators: BandOperators, step_size: f
         step *= 0.5
 
 
+def level_grid(shape: Sequence[int], factor: float, spacing: Sequence[float] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Grid and voxel size of a pyramid level: ``level_shape(shape, factor)`` voxels, each covering the same
+    physical extent (``spacing * N / N_level``), so band coefficients in physical units mean the same field."""
+    level = level_shape(shape, factor)
+    base = (1.0,) * len(shape) if spacing is None else tuple(float(h) for h in spacing)
+    return level, tuple(h * n / m for h, n, m in zip(base, shape, level))
+
+
 def flash_register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -108,7 +117,8 @@ def flash_register(
     truncation: int | Sequence[int] = 15,
     num_steps: int = 10,
     integrator: str = "rk4",
-    iterations: int = 100,
+    levels: Sequence[float] = (2, 1),
+    iterations: Sequence[int] = (100, 15),
     step_size: float = 1.0,
     tolerance: float = 1e-5,
     spacing: Sequence[float] | None = None,
@@ -119,6 +129,11 @@ def flash_register(
 ) -> dict:
     """Register ``moving`` to ``fixed`` (same grid) by FLASH: minimise the energy over ``v_0`` at a given ``alpha``.
 
+    Coarse to fine: at each level the images are area-downsampled and the operators built with the
+    level's voxel size (physical units), so the band coefficients carry over unchanged and every level
+    minimises (a lower-resolution version of) the same energy; the maps are evaluated exactly on the
+    full grid at the end (band-limited fields need no resizing).
+
     Args:
         fixed, moving: ``(B, C, *shape)`` images, 2D or 3D, intensities of order 1 (e.g. in [0, 1]).
         alpha: regularisation parameter of ``L = (alpha A + 1)^3`` (> 0; larger is smoother;
@@ -126,82 +141,91 @@ def flash_register(
         sigma: noise standard deviation of the SSD likelihood (> 0; the paper uses 0.03 on [0, 1] images).
         truncation: band frequencies per axis (odd; 16 becomes 15).
         num_steps, integrator: time discretisation of the shooting (10 steps, ``"rk4"`` or ``"euler"``).
-        iterations: gradient steps at most.
-        step_size: initial step along the V-gradient (halved when the energy would increase).
-        tolerance: stop when an accepted step lowers the energy by less than this fraction.
-        spacing: voxel size per axis (None: voxel units).
-        initial_velocity: optional starting ``v_0`` ``(B, D, *band)`` complex.
+        levels: downsampling factors, coarsest first (``(1,)``: full resolution only, as the paper).
+        iterations: gradient steps at most, per level.
+        step_size: initial step along the V-gradient (halved when the energy would increase, doubled up to
+            4 ``step_size`` after a success, carried from level to level).
+        tolerance: a level stops when an accepted step lowers the energy by less than this fraction.
+        spacing: voxel size per axis of the full grid (None: voxel units).
+        initial_velocity: optional starting ``v_0`` ``(B, D, *band)`` complex (any band; resized).
         inverse: also compute the forward map (``"inverse_ddf"``).
-        callback: ``callback(0, iteration, energy)`` after each accepted step.
+        callback: ``callback(level, iteration, energy)`` after each accepted step.
         progress: show a progress bar.
 
     Returns:
         dict with ``"ddf"`` (``phi_1^-1 - id``, fixed to moving, voxels), ``"inverse_ddf"`` (``phi_1 - id``,
         with ``inverse``), ``"warped"``, ``"initial_velocity"`` (band coefficients), ``"energy"`` ``(B,)``
-        and ``"history"`` (per accepted step: ``iteration``, ``loss``, ``image``, ``prior``, ``step_size``).
+        (of the last level) and ``"history"`` (per accepted step: ``level``, ``iteration``, ``loss``, ``image``,
+        ``prior``, ``step_size``).
     """
     caller = "flash_register"
-    check_pair(fixed, moving, caller)
+    ndim = check_pair(fixed, moving, caller)
     alpha = check_positive(alpha, "alpha", caller)
     sigma = check_positive(sigma, "sigma", caller)
-    check_integer(iterations, "iterations", caller)
-    step = check_positive(step_size, "step_size", caller)
+    factors, counts = check_schedule(levels, iterations, caller)
+    check_positive(step_size, "step_size", caller)
     check_positive(tolerance, "tolerance", caller, allow_zero=True)
     fixed32, moving32 = fixed.float(), moving.float()
-    ops = band_operators(fixed.shape[2:], alpha, truncation, spacing=spacing, device=fixed.device)
-    ndim = fixed.ndim - 2
+    shape = tuple(fixed.shape[2:])
+    full = band_operators(shape, alpha, truncation, spacing=spacing, device=fixed.device)
     if initial_velocity is None:
-        velocity = torch.zeros(fixed.shape[0], ndim, *ops.band, dtype=torch.complex64, device=fixed.device)
+        velocity = torch.zeros(fixed.shape[0], ndim, *full.band, dtype=torch.complex64, device=fixed.device)
     else:
-        expected = (fixed.shape[0], ndim, *ops.band)
-        if tuple(initial_velocity.shape) != expected or not initial_velocity.is_complex():
-            raise ValueError(f"{caller}(): 'initial_velocity' must be complex band coefficients of shape {expected}, "
-                             f"got {tuple(initial_velocity.shape)} {initial_velocity.dtype}")
+        if initial_velocity.ndim != ndim + 2 or initial_velocity.shape[:2] != (fixed.shape[0], ndim) \
+                or not initial_velocity.is_complex():
+            raise ValueError(f"{caller}(): 'initial_velocity' must be complex band coefficients of shape "
+                             f"({fixed.shape[0]}, {ndim}, *band), got {tuple(initial_velocity.shape)} {initial_velocity.dtype}")
         velocity = initial_velocity.detach().to(device=fixed.device, dtype=torch.complex64)
 
-    def evaluate(v: torch.Tensor) -> dict:
-        v = v.detach().requires_grad_(True)
-        out = flash_energy(v, fixed32, moving32, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
-        out["velocity"], out["value"] = v, float(out["total"].detach().sum())
-        return out
+    history, step = [], step_size  # the step carries over: the levels' energies have the same scale
+    with progress_reporter(sum(counts), caller, progress, callback) as report:
+        for level, (factor, count) in enumerate(zip(factors, counts)):
+            grid, grid_spacing = level_grid(shape, factor, spacing)
+            ops = band_operators(grid, alpha, truncation, spacing=grid_spacing, device=fixed.device)
+            images = (downsample(fixed32, grid), downsample(moving32, grid))
 
-    current = evaluate(velocity)
-    current["total"].sum().backward()
-    history = []
-    with progress_reporter(iterations, caller, progress, callback) as report:
-        for iteration in range(iterations):
-            energy = current["value"]
-            trial, step = descent_step(current, evaluate, ops, step)
-            if trial is None:
-                break
-            trial["total"].sum().backward()
-            decrease = (energy - trial["value"]) / max(abs(energy), 1e-12)
-            current = trial
-            history.append({"iteration": iteration, "loss": current["value"],
-                            "image": float(current["image"].detach().sum()), "prior": float(current["prior"].detach().sum()),
-                            "step_size": step})
-            report(0, iteration, history[-1]["loss"])
-            step = min(2 * step, step_size * 4)
-            if decrease < tolerance:
-                break
+            def evaluate(v: torch.Tensor, ops=ops, images=images) -> dict:
+                v = v.detach().requires_grad_(True)
+                out = flash_energy(v, *images, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
+                out["velocity"], out["value"] = v, float(out["total"].detach().sum())
+                return out
 
-    velocity = current["velocity"].detach()
+            current = evaluate(resize_band(velocity, ops.band))
+            current["total"].sum().backward()
+            for iteration in range(count):
+                energy = current["value"]
+                trial, step = descent_step(current, evaluate, ops, step)
+                if trial is None:
+                    break
+                trial["total"].sum().backward()
+                current = trial
+                history.append({"level": level, "iteration": iteration, "loss": current["value"],
+                                "image": float(current["image"].detach().sum()),
+                                "prior": float(current["prior"].detach().sum()), "step_size": step})
+                report(level, iteration, current["value"])
+                step = min(2 * step, step_size * 4)
+                if (energy - current["value"]) / max(abs(energy), 1e-12) < tolerance:
+                    break
+            velocity = current["velocity"].detach()
+            energy_last = current["total"].detach()
+
+    velocity = resize_band(velocity, full.band)
     with torch.no_grad():
-        inverse_map, forward_map = shoot_maps(velocity, ops, num_steps, integrator, forward=inverse)
-        ddf = band_to_ddf(inverse_map, ops)
+        inverse_map, forward_map = shoot_maps(velocity, full, num_steps, integrator, forward=inverse)
+        ddf = band_to_ddf(inverse_map, full)
         out = {"ddf": ddf, "warped": warp(moving32, ddf), "initial_velocity": velocity,
-               "energy": current["total"].detach(), "history": history}
+               "energy": energy_last, "history": history}
         if inverse:
-            out["inverse_ddf"] = band_to_ddf(forward_map, ops)
+            out["inverse_ddf"] = band_to_ddf(forward_map, full)
     return out
 
 
 class FLASHRegistration(EngineSettings):
     """Settings holder for :func:`flash_register`: ``FLASHRegistration(alpha=6.0)(fixed, moving)``.
 
-    ``alpha="map"`` first estimates ``alpha`` for the pair (:func:`~.regularization.estimate_regularization`,
-    with this holder's ``sigma``, ``truncation``, ``num_steps``, ``integrator``, ``spacing``, ``iterations``
-    and ``tolerance``), then
+    ``alpha="map"`` first estimates ``alpha`` for the pair (:func:`~.regularization.estimate_regularization`
+    on the coarsest level's grid, with this holder's ``sigma``, ``truncation``, ``num_steps``, ``integrator``
+    and ``tolerance``, and the sum of its ``iterations``), then
     registers at that ``alpha`` from the estimate's ``v_0``; the output's ``"summary"`` holds ``alpha``
     (the method contract copies it into ``summary.json``).
 
@@ -227,9 +251,11 @@ class FLASHRegistration(EngineSettings):
             return out
         from .regularization import estimate_regularization
 
-        shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "spacing", "progress",
-                                           "iterations", "tolerance")}
-        estimate = estimate_regularization(fixed, moving, **shared)
+        check_schedule(settings["levels"], settings["iterations"], type(self).__name__)
+        grid, grid_spacing = level_grid(fixed.shape[2:], settings["levels"][0], settings["spacing"])
+        shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "progress", "tolerance")}
+        estimate = estimate_regularization(downsample(fixed.float(), grid), downsample(moving.float(), grid),
+                                           spacing=grid_spacing, iterations=sum(settings["iterations"]), **shared)
         settings["alpha"] = estimate["alpha"]
         out = flash_register(fixed, moving, inverse=inverse, callback=callback,
                              initial_velocity=estimate["initial_velocity"], **settings)

@@ -43,6 +43,7 @@ __all__ = [
     "band_product",
     "band_to_spatial",
     "spatial_to_band",
+    "resize_band",
     "hermitian_part",
 ]
 
@@ -219,6 +220,22 @@ def spatial_to_band(values: torch.Tensor, band: Sequence[int]) -> torch.Tensor:
         n = out.shape[2 + axis]
         matrix = _synthesis_matrix(n, t, out.device, out.dtype)
         out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ matrix.conj(), -1, 2 + axis) / n
+    return out
+
+
+def resize_band(coefficients: torch.Tensor, band: Sequence[int]) -> torch.Tensor:
+    """The same field on another band ``(B, C, *band)``: centred crop (dropping the outer frequencies) or zero padding."""
+    out = coefficients
+    for axis, t in enumerate(band):
+        dim = 2 + axis
+        current = out.shape[dim]
+        if t < current:
+            out = out.narrow(dim, (current - t) // 2, t)
+        elif t > current:
+            pad = list(out.shape)
+            pad[dim] = (t - current) // 2
+            zeros = out.new_zeros(pad)
+            out = torch.cat([zeros, out, zeros], dim=dim)
     return out
 
 

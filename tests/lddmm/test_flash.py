@@ -61,9 +61,11 @@ def test_recovers_a_deformation_of_its_own_model():
     fixed = blobs(shape)
     _, truth = deformation(shape, 0.03)
     moving = warp(fixed, invert_ddf(truth, iterations=30))
-    result = flash_register(fixed, moving, alpha=1.0, sigma=0.01, iterations=150)
+    result = flash_register(fixed, moving, alpha=1.0, sigma=0.01, iterations=(100, 50))
     history = result["history"]
-    assert all(b["loss"] <= a["loss"] for a, b in zip(history, history[1:]))  # monotone descent
+    for level in (0, 1):  # monotone descent within each level (the levels' energies differ)
+        losses = [h["loss"] for h in history if h["level"] == level]
+        assert losses and all(b <= a for a, b in zip(losses, losses[1:]))
     before = float((moving - fixed).abs().mean())
     after = float((result["warped"] - fixed).abs().mean())
     assert after < 0.25 * before  # measured 0.12 (mean |truth| 0.6 voxel)
@@ -74,13 +76,32 @@ def test_recovers_a_deformation_of_its_own_model():
     assert result["initial_velocity"].shape == (1, 2, 15, 15)
 
 
+def test_levels_carry_the_same_field_and_the_coarse_level_does_most_of_the_work():
+    """Band coefficients are in physical units, so a coarse level's result is a good start for the next: the
+    two-level schedule reaches about the single-level energy, and the coarse level alone already most of the way."""
+    shape = (48, 48)
+    fixed = blobs(shape)
+    _, truth = deformation(shape, 0.03)
+    moving = warp(fixed, invert_ddf(truth, iterations=30))
+    options = {"alpha": 1.0, "sigma": 0.01, "inverse": False}
+    single = flash_register(fixed, moving, levels=(1,), iterations=(150,), **options)
+    pyramid = flash_register(fixed, moving, levels=(2, 1), iterations=(100, 30), **options)
+    coarse_only = flash_register(fixed, moving, levels=(2, 1), iterations=(100, 0), **options)
+    start = flash_register(fixed, moving, levels=(1,), iterations=(0,), **options)
+    e_single, e_pyramid = float(single["energy"]), float(pyramid["energy"])
+    e_coarse, e_start = float(coarse_only["energy"]), float(start["energy"])
+    assert e_pyramid < 1.05 * e_single
+    assert (e_start - e_coarse) > 0.8 * (e_start - e_single)
+    assert {h["level"] for h in pyramid["history"]} == {0, 1}
+
+
 def test_larger_alpha_gives_a_smoother_smaller_field():
     shape = (40, 40)
     fixed = blobs(shape)
     _, truth = deformation(shape, 0.01, seed=3)
     moving = warp(fixed, truth)
-    soft = flash_register(fixed, moving, alpha=0.5, sigma=0.05, iterations=40, inverse=False)
-    stiff = flash_register(fixed, moving, alpha=50.0, sigma=0.05, iterations=40, inverse=False)
+    soft = flash_register(fixed, moving, alpha=0.5, sigma=0.05, levels=(1,), iterations=(40,), inverse=False)
+    stiff = flash_register(fixed, moving, alpha=50.0, sigma=0.05, levels=(1,), iterations=(40,), inverse=False)
     assert "inverse_ddf" not in soft
     assert stiff["ddf"].abs().mean() < soft["ddf"].abs().mean()
     assert float(stiff["energy"]) > 0 and math.isfinite(float(soft["energy"]))
@@ -91,7 +112,7 @@ def test_builtin_method_flash_through_the_contract():
     fixed = blobs(shape) * 800 + 100  # any intensity range: the method normalises
     _, truth = deformation(shape, 0.006, seed=4)
     moving = warp(fixed, truth)
-    method = load_method("flash", alpha=0.5, sigma=0.01, iterations=30, truncation=7)
+    method = load_method("flash", alpha=0.5, sigma=0.01, iterations=[20, 10], truncation=7)
     out = check_method_output(method(fixed, moving), fixed, "flash")
     assert out["ddf"].shape == (1, 3, *shape) and out["inverse_ddf"].shape == (1, 3, *shape)
     assert (warp(moving, out["ddf"]) - fixed).abs().mean() < 0.5 * (moving - fixed).abs().mean()
@@ -100,14 +121,16 @@ def test_builtin_method_flash_through_the_contract():
 @pytest.mark.parametrize("options, message", [
     ({"alpha": 0.0}, "'alpha' must be"),
     ({"sigma": -1.0}, "'sigma' must be"),
-    ({"iterations": -2}, "'iterations'"),
+    ({"iterations": [-2, 1]}, "'iterations'"),
+    ({"iterations": 5}, "'iterations'"),
+    ({"levels": [0.5, 1]}, "'levels'"),
     ({"truncation": 0}, "truncation"),
     ({"integrator": "leapfrog"}, "integrator"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     fixed = blobs((16, 16))
     with pytest.raises(ValueError, match=message):
-        flash_register(fixed, fixed.flip(-1), **{"iterations": 2, **options})
+        flash_register(fixed, fixed.flip(-1), **{"iterations": [2, 2], **options})
 
 
 def test_settings_holder_rejects_unknown_settings():
@@ -120,11 +143,12 @@ def test_alpha_map_estimates_alpha_and_reports_it_in_the_summary():
     shape = (32, 32)
     fixed = blobs(shape)
     _, truth = deformation(shape, 0.02, seed=5)
-    method = FLASHRegistration(alpha="map", sigma=0.01, truncation=7, iterations=60)
+    method = FLASHRegistration(alpha="map", sigma=0.01, truncation=7, iterations=[40, 20])
     out = check_method_output(method(fixed, warp(fixed, truth)), fixed, "flash")
     assert out["summary"]["alpha_source"] == "map"
     assert 1e-3 <= out["summary"]["alpha"] <= 1e3 and out["summary"]["alpha"] != 3.0  # moved from its start
-    given = check_method_output(FLASHRegistration(alpha=2.0, truncation=7, iterations=2)(fixed, fixed.flip(-1)), fixed, "flash")
+    given = check_method_output(FLASHRegistration(alpha=2.0, truncation=7, iterations=[2, 2])(fixed, fixed.flip(-1)),
+                                fixed, "flash")
     assert given["summary"] == {"alpha": 2.0, "alpha_source": "given"}
 
 
@@ -152,7 +176,7 @@ def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
         paths[name] = tmp_path / f"{name}.nii.gz"
         nib.save(nib.Nifti1Image(image[0, 0].numpy().astype(np.float32), np.eye(4)), paths[name])
     status = main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
-                   "--option", "truncation=5", "--option", "iterations=5"])
+                   "--option", "truncation=5", "--option", "iterations=[5, 5]"])
     assert status == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["alpha_source"] == "map" and 1e-3 <= printed["alpha"] <= 1e3 and printed["seconds"] > 0
