@@ -20,21 +20,13 @@ from collections.abc import Callable
 import torch
 
 from ..validation import check_integer
-from .shooting import BandOperators, geodesic_rates
+from .shooting import BandOperators, geodesic_rates, rk4_step
 
 __all__ = ["adjoint_gradient"]
 
 
 def _rates(state: tuple[torch.Tensor, torch.Tensor], operators: BandOperators) -> tuple[torch.Tensor, torch.Tensor]:
     return geodesic_rates(state[0], state[1], operators)
-
-
-def _rk4(state, rate, h):
-    k1 = rate(state, 0.0)
-    k2 = rate(tuple(x + 0.5 * h * k for x, k in zip(state, k1)), 0.5)
-    k3 = rate(tuple(x + 0.5 * h * k for x, k in zip(state, k2)), 0.5)
-    k4 = rate(tuple(x + h * k for x, k in zip(state, k3)), 1.0)
-    return tuple(x + (h / 6) * (a + 2 * b + 2 * c + d) for x, a, b, c, d in zip(state, k1, k2, k3, k4))
 
 
 def adjoint_gradient(initial_velocity: torch.Tensor, operators: BandOperators,
@@ -60,7 +52,7 @@ def adjoint_gradient(initial_velocity: torch.Tensor, operators: BandOperators,
     trajectory = [state]
     with torch.no_grad():
         for _ in range(2 * num_steps):
-            state = _rk4(state, lambda s, _: _rates(s, operators), 0.5 * h)
+            state = rk4_step(state, lambda s, _: _rates(s, operators), 0.5 * h)
             trajectory.append(state)
     with torch.enable_grad():
         final_map = trajectory[-1][1].detach().requires_grad_(True)
@@ -81,5 +73,5 @@ def adjoint_gradient(initial_velocity: torch.Tensor, operators: BandOperators,
     adjoint = (torch.zeros_like(initial_velocity), final_gradient)
     for step in range(num_steps, 0, -1):
         at = {0.0: transposed_jacobian(2 * step), 0.5: transposed_jacobian(2 * step - 1), 1.0: transposed_jacobian(2 * step - 2)}
-        adjoint = _rk4(adjoint, lambda lam, offset: at[offset](lam), h)
+        adjoint = rk4_step(adjoint, lambda lam, offset: at[offset](lam), h)
     return value.detach(), adjoint[0]

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import torch
 
 from ..engines._optim_common import ProgressReporter, check_pair, progress_reporter
-from ..functional import warp
+from ..functional import spatial_gradient, warp
 from ..validation import check_choice, check_integer, check_positive
 from .flash import DEFAULT_SIGMA, band_to_ddf, descent_step, flash_energy
 from .shooting import BandOperators, band_operators, shoot_maps
@@ -88,9 +88,8 @@ def data_precision(warped: torch.Tensor, sigma: float) -> torch.Tensor:
     """``g_i = sum_x (d_i warped)^2 / sigma^2`` ``(D,)``: the diagonal Gauss-Newton curvature of the image term
     along one band mode of velocity component ``i`` (the same for every frequency, to first order in the
     displacement), from the warped moving image ``(1, C, *shape)`` (central differences, summed over channels)."""
-    ndim = warped.ndim - 2
-    grads = torch.gradient(warped.double(), dim=tuple(range(2, 2 + ndim)))
-    return torch.stack([g.pow(2).sum() for g in grads]) / sigma ** 2
+    grads = spatial_gradient(warped.double())  # (B, C, D, *shape)
+    return grads.pow(2).sum(dim=(0, 1)).flatten(1).sum(1) / sigma ** 2
 
 
 def best_alpha(initial_velocity: torch.Tensor, operators: BandOperators, data_precision: torch.Tensor | None = None,

@@ -30,7 +30,7 @@ from ..validation import check_choice, check_integer
 from .fourier import (band_shape, derivative_symbols, from_product_grid, laplacian_symbol, product_grid_size,
                       regularization_symbol, to_product_grid)
 
-__all__ = ["BandOperators", "band_operators", "geodesic_rates", "shoot", "shoot_maps", "INTEGRATORS"]
+__all__ = ["BandOperators", "band_operators", "geodesic_rates", "rk4_step", "shoot", "shoot_maps", "INTEGRATORS"]
 
 INTEGRATORS = ("rk4", "euler")
 
@@ -132,6 +132,16 @@ def geodesic_rates(velocity: torch.Tensor, displacement: torch.Tensor | None,
     return velocity_rate, displacement_rate
 
 
+def rk4_step(state: tuple[torch.Tensor, ...], rate, h: float) -> tuple[torch.Tensor, ...]:
+    """One classical Runge-Kutta step of a system of tensors: ``rate(state, offset)`` is evaluated at the step's
+    start (``offset`` 0), middle (0.5, twice) and end (1), ``offset`` being the fraction of the step."""
+    k1 = rate(state, 0.0)
+    k2 = rate(tuple(x + 0.5 * h * k for x, k in zip(state, k1)), 0.5)
+    k3 = rate(tuple(x + 0.5 * h * k for x, k in zip(state, k2)), 0.5)
+    k4 = rate(tuple(x + h * k for x, k in zip(state, k3)), 1.0)
+    return tuple(x + (h / 6) * (a + 2 * b + 2 * c + d) for x, a, b, c, d in zip(state, k1, k2, k3, k4))
+
+
 def shoot(initial_velocity: torch.Tensor, operators: BandOperators, num_steps: int = 10, integrator: str = "rk4", *,
           with_map: bool = True, return_path: bool = False):
     """Integrate EPDiff from ``v_0`` over ``t in [0, 1]`` (and the inverse map ``phi_t^-1`` with it).
@@ -154,28 +164,20 @@ def shoot(initial_velocity: torch.Tensor, operators: BandOperators, num_steps: i
         raise ValueError(f"{caller}(): 'initial_velocity' must have band shape {operators.band}, "
                          f"got {tuple(initial_velocity.shape[2:])}")
     h = 1.0 / num_steps
-    v = initial_velocity
-    u = torch.zeros_like(v) if with_map else None
-    path = [v]
+    state = (initial_velocity, torch.zeros_like(initial_velocity)) if with_map else (initial_velocity,)
+    path = [initial_velocity]
 
-    def rates(v_, u_):
-        return geodesic_rates(v_, u_, operators)
-
-    def step(x, k, scale):
-        return None if x is None else x + scale * k
+    def rates(s: tuple[torch.Tensor, ...], offset: float) -> tuple[torch.Tensor, ...]:
+        dv, du = geodesic_rates(s[0], s[1] if with_map else None, operators)
+        return (dv, du) if with_map else (dv,)
 
     for _ in range(num_steps):
-        k1v, k1u = rates(v, u)
         if integrator == "euler":
-            v, u = v + h * k1v, step(u, k1u, h)
+            state = tuple(x + h * k for x, k in zip(state, rates(state, 0.0)))
         else:
-            k2v, k2u = rates(v + 0.5 * h * k1v, step(u, k1u, 0.5 * h))
-            k3v, k3u = rates(v + 0.5 * h * k2v, step(u, k2u, 0.5 * h))
-            k4v, k4u = rates(v + h * k3v, step(u, k3u, h))
-            v = v + (h / 6) * (k1v + 2 * k2v + 2 * k3v + k4v)
-            if u is not None:
-                u = u + (h / 6) * (k1u + 2 * k2u + 2 * k3u + k4u)
-        path.append(v)
+            state = rk4_step(state, rates, h)
+        path.append(state[0])
+    v, u = state[0], (state[1] if with_map else None)
     return (v, u, path) if return_path else (v, u)
 
 
