@@ -57,6 +57,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ from .functional.affine import affine_to_ddf, invert_affine
 from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
-from .methods import MethodInfo, check_method_output, find_method, load_method, run_method
+from .methods import MethodInfo, check_method_output, find_method, run_method, shared_method
 from .functional.jacobian import jacobian_determinant
 from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
 from .transforms.intensity import normalize_intensity_percentile, percentile
@@ -377,8 +378,24 @@ class RegistrationResult:
         start = time.perf_counter()
         affine = self.affine
         ndim = self.ddf.shape[1]
-        files = {"warped.nii.gz": save_image(self.warped, affine, folder / "warped.nii.gz", spatial_dims=ndim),
-                 "ddf.nii.gz": save_displacement_field(self.ddf, affine, folder / "ddf.nii.gz")}
+        # the field file (the largest: converting, compressing and writing it releases the GIL) is written
+        # in a second thread while this one writes the rest and draws the QC picture
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ddf_file = pool.submit(save_displacement_field, self.ddf, affine, folder / "ddf.nii.gz")
+            files = {"warped.nii.gz": save_image(self.warped, affine, folder / "warped.nii.gz", spatial_dims=ndim)}
+            self._write_others(folder, files, qc, inverse)
+            summary = self.summary()  # the metrics, meanwhile
+            files["ddf.nii.gz"] = ddf_file.result()
+        self.timings["write"] = time.perf_counter() - start
+        summary["metrics"] = self.metrics  # its "seconds" now with "write"
+        summary["files"] = sorted([*files, "summary.json"])
+        files["summary.json"] = save_json(summary, folder / "summary.json")
+        return files
+
+    def _write_others(self, folder: Path, files: dict[str, Path], qc: bool, inverse: bool) -> None:
+        """Every optional output file and ``qc.png`` into ``files``."""
+        affine = self.affine
+        ndim = self.ddf.shape[1]
         if self.warped_labels is not None:
             files["warped_labels.nii.gz"] = save_image(self.warped_labels, affine, folder / "warped_labels.nii.gz",
                                                        label=True, spatial_dims=ndim)
@@ -398,11 +415,6 @@ class RegistrationResult:
             files["qc.png"] = save_qc_figure(self.fixed, self.moving, self.warped, self.ddf, folder / "qc.png",
                                              det_jacobian=self.det_jacobian, title=f"monai_diffreg: {method}",
                                              affine=affine)
-        self.timings["write"] = time.perf_counter() - start
-        summary = self.summary()
-        summary["files"] = sorted([*files, "summary.json"])
-        files["summary.json"] = save_json(summary, folder / "summary.json")
-        return files
 
 
 # ----------------------------------------------------------------------------------------- register
@@ -607,7 +619,7 @@ def register(
                          f"got {got}")
     times["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    method = bundle if is_object else load_method(bundle, device=dev, **method_options)
+    method = bundle if is_object else shared_method(bundle, device=dev, **method_options)
     times["load_method"] = time.perf_counter() - t0
     memory = check_memory(images, method, output_dir is not None, dev)  # before any heavy work
 

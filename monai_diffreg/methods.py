@@ -60,6 +60,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ __all__ = [
     "resolve_bundle",
     "read_bundle_config",
     "load_method",
+    "shared_method",
     "run_method",
     "user_cause",
     "check_method_output",
@@ -383,6 +385,46 @@ def load_method(name_or_path: str | os.PathLike, device: str | torch.device | No
     if not callable(method):
         raise TypeError(f"load_method(): '{name_or_path}' built a {type(method).__name__}, which is not callable")
     return method  # type: ignore[return-value]
+
+
+_SHARED: OrderedDict[tuple, RegistrationMethod] = OrderedDict()
+_SHARED_SIZE = 2
+
+
+def _bundle_files_stamp(folder: Path) -> tuple:
+    """(name, size, mtime) of every file under the bundle's ``configs/`` and ``models/``: changes when either does."""
+    stamp = []
+    for part in ("configs", "models"):
+        for root, _, names in os.walk(folder / part):
+            for name in sorted(names):
+                st = os.stat(os.path.join(root, name))
+                stamp.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(stamp))
+
+
+def shared_method(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                  **options: Any) -> RegistrationMethod:
+    """:func:`load_method`, reusing the object an earlier call built for the same bundle (its config and weight
+    files unchanged), device and options; for callers that run one method on many pairs (:func:`monai_diffreg.register`
+    in a loop skips re-reading the config and weights, ~25 ms). Built-in methods, and options that are not plain
+    JSON values, are built anew each time. The object is shared: do not modify it.
+    """
+    info = find_method(name_or_path, "load_method", "name_or_path")
+    try:
+        key = (info.location, str(device), json.dumps(options, sort_keys=True))
+    except TypeError:  # objects among the options: nothing to compare them by
+        key = None
+    if info.kind != "bundle" or key is None:
+        return load_method(name_or_path, device, **options)
+    key = (*key, _bundle_files_stamp(Path(info.location)))
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _SHARED[key]
+    method = load_method(name_or_path, device, **options)
+    _SHARED[key] = method
+    while len(_SHARED) > _SHARED_SIZE:
+        _SHARED.popitem(last=False)
+    return method
 
 
 def run_method(method: RegistrationMethod, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> object:

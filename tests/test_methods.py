@@ -14,6 +14,7 @@ from monai_diffreg.methods import (
     check_method_output,
     load_method,
     resolve_bundle,
+    shared_method,
 )
 
 TOY_CONFIG = {
@@ -73,6 +74,22 @@ def test_load_bundle_method_with_overrides(bundle_dir):
     assert out["root"] == str(bundle_dir / "toy_bundle")
     with pytest.raises(ValueError, match=r"option\(s\) \['nonsense'\] are not ids of toy_bundle"):
         load_method("toy_bundle", nonsense=1)
+
+
+def test_shared_method_reuses_the_object_until_the_bundle_changes(bundle_dir):
+    """Same bundle, device and options: one object; other options or a changed config file: a new one."""
+    first = shared_method("toy_bundle", device="cpu", shift=2.5)
+    assert shared_method("toy_bundle", device="cpu", shift=2.5) is first
+    other = shared_method("toy_bundle", device="cpu", shift=1.5)
+    assert other is not first
+    fixed = torch.zeros(1, 1, 3, 4)
+    torch.testing.assert_close(other(fixed, fixed)["ddf"], torch.full((1, 2, 3, 4), 1.5))
+    config = bundle_dir / "toy_bundle" / "configs" / "inference.json"
+    config.write_text(json.dumps({**TOY_CONFIG, "shift": 7.0}))
+    methods.os.utime(config, ns=(1, 1))  # a new stamp even within the file system's time resolution
+    changed = shared_method("toy_bundle", device="cpu")
+    torch.testing.assert_close(changed(fixed, fixed)["ddf"], torch.full((1, 2, 3, 4), 7.0))
+    assert shared_method("svf_optim") is not shared_method("svf_optim")  # built-in methods: built each time
 
 
 def test_load_method_errors(bundle_dir, tmp_path):

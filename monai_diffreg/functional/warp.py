@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_choice, check_field, check_spatial_tensor
-from .grid import identity_grid, tracing
+from .grid import tracing
 
 __all__ = ["warp", "WARP_MODES", "PADDING_MODES", "voxel_to_sampling_coordinates"]
 
@@ -27,13 +27,15 @@ def voxel_to_sampling_coordinates(locations: torch.Tensor, spatial_shape: tuple[
 
 
 @lru_cache(maxsize=16)
-def _sampling_base(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``grid_sample`` coordinates of the identity ``(1, *S, D)`` (last axis in its (x, y[, z]) order, i.e.
-    spatial axes reversed) and the matching per-axis scale ``(D,)`` from voxels: ``coords = base + scale *
-    u_reversed`` (cached; never modify)."""
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype)
-    base = (identity_grid(shape, device, dtype).movedim(0, -1) * scale - 1.0).flip(-1).unsqueeze(0).contiguous()
-    return base, scale.flip(0)
+def _sampling_axes(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+                   ) -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
+    """Per spatial axis ``k``: the ``grid_sample`` coordinate of each voxel index, shaped to broadcast against
+    ``(B, *S)`` (``(1, .., n_k, .., 1)``), and the scale from voxels, so that axis ``k``'s sampling coordinate
+    is ``coordinate_k + scale_k * u_k`` (cached; never modify)."""
+    scales = tuple(2.0 / max(n - 1, 1) for n in shape)
+    coordinates = tuple((torch.arange(n, device=device, dtype=dtype) * scales[k] - 1.0).view(
+        1, *(n if j == k else 1 for j in range(len(shape)))) for k, n in enumerate(shape))
+    return coordinates, scales
 
 
 def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
@@ -53,9 +55,12 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
-    base, scale = (_sampling_base.__wrapped__ if tracing() else _sampling_base)(tuple(ddf.shape[2:]), ddf.device,
-                                                                                 image.dtype)
-    # the grid in one fused pass from the cached normalised identity (the image is left contiguous:
-    # grid_sample's backward is about twice slower on a permuted input)
-    grid = torch.addcmul(base, ddf.to(image.dtype).flip(1).movedim(1, -1), scale)
+    coordinates, scales = (_sampling_axes.__wrapped__ if tracing() else _sampling_axes)(
+        tuple(ddf.shape[2:]), ddf.device, image.dtype)
+    # the grid from per-axis identity coordinates (broadcast, nothing of the grid's size read) and the
+    # field's components, stacked in grid_sample's reversed axis order: one pass over the field (the image
+    # is left contiguous: grid_sample's backward is about twice slower on a permuted input)
+    ddf = ddf.to(image.dtype)
+    grid = torch.stack([torch.add(coordinates[k], ddf[:, k], alpha=scales[k]) for k in reversed(range(ddf.shape[1]))],
+                       dim=-1)
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)

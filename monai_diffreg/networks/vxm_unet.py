@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..validation import check_choice, check_spatial_tensor
-from .blocks import NORMS, conv_block
+from .blocks import NORMS, conv_block, max_pool_half
 
 __all__ = ["VxmUNet", "NORMS"]
 
@@ -91,7 +91,6 @@ class VxmUNet(nn.Module):
         for width in enc:
             self.encoder.append(block(spatial_dims, channels, width))
             channels = width
-        self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
         self.decoder = nn.ModuleList()
         for i, width in enumerate(dec[:levels]):
@@ -125,7 +124,7 @@ class VxmUNet(nn.Module):
         for block in self.encoder:
             x = block(x, *context)
             skips.append(x)
-            x = self.pool(x)
+            x = max_pool_half(x)
         for i, block in enumerate(self.decoder):
             x = block(x, *context)
             if self._upsamples_after(i):

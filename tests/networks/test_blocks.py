@@ -1,12 +1,14 @@
-"""conv_block / init_flow_head / convolution: exact halving and doubling of sizes, norm option, identity start, oneDNN path."""
+"""conv_block / init_flow_head / convolution / max_pool_half: exact halving and doubling of sizes, norm option, identity start, oneDNN path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monai_diffreg.networks import conv_block, convolution, init_flow_head
+from monai_diffreg.networks.blocks import max_pool_half
 
 
 @pytest.mark.parametrize("spatial_dims,size", [(2, (12, 10)), (3, (8, 6, 10))])
@@ -82,3 +84,24 @@ def test_convolution_behaves_like_pytorch_on_unbatched_and_wrong_inputs():
 def test_convolution_rejects_bad_dims():
     with pytest.raises(ValueError, match="spatial_dims"):
         convolution(4, 2, 3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9, 10), (1, 2, 8, 8, 8), (1, 1, 5, 6), (3, 2, 4, 3)])
+def test_max_pool_half_equals_max_pool(shape):
+    """Values equal nn.MaxPool(2) (floor sizes, odd sizes included); the gradient reaches each block's maximum."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    reference = (F.max_pool2d if len(shape) == 4 else F.max_pool3d)(x, 2)
+    pooled = max_pool_half(x)
+    assert torch.equal(pooled, reference)
+    (grad,) = torch.autograd.grad(pooled.sum(), x)
+    (expected,) = torch.autograd.grad(reference.sum(), x)
+    torch.testing.assert_close(grad, expected)  # no ties in random data: the same voxels
+
+
+def test_conv_block_in_place_activation_backpropagates():
+    """The in-place LeakyReLU after a convolution / instance norm leaves autograd a valid graph (float64 gradcheck)."""
+    torch.manual_seed(0)
+    for norm in (None, "instance"):
+        block = conv_block(2, 2, 3, norm=norm).double()
+        x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(block, (x,))
