@@ -167,6 +167,40 @@ def test_console_entry_point_subprocess(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+_RUN_SHIFT = """
+import sys
+sys.path.insert(0, {tests!r})
+from monai_diffreg import methods
+from monai_diffreg.cli import run
+from test_cli import ShiftMethod
+methods.register_method("shift", ShiftMethod, "constant shift (test)")
+run()
+"""
+
+
+def test_run_ends_the_process_at_once_with_every_output_complete(pair_files, tmp_path):
+    """The command's entry point (cli.run) ends the process without the interpreter's teardown: the report
+    line is flushed, every file is complete, and the statuses are main()'s (2 for bad arguments)."""
+    import nibabel as nib
+    from PIL import Image
+
+    script = _RUN_SHIFT.format(tests=str(Path(__file__).parent))
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-c", script, "register", "--fixed", str(pair_files["fixed"]), "--moving",
+                           str(pair_files["m1"]), "--bundle", "shift", "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "det J <= 0" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["files"]) == sorted(p.name for p in out.iterdir())
+    assert np.isfinite(np.asarray(nib.load(out / "ddf.nii.gz").dataobj)).all()
+    assert np.asarray(nib.load(out / "warped.nii.gz").dataobj).shape == (16, 14, 12)
+    Image.open(out / "qc.png").load()  # the whole PNG decodes
+    bad = subprocess.run([sys.executable, "-c", script, "register", "--nonsense"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
 def test_shift_is_applied(shift_method, pair_files, tmp_path):
     """End to end through files: the written warped image is the moving image pulled by the method's field."""
     import nibabel as nib

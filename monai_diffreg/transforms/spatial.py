@@ -24,6 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import DivisiblePad, EnsureChannelFirst, LoadImage
 
 from ..validation import check_finite, check_not_constant
+from .readers import IsalNibabelReader
 
 __all__ = ["divisible_padding", "pad_to_divisible", "crop_back", "axis_mapping", "to_target_axes", "to_source_axes",
            "load_channel_first", "check_image"]
@@ -191,6 +192,8 @@ def to_source_axes(x: torch.Tensor, mapping: Sequence[tuple[int, int]], is_field
 def load_channel_first(path: str | os.PathLike, key: str, caller: str, reader: object | None = None) -> MetaTensor:
     """Read an image file (NIfTI, NRRD, MHA, ...: MONAI :class:`~monai.transforms.LoadImage`) as ``(C, *spatial)``.
 
+    Without a ``reader``, ``.nii.gz`` files are read by :class:`~monai_diffreg.transforms.readers.IsalNibabelReader`.
+
     Raises:
         FileNotFoundError: the file does not exist (message names ``key`` and ``path``).
         ValueError: the file cannot be read, or is not a single-channel 2D or 3D image.
@@ -200,7 +203,12 @@ def load_channel_first(path: str | os.PathLike, key: str, caller: str, reader: o
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{caller}(): '{key}' file not found: {os.fspath(path)}")
     try:
-        image = LoadImage(reader=reader, image_only=True)(path)
+        if reader is None and os.fspath(path).endswith(".nii.gz"):
+            # MONAI's NIfTI reader, inflating ~4x faster; given at call time, it is the only reader tried
+            # (a reader given to LoadImage's constructor makes a failure fall through to every other reader)
+            image = LoadImage(image_only=True)(path, reader=IsalNibabelReader())
+        else:
+            image = LoadImage(reader=reader, image_only=True)(path)
     except Exception as error:  # MONAI raises RuntimeError/OSError/... depending on the reader
         raise ValueError(f"{caller}(): could not read '{key}' from {os.fspath(path)}: {error}") from error
     image = EnsureChannelFirst()(image)
