@@ -34,7 +34,8 @@ A registration method is any callable object implementing :class:`RegistrationMe
 Where methods come from
 -----------------------
 * **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"flash"`` is
-  :class:`monai_diffreg.lddmm.FLASHRegistration` (Fourier-space LDDMM); ``"svf_optim"`` is
+  :class:`monai_diffreg.lddmm.FLASHRegistration` (Fourier-space LDDMM); ``"vsvf"`` is
+  :class:`monai_diffreg.mermaid.VSVFRegistration` (Mermaid's vSVF); ``"svf_optim"`` is
   :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
   a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
   options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
@@ -115,11 +116,13 @@ class PercentileNormalised:
     def __init__(self, method: Callable[[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]) -> None:
         self.method = method
 
-    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor) -> Mapping[str, torch.Tensor]:
+    def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> Mapping[str, torch.Tensor]:
+        """``method`` on the normalised pair; ``inverse`` is passed on when it takes it (:func:`run_method`)."""
         from .transforms.intensity import normalize_intensity_percentile
 
-        return self.method(normalize_intensity_percentile(fixed, name="fixed", caller="PercentileNormalised"),
-                           normalize_intensity_percentile(moving, name="moving", caller="PercentileNormalised"))
+        return run_method(self.method, normalize_intensity_percentile(fixed, name="fixed", caller="PercentileNormalised"),
+                          normalize_intensity_percentile(moving, name="moving", caller="PercentileNormalised"),
+                          inverse=inverse)
 
     def __repr__(self) -> str:
         return f"PercentileNormalised({self.method!r})"
@@ -137,6 +140,12 @@ def _flash(**options: Any) -> PercentileNormalised:
     return PercentileNormalised(FLASHRegistration(**options))
 
 
+def _vsvf(**options: Any) -> PercentileNormalised:
+    from .mermaid import VSVFRegistration
+
+    return PercentileNormalised(VSVFRegistration(**options))
+
+
 #: name -> (factory called with the method's options, one-line description); extended by
 #: :func:`register_method` and by other packages' ``monai_diffreg.methods`` entry points
 BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
@@ -144,6 +153,8 @@ BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
                               "options: monai_diffreg.engines.svf_optim.optimise_svf arguments"),
     "flash": (_flash, "built-in: FLASH, geodesic shooting of a band-limited velocity (LDDMM in Fourier space, "
                       "no training); options: monai_diffreg.lddmm.flash_register arguments (alpha, sigma, ...)"),
+    "vsvf": (_vsvf, "built-in: vSVF (Mermaid), a stationary velocity v = K * m of a momentum m with a multi-Gaussian "
+                    "kernel (no training); options: monai_diffreg.mermaid.vsvf_register arguments"),
 }
 
 #: entry-point group through which another installed package adds methods (``name = module:factory``)

@@ -87,6 +87,14 @@ def level_shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
     return tuple(max(int(round(n / factor)), min(n, MIN_LEVEL_SIZE)) for n in shape)
 
 
+def level_grid(shape: Sequence[int], factor: float, spacing: Sequence[float] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Grid and voxel size of a pyramid level: ``level_shape(shape, factor)`` voxels, each covering the same
+    physical extent (``spacing * N / N_level``), so fields in physical units mean the same thing at every level."""
+    level = level_shape(shape, factor)
+    base = (1.0,) * len(shape) if spacing is None else tuple(float(h) for h in spacing)
+    return level, tuple(h * n / m for h, n, m in zip(base, shape, level))
+
+
 def downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Average-pool (``resize_image(..., mode="area")``) an image or mask onto a level grid."""
     return resize_image(image, size=shape, mode="area")

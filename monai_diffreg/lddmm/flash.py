@@ -24,13 +24,13 @@ from collections.abc import Sequence
 import torch
 
 from ..engines._optim_common import (EngineSettings, ProgressReporter, check_pair, check_schedule, downsample,
-                                     level_shape, progress_reporter)
+                                     level_grid, progress_reporter)
 from ..functional import warp
 from ..validation import check_integer, check_positive
 from .fourier import band_to_spatial, hermitian_part, resize_band
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
-__all__ = ["level_grid", "band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
+__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
 
 #: chosen on validation cases among 0.3, 1, 3, 6, 10 (monai_diffreg/lddmm/README.md)
 DEFAULT_ALPHA = 10.0
@@ -99,14 +99,6 @@ def descent_step(current: dict, evaluate, operators: BandOperators, step_size: f
         if step < min_step:
             return None, step
         step *= 0.5
-
-
-def level_grid(shape: Sequence[int], factor: float, spacing: Sequence[float] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Grid and voxel size of a pyramid level: ``level_shape(shape, factor)`` voxels, each covering the same
-    physical extent (``spacing * N / N_level``), so band coefficients in physical units mean the same field."""
-    level = level_shape(shape, factor)
-    base = (1.0,) * len(shape) if spacing is None else tuple(float(h) for h in spacing)
-    return level, tuple(h * n / m for h, n, m in zip(base, shape, level))
 
 
 def flash_register(

@@ -1,0 +1,8 @@
+"""The Mermaid family of momentum models (uncbiag's Mermaid; Niethammer, Kwitt, Vialard, CVPR 2019): kernels
+and vSVF. Method notes: ``monai_diffreg/mermaid/README.md``."""
+
+from .kernels import apply_kernel, check_kernel, gaussian_multiplier, kernel_energy, kernel_multiplier, omt_penalty
+from .vsvf import VSVFRegistration, momentum_to_velocity, vsvf_energy, vsvf_register
+
+__all__ = ["apply_kernel", "check_kernel", "gaussian_multiplier", "kernel_energy", "kernel_multiplier", "omt_penalty",
+           "VSVFRegistration", "momentum_to_velocity", "vsvf_energy", "vsvf_register"]
