@@ -60,6 +60,20 @@ def vsvf_energy(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
     return {"total": image + regularization_weight * prior, "image": image, "prior": prior, "ddf": ddf}
 
 
+def _check_settings(caller: str, *, sigmas, weights, regularization_weight, image_loss, levels, iterations,
+                    learning_rate, num_steps, tolerance) -> tuple[tuple[float, ...], torch.Tensor, tuple[float, ...], tuple[int, ...]]:
+    """Validate :func:`vsvf_register`'s settings; return the kernel's widths and weights and the schedule."""
+    widths, w = check_kernel(sigmas, weights, caller)
+    check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
+    if image_loss not in VSVF_IMAGE_LOSSES:
+        raise ValueError(f"{caller}(): 'image_loss' must be one of {list(VSVF_IMAGE_LOSSES)}, got {image_loss!r}")
+    factors, counts = check_schedule(levels, iterations, caller)
+    check_positive(learning_rate, "learning_rate", caller)
+    check_integer(num_steps, "num_steps", caller, minimum=0)
+    check_positive(tolerance, "tolerance", caller, allow_zero=True)
+    return widths, w, factors, counts
+
+
 def vsvf_register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -106,14 +120,10 @@ def vsvf_register(
     """
     caller = "vsvf_register"
     ndim = check_pair(fixed, moving, caller)
-    widths, w = check_kernel(sigmas, weights, caller)
-    check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
-    if image_loss not in VSVF_IMAGE_LOSSES:
-        raise ValueError(f"{caller}(): 'image_loss' must be one of {list(VSVF_IMAGE_LOSSES)}, got {image_loss!r}")
-    factors, counts = check_schedule(levels, iterations, caller)
-    check_positive(learning_rate, "learning_rate", caller)
-    check_integer(num_steps, "num_steps", caller, minimum=0)
-    check_positive(tolerance, "tolerance", caller, allow_zero=True)
+    widths, w, factors, counts = _check_settings(caller, sigmas=sigmas, weights=weights,
+                                                 regularization_weight=regularization_weight, image_loss=image_loss,
+                                                 levels=levels, iterations=iterations, learning_rate=learning_rate,
+                                                 num_steps=num_steps, tolerance=tolerance)
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
     if initial_momentum is not None and (initial_momentum.ndim != ndim + 2
@@ -173,7 +183,9 @@ class VSVFRegistration(EngineSettings):
 
     def __init__(self, **settings: object) -> None:
         super().__init__(**settings)
-        check_kernel(self.settings["sigmas"], self.settings["weights"], type(self).__name__)
+        checked = ("sigmas", "weights", "regularization_weight", "image_loss", "levels", "iterations", "learning_rate",
+                   "num_steps", "tolerance")
+        _check_settings(type(self).__name__, **{k: self.settings[k] for k in checked})  # bad values before any work
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,
                  callback: ProgressReporter | None = None) -> dict:

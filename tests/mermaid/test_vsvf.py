@@ -88,6 +88,7 @@ def test_builtin_method_through_register_3d():
     ({"sigmas": (2.0,), "weights": (0.5,)}, "'weights' must be 1 numbers >= 0 summing to 1"),
 ])
 def test_bad_settings(options, match):
-    fixed = _blob((16, 16), (8, 8))
-    with pytest.raises(ValueError, match=match):
-        VSVFRegistration(**options)(fixed, fixed)
+    with pytest.raises(ValueError, match=r"VSVFRegistration\(\): " + match):
+        VSVFRegistration(**options)  # refused when built, before any work
+    with pytest.raises(ValueError, match=r"vsvf_register\(\): " + match):
+        vsvf_register(_blob((16, 16), (8, 8)), _blob((16, 16), (8, 8)), **options)
