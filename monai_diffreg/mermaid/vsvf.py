@@ -85,7 +85,7 @@ def vsvf_register(
     ncc_window: int = 9,
     image_sigma: float = 1.0,
     levels: Sequence[float] = (4, 2),
-    iterations: Sequence[int] = (100, 50),
+    iterations: Sequence[int] = (60, 30),
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     tolerance: float = 1e-4,

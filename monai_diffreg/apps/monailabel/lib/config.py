@@ -56,7 +56,7 @@ WORKING_SPACING_KEY = "working_spacing_mm"
 #: it cheap: a 2 mm working grid and few iterations (the library defaults are levels (4, 2)
 #: with (150, 50) iterations); raise them with ``--conf svf_optim '{...}'`` for finer labels.
 #: ``flash`` likewise: a 2 mm working grid and at most (30, 10) gradient steps (library default (100, 15));
-#: ``vsvf``: a 2 mm working grid, levels (2, 1) of it with (50, 20) steps (library default (4, 2), (100, 50)).
+#: ``vsvf``: a 2 mm working grid, levels (2, 1) of it with (50, 20) steps (library default (4, 2), (60, 30)).
 #: Learned bundles run on the image's own grid (they are trained at a given resolution).
 DEFAULT_METHOD_OPTIONS: dict[str, dict[str, object]] = {
     "svf_optim": {"levels": [4, 2], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
