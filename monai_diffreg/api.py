@@ -384,10 +384,10 @@ class RegistrationResult:
             ddf_file = pool.submit(save_displacement_field, self.ddf, affine, folder / "ddf.nii.gz")
             files = {"warped.nii.gz": save_image(self.warped, affine, folder / "warped.nii.gz", spatial_dims=ndim)}
             self._write_others(folder, files, qc, inverse)
-            summary = self.summary()  # the metrics, meanwhile
+            _ = self.metrics  # computed on first use: meanwhile
             files["ddf.nii.gz"] = ddf_file.result()
         self.timings["write"] = time.perf_counter() - start
-        summary["metrics"] = self.metrics  # its "seconds" now with "write"
+        summary = self.summary()  # its "seconds" with "write"
         summary["files"] = sorted([*files, "summary.json"])
         files["summary.json"] = save_json(summary, folder / "summary.json")
         return files

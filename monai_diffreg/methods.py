@@ -407,7 +407,7 @@ def _bundle_files_stamp(folder: Path) -> tuple:
     stamp = []
     for part in ("configs", "models"):
         for root, _, names in os.walk(folder / part):
-            for name in sorted(names):
+            for name in names:
                 st = os.stat(os.path.join(root, name))
                 stamp.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
     return tuple(sorted(stamp))

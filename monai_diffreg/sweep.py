@@ -71,15 +71,15 @@ def sweep_option(method: str, option: str, values: Sequence[Any], fixed: Any, mo
 
 def plot_sweep(rows: Sequence[dict[str, Any]], option: str, path: str | os.PathLike, title: str = "") -> Path:
     """Plot mean Dice (when present) and SDlogJ against ``option``, folding % in the legend; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     values = [row[option] for row in rows]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     x = values if numeric else list(range(len(values)))
-    fig, left = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)  # Agg rendering without pyplot: the caller's backend is left alone
+    left = fig.subplots()
     right = left.twinx()
     if all("dice_after" in row for row in rows):
         left.plot(x, [row["dice_after"] for row in rows], "o-", color="tab:blue", label="mean Dice")
@@ -98,5 +98,4 @@ def plot_sweep(rows: Sequence[dict[str, Any]], option: str, path: str | os.PathL
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return path

@@ -10,9 +10,9 @@ load options, go to that reader unchanged.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 
-import numpy as np
 from monai.data import NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ensure_tuple
@@ -29,10 +29,8 @@ def _nifti_from_gzip(path: str | os.PathLike):
 
     with open(path, "rb") as file:
         raw = igzip.decompress(file.read())
-    size = int(np.frombuffer(raw[:4], dtype="<i4")[0]) if len(raw) >= 4 else 0
-    swapped = int(np.frombuffer(raw[:4], dtype=">i4")[0]) if len(raw) >= 4 else 0
-    kind = nib.Nifti2Image if _NIFTI2_HEADER_BYTES in (size, swapped) else nib.Nifti1Image
-    return kind.from_bytes(raw)
+    nifti2 = raw[:4] in (struct.pack("<i", _NIFTI2_HEADER_BYTES), struct.pack(">i", _NIFTI2_HEADER_BYTES))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
 
 
 class IsalNibabelReader(NibabelReader):
