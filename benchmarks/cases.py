@@ -61,7 +61,12 @@ Case groups (one results table each):
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
     diffeomorphism and intensity change, as in ``brain_synthetic``; labels: two pseudo-tissue
     classes of the slice (foreground of the Gaussian-smoothed slice split at its median
-    intensity: 1 darker, 2 brighter).
+    intensity: 1 darker, 2 brighter). ``circle_to_c``: the classic large-deformation test of LDDMM
+    (Christensen et al. 1996): ``moving`` a solid disk (radius 32 mm), ``fixed`` a "C" (a ring of
+    radii 16 and 32 mm about the same centre, opened by a 60-degree gap facing +x), both binary
+    masks on a 128 x 128 1 mm grid smoothed by a 1 mm Gaussian; label 1 = the shape. The disk must
+    be hollowed out through the gap: a diffeomorphism can do it (the C is simply connected), a
+    small-deformation model cannot without folding.
 
 ``mni_synthetic``, ``niivue_synthetic`` and ``niivue_mni`` are **validation** groups
 (:data:`VALIDATION_GROUPS`, not run by default): choose checkpoints and settings on them, never on
@@ -122,7 +127,7 @@ __all__ = [
 ]
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
-CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3,
+CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3, "circle_to_c": 1,
                  "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1}
 
 #: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
@@ -162,7 +167,7 @@ def case_names(groups, seeds) -> list[tuple[str, str]]:
         elif group in ("mni_to_subject", "niivue_mni", "subject_to_subject"):
             names.append((group, group))
         else:
-            names += [(group, "elastix_2d")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
+            names += [(group, "elastix_2d"), (group, "circle_to_c")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
     return names
 
 
@@ -383,6 +388,32 @@ def _dipy_synthetic(data: Path, seed: int, scale: float) -> dict:
     }
 
 
+def circle_and_c(size: int = 128, outer_mm: float = 32.0, inner_mm: float = 16.0, gap_degrees: float = 60.0,
+                 spacing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The disk and the "C" of ``circle_to_c`` as ``(1, 1, size, size)`` binary masks (float 0/1).
+
+    Both are centred on the grid; the C is the ring ``inner_mm <= r <= outer_mm`` without the
+    sector ``|angle| < gap_degrees / 2`` about the +x axis (axis 0).
+    """
+    coords = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2) * spacing
+    x, y = torch.meshgrid(coords, coords, indexing="ij")
+    radius, angle = torch.hypot(x, y), torch.rad2deg(torch.atan2(y, x)).abs()
+    disk = radius <= outer_mm
+    c_shape = disk & (radius >= inner_mm) & (angle >= gap_degrees / 2)
+    return disk.float()[None, None], c_shape.float()[None, None]
+
+
+def _circle_to_c(scale: float) -> dict:
+    spacing = 1.0 / scale
+    disk, c_shape = circle_and_c(size=round(128 * scale), spacing=spacing)
+    fixed, moving = (torch.as_tensor(ndimage.gaussian_filter(mask[0, 0].numpy(), 1.0 / spacing))[None, None]
+                     for mask in (c_shape, disk))
+    return {
+        "fixed": fixed, "moving": moving, "fixed_labels": c_shape, "moving_labels": disk,
+        "labels": [1], "true_ddf": None, "mask": None, "spacing": [spacing] * 2, "settings": {},
+    }
+
+
 def _build(data: Path, name: str, scale: float) -> dict:
     if name.startswith("brain_synthetic_s"):
         return _subject_synthetic(_test_scan(data, scale), int(name.rsplit("_s", 1)[1]))
@@ -398,6 +429,8 @@ def _build(data: Path, name: str, scale: float) -> dict:
         return dict(_aligned_onto(data, _test_scan, scale, "niivue"))
     if name == "elastix_2d":
         return _elastix_2d(data, scale)
+    if name == "circle_to_c":
+        return _circle_to_c(scale)
     raise ValueError(f"get_case(): unknown case {name!r}")
 
 
