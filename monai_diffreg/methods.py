@@ -35,7 +35,8 @@ Where methods come from
 -----------------------
 * **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"flash"`` is
   :class:`monai_diffreg.lddmm.FLASHRegistration` (Fourier-space LDDMM); ``"vsvf"`` is
-  :class:`monai_diffreg.mermaid.VSVFRegistration` (Mermaid's vSVF); ``"svf_optim"`` is
+  :class:`monai_diffreg.mermaid.VSVFRegistration` (Mermaid's vSVF); ``"lddmm"`` is
+  :class:`monai_diffreg.mermaid.LDDMMRegistration` (Mermaid's LDDMM shooting); ``"svf_optim"`` is
   :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
   a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
   options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
@@ -146,6 +147,12 @@ def _vsvf(**options: Any) -> PercentileNormalised:
     return PercentileNormalised(VSVFRegistration(**options))
 
 
+def _lddmm(**options: Any) -> PercentileNormalised:
+    from .mermaid import LDDMMRegistration
+
+    return PercentileNormalised(LDDMMRegistration(**options))
+
+
 #: name -> (factory called with the method's options, one-line description); extended by
 #: :func:`register_method` and by other packages' ``monai_diffreg.methods`` entry points
 BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
@@ -155,6 +162,8 @@ BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
                       "no training); options: monai_diffreg.lddmm.flash_register arguments (alpha, sigma, ...)"),
     "vsvf": (_vsvf, "built-in: vSVF (Mermaid), a stationary velocity v = K * m of a momentum m with a multi-Gaussian "
                     "kernel (no training); options: monai_diffreg.mermaid.vsvf_register arguments"),
+    "lddmm": (_lddmm, "built-in: LDDMM (Mermaid), geodesic shooting of a vector momentum in the spatial domain with a "
+                      "multi-Gaussian kernel (no training); options: monai_diffreg.mermaid.lddmm_register arguments"),
 }
 
 #: entry-point group through which another installed package adds methods (``name = module:factory``)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -30,7 +31,8 @@ from ..validation import check_choice, check_integer
 from .fourier import (band_shape, derivative_symbols, from_product_grid, laplacian_symbol, product_grid_size,
                       regularization_symbol, to_product_grid)
 
-__all__ = ["BandOperators", "band_operators", "geodesic_rates", "rk4_step", "shoot", "shoot_maps", "INTEGRATORS"]
+__all__ = ["BandOperators", "band_operators", "geodesic_rates", "rk4_step", "integrate_geodesic", "geodesic_maps", "shoot",
+           "shoot_maps", "INTEGRATORS"]
 
 INTEGRATORS = ("rk4", "euler")
 
@@ -142,6 +144,64 @@ def rk4_step(state: tuple[torch.Tensor, ...], rate, h: float) -> tuple[torch.Ten
     return tuple(x + (h / 6) * (a + 2 * b + 2 * c + d) for x, a, b, c, d in zip(state, k1, k2, k3, k4))
 
 
+def integrate_geodesic(rates, initial: torch.Tensor, num_steps: int = 10, integrator: str = "rk4", *,
+                       with_map: bool = True, return_path: bool = False, caller: str = "integrate_geodesic"):
+    """Integrate a geodesic ``x_t`` (and the displacement ``u_t`` of its inverse map, from 0) over ``t in [0, 1]``.
+
+    Shared by the band-limited shooting here (``x = v``, :func:`geodesic_rates`) and the spatial one of
+    :mod:`monai_diffreg.mermaid.lddmm` (``x = m``).
+
+    Args:
+        rates: ``rates(x, u) -> (dx/dt, du/dt)``, ``u`` and ``du/dt`` None without the map.
+        initial: ``x_0``.
+        num_steps: time steps; integrator: one of :data:`INTEGRATORS` (the joint system, step by step).
+        with_map: also integrate ``u_t`` from ``u_0 = 0``; return_path: also return ``[x_0, x_dt, ..., x_1]``.
+        caller: the public callable, for messages.
+
+    Returns:
+        ``(x_1, u_1)`` (``u_1`` None without ``with_map``), plus the path when ``return_path``.
+    """
+    check_integer(num_steps, "num_steps", caller, minimum=1)
+    check_choice(integrator, "integrator", caller, INTEGRATORS)
+    h = 1.0 / num_steps
+    state = (initial, torch.zeros_like(initial)) if with_map else (initial,)
+    path = [initial]
+
+    def rate(s: tuple[torch.Tensor, ...], offset: float) -> tuple[torch.Tensor, ...]:
+        dx, du = rates(s[0], s[1] if with_map else None)
+        return (dx, du) if with_map else (dx,)
+
+    for _ in range(num_steps):
+        if integrator == "euler":
+            state = tuple(x + h * k for x, k in zip(state, rate(state, 0.0)))
+        else:
+            state = rk4_step(state, rate, h)
+        path.append(state[0])
+    x, u = state[0], (state[1] if with_map else None)
+    return (x, u, path) if return_path else (x, u)
+
+
+def geodesic_maps(rates, initial: torch.Tensor, num_steps: int = 10, integrator: str = "rk4", *, forward: bool = True,
+                  caller: str = "geodesic_maps") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``phi_1^-1 - id`` and (with ``forward``) ``phi_1 - id`` of the geodesic from ``x_0 = initial``
+    (:func:`integrate_geodesic`).
+
+    ``phi_1`` is the inverse map of the geodesic shot from ``-x_1`` (module docstring; the rates must be
+    quadratic in ``x``): exact for the continuous flow, to the integrator's accuracy here.
+    """
+    final, inverse = integrate_geodesic(rates, initial, num_steps, integrator, caller=caller)
+    if not forward:
+        return inverse, None
+    _, forward_map = integrate_geodesic(rates, -final, num_steps, integrator, caller=caller)
+    return inverse, forward_map
+
+
+def _check_band(initial_velocity: torch.Tensor, operators: BandOperators, caller: str) -> None:
+    if tuple(initial_velocity.shape[2:]) != operators.band:
+        raise ValueError(f"{caller}(): 'initial_velocity' must have band shape {operators.band}, "
+                         f"got {tuple(initial_velocity.shape[2:])}")
+
+
 def shoot(initial_velocity: torch.Tensor, operators: BandOperators, num_steps: int = 10, integrator: str = "rk4", *,
           with_map: bool = True, return_path: bool = False):
     """Integrate EPDiff from ``v_0`` over ``t in [0, 1]`` (and the inverse map ``phi_t^-1`` with it).
@@ -157,39 +217,14 @@ def shoot(initial_velocity: torch.Tensor, operators: BandOperators, num_steps: i
     Returns:
         ``(v_1, u_1)`` (``u_1`` None without ``with_map``), plus the path when ``return_path``.
     """
-    caller = "shoot"
-    check_integer(num_steps, "num_steps", caller, minimum=1)
-    check_choice(integrator, "integrator", caller, INTEGRATORS)
-    if tuple(initial_velocity.shape[2:]) != operators.band:
-        raise ValueError(f"{caller}(): 'initial_velocity' must have band shape {operators.band}, "
-                         f"got {tuple(initial_velocity.shape[2:])}")
-    h = 1.0 / num_steps
-    state = (initial_velocity, torch.zeros_like(initial_velocity)) if with_map else (initial_velocity,)
-    path = [initial_velocity]
-
-    def rates(s: tuple[torch.Tensor, ...], offset: float) -> tuple[torch.Tensor, ...]:
-        dv, du = geodesic_rates(s[0], s[1] if with_map else None, operators)
-        return (dv, du) if with_map else (dv,)
-
-    for _ in range(num_steps):
-        if integrator == "euler":
-            state = tuple(x + h * k for x, k in zip(state, rates(state, 0.0)))
-        else:
-            state = rk4_step(state, rates, h)
-        path.append(state[0])
-    v, u = state[0], (state[1] if with_map else None)
-    return (v, u, path) if return_path else (v, u)
+    _check_band(initial_velocity, operators, "shoot")
+    return integrate_geodesic(partial(geodesic_rates, operators=operators), initial_velocity, num_steps, integrator,
+                              with_map=with_map, return_path=return_path, caller="shoot")
 
 
 def shoot_maps(initial_velocity: torch.Tensor, operators: BandOperators, num_steps: int = 10,
                integrator: str = "rk4", *, forward: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Band coefficients of ``phi_1^-1 - id`` and (with ``forward``) of ``phi_1 - id``.
-
-    ``phi_1`` is the inverse map of the geodesic shot from ``-v_1`` (module docstring): exact for the
-    continuous flow, to the integrator's accuracy here.
-    """
-    v1, inverse = shoot(initial_velocity, operators, num_steps, integrator)
-    if not forward:
-        return inverse, None
-    _, forward_map = shoot(-v1, operators, num_steps, integrator)
-    return inverse, forward_map
+    """Band coefficients of ``phi_1^-1 - id`` and (with ``forward``) of ``phi_1 - id`` (:func:`geodesic_maps`)."""
+    _check_band(initial_velocity, operators, "shoot_maps")
+    return geodesic_maps(partial(geodesic_rates, operators=operators), initial_velocity, num_steps, integrator,
+                         forward=forward, caller="shoot_maps")

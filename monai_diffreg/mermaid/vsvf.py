@@ -12,27 +12,27 @@ level and the energy does not change with the grid; ``v`` is divided by the leve
 before integration. Coarse to fine: the images are area-downsampled to each level's grid, ``m``
 is carried linearly, and Adam runs on ``m`` with a step of ``learning_rate`` millimetres, each level
 stopping early when ten steps lower the energy by less than ``tolerance`` of it. The output fields
-are computed on the full grid from the final momentum.
+are computed on the full grid from the final momentum. The energy's form and the loop are shared with
+LDDMM shooting (:mod:`._momentum`); the model is :func:`vsvf_fields`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
-from ..engines._optim_common import (EngineSettings, ProgressReporter, check_pair, check_schedule, downsample,
-                                     level_grid, progress_reporter)
-from ..engines.similarity import image_dissimilarity
-from ..functional import integrate_velocity, resize_image, warp
-from ..losses.similarity import similarity_subset
-from ..validation import check_integer, check_positive
-from .kernels import apply_kernel, check_kernel, kernel_energy, kernel_multiplier
+from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair
+from ..functional import integrate_velocity
+from ..validation import check_integer
+from ._momentum import MOMENTUM_IMAGE_LOSSES, check_momentum_settings, momentum_energy, register_momentum, to_voxels
+from .kernels import apply_kernel
 
-__all__ = ["momentum_to_velocity", "vsvf_energy", "vsvf_register", "VSVFRegistration", "VSVF_IMAGE_LOSSES"]
+__all__ = ["momentum_to_velocity", "vsvf_fields", "vsvf_energy", "vsvf_register", "VSVFRegistration", "VSVF_IMAGE_LOSSES"]
 
 #: The image terms :func:`vsvf_register` offers (a subset of the similarity registry).
-VSVF_IMAGE_LOSSES = similarity_subset(("ncc", "mse"), "vsvf_register")
+VSVF_IMAGE_LOSSES = MOMENTUM_IMAGE_LOSSES
 DEFAULT_SIGMAS = (2.0, 4.0, 8.0, 16.0)
 DEFAULT_REGULARIZATION_WEIGHT = 0.001  # chosen on validation cases (docs)
 DEFAULT_LEARNING_RATE = 0.3
@@ -41,8 +41,18 @@ DEFAULT_LEARNING_RATE = 0.3
 def momentum_to_velocity(momentum: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """``v = K * m`` in physical units and the same field in voxels of the grid, both ``(B, D, *S)``."""
     velocity = apply_kernel(momentum, multiplier)
-    steps = torch.tensor(spacing, dtype=velocity.dtype, device=velocity.device).view(1, -1, *([1] * (velocity.ndim - 2)))
-    return velocity, velocity / steps
+    return velocity, to_voxels(velocity, spacing)
+
+
+def vsvf_fields(momentum: torch.Tensor, velocity: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[float],
+                inverse: bool, *, num_steps: int = 7) -> dict[str, torch.Tensor]:
+    """vSVF's fields of ``v = K * m`` ``(B, D, *S)`` (physical units; ``m`` and ``K`` are not needed again):
+    ``"ddf"`` ``exp(v) - id``, ``"velocity"`` ``v`` and, with ``inverse``, ``"inverse_ddf"`` ``exp(-v) - id``, in voxels."""
+    voxels = to_voxels(velocity, spacing)
+    out = {"ddf": integrate_velocity(voxels, num_steps), "velocity": voxels}
+    if inverse:
+        out["inverse_ddf"] = integrate_velocity(-voxels, num_steps)
+    return out
 
 
 def vsvf_energy(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, multiplier: torch.Tensor,
@@ -53,25 +63,16 @@ def vsvf_energy(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
     Returns:
         ``"total"``, ``"image"``, ``"prior"`` (scalars: batch means) and ``"ddf"`` ``(B, D, *S)`` in voxels.
     """
-    velocity, velocity_voxels = momentum_to_velocity(momentum, multiplier, spacing)
-    ddf = integrate_velocity(velocity_voxels, num_steps)
-    image = image_dissimilarity(warp(moving, ddf), fixed, image_loss, ncc_window=ncc_window, image_sigma=image_sigma)
-    prior = kernel_energy(momentum, velocity).mean()
-    return {"total": image + regularization_weight * prior, "image": image, "prior": prior, "ddf": ddf}
+    return momentum_energy(partial(vsvf_fields, num_steps=num_steps), momentum, fixed, moving, multiplier, spacing,
+                           regularization_weight=regularization_weight, image_loss=image_loss, ncc_window=ncc_window,
+                           image_sigma=image_sigma)
 
 
-def _check_settings(caller: str, *, sigmas, weights, regularization_weight, image_loss, levels, iterations,
-                    learning_rate, num_steps, tolerance) -> tuple[tuple[float, ...], torch.Tensor, tuple[float, ...], tuple[int, ...]]:
-    """Validate :func:`vsvf_register`'s settings; return the kernel's widths and weights and the schedule."""
-    widths, w = check_kernel(sigmas, weights, caller)
-    check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
-    if image_loss not in VSVF_IMAGE_LOSSES:
-        raise ValueError(f"{caller}(): 'image_loss' must be one of {list(VSVF_IMAGE_LOSSES)}, got {image_loss!r}")
-    factors, counts = check_schedule(levels, iterations, caller)
-    check_positive(learning_rate, "learning_rate", caller)
+def _check_settings(caller: str, *, num_steps, **common) -> tuple:
+    """Validate :func:`vsvf_register`'s settings; return the kernel and schedule (:func:`~._momentum.check_momentum_settings`)."""
+    checked = check_momentum_settings(caller, **common)
     check_integer(num_steps, "num_steps", caller, minimum=0)
-    check_positive(tolerance, "tolerance", caller, allow_zero=True)
-    return widths, w, factors, counts
+    return checked
 
 
 def vsvf_register(
@@ -119,56 +120,16 @@ def vsvf_register(
         ``"history"`` (per step: ``level``, ``iteration``, ``loss``, ``image``, ``prior``).
     """
     caller = "vsvf_register"
-    ndim = check_pair(fixed, moving, caller)
-    widths, w, factors, counts = _check_settings(caller, sigmas=sigmas, weights=weights,
-                                                 regularization_weight=regularization_weight, image_loss=image_loss,
-                                                 levels=levels, iterations=iterations, learning_rate=learning_rate,
-                                                 num_steps=num_steps, tolerance=tolerance)
-    fixed32, moving32 = fixed.float(), moving.float()
-    shape = tuple(fixed.shape[2:])
-    if initial_momentum is not None and (initial_momentum.ndim != ndim + 2
-                                         or initial_momentum.shape[:2] != (fixed.shape[0], ndim)):
-        raise ValueError(f"{caller}(): 'initial_momentum' must have shape ({fixed.shape[0]}, {ndim}, *spatial), "
-                         f"got {tuple(initial_momentum.shape)}")
-    momentum = (torch.zeros(fixed.shape[0], ndim, *shape, device=fixed.device) if initial_momentum is None
-                else initial_momentum.detach().float().to(fixed.device))
-    settings = dict(regularization_weight=regularization_weight, image_loss=image_loss, num_steps=num_steps,
-                    ncc_window=ncc_window, image_sigma=image_sigma)
-
-    history, energy = [], None
-    with progress_reporter(sum(counts), caller, progress, callback) as report:
-        for level, (factor, count) in enumerate(zip(factors, counts)):
-            grid, grid_spacing = level_grid(shape, factor, spacing)
-            multiplier = kernel_multiplier(grid, widths, w, grid_spacing, device=fixed.device)
-            images = (downsample(fixed32, grid), downsample(moving32, grid))
-            m = resize_image(momentum, size=grid).detach().requires_grad_(True)
-            optimizer = torch.optim.Adam([m], lr=learning_rate)
-            losses: list[float] = []
-            for iteration in range(count):
-                optimizer.zero_grad(set_to_none=True)
-                out = vsvf_energy(m, *images, multiplier, grid_spacing, **settings)
-                out["total"].backward()
-                optimizer.step()
-                losses.append(float(out["total"].detach()))
-                history.append({"level": level, "iteration": iteration, "loss": losses[-1],
-                                "image": float(out["image"].detach()), "prior": float(out["prior"].detach())})
-                report(level, iteration, losses[-1])
-                if len(losses) > 10 and losses[-11] - losses[-1] < tolerance * abs(losses[-11]):
-                    break
-            momentum = m.detach()
-            energy = losses[-1] if losses else energy
-
-    with torch.no_grad():
-        full_spacing = level_grid(shape, 1, spacing)[1]
-        momentum = resize_image(momentum, size=shape)
-        multiplier = kernel_multiplier(shape, widths, w, full_spacing, device=fixed.device)
-        _, velocity = momentum_to_velocity(momentum, multiplier, full_spacing)
-        ddf = integrate_velocity(velocity, num_steps)
-        out = {"ddf": ddf, "velocity": velocity, "momentum": momentum, "warped": warp(moving32, ddf),
-               "energy": energy, "history": history}
-        if inverse:
-            out["inverse_ddf"] = integrate_velocity(-velocity, num_steps)
-    return out
+    check_pair(fixed, moving, caller)
+    kernel, factors, counts = _check_settings(caller, sigmas=sigmas, weights=weights,
+                                              regularization_weight=regularization_weight, image_loss=image_loss,
+                                              levels=levels, iterations=iterations, learning_rate=learning_rate,
+                                              num_steps=num_steps, tolerance=tolerance)
+    return register_momentum(fixed, moving, partial(vsvf_fields, num_steps=num_steps), caller=caller, kernel=kernel,
+                             factors=factors, counts=counts, learning_rate=learning_rate, tolerance=tolerance,
+                             spacing=spacing, initial_momentum=initial_momentum, inverse=inverse, callback=callback,
+                             progress=progress, regularization_weight=regularization_weight, image_loss=image_loss,
+                             ncc_window=ncc_window, image_sigma=image_sigma)
 
 
 class VSVFRegistration(EngineSettings):
