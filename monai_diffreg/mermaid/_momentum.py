@@ -7,6 +7,9 @@ energy of both is::
     E(m) = image_term(moving o (id + ddf), fixed) + regularization_weight * <m, K m>
 
 with ``m`` and ``v = K * m`` in the units of ``spacing`` (millimetres; voxels when it is None).
+The momentum and the maps may live on a grid ``map_factor`` times coarser than the images they are
+compared on (Mermaid's low-resolution map, ``map_low_res_factor = 1 / map_factor``): the field is then
+upsampled to the images' grid before warping, which makes a shooting model affordable on 3D images.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from ..engines._optim_common import ProgressReporter, check_schedule, downsample, level_grid, progress_reporter
 from ..engines.similarity import image_dissimilarity
-from ..functional import resize_image, warp
+from ..functional import resize_field, resize_image, warp
 from ..losses.similarity import similarity_subset
 from ..validation import check_positive
 from .kernels import apply_kernel, check_kernel, kernel_energy, kernel_multiplier
@@ -44,7 +47,7 @@ def to_voxels(field: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
 
 
 def check_momentum_settings(caller: str, *, sigmas, weights, regularization_weight, image_loss, levels, iterations,
-                            learning_rate, tolerance) -> tuple[Kernel, tuple[float, ...], tuple[int, ...]]:
+                            learning_rate, tolerance, map_factor=1.0) -> tuple[Kernel, tuple[float, ...], tuple[int, ...]]:
     """Validate the settings every momentum model has; return the kernel ``(widths, weights)``, the levels'
     factors and their iteration counts."""
     kernel = check_kernel(sigmas, weights, caller)
@@ -54,19 +57,25 @@ def check_momentum_settings(caller: str, *, sigmas, weights, regularization_weig
     factors, counts = check_schedule(levels, iterations, caller)
     check_positive(learning_rate, "learning_rate", caller)
     check_positive(tolerance, "tolerance", caller, allow_zero=True)
+    if check_positive(map_factor, "map_factor", caller) < 1:
+        raise ValueError(f"{caller}(): 'map_factor' must be >= 1 (how many times coarser the momentum's grid is "
+                         f"than the images'), got {map_factor!r}")
     return kernel, factors, counts
 
 
 def momentum_energy(fields: MomentumFields, momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor,
                     multiplier: torch.Tensor, spacing: Sequence[float], *, regularization_weight: float,
                     image_loss: str = "ncc", ncc_window: int = 9, image_sigma: float = 1.0) -> dict[str, torch.Tensor]:
-    """The energy of the module docstring at ``momentum`` ``(B, D, *S)`` on one grid, for the model ``fields``.
+    """The energy of the module docstring at ``momentum`` ``(B, D, *S')``, for the model ``fields``.
+
+    ``multiplier`` and ``spacing`` belong to the momentum's grid ``S'``; the images ``(B, C, *S)`` may be
+    on a finer grid (the field is upsampled to it, :func:`~monai_diffreg.functional.resize_field`).
 
     Returns:
-        ``"total"``, ``"image"``, ``"prior"`` (scalars: batch means) and ``"ddf"`` ``(B, D, *S)`` in voxels.
+        ``"total"``, ``"image"``, ``"prior"`` (scalars: batch means) and ``"ddf"`` ``(B, D, *S)`` in voxels of ``S``.
     """
     velocity = apply_kernel(momentum, multiplier)
-    ddf = fields(momentum, velocity, multiplier, spacing, False)["ddf"]
+    ddf = resize_field(fields(momentum, velocity, multiplier, spacing, False)["ddf"], size=fixed.shape[2:])
     image = image_dissimilarity(warp(moving, ddf), fixed, image_loss, ncc_window=ncc_window, image_sigma=image_sigma)
     prior = kernel_energy(momentum, velocity).mean()
     return {"total": image + regularization_weight * prior, "image": image, "prior": prior, "ddf": ddf}
@@ -76,23 +85,25 @@ def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: Momentu
                       kernel: Kernel, factors: Sequence[float], counts: Sequence[int],
                       learning_rate: float, tolerance: float, spacing: Sequence[float] | None,
                       initial_momentum: torch.Tensor | None, inverse: bool, callback: ProgressReporter | None,
-                      progress: bool, **energy_settings: object) -> dict:
+                      progress: bool, map_factor: float = 1.0, **energy_settings: object) -> dict:
     """Minimise :func:`momentum_energy` over ``m`` coarse to fine with Adam (a validated pair and settings).
 
     At each level the images are area-downsampled to its grid, ``m`` (physical units) is carried
-    linearly and Adam takes steps of ``learning_rate`` in the units of ``spacing``, stopping early when
-    ten steps lower the energy by less than ``tolerance`` of it; the fields are then computed on the
-    full grid from the final momentum.
+    linearly onto a grid ``map_factor`` times coarser and Adam takes steps of ``learning_rate`` in the
+    units of ``spacing``, stopping early when ten steps lower the energy by less than ``tolerance`` of
+    it; the fields are then computed from the final momentum on the full grid's map grid (``map_factor``
+    times coarser) and upsampled to the full grid.
 
     Args:
         fixed, moving: ``(B, C, *S)`` images (checked by the caller).
         fields: the model.
         kernel: ``(widths, weights)`` of ``K``; factors, counts: the levels' downsampling factors and Adam steps.
+        map_factor: how many times coarser than each level's images the momentum and maps are (>= 1).
         energy_settings: ``regularization_weight``, ``image_loss``, ``ncc_window``, ``image_sigma``.
         The others: as :func:`~.vsvf.vsvf_register`'s.
 
     Returns:
-        ``fields``'s output on the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"``,
+        ``fields``'s output on the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"`` (on the map grid),
         ``"warped"``, ``"energy"`` (last level) and ``"history"`` (per step: ``level``, ``iteration``,
         ``loss``, ``image``, ``prior``).
     """
@@ -110,15 +121,16 @@ def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: Momentu
     history, energy = [], None
     with progress_reporter(sum(counts), caller, progress, callback) as report:
         for level, (factor, count) in enumerate(zip(factors, counts)):
-            grid, grid_spacing = level_grid(shape, factor, spacing)
-            multiplier = kernel_multiplier(grid, widths, w, grid_spacing, device=fixed.device)
+            grid = level_grid(shape, factor, spacing)[0]
+            map_grid, map_spacing = level_grid(shape, factor * map_factor, spacing)
+            multiplier = kernel_multiplier(map_grid, widths, w, map_spacing, device=fixed.device)
             images = (downsample(fixed32, grid), downsample(moving32, grid))
-            m = resize_image(momentum, size=grid).detach().requires_grad_(True)
+            m = resize_image(momentum, size=map_grid).detach().requires_grad_(True)
             optimizer = torch.optim.Adam([m], lr=learning_rate)
             losses: list[float] = []
             for iteration in range(count):
                 optimizer.zero_grad(set_to_none=True)
-                out = momentum_energy(fields, m, *images, multiplier, grid_spacing, **energy_settings)
+                out = momentum_energy(fields, m, *images, multiplier, map_spacing, **energy_settings)
                 out["total"].backward()
                 optimizer.step()
                 losses.append(float(out["total"].detach()))
@@ -131,9 +143,10 @@ def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: Momentu
             energy = losses[-1] if losses else energy
 
     with torch.no_grad():
-        full_spacing = level_grid(shape, 1, spacing)[1]
-        momentum = resize_image(momentum, size=shape)
-        multiplier = kernel_multiplier(shape, widths, w, full_spacing, device=fixed.device)
-        out = fields(momentum, apply_kernel(momentum, multiplier), multiplier, full_spacing, inverse)
+        map_grid, map_spacing = level_grid(shape, map_factor, spacing)
+        momentum = resize_image(momentum, size=map_grid)
+        multiplier = kernel_multiplier(map_grid, widths, w, map_spacing, device=fixed.device)
+        out = fields(momentum, apply_kernel(momentum, multiplier), multiplier, map_spacing, inverse)
+        out = {key: resize_field(field, size=shape) for key, field in out.items()}  # every output is a field
         out.update(momentum=momentum, warped=warp(moving32, out["ddf"]), energy=energy, history=history)
     return out

@@ -139,6 +139,7 @@ def lddmm_register(
     num_steps: int = 10,
     integrator: str = "rk4",
     tolerance: float = 1e-4,
+    map_factor: float = 2.0,
     spacing: Sequence[float] | None = None,
     initial_momentum: torch.Tensor | None = None,
     inverse: bool = True,
@@ -163,6 +164,8 @@ def lddmm_register(
         learning_rate: Adam's step, in the units of ``spacing``.
         num_steps: time steps of the shooting (>= 1); integrator: ``"rk4"`` or ``"euler"``.
         tolerance: a level stops when ten steps lower the energy by less than this fraction of it.
+        map_factor: the momentum and maps live on a grid this many times coarser than each level's
+            images (>= 1; Mermaid's ``map_low_res_factor`` is its inverse); fields are upsampled.
         spacing: voxel size per axis of the full grid (None: voxel units).
         initial_momentum: optional starting ``m_0`` ``(B, D, *S')`` (any grid; resized).
         inverse: also return ``"inverse_ddf"`` (``phi_1 - id``, by the reversed geodesic: one more shooting).
@@ -178,10 +181,11 @@ def lddmm_register(
     kernel, factors, counts = _check_settings(caller, sigmas=sigmas, weights=weights,
                                               regularization_weight=regularization_weight, image_loss=image_loss,
                                               levels=levels, iterations=iterations, learning_rate=learning_rate,
-                                              num_steps=num_steps, integrator=integrator, tolerance=tolerance)
+                                              num_steps=num_steps, integrator=integrator, tolerance=tolerance,
+                                              map_factor=map_factor)
     fields = partial(lddmm_fields, num_steps=num_steps, integrator=integrator)
     return register_momentum(fixed, moving, fields, caller=caller, kernel=kernel, factors=factors, counts=counts,
-                             learning_rate=learning_rate, tolerance=tolerance, spacing=spacing,
+                             learning_rate=learning_rate, tolerance=tolerance, map_factor=map_factor, spacing=spacing,
                              initial_momentum=initial_momentum, inverse=inverse, callback=callback, progress=progress,
                              regularization_weight=regularization_weight, image_loss=image_loss, ncc_window=ncc_window,
                              image_sigma=image_sigma)
@@ -200,7 +204,7 @@ class LDDMMRegistration(EngineSettings):
     def __init__(self, **settings: object) -> None:
         super().__init__(**settings)
         checked = ("sigmas", "weights", "regularization_weight", "image_loss", "levels", "iterations", "learning_rate",
-                   "num_steps", "integrator", "tolerance")
+                   "num_steps", "integrator", "tolerance", "map_factor")
         _check_settings(type(self).__name__, **{k: self.settings[k] for k in checked})  # bad values before any work
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,

@@ -90,6 +90,7 @@ def vsvf_register(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     tolerance: float = 1e-4,
+    map_factor: float = 1.0,
     spacing: Sequence[float] | None = None,
     initial_momentum: torch.Tensor | None = None,
     inverse: bool = True,
@@ -109,6 +110,8 @@ def vsvf_register(
         learning_rate: Adam's step, in the units of ``spacing``.
         num_steps: scaling-and-squaring steps.
         tolerance: a level stops when ten steps lower the energy by less than this fraction of it.
+        map_factor: the momentum and maps live on a grid this many times coarser than each level's
+            images (>= 1; Mermaid's ``map_low_res_factor`` is its inverse); fields are upsampled.
         spacing: voxel size per axis of the full grid (None: voxel units).
         initial_momentum: optional starting ``m`` ``(B, D, *S')`` (any grid; resized).
         inverse: also return ``"inverse_ddf"`` (``exp(-v) - id``).
@@ -124,11 +127,12 @@ def vsvf_register(
     kernel, factors, counts = _check_settings(caller, sigmas=sigmas, weights=weights,
                                               regularization_weight=regularization_weight, image_loss=image_loss,
                                               levels=levels, iterations=iterations, learning_rate=learning_rate,
-                                              num_steps=num_steps, tolerance=tolerance)
+                                              num_steps=num_steps, tolerance=tolerance,
+                                              map_factor=map_factor)
     return register_momentum(fixed, moving, partial(vsvf_fields, num_steps=num_steps), caller=caller, kernel=kernel,
                              factors=factors, counts=counts, learning_rate=learning_rate, tolerance=tolerance,
-                             spacing=spacing, initial_momentum=initial_momentum, inverse=inverse, callback=callback,
-                             progress=progress, regularization_weight=regularization_weight, image_loss=image_loss,
+                             map_factor=map_factor, spacing=spacing, initial_momentum=initial_momentum, inverse=inverse,
+                             callback=callback, progress=progress, regularization_weight=regularization_weight, image_loss=image_loss,
                              ncc_window=ncc_window, image_sigma=image_sigma)
 
 
@@ -145,7 +149,7 @@ class VSVFRegistration(EngineSettings):
     def __init__(self, **settings: object) -> None:
         super().__init__(**settings)
         checked = ("sigmas", "weights", "regularization_weight", "image_loss", "levels", "iterations", "learning_rate",
-                   "num_steps", "tolerance")
+                   "num_steps", "tolerance", "map_factor")
         _check_settings(type(self).__name__, **{k: self.settings[k] for k in checked})  # bad values before any work
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,

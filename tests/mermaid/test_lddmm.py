@@ -186,12 +186,17 @@ def test_energy_directional_derivative_matches_finite_differences_3d():
     assert abs(float(analytic - numeric)) < 1e-6 * abs(float(analytic)), (float(analytic), float(numeric))
 
 
-def test_recovers_a_known_shift():
-    """A blob moved by 3 voxels along the first axis: the field at the blob is about 3 voxels, the images match."""
+@pytest.mark.parametrize("map_factor", [1.0, 2.0])
+def test_recovers_a_known_shift(map_factor):
+    """A blob moved by 3 voxels along the first axis: the field at the blob is about 3 voxels, the images match,
+    also with the momentum and maps on a grid twice as coarse as the images (fields returned on the image grid)."""
     shape = (48, 40)
     fixed, moving = _blob(shape, (22, 20)), _blob(shape, (25, 20))
     out = lddmm_register(fixed, moving, sigmas=(4.0, 8.0), image_loss="mse", image_sigma=0.1, regularization_weight=1e-3,
-                         levels=(2, 1), iterations=(60, 20), learning_rate=0.3, num_steps=5, inverse=False)
+                         levels=(2, 1), iterations=(60, 20), learning_rate=0.3, num_steps=5, inverse=False,
+                         map_factor=map_factor)
+    assert out["ddf"].shape == (1, 2, *shape) and out["warped"].shape == fixed.shape
+    assert out["momentum"].shape == (1, 2, *(round(n / map_factor) for n in shape))
     centre = out["ddf"][0, :, 20:25, 18:23].mean(dim=(1, 2))
     assert abs(float(centre[0]) - 3.0) < 0.3 and abs(float(centre[1])) < 0.3, centre
     assert float((out["warped"] - fixed).abs().max()) < 0.25 * float((moving - fixed).abs().max())
@@ -222,6 +227,7 @@ def test_builtin_method_through_register_3d():
     ({"sigmas": (2.0,), "weights": (0.5,)}, "'weights' must be 1 numbers >= 0 summing to 1"),
     ({"num_steps": 0}, "'num_steps' must be an integer >= 1"),
     ({"integrator": "midpoint"}, "'integrator' must be one of \\['rk4', 'euler'\\]"),
+    ({"map_factor": 0.5}, "'map_factor' must be >= 1"),
 ])
 def test_bad_settings(options, match):
     with pytest.raises(ValueError, match=r"LDDMMRegistration\(\): " + match):
