@@ -36,7 +36,8 @@ Where methods come from
 * **Built-in** methods, registered by name in :data:`BUILTIN_METHODS`: ``"flash"`` is
   :class:`monai_diffreg.lddmm.FLASHRegistration` (Fourier-space LDDMM); ``"vsvf"`` is
   :class:`monai_diffreg.mermaid.VSVFRegistration` (Mermaid's vSVF); ``"lddmm"`` is
-  :class:`monai_diffreg.mermaid.LDDMMRegistration` (Mermaid's LDDMM shooting); ``"svf_optim"`` is
+  :class:`monai_diffreg.mermaid.LDDMMRegistration` (Mermaid's LDDMM shooting); ``"rdmm"`` is
+  :class:`monai_diffreg.mermaid.RDMMRegistration` (Mermaid's RDMM, optimised weights); ``"svf_optim"`` is
   :class:`monai_diffreg.engines.svf_optim.SVFRegistration` (multi-resolution optimisation of
   a stationary velocity field) on percentile-normalised inputs (:class:`PercentileNormalised`);
   options are its settings (``levels``, ``iterations``, ``regularization_weight``, ...).
@@ -153,6 +154,12 @@ def _lddmm(**options: Any) -> PercentileNormalised:
     return PercentileNormalised(LDDMMRegistration(**options))
 
 
+def _rdmm(**options: Any) -> PercentileNormalised:
+    from .mermaid import RDMMRegistration
+
+    return PercentileNormalised(RDMMRegistration(**options))
+
+
 #: name -> (factory called with the method's options, one-line description); extended by
 #: :func:`register_method` and by other packages' ``monai_diffreg.methods`` entry points
 BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
@@ -164,6 +171,8 @@ BUILTIN_METHODS: dict[str, tuple[Callable[..., object], str]] = {
                     "kernel (no training); options: monai_diffreg.mermaid.vsvf_register arguments"),
     "lddmm": (_lddmm, "built-in: LDDMM (Mermaid), geodesic shooting of a vector momentum in the spatial domain with a "
                       "multi-Gaussian kernel (no training); options: monai_diffreg.mermaid.lddmm_register arguments"),
+    "rdmm": (_rdmm, "built-in: RDMM (Mermaid), LDDMM shooting with a spatially varying multi-Gaussian kernel whose "
+                    "weights are advected and optimised (no training); options: monai_diffreg.mermaid.rdmm_register arguments"),
 }
 
 #: entry-point group through which another installed package adds methods (``name = module:factory``)

@@ -145,7 +145,8 @@ def rk4_step(state: tuple[torch.Tensor, ...], rate, h: float) -> tuple[torch.Ten
 
 
 def integrate_geodesic(rates, initial: torch.Tensor, num_steps: int = 10, integrator: str = "rk4", *,
-                       with_map: bool = True, return_path: bool = False, caller: str = "integrate_geodesic"):
+                       with_map: bool = True, return_path: bool = False, initial_map: torch.Tensor | None = None,
+                       caller: str = "integrate_geodesic"):
     """Integrate a geodesic ``x_t`` (and the displacement ``u_t`` of its inverse map, from 0) over ``t in [0, 1]``.
 
     Shared by the band-limited shooting here (``x = v``, :func:`geodesic_rates`) and the spatial one of
@@ -156,6 +157,7 @@ def integrate_geodesic(rates, initial: torch.Tensor, num_steps: int = 10, integr
         initial: ``x_0``.
         num_steps: time steps; integrator: one of :data:`INTEGRATORS` (the joint system, step by step).
         with_map: also integrate ``u_t`` from ``u_0 = 0``; return_path: also return ``[x_0, x_dt, ..., x_1]``.
+        initial_map: ``u_0`` when it is not zeros shaped like ``x_0`` (e.g. ``x`` with more channels than ``u``).
         caller: the public callable, for messages.
 
     Returns:
@@ -164,7 +166,7 @@ def integrate_geodesic(rates, initial: torch.Tensor, num_steps: int = 10, integr
     check_integer(num_steps, "num_steps", caller, minimum=1)
     check_choice(integrator, "integrator", caller, INTEGRATORS)
     h = 1.0 / num_steps
-    state = (initial, torch.zeros_like(initial)) if with_map else (initial,)
+    state = (initial, torch.zeros_like(initial) if initial_map is None else initial_map) if with_map else (initial,)
     path = [initial]
 
     def rate(s: tuple[torch.Tensor, ...], offset: float) -> tuple[torch.Tensor, ...]:

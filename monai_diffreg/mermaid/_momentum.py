@@ -10,11 +10,16 @@ with ``m`` and ``v = K * m`` in the units of ``spacing`` (millimetres; voxels wh
 The momentum and the maps may live on a grid ``map_factor`` times coarser than the images they are
 compared on (Mermaid's low-resolution map, ``map_low_res_factor = 1 / map_factor``): the field is then
 upsampled to the images' grid before warping, which makes a shooting model affordable on 3D images.
+
+The loop itself (:func:`optimise_momentum`) takes a :class:`MomentumModel` (its operators on a grid, its
+energy, its fields) and optionally a second parameter tensor: RDMM (:mod:`.rdmm`) optimises its pre-weights
+there with its own energy; :func:`register_momentum` is the loop for the models above.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -25,8 +30,8 @@ from ..losses.similarity import similarity_subset
 from ..validation import check_positive
 from .kernels import apply_kernel, check_kernel, kernel_energy, kernel_multiplier
 
-__all__ = ["MomentumFields", "MOMENTUM_IMAGE_LOSSES", "to_voxels", "check_momentum_settings", "momentum_energy",
-           "register_momentum"]
+__all__ = ["MomentumFields", "MOMENTUM_IMAGE_LOSSES", "to_voxels", "check_momentum_settings", "image_energy",
+           "momentum_energy", "MomentumModel", "register_momentum", "optimise_momentum"]
 
 #: ``fields(momentum, velocity, multiplier, spacing, inverse) -> dict``: the model. ``momentum`` ``m`` and
 #: ``velocity`` ``v = K * m`` ``(B, D, *S)`` in the units of ``spacing``, ``multiplier`` ``K``'s
@@ -63,30 +68,70 @@ def check_momentum_settings(caller: str, *, sigmas, weights, regularization_weig
     return kernel, factors, counts
 
 
+def image_energy(ddf: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor, *, image_loss: str = "ncc",
+                 ncc_window: int = 9, image_sigma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image term of a displacement ``(B, D, *S')`` in voxels of a grid at most as fine as the images'
+    ``(B, C, *S)``: the field upsampled to ``S`` (:func:`~monai_diffreg.functional.resize_field`) and the term."""
+    ddf = resize_field(ddf, size=fixed.shape[2:])
+    return ddf, image_dissimilarity(warp(moving, ddf), fixed, image_loss, ncc_window=ncc_window, image_sigma=image_sigma)
+
+
 def momentum_energy(fields: MomentumFields, momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tensor,
                     multiplier: torch.Tensor, spacing: Sequence[float], *, regularization_weight: float,
                     image_loss: str = "ncc", ncc_window: int = 9, image_sigma: float = 1.0) -> dict[str, torch.Tensor]:
     """The energy of the module docstring at ``momentum`` ``(B, D, *S')``, for the model ``fields``.
 
     ``multiplier`` and ``spacing`` belong to the momentum's grid ``S'``; the images ``(B, C, *S)`` may be
-    on a finer grid (the field is upsampled to it, :func:`~monai_diffreg.functional.resize_field`).
+    on a finer grid (the field is upsampled to it, :func:`image_energy`).
 
     Returns:
         ``"total"``, ``"image"``, ``"prior"`` (scalars: batch means) and ``"ddf"`` ``(B, D, *S)`` in voxels of ``S``.
     """
     velocity = apply_kernel(momentum, multiplier)
-    ddf = resize_field(fields(momentum, velocity, multiplier, spacing, False)["ddf"], size=fixed.shape[2:])
-    image = image_dissimilarity(warp(moving, ddf), fixed, image_loss, ncc_window=ncc_window, image_sigma=image_sigma)
+    ddf, image = image_energy(fields(momentum, velocity, multiplier, spacing, False)["ddf"], fixed, moving,
+                              image_loss=image_loss, ncc_window=ncc_window, image_sigma=image_sigma)
     prior = kernel_energy(momentum, velocity).mean()
     return {"total": image + regularization_weight * prior, "image": image, "prior": prior, "ddf": ddf}
 
 
-def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: MomentumFields, *, caller: str,
-                      kernel: Kernel, factors: Sequence[float], counts: Sequence[int],
-                      learning_rate: float, tolerance: float, spacing: Sequence[float] | None,
-                      initial_momentum: torch.Tensor | None, inverse: bool, callback: ProgressReporter | None,
-                      progress: bool, map_factor: float = 1.0, **energy_settings: object) -> dict:
-    """Minimise :func:`momentum_energy` over ``m`` coarse to fine with Adam (a validated pair and settings).
+class MomentumModel(NamedTuple):
+    """What :func:`optimise_momentum` needs of a model whose parameters are a momentum ``m`` and, optionally,
+    an extra tensor ``e`` (RDMM's pre-weights; None for vSVF and LDDMM).
+
+    Attributes:
+        operators: ``operators(grid, spacing, device)``: the model's operators on a grid (e.g. ``K``'s multiplier).
+        energy: ``energy(m, e, fixed, moving, operators, spacing) -> dict`` with ``"total"``, ``"ddf"`` and the
+            scalar terms reported in the history (as :func:`momentum_energy`'s).
+        fields: ``fields(m, e, operators, spacing, inverse) -> dict`` of displacement fields in voxels of the grid.
+    """
+
+    operators: Callable[[Sequence[int], Sequence[float], torch.device], object]
+    energy: Callable[..., dict]
+    fields: Callable[..., dict]
+
+
+def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: MomentumFields, *, kernel: Kernel,
+                      regularization_weight: float, image_loss: str, ncc_window: int, image_sigma: float,
+                      **loop_settings: object) -> dict:
+    """Minimise :func:`momentum_energy` over ``m`` for the model ``fields`` and the kernel ``(widths, weights)``
+    (:func:`optimise_momentum`, which takes ``loop_settings``)."""
+    widths, w = kernel
+    settings = {"regularization_weight": regularization_weight, "image_loss": image_loss, "ncc_window": ncc_window,
+                "image_sigma": image_sigma}
+    model = MomentumModel(
+        operators=lambda grid, grid_spacing, device: kernel_multiplier(grid, widths, w, grid_spacing, device=device),
+        energy=lambda m, extra, *args: momentum_energy(fields, m, *args, **settings),
+        fields=lambda m, extra, multiplier, grid_spacing, inverse: fields(m, apply_kernel(m, multiplier), multiplier,
+                                                                          grid_spacing, inverse))
+    return optimise_momentum(fixed, moving, model, **loop_settings)
+
+
+def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: MomentumModel, *, caller: str,
+                      factors: Sequence[float], counts: Sequence[int], learning_rate: float, tolerance: float,
+                      spacing: Sequence[float] | None, initial_momentum: torch.Tensor | None, inverse: bool,
+                      callback: ProgressReporter | None, progress: bool, map_factor: float = 1.0,
+                      extra: torch.Tensor | None = None, extra_learning_rate: float = 0.0) -> dict:
+    """Minimise ``model.energy`` over ``m`` (and ``extra``) coarse to fine with Adam (a validated pair and settings).
 
     At each level the images are area-downsampled to its grid, ``m`` (physical units) is carried
     linearly onto a grid ``map_factor`` times coarser and Adam takes steps of ``learning_rate`` in the
@@ -96,19 +141,21 @@ def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: Momentu
 
     Args:
         fixed, moving: ``(B, C, *S)`` images (checked by the caller).
-        fields: the model.
-        kernel: ``(widths, weights)`` of ``K``; factors, counts: the levels' downsampling factors and Adam steps.
+        model: the model (:class:`MomentumModel`).
+        factors, counts: the levels' downsampling factors and Adam steps.
         map_factor: how many times coarser than each level's images the momentum and maps are (>= 1).
-        energy_settings: ``regularization_weight``, ``image_loss``, ``ncc_window``, ``image_sigma``.
+        extra: optional ``(B, C', *S'')`` tensor (any grid), optimised with ``m`` by Adam steps of
+            ``extra_learning_rate`` when that is > 0 (carried to each level's map grid like ``m``), else fixed
+            (resized from the given one at each level).
         The others: as :func:`~.vsvf.vsvf_register`'s.
 
     Returns:
-        ``fields``'s output on the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"`` (on the map grid),
-        ``"warped"``, ``"energy"`` (last level) and ``"history"`` (per step: ``level``, ``iteration``,
-        ``loss``, ``image``, ``prior``).
+        ``model.fields``'s output on the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"``
+        (on the map grid), ``"extra"`` (with ``extra``: the final one, on the map grid), ``"warped"``,
+        ``"energy"`` (last level) and ``"history"`` (per step: ``level``, ``iteration``, ``loss`` and the energy's
+        scalar terms, e.g. ``image``, ``prior``).
     """
     ndim = fixed.ndim - 2
-    widths, w = kernel
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
     if initial_momentum is not None and (initial_momentum.ndim != ndim + 2
@@ -117,36 +164,45 @@ def register_momentum(fixed: torch.Tensor, moving: torch.Tensor, fields: Momentu
                          f"got {tuple(initial_momentum.shape)}")
     momentum = (torch.zeros(fixed.shape[0], ndim, *shape, device=fixed.device) if initial_momentum is None
                 else initial_momentum.detach().float().to(fixed.device))
+    if extra is not None:
+        extra = extra.detach().float().to(fixed.device)
 
     history, energy = [], None
     with progress_reporter(sum(counts), caller, progress, callback) as report:
         for level, (factor, count) in enumerate(zip(factors, counts)):
             grid = level_grid(shape, factor, spacing)[0]
             map_grid, map_spacing = level_grid(shape, factor * map_factor, spacing)
-            multiplier = kernel_multiplier(map_grid, widths, w, map_spacing, device=fixed.device)
+            operators = model.operators(map_grid, map_spacing, fixed.device)
             images = (downsample(fixed32, grid), downsample(moving32, grid))
             m = resize_image(momentum, size=map_grid).detach().requires_grad_(True)
             optimizer = torch.optim.Adam([m], lr=learning_rate)
+            e = None if extra is None else resize_image(extra, size=map_grid).detach()
+            if e is not None and extra_learning_rate > 0:
+                optimizer.add_param_group({"params": [e.requires_grad_(True)], "lr": extra_learning_rate})
             losses: list[float] = []
             for iteration in range(count):
                 optimizer.zero_grad(set_to_none=True)
-                out = momentum_energy(fields, m, *images, multiplier, map_spacing, **energy_settings)
+                out = model.energy(m, e, *images, operators, map_spacing)
                 out["total"].backward()
                 optimizer.step()
                 losses.append(float(out["total"].detach()))
                 history.append({"level": level, "iteration": iteration, "loss": losses[-1],
-                                "image": float(out["image"].detach()), "prior": float(out["prior"].detach())})
+                                **{key: float(value.detach()) for key, value in out.items() if key not in ("total", "ddf")}})
                 report(level, iteration, losses[-1])
                 if len(losses) > 10 and losses[-11] - losses[-1] < tolerance * abs(losses[-11]):
                     break
             momentum = m.detach()
+            if e is not None and extra_learning_rate > 0:  # a fixed one comes from the given one at every level
+                extra = e.detach()
             energy = losses[-1] if losses else energy
 
     with torch.no_grad():
         map_grid, map_spacing = level_grid(shape, map_factor, spacing)
         momentum = resize_image(momentum, size=map_grid)
-        multiplier = kernel_multiplier(map_grid, widths, w, map_spacing, device=fixed.device)
-        out = fields(momentum, apply_kernel(momentum, multiplier), multiplier, map_spacing, inverse)
+        extra = None if extra is None else resize_image(extra, size=map_grid)
+        out = model.fields(momentum, extra, model.operators(map_grid, map_spacing, fixed.device), map_spacing, inverse)
         out = {key: resize_field(field, size=shape) for key, field in out.items()}  # every output is a field
         out.update(momentum=momentum, warped=warp(moving32, out["ddf"]), energy=energy, history=history)
+        if extra is not None:
+            out["extra"] = extra
     return out

@@ -44,7 +44,7 @@ from ._momentum import check_momentum_settings, momentum_energy, register_moment
 from .kernels import apply_kernel
 from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_REGULARIZATION_WEIGHT, DEFAULT_SIGMAS
 
-__all__ = ["central_difference", "epdiff_rates", "shoot", "lddmm_fields", "lddmm_energy", "lddmm_register",
+__all__ = ["central_difference", "epdiff_force", "advection", "epdiff_rates", "shoot", "lddmm_fields", "lddmm_energy", "lddmm_register",
            "LDDMMRegistration"]
 
 
@@ -52,6 +52,19 @@ def central_difference(field: torch.Tensor, axis: int, spacing: Sequence[float])
     """``(f(x + e_axis) - f(x - e_axis)) / (2 h_axis)`` of ``(B, C, *S)`` along spatial ``axis``, periodic."""
     dim = 2 + axis
     return (field.roll(-1, dim) - field.roll(1, dim)) / (2 * spacing[axis])
+
+
+def epdiff_force(momentum: torch.Tensor, velocity: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """EPDiff's right-hand side ``-( (Dv)^T m + div(m (x) v) )`` for ``m``, ``v`` ``(B, D, *S)`` (module docstring)."""
+    d = momentum.shape[1]
+    transpose = torch.stack([(central_difference(velocity, i, spacing) * momentum).sum(1) for i in range(d)], dim=1)
+    divergence = sum(central_difference(momentum * velocity[:, j:j + 1], j, spacing) for j in range(d))
+    return -(transpose + divergence)
+
+
+def advection(field: torch.Tensor, velocity: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """``(Df) v``, i.e. ``sum_j d_j f v_j``, of any ``(B, C, *S)`` field ``f`` by ``v`` ``(B, D, *S)``."""
+    return sum(central_difference(field, j, spacing) * velocity[:, j:j + 1] for j in range(velocity.shape[1]))
 
 
 def epdiff_rates(momentum: torch.Tensor, displacement: torch.Tensor | None, multiplier: torch.Tensor,
@@ -67,15 +80,11 @@ def epdiff_rates(momentum: torch.Tensor, displacement: torch.Tensor | None, mult
     Returns:
         ``(dm/dt, du/dt)`` (``du/dt`` None when ``displacement`` is None).
     """
-    d = momentum.shape[1]
     velocity = apply_kernel(momentum, multiplier)
-    transpose = torch.stack([(central_difference(velocity, i, spacing) * momentum).sum(1) for i in range(d)], dim=1)
-    divergence = sum(central_difference(momentum * velocity[:, j:j + 1], j, spacing) for j in range(d))
-    momentum_rate = -(transpose + divergence)
+    momentum_rate = epdiff_force(momentum, velocity, spacing)
     if displacement is None:
         return momentum_rate, None
-    advection = sum(central_difference(displacement, j, spacing) * velocity[:, j:j + 1] for j in range(d))
-    return momentum_rate, -velocity - advection
+    return momentum_rate, -velocity - advection(displacement, velocity, spacing)
 
 
 def shoot(momentum: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[float], num_steps: int = 10,

@@ -57,13 +57,14 @@ WORKING_SPACING_KEY = "working_spacing_mm"
 #: with (150, 50) iterations); raise them with ``--conf svf_optim '{...}'`` for finer labels.
 #: ``flash`` likewise: a 2 mm working grid and at most (30, 10) gradient steps (library default (100, 15));
 #: ``vsvf``: a 2 mm working grid, levels (2, 1) of it with (50, 20) steps (library default (4, 2), (60, 30));
-#: ``lddmm`` the same as ``vsvf`` (its library defaults are vsvf's until chosen for it).
+#: ``lddmm`` and ``rdmm`` the same as ``vsvf`` (their library defaults are vsvf's until chosen for them).
 #: Learned bundles run on the image's own grid (they are trained at a given resolution).
 DEFAULT_METHOD_OPTIONS: dict[str, dict[str, object]] = {
     "svf_optim": {"levels": [4, 2], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
     "flash": {"iterations": [30, 10], WORKING_SPACING_KEY: 2.0},
     "vsvf": {"levels": [2, 1], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
     "lddmm": {"levels": [2, 1], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
+    "rdmm": {"levels": [2, 1], "iterations": [50, 20], WORKING_SPACING_KEY: 2.0},
 }
 
 #: Default affine-stage arguments: two coarse levels (the 12 parameters are global, so the
