@@ -55,8 +55,8 @@ from ..validation import check_positive
 from ._momentum import MomentumModel, image_energy, optimise_momentum, to_voxels
 from .kernels import apply_kernel, gaussian_multiplier, kernel_energy, omt_penalty
 from .lddmm import _check_settings as _check_lddmm_settings
-from .lddmm import advection, central_difference, epdiff_force
-from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_REGULARIZATION_WEIGHT, DEFAULT_SIGMAS
+from .lddmm import DEFAULT_NUM_STEPS, DEFAULT_REGULARIZATION_WEIGHT, advection, central_difference, epdiff_force
+from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_SIGMAS
 
 __all__ = ["RDMMOperators", "rdmm_operators", "pre_weights", "smooth_weights", "rdmm_velocity", "rdmm_rates", "shoot",
            "rdmm_fields", "weight_penalties", "rdmm_energy", "weights_from_labels", "rdmm_register", "RDMMRegistration"]
@@ -265,7 +265,7 @@ def rdmm_register(
     levels: Sequence[float] = (4, 2),
     iterations: Sequence[int] = (60, 30),
     learning_rate: float = DEFAULT_LEARNING_RATE,
-    num_steps: int = 10,
+    num_steps: int = DEFAULT_NUM_STEPS,
     integrator: str = "rk4",
     tolerance: float = 1e-4,
     map_factor: float = 2.0,
@@ -280,8 +280,8 @@ def rdmm_register(
     Two variants: the **optimised** regulariser (default), the pre-weights optimised with ``m_0`` from
     ``initial_weights`` (default: the global ``weights`` everywhere); the **pre-defined** one
     (``optimize_weights=False`` with ``initial_weights``, e.g. :func:`weights_from_labels`), only ``m_0``
-    optimised. LDDMM's defaults (:func:`~.lddmm.lddmm_register`) and provisional weight settings, until
-    chosen on validation cases.
+    optimised. LDDMM's defaults (:func:`~.lddmm.lddmm_register`, chosen on validation cases for LDDMM, which
+    RDMM is with constant weights) and provisional settings of the weights, until chosen for RDMM.
 
     Args:
         fixed, moving: ``(B, C, *S)`` images, 2D or 3D, intensities of order 1 (e.g. in [0, 1]).
