@@ -60,9 +60,9 @@ def gaussian_multiplier(shape: Sequence[int], sigma: float, spacing: Sequence[fl
     return torch.exp(-2.0 * math.pi**2 * sigma**2 * exponent).to(dtype)
 
 
-def check_kernel(sigmas: Sequence[float], weights: Sequence[float] | torch.Tensor | None, caller: str
-                 ) -> tuple[tuple[float, ...], torch.Tensor]:
-    """Validate Gaussian widths (> 0) and weights (>= 0, summing to 1; None: equal) and return them."""
+def check_kernel(sigmas: Sequence[float], weights: Sequence[float] | torch.Tensor | None, caller: str,
+                 name: str = "weights") -> tuple[tuple[float, ...], torch.Tensor]:
+    """Validate Gaussian widths (> 0) and weights (>= 0, summing to 1; None: equal; ``name`` in messages) and return them."""
     if not isinstance(sigmas, Sequence) or len(sigmas) == 0:
         raise ValueError(f"{caller}(): 'sigmas' must be a non-empty sequence of widths > 0, got {sigmas!r}")
     widths = tuple(check_positive(s, "sigmas", caller) for s in sigmas)
@@ -71,8 +71,8 @@ def check_kernel(sigmas: Sequence[float], weights: Sequence[float] | torch.Tenso
     else:
         w = torch.as_tensor(weights, dtype=torch.float64) if not isinstance(weights, torch.Tensor) else weights
         if w.shape != (len(widths),) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
-                or abs(float(w.sum()) - 1.0) > 1e-6:
-            raise ValueError(f"{caller}(): 'weights' must be {len(widths)} numbers >= 0 summing to 1 (one per sigma), "
+                or abs(float(w.detach().sum()) - 1.0) > 1e-6:
+            raise ValueError(f"{caller}(): '{name}' must be {len(widths)} numbers >= 0 summing to 1 (one per sigma), "
                              f"got {weights!r}")
     return widths, w
 
