@@ -130,7 +130,8 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
                       factors: Sequence[float], counts: Sequence[int], learning_rate: float, tolerance: float,
                       spacing: Sequence[float] | None, initial_momentum: torch.Tensor | None, inverse: bool,
                       callback: ProgressReporter | None, progress: bool, map_factor: float = 1.0,
-                      extra: torch.Tensor | None = None, extra_learning_rate: float = 0.0) -> dict:
+                      extra: torch.Tensor | None = None, extra_learning_rate: float = 0.0,
+                      fields_on_last_level: bool = False) -> dict:
     """Minimise ``model.energy`` over ``m`` (and ``extra``) coarse to fine with Adam (a validated pair and settings).
 
     At each level the images are area-downsampled to its grid, ``m`` (physical units) is carried
@@ -147,6 +148,9 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
         extra: optional ``(B, C', *S'')`` tensor (any grid), optimised with ``m`` by Adam steps of
             ``extra_learning_rate`` when that is > 0 (carried to each level's map grid like ``m``), else fixed
             (resized from the given one at each level).
+        fields_on_last_level: compute the returned fields on the last level's map grid (where the energy was
+            minimised) instead of the full grid's map grid, then upsample them: for shootings whose explicit
+            integration is not stable on a finer grid than the one optimised (RDMM).
         The others: as :func:`~.vsvf.vsvf_register`'s.
 
     Returns:
@@ -197,7 +201,7 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
             energy = losses[-1] if losses else energy
 
     with torch.no_grad():
-        map_grid, map_spacing = level_grid(shape, map_factor, spacing)
+        map_grid, map_spacing = level_grid(shape, (factors[-1] if fields_on_last_level else 1) * map_factor, spacing)
         momentum = resize_image(momentum, size=map_grid)
         extra = None if extra is None else resize_image(extra, size=map_grid)
         out = model.fields(momentum, extra, model.operators(map_grid, map_spacing, fixed.device), map_spacing, inverse)

@@ -336,9 +336,10 @@ def rdmm_register(
                             learning_rate=learning_rate, tolerance=tolerance, map_factor=map_factor, spacing=spacing,
                             initial_momentum=initial_momentum, inverse=inverse, callback=callback, progress=progress,
                             extra=pre_weights(initial_weights.float()),
-                            extra_learning_rate=weights_learning_rate if optimize_weights else 0.0)
+                            extra_learning_rate=weights_learning_rate if optimize_weights else 0.0,
+                            fields_on_last_level=True)
     out["pre_weights"] = out.pop("extra")
-    map_grid, map_spacing = level_grid(fixed.shape[2:], map_factor, spacing)
+    map_grid, map_spacing = level_grid(fixed.shape[2:], factors[-1] * map_factor, spacing)  # the fields' grid
     smoothing = model.operators(map_grid, map_spacing, fixed.device).smoothing
     out["weights"] = resize_image(smooth_weights(out["pre_weights"], smoothing).square(), size=fixed.shape[2:])
     return out
