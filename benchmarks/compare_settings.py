@@ -8,7 +8,7 @@ Each setting (a dict of ``load_method`` options: built-in constructor arguments 
 ids) registers every case exactly as the harness does (:class:`benchmarks.adapters.PackageMethod`:
 RAS inputs, the field mapped back to the case's axes) and is scored by
 :func:`benchmarks.evaluate.evaluate` (mean Dice over the case's labels; EPE in mm where the field is
-known). One line per setting: per-case ``(case, Dice, EPE, seconds)`` and the mean Dice. Use
+known). One line per setting: per-case ``(case, Dice, EPE, % det J <= 0, seconds)`` and the mean Dice. Use
 validation cases (``benchmarks.cases.VALIDATION_GROUPS``) to choose; never the evaluation brain.
 """
 
@@ -37,7 +37,7 @@ def _group(name: str) -> str:
 
 
 def score(method: str, options: dict, cases: list[str], data_dir: Path, cache_dir: Path, threads: int) -> list[tuple]:
-    """``[(case, dice, epe, seconds), ...]`` of ``method`` with ``options`` on full-size ``cases``."""
+    """``[(case, dice, epe, folding_percent, seconds), ...]`` of ``method`` with ``options`` on full-size ``cases``."""
     rows = []
     for name in cases:
         case = torch.load(get_case(data_dir, _group(name), name, 1.0, cache_dir), weights_only=False)
@@ -47,7 +47,8 @@ def score(method: str, options: dict, cases: list[str], data_dir: Path, cache_di
         adapter.register()
         seconds = time.perf_counter() - start
         scores = evaluate(case, adapter.result()["ddf"], hd95=False)
-        rows.append((name, round(scores["dice"], 4), round(scores["epe"], 3), round(seconds, 1)))
+        rows.append((name, round(scores["dice"], 4), round(scores["epe"], 3), round(scores["folding_percent"], 4),
+                     round(seconds, 1)))
     return rows
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..functional.compose import compose_ddf
+from ..functional.warp import warp
 from ..networks.contract import MultiLevelNetwork, RegistrationNetwork, SamplingNetwork
 from ..transforms.intensity import normalize_intensity_percentile
 from ..validation import check_positive, check_spatial_tensor
 from .refinement import check_refinement, refine_network
 
-__all__ = ["NetworkRegistration", "load_weights", "REFINE_PRESETS"]
+__all__ = ["NetworkRegistration", "cascade_displacements", "load_weights", "REFINE_PRESETS"]
 
 #: Test-time refinement settings by name (``NetworkRegistration(refine=...)``, ``--refine`` of the
 #: bundles, ``--option refine=`` of the CLI, ``register(refine=...)``). ``"none"``: the network
@@ -56,6 +58,35 @@ def load_weights(network: nn.Module, weights: str | os.PathLike, caller: str = "
     except RuntimeError as err:
         raise ValueError(f"{caller}(): 'weights' {str(path)!r} do not fit {type(network).__name__}: {err}") from None
     return network
+
+
+def cascade_displacements(network: nn.Module, moving: torch.Tensor, fixed: torch.Tensor, passes: int,
+                          inverse: bool = True) -> dict[str, torch.Tensor]:
+    """The network applied ``passes`` times, each pass to the moving image warped by the fields so far.
+
+    Pass ``k`` predicts ``u_k`` from ``(moving o phi_{k-1}, fixed)``, where ``phi_{k-1}`` is the
+    composition of the earlier passes (the original moving image is warped once by the composed
+    field, never re-interpolated), and ``phi_k = phi_{k-1} o (id + u_k)``. Each pass is a
+    diffeomorphism for diffeomorphic networks, and so is their composition (up to interpolation).
+    The inverse is the reversed composition of the passes' inverses.
+
+    Args:
+        network: a :class:`~monai_diffreg.networks.contract.RegistrationNetwork`.
+        moving, fixed: ``(1, 1, *S)`` intensity-normalised images on one grid.
+        passes: number of network passes (>= 1; 1 is the network alone).
+        inverse: also return ``"inverse_ddf"``.
+
+    Returns:
+        ``{"ddf"[, "inverse_ddf"]}``, ``(1, D, *S)`` displacements in voxels.
+    """
+    out = network.displacements(moving, fixed, inverse=inverse)
+    ddf, inverse_ddf = out["ddf"], out.get("inverse_ddf")
+    for _ in range(passes - 1):
+        step = network.displacements(warp(moving, ddf), fixed, inverse=inverse)
+        ddf = compose_ddf(ddf, step["ddf"])
+        if inverse:
+            inverse_ddf = compose_ddf(step["inverse_ddf"], inverse_ddf)
+    return {"ddf": ddf, "inverse_ddf": inverse_ddf} if inverse else {"ddf": ddf}
 
 
 def _spacing_per_axis(value: float | Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...] | None:
@@ -98,6 +129,9 @@ class NetworkRegistration:
         save_levels: also return ``"warped_levels"`` ``(1, L, *S)``, the (intensity-normalised)
             moving image warped by each level's field (multi-level networks such as
             :class:`~monai_diffreg.networks.MDRegNet`); costs one more forward pass.
+        cascade: number of network passes (:func:`cascade_displacements`): each further pass
+            registers the moving image warped by the earlier ones and is composed with them
+            (1: the network alone; not combined with ``num_samples``, refinement or ``save_levels``).
         name: the method's name in error messages.
         expected_spacing_mm: the voxel size (mm) of the images the network expects, one number or
             one per axis: the spacing it was trained at times the scale factor it applies to its inputs
@@ -111,7 +145,7 @@ class NetworkRegistration:
                  refine_learning_rate: float = 0.1, refine_loss: nn.Module | None = None,
                  refine_smoothing_sigma: float | None = None, save_levels: bool = False, name: str = "network",
                  refine: str = "none", refine_coarse_steps: int = 0, refine_tolerance: float | None = None,
-                 expected_spacing_mm: float | Sequence[float] | None = None) -> None:
+                 expected_spacing_mm: float | Sequence[float] | None = None, cascade: int = 1) -> None:
         caller = "NetworkRegistration"
         if not isinstance(refine, str) or refine not in REFINE_PRESETS:
             raise ValueError(f"{caller}(): 'refine' must be one of {list(REFINE_PRESETS)}, got {refine!r}")
@@ -144,6 +178,11 @@ class NetworkRegistration:
         if save_levels and not isinstance(network, MultiLevelNetwork):
             raise ValueError(f"{caller}(): {type(network).__name__} has no 'warped_level_images' method, "
                              "so 'save_levels' must be False")
+        if not isinstance(cascade, int) or isinstance(cascade, bool) or cascade < 1:
+            raise ValueError(f"{caller}(): 'cascade' must be an integer >= 1, got {cascade!r}")
+        if cascade > 1 and (num_samples or refine_steps or refine_coarse_steps or save_levels):
+            raise ValueError(f"{caller}(): 'cascade' > 1 composes several network passes and cannot be combined with "
+                             "'num_samples', a refinement or 'save_levels' (each of these works on one pass's velocity)")
         expected_spacing_mm = _spacing_per_axis(expected_spacing_mm, network.spatial_dims, caller)
         if weights is not None:
             load_weights(network, weights, caller)
@@ -161,6 +200,7 @@ class NetworkRegistration:
         self.save_levels = save_levels
         self.name = name
         self.expected_spacing_mm = expected_spacing_mm
+        self.cascade = cascade
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Register ``moving`` to ``fixed``, both ``(1, 1, *S)`` on the fixed grid (see :mod:`monai_diffreg.methods`);
@@ -180,7 +220,7 @@ class NetworkRegistration:
             elif refining:  # the refinement runs the network itself
                 out = {}
             else:
-                out = self.network.displacements(moving, fixed, inverse=inverse)
+                out = cascade_displacements(self.network, moving, fixed, self.cascade, inverse=inverse)
             if self.save_levels:
                 out["warped_levels"] = self.network.warped_level_images(moving, fixed)
         if refining:
@@ -195,4 +235,4 @@ class NetworkRegistration:
     def __repr__(self) -> str:
         return (f"NetworkRegistration({type(self.network).__name__}, device={self.device}, "
                 f"num_samples={self.num_samples}, refine={self.refine!r}, refine_steps={self.refine_steps}, "
-                f"refine_coarse_steps={self.refine_coarse_steps})")
+                f"refine_coarse_steps={self.refine_coarse_steps}, cascade={self.cascade})")
