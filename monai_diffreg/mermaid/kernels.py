@@ -26,7 +26,7 @@ import torch
 
 from ..validation import check_positive
 
-__all__ = ["gaussian_multiplier", "kernel_multiplier", "apply_kernel", "kernel_energy", "check_kernel", "omt_penalty"]
+__all__ = ["gaussian_multiplier", "gaussian_multipliers", "kernel_multiplier", "apply_kernel", "kernel_energy", "check_kernel", "omt_penalty"]
 
 
 def _spacing(spacing: Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...]:
@@ -58,6 +58,12 @@ def gaussian_multiplier(shape: Sequence[int], sigma: float, spacing: Sequence[fl
         view[axis] = k.numel()
         exponent = exponent + (k / h).view(view) ** 2
     return torch.exp(-2.0 * math.pi**2 * sigma**2 * exponent).to(dtype)
+
+
+def gaussian_multipliers(shape: Sequence[int], sigmas: Sequence[float], spacing: Sequence[float] | None = None, *,
+                         device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The multipliers ``(N, *F)`` of ``N`` Gaussians on one grid, one :func:`gaussian_multiplier` per width."""
+    return torch.stack([gaussian_multiplier(shape, s, spacing, device=device, dtype=dtype) for s in sigmas])
 
 
 def check_kernel(sigmas: Sequence[float], weights: Sequence[float] | torch.Tensor | None, caller: str,

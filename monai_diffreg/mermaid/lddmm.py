@@ -6,19 +6,22 @@ the multi-Gaussian kernel of :mod:`.kernels`)::
 
     dm/dt = -( (Dv)^T m + div(m (x) v) ),   ((Dv)^T m)_i = sum_j d_i v_j m_j,   div(m (x) v)_i = sum_j d_j (m_i v_j)
 
-and the inverse map ``phi_t^-1 = id + u_t`` (what warps the moving image: ``moving o phi_1^-1``)
-follows the transport equation ``d phi_t^-1 / dt = -(D phi_t^-1) v_t``, i.e.::
-
-    du/dt = -v - (Du) v,   ((Du) v)_i = sum_j d_j u_i v_j
+and the maps follow the flow of ``v_t``: ``phi_1`` (``d phi_t / dt = v_t o phi_t``) and the inverse map
+``phi_1^-1`` (what warps the moving image: ``moving o phi_1^-1``), both by following the characteristics of
+the velocities at the time steps, each step a short flow composed by interpolation
+(:func:`semi_lagrangian_maps`).
 
 Derivatives are periodic central differences in the units of ``spacing`` (the kernel is a periodic
 convolution too): they are skew-adjoint, so this semi-discrete system conserves ``<m_t, v_t>``
 exactly and its drift measures the time integrator's error only. The same equation as FLASH
 (:mod:`monai_diffreg.lddmm.shooting`, same central-difference symbols), without its band truncation:
-products are taken voxel by voxel on the image grid. Time: ``num_steps`` steps of the joint system
-``(m, u)`` by RK4 or Euler (:func:`~monai_diffreg.lddmm.shooting.integrate_geodesic`). The forward map
-``phi_1`` is the inverse map of the geodesic shot from ``-m_1`` (the reversed path ``-v_{1-s}`` is itself
-a geodesic; :func:`~monai_diffreg.lddmm.shooting.geodesic_maps`).
+products are taken voxel by voxel on the image grid. Time: ``num_steps`` steps of RK4 or Euler
+(:func:`~monai_diffreg.lddmm.shooting.integrate_geodesic`). :func:`shoot` can also transport the inverse map
+in Eulerian form, ``du/dt = -v - (Du) v`` with ``u_t = phi_t^-1 - id`` and ``((Du) v)_i = sum_j d_j u_i v_j``
+(FLASH's way), jointly with the momentum; the registration does not use it: central differences of the
+map are dispersive where the velocity is rough, and folded 0.03 % of the voxels of an MNI -> subject
+registration where the maps along the characteristics converge to the exact flow as the steps shrink
+(tests; docs).
 
 The energy minimised over ``m_0`` (:mod:`._momentum`, the same as vSVF's with another map) is::
 
@@ -38,7 +41,9 @@ from functools import partial
 import torch
 
 from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair
-from ..lddmm.shooting import INTEGRATORS, geodesic_maps, integrate_geodesic
+from ..functional.compose import compose_ddf
+from ..functional.warp import warp
+from ..lddmm.shooting import INTEGRATORS, integrate_geodesic
 from ..validation import check_choice, check_integer
 from ._momentum import check_momentum_settings, momentum_energy, register_momentum, to_voxels
 from .kernels import apply_kernel
@@ -103,15 +108,53 @@ def shoot(momentum: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[fl
                               integrator, with_map=with_map, return_path=return_path, caller="shoot")
 
 
+def semi_lagrangian_maps(velocities: Sequence[torch.Tensor], forward: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``phi_1^-1 - id`` and (with ``forward``) ``phi_1 - id`` of the flow of ``v_t``, along the characteristics.
+
+    ``velocities`` ``[v_0, v_h, ..., v_1]`` (``(B, D, *S)`` each, in voxels, equal steps ``h``) are the
+    nodes of the path. Step ``k``'s flow ``psi_k`` (from ``t_k`` to ``t_k + h``) follows the midpoint
+    velocity ``w_k = (v_{t_k} + v_{t_k + h}) / 2`` along its characteristic, second order in ``h``::
+
+        psi_k(y) - y = h w_k(y + h/2 w_k(y)),      psi_k^-1(y) - y = -h w_k(y - h/2 w_k(y))
+        phi_1 = psi_{N-1} o ... o psi_0,          phi_1^-1 = psi_0^-1 o ... o psi_{N-1}^-1
+
+    Each map is built by following the points: the grid points are moved step by step (``psi_0`` first
+    for ``phi_1``, ``psi_{N-1}^-1`` first for ``phi_1^-1``) and only the smooth one-step fields are
+    interpolated (linear, border extension; :func:`~monai_diffreg.functional.compose.compose_ddf`),
+    never the accumulated map, so interpolation errors do not pile up with the number of steps. No
+    spatial derivative of the map is taken, unlike the Eulerian transport by central differences.
+
+    Returns:
+        ``(phi_1^-1 - id, phi_1 - id)`` in voxels (the second None without ``forward``).
+    """
+    h = 1.0 / (len(velocities) - 1)
+    middles = [0.5 * (start + end) for start, end in zip(velocities[:-1], velocities[1:])]
+    inverse_map = torch.zeros_like(velocities[0])
+    for middle in reversed(middles):
+        inverse_map = compose_ddf(-h * warp(middle, -0.5 * h * middle), inverse_map)
+    if not forward:
+        return inverse_map, None
+    forward_map = torch.zeros_like(velocities[0])
+    for middle in middles:
+        forward_map = compose_ddf(h * warp(middle, 0.5 * h * middle), forward_map)
+    return inverse_map, forward_map
+
+
 def lddmm_fields(momentum: torch.Tensor, velocity: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[float],
                  inverse: bool, *, num_steps: int = 10, integrator: str = "rk4") -> dict[str, torch.Tensor]:
     """The fields of the geodesic from ``m_0`` (``velocity`` ``v_0 = K * m_0``; units of ``spacing``), in voxels:
-    ``"ddf"`` ``phi_1^-1 - id``, ``"initial_velocity"`` ``v_0`` and, with ``inverse``, ``"inverse_ddf"`` ``phi_1 - id``."""
-    inverse_map, forward_map = geodesic_maps(partial(epdiff_rates, multiplier=multiplier, spacing=spacing), momentum,
-                                             num_steps, integrator, forward=inverse, caller="lddmm_fields")
-    out = {"ddf": to_voxels(inverse_map, spacing), "initial_velocity": to_voxels(velocity, spacing)}
+    ``"ddf"`` ``phi_1^-1 - id``, ``"initial_velocity"`` ``v_0`` and, with ``inverse``, ``"inverse_ddf"`` ``phi_1 - id``.
+
+    The momentum is shot by EPDiff (:func:`shoot`, ``num_steps`` steps of ``integrator``); the maps follow the
+    characteristics of the velocities at those steps (:func:`semi_lagrangian_maps`).
+    """
+    _, _, path = shoot(momentum, multiplier, spacing, num_steps, integrator, with_map=False, return_path=True)
+    velocities = [velocity] + [apply_kernel(m, multiplier) for m in path[1:]]
+    inverse_map, forward_map = semi_lagrangian_maps([to_voxels(v, spacing) for v in velocities], forward=inverse)
+    out = {"ddf": inverse_map, "initial_velocity": to_voxels(velocity, spacing)}
     if inverse:
-        out["inverse_ddf"] = to_voxels(forward_map, spacing)
+        out["inverse_ddf"] = forward_map
     return out
 
 
@@ -180,7 +223,7 @@ def lddmm_register(
             images (>= 1; Mermaid's ``map_low_res_factor`` is its inverse); fields are upsampled.
         spacing: voxel size per axis of the full grid (None: voxel units).
         initial_momentum: optional starting ``m_0`` ``(B, D, *S')`` (any grid; resized).
-        inverse: also return ``"inverse_ddf"`` (``phi_1 - id``, by the reversed geodesic: one more shooting).
+        inverse: also return ``"inverse_ddf"`` (``phi_1 - id``, along the same path's characteristics).
         callback: ``callback(level, iteration, energy)`` after each step; progress: a progress bar.
 
     Returns:

@@ -15,19 +15,18 @@ start as the normalised Gaussian smoothing of non-negative pre-weights ``h`` (wi
     w(x, 0) = (G * |h|)(x) / |(G * |h|)(x)|     (norm over the N Gaussians)
 
 The geodesic equations (the Hamiltonian ``H = 1/2 <m, K_w m>`` with ``w`` advected) are EPDiff plus a
-force from the weights' gradients, the transport of ``w`` and that of ``phi_t^-1 = id + u``::
+force from the weights' gradients, and the transport of ``w``::
 
     dm/dt = -( (Dv)^T m + div(m (x) v) ) + sum_i (m . G_{sigma_i} * (w_i m)) grad w_i
     dw/dt = -(Dw) v
-    du/dt = -v - (Du) v
 
 with :mod:`.lddmm`'s periodic central differences for every derivative. ``H`` (``<m_t, v_t>``) is
 conserved exactly by this semi-discrete system (the extra force's work cancels the change of the
-metric under transport), so its drift measures the time integrator's error only. ``(m, w, u)`` are
-integrated jointly (RK4 by default, :func:`~monai_diffreg.lddmm.shooting.integrate_geodesic`). The
-forward map ``phi_1`` is not a reversed geodesic here (the reversed path needs the final weights as
-its initial ones and would transport them back), so it is the numerical inverse of ``phi_1^-1``
-(:func:`~monai_diffreg.functional.invert_ddf`, 20 fixed-point iterations on the map grid).
+metric under transport), so its drift measures the time integrator's error only. ``(m, w)`` are
+integrated jointly (RK4 by default, :func:`~monai_diffreg.lddmm.shooting.integrate_geodesic`); the maps
+``phi_1^-1`` and ``phi_1`` follow the characteristics of the velocities at the time steps, as LDDMM's
+(:func:`~.lddmm.semi_lagrangian_maps`). :func:`shoot` can also transport ``phi_t^-1 = id + u`` in Eulerian
+form (``du/dt = -v - (Du) v``) jointly with ``(m, w)``; the registration does not use it.
 
 The energy minimised over ``m_0`` and (unless the weights are given and fixed) ``h``::
 
@@ -49,13 +48,14 @@ from typing import NamedTuple
 import torch
 
 from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, level_grid
-from ..functional import invert_ddf, resize_image
+from ..functional import resize_image
 from ..lddmm.shooting import integrate_geodesic
 from ..validation import check_positive
 from ._momentum import MomentumModel, image_energy, optimise_momentum, to_voxels
-from .kernels import apply_kernel, gaussian_multiplier, kernel_energy, omt_penalty
+from .kernels import apply_kernel, gaussian_multiplier, gaussian_multipliers, kernel_energy, omt_penalty
 from .lddmm import _check_settings as _check_lddmm_settings
-from .lddmm import DEFAULT_NUM_STEPS, DEFAULT_REGULARIZATION_WEIGHT, advection, central_difference, epdiff_force
+from .lddmm import (DEFAULT_NUM_STEPS, DEFAULT_REGULARIZATION_WEIGHT, advection, central_difference, epdiff_force,
+                    semi_lagrangian_maps)
 from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_SIGMAS
 
 __all__ = ["RDMMOperators", "rdmm_operators", "pre_weights", "smooth_weights", "rdmm_velocity", "rdmm_rates", "shoot",
@@ -83,7 +83,7 @@ def rdmm_operators(shape: Sequence[int], sigmas: Sequence[float], weight_sigma: 
                    spacing: Sequence[float] | None = None, *, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float32) -> RDMMOperators:
     """:class:`RDMMOperators` of a grid (:func:`~.kernels.gaussian_multiplier`; widths in the units of ``spacing``)."""
-    return RDMMOperators(torch.stack([gaussian_multiplier(shape, s, spacing, device=device, dtype=dtype) for s in sigmas]),
+    return RDMMOperators(gaussian_multipliers(shape, sigmas, spacing, device=device, dtype=dtype),
                          gaussian_multiplier(shape, weight_sigma, spacing, device=device, dtype=dtype))
 
 
@@ -156,12 +156,18 @@ def shoot(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torch.Tens
 def rdmm_fields(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torch.Tensor, spacing: Sequence[float],
                 inverse: bool, *, num_steps: int = 10, integrator: str = "rk4") -> dict[str, torch.Tensor]:
     """The fields of the geodesic from ``(m_0, w_0)`` (units of ``spacing``), in voxels: ``"ddf"`` ``phi_1^-1 - id``,
-    ``"initial_velocity"`` ``v_0`` and, with ``inverse``, ``"inverse_ddf"`` ``phi_1 - id`` (the numerical inverse)."""
-    _, _, displacement = shoot(momentum, weights, multipliers, spacing, num_steps, integrator)
-    out = {"ddf": to_voxels(displacement, spacing),
-           "initial_velocity": to_voxels(rdmm_velocity(momentum, weights, multipliers)[0], spacing)}
+    ``"initial_velocity"`` ``v_0`` and, with ``inverse``, ``"inverse_ddf"`` ``phi_1 - id``.
+
+    ``(m, w)`` are shot (:func:`shoot`); the maps follow the characteristics of the velocities at the time steps
+    (:func:`~.lddmm.semi_lagrangian_maps`), as LDDMM's.
+    """
+    _, _, _, path = shoot(momentum, weights, multipliers, spacing, num_steps, integrator, with_map=False,
+                          return_path=True)
+    velocities = [to_voxels(rdmm_velocity(m, w, multipliers)[0], spacing) for m, w in path]
+    inverse_map, forward_map = semi_lagrangian_maps(velocities, forward=inverse)
+    out = {"ddf": inverse_map, "initial_velocity": velocities[0]}
     if inverse:
-        out["inverse_ddf"] = invert_ddf(out["ddf"])
+        out["inverse_ddf"] = forward_map
     return out
 
 
@@ -297,7 +303,7 @@ def rdmm_register(
         image_loss: ``"ncc"`` (local, ``ncc_window`` voxels) or ``"mse"`` (noise ``image_sigma``).
         levels, iterations, learning_rate, num_steps, integrator, tolerance, map_factor, spacing, initial_momentum,
             callback, progress: as :func:`~.lddmm.lddmm_register`'s.
-        inverse: also return ``"inverse_ddf"`` (``phi_1 - id``, the numerical inverse of ``phi_1^-1``).
+        inverse: also return ``"inverse_ddf"`` (``phi_1 - id``, along the same path's characteristics).
 
     Returns:
         dict with ``"ddf"`` (``phi_1^-1 - id``, fixed to moving, voxels), ``"inverse_ddf"`` (with ``inverse``),

@@ -176,7 +176,7 @@ def test_recovers_a_known_shift(optimize_weights):
 
 def test_builtin_method_through_register_3d():
     """`register(..., bundle="rdmm")`: the method contract, a smaller image difference, no folding; the inverse
-    (numerical, on the map grid) composes with the field to the identity."""
+    (along the same path's characteristics) composes with the field to the identity within 0.1 voxel."""
     shape = (24, 20, 16)
     fixed = _blob(shape, (12, 10, 8), width=3.0)[0, 0].numpy()
     moving = _blob(shape, (13, 11, 8), width=3.0)[0, 0].numpy()
@@ -190,8 +190,10 @@ def test_builtin_method_through_register_3d():
     assert result.metrics["folding_percent"] == 0.0
     out = RDMMRegistration(levels=(1,), iterations=(5,), num_steps=3, map_factor=1.0)(
         torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None])
-    residual = md.functional.compose_ddf(out["ddf"], out["inverse_ddf"])  # inverted on this grid (map_factor 1)
-    assert float(residual.abs().max()) < 1e-5 and float(out["ddf"].abs().max()) > 0.5
+    for residual in (md.functional.compose_ddf(out["ddf"], out["inverse_ddf"]),
+                     md.functional.compose_ddf(out["inverse_ddf"], out["ddf"])):
+        assert float(residual.abs().max()) < 0.1
+    assert float(out["ddf"].abs().max()) > 0.5
 
 
 @pytest.mark.parametrize("options, match", [
