@@ -26,7 +26,8 @@ import torch
 
 from ..validation import check_positive
 
-__all__ = ["gaussian_multiplier", "gaussian_multipliers", "kernel_multiplier", "apply_kernel", "kernel_energy", "check_kernel", "omt_penalty"]
+__all__ = ["gaussian_multiplier", "gaussian_multipliers", "kernel_multiplier", "apply_kernel", "kernel_energy", "check_kernel",
+           "check_simplex", "omt_penalty"]
 
 
 def _spacing(spacing: Sequence[float] | None, ndim: int, caller: str) -> tuple[float, ...]:
@@ -73,14 +74,18 @@ def check_kernel(sigmas: Sequence[float], weights: Sequence[float] | torch.Tenso
         raise ValueError(f"{caller}(): 'sigmas' must be a non-empty sequence of widths > 0, got {sigmas!r}")
     widths = tuple(check_positive(s, "sigmas", caller) for s in sigmas)
     if weights is None:
-        w = torch.full((len(widths),), 1.0 / len(widths), dtype=torch.float64)
-    else:
-        w = torch.as_tensor(weights, dtype=torch.float64) if not isinstance(weights, torch.Tensor) else weights
-        if w.shape != (len(widths),) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
-                or abs(float(w.detach().sum()) - 1.0) > 1e-6:
-            raise ValueError(f"{caller}(): '{name}' must be {len(widths)} numbers >= 0 summing to 1 (one per sigma), "
-                             f"got {weights!r}")
-    return widths, w
+        return widths, torch.full((len(widths),), 1.0 / len(widths), dtype=torch.float64)
+    return widths, check_simplex(weights, len(widths), name, caller)
+
+
+def check_simplex(weights: Sequence[float] | torch.Tensor, n: int, name: str, caller: str) -> torch.Tensor:
+    """Validate ``n`` finite weights >= 0 summing to 1 (one per Gaussian); a tensor is returned as given, numbers
+    as a float64 tensor."""
+    w = weights if isinstance(weights, torch.Tensor) else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
+            or abs(float(w.detach().sum()) - 1.0) > 1e-6:
+        raise ValueError(f"{caller}(): '{name}' must be {n} numbers >= 0 summing to 1 (one per Gaussian), got {weights!r}")
+    return w
 
 
 def kernel_multiplier(shape: Sequence[int], sigmas: Sequence[float], weights: Sequence[float] | torch.Tensor | None = None,

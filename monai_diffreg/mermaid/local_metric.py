@@ -40,8 +40,8 @@ from torch import nn
 from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, downsample, level_grid, progress_reporter
 from ..validation import check_integer, check_positive
 from ._momentum import MOMENTUM_IMAGE_LOSSES, MomentumModel, image_energy, optimise_momentum
-from .kernels import (_spacing, apply_kernel, check_kernel, gaussian_multiplier, gaussian_multipliers, kernel_energy,
-                      omt_penalty)
+from .kernels import (_spacing, apply_kernel, check_kernel, check_simplex, gaussian_multiplier, gaussian_multipliers,
+                      kernel_energy, omt_penalty)
 from .metric_learning import DEFAULT_OMT_WEIGHT, _stack_pairs
 from .rdmm import rdmm_velocity
 from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_REGULARIZATION_WEIGHT, DEFAULT_SIGMAS, vsvf_fields
@@ -57,15 +57,6 @@ DEFAULT_NETWORK_LEARNING_RATE = 0.01
 #: Below this weight ``sqrt`` is continued linearly (same value and slope 1/sqrt(floor) at the floor): bounded
 #: gradients where the softmax clamps a weight to 0; the velocity changes by less than ``floor`` there.
 SQRT_FLOOR = 1e-8
-
-
-def _check_simplex(weights: object, n: int, name: str, caller: str) -> torch.Tensor:
-    """``n`` finite numbers >= 0 summing to 1, as a float64 tensor."""
-    vector = weights.detach().double() if isinstance(weights, torch.Tensor) else torch.as_tensor(weights, dtype=torch.float64)
-    if vector.shape != (n,) or not bool(torch.isfinite(vector).all()) or bool((vector < 0).any()) \
-            or abs(float(vector.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"{caller}(): '{name}' must be {n} numbers >= 0 summing to 1 (one per Gaussian), got {weights!r}")
-    return vector
 
 
 def weighted_linear_softmax(logits: torch.Tensor, global_weights: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -170,7 +161,8 @@ class LocalWeightNetwork(nn.Module):
         if check_integer(kernel_size, "kernel_size", caller, minimum=1) % 2 == 0:
             raise ValueError(f"{caller}(): 'kernel_size' must be odd (same-size convolutions), got {kernel_size!r}")
         self.config = {"spatial_dims": spatial_dims, "num_gaussians": num_gaussians,
-                       "global_weights": _check_simplex(global_weights, num_gaussians, "global_weights", caller).tolist(),
+                       "global_weights": check_simplex(global_weights, num_gaussians, "global_weights",
+                                                       caller).detach().double().tolist(),
                        "hidden_channels": hidden_channels, "kernel_size": kernel_size,
                        "weight_sigma": check_positive(weight_sigma, "weight_sigma", caller),
                        "spacing": None if spacing is None else list(_spacing(spacing, spatial_dims, caller)),
