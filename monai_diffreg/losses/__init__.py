@@ -19,6 +19,7 @@ function                       class                               what
 (composite)                    :class:`ProbabilisticSVFLoss`       probabilistic VoxelMorph training loss (eq. 2 + KL + Dice)
 (composite)                    :class:`MDRegNetLoss`               MDReg-Net training loss (eq. 4: per-level two-way NCC + L1)
 (composite)                    :class:`HyperMorphLoss`             HyperMorph: ``(1 - lambda) sim + lambda reg`` per item (+ :func:`sample_reg_weight`)
+(composite)                    :class:`SynthMorphLoss`             SynthMorph: Dice of warped labels + ``lambda`` gradient penalty (:func:`warped_label_dice_loss`)
 (composite)                    :class:`RegistrationPyramidLoss`    registration pyramid training loss (eqs. 1-2: Dice + per-level NCC, affine, smoothness)
 =============================  ==================================  ===================================
 
@@ -27,7 +28,7 @@ Image terms chosen by name (``"ncc"``, ``"mse"``, ``"mi"``) are stated once in
 bidirectional convention (``"mean"`` or ``"sum"`` of the two directions) in :mod:`.wrappers`.
 """
 
-from .dice import SoftDiceLoss, present_label_dice_loss, soft_dice_loss
+from .dice import SoftDiceLoss, present_label_dice_loss, soft_dice_loss, warped_label_dice_loss
 from .hypermorph import HYPERMORPH_IMAGE_LOSSES, REG_WEIGHT_DISTRIBUTIONS, HyperMorphLoss, sample_reg_weight
 from .kl import ProbabilisticSVFKLLoss, degree_matrix, kl_svf_laplacian
 from .mdreg import MDRegNetLoss
@@ -37,6 +38,7 @@ from .prob_svf import ProbabilisticSVFLoss
 from .reg_pyramid import RegistrationPyramidLoss, affine_identity_penalty
 from .regularization import GradientLoss, gradient_loss
 from .similarity import SIMILARITY_METRICS, image_similarity_loss, similarity_subset
+from .synthmorph import SynthMorphLoss
 from .wrappers import BIDIRECTIONAL_REDUCTIONS, BidirectionalLoss, MultiResolutionLoss, combine_directions
 
 __all__ = [
@@ -60,11 +62,13 @@ __all__ = [
     "MultiResolutionLoss",
     "ProbabilisticSVFLoss",
     "present_label_dice_loss",
+    "warped_label_dice_loss",
     "MDRegNetLoss",
     "HyperMorphLoss",
     "sample_reg_weight",
     "HYPERMORPH_IMAGE_LOSSES",
     "REG_WEIGHT_DISTRIBUTIONS",
+    "SynthMorphLoss",
     "RegistrationPyramidLoss",
     "affine_identity_penalty",
 ]

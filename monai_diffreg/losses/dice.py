@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from ..validation import check_positive
+from ..functional.warp import warp
+from ..validation import check_field, check_positive, check_spatial_tensor
 from ._utils import check_image_pair, check_reduction, promote_float, reduce_loss
 
-__all__ = ["soft_dice_loss", "present_label_dice_loss", "SoftDiceLoss"]
+__all__ = ["soft_dice_loss", "present_label_dice_loss", "warped_label_dice_loss", "SoftDiceLoss"]
 
 
 def _check_include_background(include_background: object, caller: str) -> bool:
@@ -85,6 +86,30 @@ def present_label_dice_loss(pred: torch.Tensor, target: torch.Tensor, reduction:
     if reduction == "none":
         return (per_label * present).sum(dim=1) / present.sum(dim=1).clamp(min=1)
     return (per_label * present).sum() / present.sum().clamp(min=1)
+
+
+def warped_label_dice_loss(moving_labels: torch.Tensor, fixed_labels: torch.Tensor, ddf: torch.Tensor,
+                           reduction: str = "mean") -> torch.Tensor:
+    """:func:`present_label_dice_loss` of the moving labels warped by ``ddf`` against the fixed labels.
+
+    The moving one-hot maps are cast to ``ddf``'s dtype and warped with linear interpolation
+    (:func:`~monai_diffreg.functional.warp.warp`, border padding), so the loss is differentiable
+    in ``ddf``: the label term of SynthMorph and of HyperMorph's ``"dice"``.
+
+    Args:
+        moving_labels: ``(B, L, *S)`` one-hot / probability maps of the moving image.
+        fixed_labels: ``(B, L, *S)`` maps of the fixed image (same label channels).
+        ddf: ``(B, D, *S)`` pull-back displacement in voxels (warps moving onto fixed).
+        reduction: ``"mean"`` (over all present (sample, label) pairs) or ``"none"`` (``(B,)``).
+
+    Returns:
+        scalar or ``(B,)``, ``1 - Dice`` averaged over the labels present in either map.
+    """
+    caller = "warped_label_dice_loss"
+    check_spatial_tensor(fixed_labels, "fixed_labels", caller)
+    check_spatial_tensor(moving_labels, "moving_labels", caller, channels=fixed_labels.shape[1])
+    check_field(ddf, "ddf", caller, like=moving_labels)
+    return present_label_dice_loss(warp(moving_labels.to(ddf.dtype), ddf), fixed_labels, reduction=reduction)
 
 
 class SoftDiceLoss(_Loss):

@@ -18,10 +18,9 @@ from collections.abc import Mapping
 import torch
 from torch.nn.modules.loss import _Loss
 
-from ..functional.warp import warp
-from ..validation import check_choice, check_positive, check_spatial_tensor
-from .dice import present_label_dice_loss
-from .regularization import PENALTIES, gradient_loss
+from ..validation import check_choice, check_positive
+from .dice import warped_label_dice_loss
+from .regularization import PENALTIES, REG_FIELDS, gradient_loss
 from .similarity import image_similarity_loss
 
 __all__ = ["HyperMorphLoss", "sample_reg_weight", "HYPERMORPH_IMAGE_LOSSES", "REG_WEIGHT_DISTRIBUTIONS"]
@@ -30,7 +29,6 @@ __all__ = ["HyperMorphLoss", "sample_reg_weight", "HYPERMORPH_IMAGE_LOSSES", "RE
 HYPERMORPH_IMAGE_LOSSES = ("ncc", "mse", "dice")
 #: Distributions of :func:`sample_reg_weight`.
 REG_WEIGHT_DISTRIBUTIONS = ("uniform", "small")
-_FIELDS = ("velocity", "ddf")
 
 
 def sample_reg_weight(batch: int, generator: torch.Generator | None = None, distribution: str = "uniform",
@@ -73,7 +71,8 @@ class HyperMorphLoss(_Loss):
             the fixed one, averaged per item; or ``"dice"``: ``1 -`` soft Dice averaged over the labels
             present in either map (:func:`~monai_diffreg.losses.dice.present_label_dice_loss`, the
             convention of the other bundles' training) of the moving one-hot labels warped (linear
-            interpolation) against the fixed ones, the SynthMorph way (needs labels; the images are
+            interpolation) against the fixed ones, the SynthMorph way
+            (:func:`~monai_diffreg.losses.dice.warped_label_dice_loss`; needs labels; the images are
             then not compared).
         reg_field: ``"velocity"`` (default; the reference VoxelMorph/HyperMorph code penalises the
             pre-integration field) or ``"ddf"`` (the displacement on the input grid).
@@ -92,7 +91,7 @@ class HyperMorphLoss(_Loss):
         super().__init__()
         caller = "HyperMorphLoss"
         self.image_loss = check_choice(image_loss, "image_loss", caller, HYPERMORPH_IMAGE_LOSSES)
-        self.reg_field = check_choice(reg_field, "reg_field", caller, _FIELDS)
+        self.reg_field = check_choice(reg_field, "reg_field", caller, REG_FIELDS)
         self.penalty = check_choice(penalty, "penalty", caller, PENALTIES)
         self.ncc_window = ncc_window
         self.image_sigma = check_positive(image_sigma, "image_sigma", caller)
@@ -104,10 +103,7 @@ class HyperMorphLoss(_Loss):
         if self.image_loss == "dice":
             if fixed_labels is None or moving_labels is None:
                 raise ValueError(f"{caller}(): image_loss='dice' needs 'fixed_labels' and 'moving_labels', got None")
-            check_spatial_tensor(fixed_labels, "fixed_labels", caller)
-            check_spatial_tensor(moving_labels, "moving_labels", caller, channels=fixed_labels.shape[1])
-            return present_label_dice_loss(warp(moving_labels.to(outputs["ddf"].dtype), outputs["ddf"]), fixed_labels,
-                                           reduction="none")
+            return warped_label_dice_loss(moving_labels, fixed_labels, outputs["ddf"], reduction="none")
         per_voxel = image_similarity_loss(outputs["warped"], fixed, self.image_loss, reduction="none",
                                           ncc_window=self.ncc_window, image_sigma=self.image_sigma)
         return per_voxel.flatten(1).mean(dim=1)

@@ -8,9 +8,11 @@ from torch.nn.modules.loss import _Loss
 from ..validation import check_choice, check_spatial_tensor
 from ._utils import check_reduction, promote_float, reduce_loss
 
-__all__ = ["gradient_loss", "GradientLoss", "PENALTIES"]
+__all__ = ["gradient_loss", "GradientLoss", "PENALTIES", "REG_FIELDS"]
 
 PENALTIES = ("l2", "l1")
+#: Network outputs a training loss may regularise: the pre-integration velocity or the displacement on the input grid.
+REG_FIELDS = ("velocity", "ddf")
 
 
 def gradient_loss(field: torch.Tensor, penalty: str = "l2", reduction: str = "mean") -> torch.Tensor:

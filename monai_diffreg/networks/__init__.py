@@ -8,6 +8,7 @@ from .mdregnet import MDRegNet, MDRegSubNetwork
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .pyramid import CoarseToFinePass, coarse_to_fine
 from .reg_pyramid import AffineHead, DenseDeformBlock, FeaturePyramid, RegistrationPyramid
+from .voxelmorph import VoxelMorph
 from .vxm_unet import VxmUNet
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "RefinableNetwork",
     "VelocityRefinementStart",
     "ProbabilisticVoxelMorph",
+    "VoxelMorph",
     "CoarseToFinePass",
     "coarse_to_fine",
     "RegistrationPyramid",
