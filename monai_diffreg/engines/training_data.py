@@ -121,6 +121,10 @@ class SyntheticPairDataset(Dataset):
         inter_subject_probability: probability that a subject pair joins two different subjects.
         t1_contrast_probability: probability of T1-like rather than random contrast in a subject pair.
         t1_mean_jitter: standard deviation of each structure's mean around :data:`T1_MEANS`.
+        independent_contrasts: each image of a subject or shapes pair gets its own random contrast
+            (per-label means drawn independently: SynthMorph's cross-contrast pairs) instead of one
+            contrast shared up to ``intensity_jitter``; False (the default) draws the same random
+            numbers as a dataset without the option.
         max_rotation_degrees, max_translation, max_log_scaling: a random affine
             (:func:`~monai_diffreg.transforms.deformation.sample_random_affine`, about the centre;
             translation in voxels) applied to the moving image and labels of every pair, for
@@ -140,7 +144,7 @@ class SyntheticPairDataset(Dataset):
                  label_maps: Sequence[str | Path] | None = None, label_map_probability: float = 0.5,
                  label_map_spacing: float = 2.0, inter_subject_probability: float = 0.5,
                  t1_contrast_probability: float = 0.5, t1_mean_jitter: float = 0.05,
-                 max_rotation_degrees: float = 0.0, max_translation: float = 0.0, max_log_scaling: float = 0.0) -> None:
+                 independent_contrasts: bool = False, max_rotation_degrees: float = 0.0, max_translation: float = 0.0, max_log_scaling: float = 0.0) -> None:
         caller = "SyntheticPairDataset"
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if len(self.spatial_size) not in (2, 3) or min(self.spatial_size) < 4:
@@ -173,6 +177,9 @@ class SyntheticPairDataset(Dataset):
         self.inter_subject_probability = float(inter_subject_probability)
         self.t1_contrast_probability = float(t1_contrast_probability)
         self.t1_mean_jitter = float(t1_mean_jitter)
+        if not isinstance(independent_contrasts, bool):
+            raise ValueError(f"{caller}(): 'independent_contrasts' must be True or False, got {independent_contrasts!r}")
+        self.independent_contrasts = independent_contrasts
         self.affine_limits = {"max_rotation_degrees": float(max_rotation_degrees),
                               "max_translation": float(max_translation), "max_log_scaling": float(max_log_scaling)}
         if any(v < 0 for v in self.affine_limits.values()):
@@ -250,7 +257,7 @@ class SyntheticPairDataset(Dataset):
                                              bias_control_spacing=self.bias_control_spacing, generator=generator)
             if means is None:
                 means = params["means"]
-            else:
+            elif not self.independent_contrasts:
                 jitter = (torch.rand(means.shape, generator=generator) * 2 - 1) * self.intensity_jitter
                 params["means"] = (means + jitter).clamp(0.0, 1.0)
             item[name] = synthesize_image(warped, params)[0]
@@ -305,6 +312,8 @@ class SyntheticPairDataset(Dataset):
         structure_means = self._structure_means(generator)
         item: dict[str, torch.Tensor] = {}
         for name, subject in (("moving", first), ("fixed", second)):
+            if name == "fixed" and self.independent_contrasts:
+                structure_means = self._structure_means(generator)
             codes = warp(maps[subject][None].float(), self._random_ddf(generator), mode="nearest").long()
             structures = to_training_labels(codes)
             values = codes.unique()

@@ -127,3 +127,35 @@ def test_random_affine_moves_the_moving_side_only_and_costs_no_draw_when_off():
         torch.testing.assert_close(c["moving_labels"].sum(0), torch.ones(16, 20))
     with pytest.raises(ValueError, match="must be >= 0"):
         SyntheticPairDataset((16, 20), max_translation=-1.0)
+
+
+
+def _contrast_correlation(item, channels):
+    """Correlation, over the labels present in both images, of the moving and the fixed image's per-label means."""
+    moving, fixed = [], []
+    for k in channels:
+        in_moving, in_fixed = item["moving_labels"][k] > 0.5, item["fixed_labels"][k] > 0.5
+        if bool(in_moving.any()) and bool(in_fixed.any()):
+            moving.append(float(item["moving"][0][in_moving].mean()))
+            fixed.append(float(item["fixed"][0][in_fixed].mean()))
+    return float(np.corrcoef(moving, fixed)[0, 1])
+
+
+def test_independent_contrasts_draw_each_images_own_contrast(label_map_files):
+    """SynthMorph's cross-contrast pairs: with the option every image of a subject or shapes pair gets its own
+    label intensities (the two images' per-label means no longer correlate); without it the items are bit for
+    bit those of a dataset that does not know the option (the shared contrast: strongly correlated means)."""
+    kwargs = dict(t1_contrast_probability=0.0, intensity_jitter=0.0, inter_subject_probability=0.0,
+                  max_displacement=(0.0, 0.0))
+    subjects = {flag: _subjects_only(label_map_files, **kwargs, independent_contrasts=flag) for flag in (False, True)}
+    shapes = {flag: SyntheticPairDataset((24, 24), seed=2, intensity_jitter=0.0, max_displacement=(0.0, 0.0),
+                                         independent_contrasts=flag) for flag in (False, True)}
+    plain = _subjects_only(label_map_files, **kwargs)
+    for index in range(6):
+        assert all(torch.equal(plain[index][k], subjects[False][index][k]) for k in plain[index])
+    for datasets, channels in ((subjects, (1, 2, 3, 15)), (shapes, range(16))):
+        shared = [_contrast_correlation(datasets[False][i], channels) for i in range(6)]
+        independent = [_contrast_correlation(datasets[True][i], channels) for i in range(6)]
+        assert min(shared) > 0.7 and float(np.mean(independent)) < 0.4, (shared, independent)
+    with pytest.raises(ValueError, match="'independent_contrasts' must be True or False"):
+        SyntheticPairDataset((16, 16), independent_contrasts="yes")
