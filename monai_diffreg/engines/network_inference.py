@@ -233,6 +233,10 @@ class NetworkRegistration:
         return {key: out[key] for key in keys if key in out}
 
     def __repr__(self) -> str:
-        return (f"NetworkRegistration({type(self.network).__name__}, device={self.device}, "
+        network = type(self.network).__name__
+        settings = self.network.extra_repr()  # the network's own inference settings (HyperMorph: its lambda)
+        if settings:
+            network = f"{network}({settings})"
+        return (f"NetworkRegistration({network}, device={self.device}, "
                 f"num_samples={self.num_samples}, refine={self.refine!r}, refine_steps={self.refine_steps}, "
                 f"refine_coarse_steps={self.refine_coarse_steps}, cascade={self.cascade})")

@@ -269,6 +269,10 @@ class HyperMorph(nn.Module):
         self.unet = HyperVxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize, embedding_dim)
         self.flow_head = HyperConv(spatial_dims, self.unet.out_channels, spatial_dims, embedding_dim).init_as_flow_head()
 
+    def extra_repr(self) -> str:
+        """The ``lambda`` used without an explicit one (what a registration's summary records)."""
+        return f"reg_weight={self.default_reg_weight}"
+
     def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
         return scaled_size(spatial_size, self.image_scale)
