@@ -56,6 +56,16 @@ Case groups (one results table each):
     aligned to it exactly as the template in ``mni_to_subject`` (both header affines; brain
     centres of mass superimposed; ``optimise_affine``); the 30 VoxelMorph labels scored on both
     sides. An evaluation case: it holds test_scan, so nothing is chosen by it.
+``brain_synthetic_t2``, ``brain_synthetic_flair`` (3D, 30 labels, known field; **across contrasts**, not in the default groups)
+    ``brain_synthetic`` with the moving image in another MR contrast: test_scan's T1 intensities are
+    remapped (:func:`contrast_remap`: a piecewise-linear function of the T1 intensity through the
+    subject's own mean CSF, grey- and white-matter intensities, sent to :data:`CONTRAST_TARGETS`: T2-like
+    bright CSF and dark white matter, or FLAIR-like dark CSF with grey brighter than white) before the
+    same deformation and intensity change as ``brain_synthetic`` of that seed (the same random draws:
+    identical ``true_ddf`` and labels), so each case differs from its T1 counterpart only in contrast.
+    ``fixed`` stays the T1. For contrast-agnostic methods (SynthMorph) against elastix and SyN with
+    mutual information.
+``niivue_synthetic_t2``, ``niivue_synthetic_flair`` (**validation**): the same on the validation subject.
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -68,7 +78,7 @@ Case groups (one results table each):
     be hollowed out through the gap: a diffeomorphism can do it (the C is simply connected), a
     small-deformation model cannot without folding.
 
-``mni_synthetic``, ``niivue_synthetic`` and ``niivue_mni`` are **validation** groups
+``mni_synthetic``, ``niivue_synthetic``, ``niivue_mni`` and ``niivue_synthetic_t2`` / ``_flair`` are **validation** groups
 (:data:`VALIDATION_GROUPS`, not run by default): choose checkpoints and settings on them, never on
 the benchmark groups; the ``niivue_*`` ones are real anatomy of the validation subject
 (``niivue_freesurfer/``) and read nothing of test_scan, the evaluation-only brain.
@@ -113,12 +123,15 @@ from monai_diffreg.transforms.synthesis import add_gaussian_noise, apply_gamma, 
 
 __all__ = [
     "CASE_VERSIONS",
+    "CONTRAST_TARGETS",
+    "CROSS_CONTRAST_GROUPS",
     "GROUPS",
     "VALIDATION_GROUPS",
     "NIIVUE_CROP",
     "SYNTH_CONTROL_SPACING_MM",
     "SYNTH_MAX_DISPLACEMENT_MM",
     "case_names",
+    "contrast_remap",
     "family",
     "fingerprint",
     "get_case",
@@ -128,18 +141,27 @@ __all__ = [
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
 CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3, "circle_to_c": 1,
-                 "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1}
+                 "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1, "brain_synthetic_t2": 1,
+                 "brain_synthetic_flair": 1, "niivue_synthetic_t2": 1, "niivue_synthetic_flair": 1}
 
 #: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
 #: volume ``niivue_freesurfer/norm.mgz``, so LIA too); package methods get them re-oriented to
 #: RAS, as :func:`monai_diffreg.register` gives them (monai_diffreg.transforms.to_target_axes).
 CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION)
-                for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic", "subject_to_subject")}
-CASE_AXCODES.update({family: "LIA" for family in ("niivue_synthetic", "niivue_mni")})
-#: Benchmark case groups, in report order.
+                for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic", "subject_to_subject",
+                               "brain_synthetic_t2", "brain_synthetic_flair")}
+CASE_AXCODES.update({family: "LIA" for family in ("niivue_synthetic", "niivue_mni", "niivue_synthetic_t2",
+                                                  "niivue_synthetic_flair")})
+#: Benchmark case groups, in report order (run by default).
 GROUPS = ("brain_synthetic", "mni_to_subject", "subject_to_subject", "pairs_2d")
+#: Benchmark groups across MR contrasts (T1 fixed, moving remapped; run when named).
+CROSS_CONTRAST_GROUPS = ("brain_synthetic_t2", "brain_synthetic_flair")
 #: Held-out groups for choosing settings (never for reported accuracy).
-VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni")
+VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni", "niivue_synthetic_t2", "niivue_synthetic_flair")
+#: Mean intensity of CSF, grey and white matter in the remapped contrasts (:func:`contrast_remap`), on [0, 1].
+CONTRAST_TARGETS = {"t2": (1.0, 0.55, 0.35), "flair": (0.08, 0.65, 0.45)}
+#: aseg codes of cerebrospinal fluid (ventricles, CSF, choroid plexus), the third class of :func:`contrast_remap`.
+ASEG_CSF = (4, 5, 14, 15, 24, 31, 43, 44, 63, 72)
 #: Shape of the crop of the validation subject (test_scan's, so timings and settings transfer).
 NIIVUE_CROP = (160, 192, 224)
 #: Synthetic deformations: control-point spacing and bound on every velocity component, in mm.
@@ -159,10 +181,11 @@ AFFINE_ITERATIONS = (100, 50, 25)
 def case_names(groups, seeds) -> list[tuple[str, str]]:
     """``(group, case name)`` of every case of ``groups`` (of :data:`GROUPS` and :data:`VALIDATION_GROUPS`) for ``seeds``."""
     names = []
-    for group in GROUPS + VALIDATION_GROUPS:
+    for group in GROUPS + CROSS_CONTRAST_GROUPS + VALIDATION_GROUPS:
         if group not in groups:
             continue
-        if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic"):
+        if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic") + CROSS_CONTRAST_GROUPS + (
+                "niivue_synthetic_t2", "niivue_synthetic_flair"):
             names += [(group, f"{group}_s{s}") for s in seeds]
         elif group in ("mni_to_subject", "niivue_mni", "subject_to_subject"):
             names.append((group, group))
@@ -274,14 +297,43 @@ def _niivue_subject(data: Path, scale: float) -> dict:
     return _subject_grid(image, seg, scale, {"subject": "niivue_freesurfer", "crop_start": shift[:3, 3].astype(int).tolist()})
 
 
-def _subject_synthetic(subject: dict, seed: int) -> dict:
-    """A subject's image under a known deformation and intensity change (:func:`synthetic_pair`), 30 aseg labels."""
+def contrast_remap(image: torch.Tensor, aseg: torch.Tensor, contrast: str) -> torch.Tensor:
+    """A T1 image in another MR contrast: a piecewise-linear function of its intensity, 0 outside the brain.
+
+    The knots are the image's own mean intensities of CSF (:data:`ASEG_CSF`), grey and white matter
+    (:func:`monai_diffreg.datasets.aseg_to_tissue`), sent to ``CONTRAST_TARGETS[contrast]``; between and
+    beyond them the function is linear (clamped to [0, 1]), so partial-volume voxels land between their
+    tissues' new intensities. ``"t2"`` reverses the T1 order (CSF brightest); ``"flair"`` is not monotone
+    (CSF darkest, grey above white): no intensity mapping of one image onto the other is one-to-one.
+
+    Args:
+        image: ``(1, 1, *S)`` T1 in [0, 1], 0 outside the brain (skull-stripped).
+        aseg: ``(1, 1, *S)`` its aseg codes.
+        contrast: a key of :data:`CONTRAST_TARGETS`.
+    """
+    tissue = aseg_to_tissue(aseg)
+    classes = (torch.isin(aseg, torch.as_tensor(ASEG_CSF, dtype=aseg.dtype)), tissue == 1, tissue == 2)
+    knots = np.array([float(image[c].mean()) for c in classes])
+    if not np.all(np.diff(knots) > 0):
+        raise ValueError(f"contrast_remap(): expected T1 order CSF < grey < white matter, got means {knots.round(3).tolist()}")
+    targets = np.array(CONTRAST_TARGETS[contrast])
+    slopes = np.diff(targets) / np.diff(knots)
+    x = image.double()
+    out = torch.where(x < knots[1], targets[0] + slopes[0] * (x - knots[0]), targets[1] + slopes[1] * (x - knots[1]))
+    return (out.clamp(0.0, 1.0) * (image > 0)).to(image.dtype)
+
+
+def _subject_synthetic(subject: dict, seed: int, contrast: str | None = None) -> dict:
+    """A subject's image under a known deformation and intensity change (:func:`synthetic_pair`), 30 aseg labels;
+    with ``contrast`` the moving image is first remapped to it (:func:`contrast_remap`; same draws, same field)."""
     image, seg, spacing = subject["image"], subject["aseg"], subject["spacing"]
-    pair = synthetic_pair(image, seg, seed, spacing)
+    source = image if contrast is None else contrast_remap(image, seg, contrast)
+    pair = synthetic_pair(source, seg, seed, spacing)
+    settings = {**subject["settings"], **pair["settings"], **({"moving_contrast": contrast} if contrast else {})}
     return {
         "fixed": image, "moving": pair["moving"], "fixed_labels": seg, "moving_labels": pair["moving_labels"],
         "labels": list(VOXELMORPH_LABELS), "true_ddf": pair["true_ddf"], "mask": seg > 0,
-        "spacing": [spacing] * 3, "settings": {**subject["settings"], **pair["settings"]},
+        "spacing": [spacing] * 3, "settings": settings,
     }
 
 
@@ -415,6 +467,10 @@ def _circle_to_c(scale: float) -> dict:
 
 
 def _build(data: Path, name: str, scale: float) -> dict:
+    for stem, subject in (("brain_synthetic", _test_scan), ("niivue_synthetic", _niivue_subject)):
+        for contrast in CONTRAST_TARGETS:
+            if name.startswith(f"{stem}_{contrast}_s"):
+                return _subject_synthetic(subject(data, scale), int(name.rsplit("_s", 1)[1]), contrast)
     if name.startswith("brain_synthetic_s"):
         return _subject_synthetic(_test_scan(data, scale), int(name.rsplit("_s", 1)[1]))
     if name.startswith("niivue_synthetic_s"):

@@ -184,7 +184,7 @@ def _plots(group: str, records: list[dict], families: dict, methods: list[str], 
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
 
-    aseg = [c for fam, c in families.items() if fam in ("brain_synthetic", "niivue_synthetic")]
+    aseg = [c for fam, c in families.items() if fam.startswith(("brain_synthetic", "niivue_synthetic"))]
     if aseg:
         fig, ax = plt.subplots(figsize=(14, 4.5))
         labels = sorted(ASEG_NAMES)

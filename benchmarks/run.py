@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from benchmarks import DEFAULT_DATA_DIR  # noqa: E402
 from benchmarks.adapters import REFERENCE, peer_available  # noqa: E402
-from benchmarks.cases import GROUPS, VALIDATION_GROUPS, case_names, get_case  # noqa: E402
+from benchmarks.cases import CROSS_CONTRAST_GROUPS, GROUPS, VALIDATION_GROUPS, case_names, get_case  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from monai_diffreg.cli import parse_option_value  # noqa: E402
 
@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--cases", nargs="+", choices=GROUPS + VALIDATION_GROUPS, default=list(GROUPS),
-                        help=f"case groups; {', '.join(VALIDATION_GROUPS)}: held-out validation cases for choosing settings")
+    parser.add_argument("--cases", nargs="+", choices=GROUPS + CROSS_CONTRAST_GROUPS + VALIDATION_GROUPS, default=list(GROUPS),
+                        help=f"case groups; {', '.join(CROSS_CONTRAST_GROUPS)}: the moving image in another MR contrast; "
+                             f"{', '.join(VALIDATION_GROUPS)}: held-out validation cases for choosing settings")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"methods (default {' '.join(DEFAULT_METHODS)}; quick: {' '.join(QUICK_METHODS)}); "
                              "identity, elastix, ants, or any monai_diffreg.methods.load_method name")
