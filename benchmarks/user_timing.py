@@ -119,12 +119,13 @@ def main(argv=None) -> dict:
         for name, data in (("fixed", fixed), ("moving", moving)):
             save_image(data, np.eye(4), files[name])
         for bundle, refine in [(b, r) for b in args.bundles for r in args.refine]:
-            method = load_method(bundle, device="cpu", refine=refine)
+            options = {} if refine == "none" else {"refine": refine}  # "none" is every bundle's default (and the
+            method = load_method(bundle, device="cpu", **options)     # only setting of one without refinement)
             network, _, _ = _timed(lambda: method(fixed_t, moving_t), args.repeats)
             stages = []
 
             def call():
-                result = monai_diffreg.register(fixed, moving, bundle=bundle, device="cpu", refine=refine)
+                result = monai_diffreg.register(fixed, moving, bundle=bundle, device="cpu", **options)
                 stages.append(dict(result.timings))
                 return result
 

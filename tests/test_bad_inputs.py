@@ -31,7 +31,7 @@ CASES = {
     "2D against 3D": ("flat2d.nii.gz", None, "'moving' is 2D"),
     "corrupt file": ("corrupt.nii.gz", None, "could not read 'moving'"),
     "output is a file": ("ok.nii.gz", ("output_dir", "afile"), "'output_dir' is an existing file"),
-    "bad option value": ("ok.nii.gz", ("refine", "quick"), "'refine' must be one of ['none', 'fast'], got 'quick'"),
+    "bad option value": ("ok.nii.gz", ("cascade", 0), "'cascade' must be an integer >= 1, got 0"),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,10 @@ from torch import nn
 from monai_diffreg.cli import main
 from monai_diffreg.export import export_bundle, export_network, load_exported
 from monai_diffreg.networks import MDRegNet, ProbabilisticVoxelMorph
+
+#: every shipped bundle (a folder of bundles/ with an inference.json)
+BUNDLES = tuple(sorted(p.name for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir()
+                       if (p / "configs" / "inference.json").is_file()))
 
 # exported and eager run the same aten ops, up to decompositions: float32 rounding only
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -155,7 +161,7 @@ def test_export_bundle_argument_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bundle", ["vxm_prob", "mdregnet"])
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_cli_export_of_a_shipped_bundle(tmp_path, capsys, bundle):
     from monai_diffreg.methods import load_method
 

@@ -18,6 +18,11 @@ from monai_diffreg.methods import read_bundle_config
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = tuple(sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "inference.json").is_file()))
+#: bundles whose inference.json offers test-time refinement (a ``refine`` id)
+REFINABLE = tuple(b for b in BUNDLES if "refine" in json.loads((REPO / "bundles" / b / "configs" / "inference.json").read_text()))
+#: bundles whose train.json fine-tunes from shipped pre-training weights (``initial_weights`` not None)
+FINE_TUNED = tuple(b for b in BUNDLES if json.loads((REPO / "bundles" / b / "configs" / "train.json").read_text())
+                   .get("initial_weights", "$None") != "$None")
 
 #: outputs beyond ddf / inverse_ddf / warped / velocity, the overrides that produce them, and their files
 EXTRA_OUTPUTS = {
@@ -152,7 +157,7 @@ def test_evaluate_writes_a_csv(bundle_run, bundle, cropped_pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("bundle", REFINABLE)
 def test_evaluate_with_refinement_improves_dice(bundle_run, bundle, cropped_pair, tmp_path):
     """--refine_steps reaches the method through the bundle: the refined registration is better, still unfolded."""
     pairs = tmp_path / "pairs.json"
@@ -169,7 +174,7 @@ def test_evaluate_with_refinement_improves_dice(bundle_run, bundle, cropped_pair
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("bundle", REFINABLE)
 def test_inference_refine_fast_improves_dice(bundle_run, bundle, cropped_pair, tmp_path):
     """--refine fast reaches the method through a real monai.bundle run and beats the network alone."""
     dice = {}
@@ -230,10 +235,9 @@ def test_multi_gpu_train_runs_real_ddp_with_gloo(bundle_run, tmp_path):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_train_json_holds_out_validation_subjects_and_fine_tunes(bundle, shared_data, monkeypatch):
+def test_train_json_holds_out_validation_subjects(bundle, shared_data, monkeypatch):
     """Training maps (the shared recipe, real_anatomy_dataset with its default maps): SynthSeg's and SynthSR's
-    label maps less the held-out ones; never the validation subject (niivue) or the evaluation brain;
-    fine-tuning starts from the shipped pre-training weights."""
+    label maps less the held-out ones; never the validation subject (niivue) or the evaluation brain."""
     monkeypatch.setenv("MONAI_DIFFREG_SHARED", str(shared_data.parent))
     parser = read_bundle_config(bundle, "train")
     assert parser["dataset"]["_target_"] == "monai_diffreg.bundle_workflow.real_anatomy_dataset"
@@ -245,10 +249,15 @@ def test_train_json_holds_out_validation_subjects_and_fine_tunes(bundle, shared_
     assert {Path(p).name for p in real_label_maps(held_out=True)} == held_out
     assert all(p.parent.name in ("synthseg_label_maps", "synthsr_label_maps") for p in maps)
     assert parser.get_parsed_content("dataset#num_label_channels") == 19
+
+
+@pytest.mark.parametrize("bundle", FINE_TUNED)
+def test_train_json_fine_tunes_from_shipped_weights(bundle):
+    """Fine-tuning starts from pre-training weights that ship in the bundle and fit its network."""
+    parser = read_bundle_config(bundle, "train")
     initial = Path(parser.get_parsed_content("initial_weights"))
     assert initial.is_file() and initial.parent == _configs(bundle).parent / "models"
     parser.get_parsed_content("network_def").load_state_dict(torch.load(initial, weights_only=True))
-
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
