@@ -1,0 +1,58 @@
+"""synthmorph's training recipe as its train.json states it: label maps only, a contrast per image, a Dice loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from monai_diffreg.engines.training_data import real_label_maps
+from monai_diffreg.losses import SynthMorphLoss
+from monai_diffreg.networks import VoxelMorph
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "synthmorph"
+
+
+def _train_config() -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train.json")
+    return parser
+
+
+def test_train_json_builds_the_papers_network_and_loss():
+    parser = _train_config()
+    network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
+    assert isinstance(network, VoxelMorph) and isinstance(loss, SynthMorphLoss)
+    assert any(isinstance(m, torch.nn.InstanceNorm3d) for m in network.modules())  # contrast-free features
+    assert (loss.reg_field, loss.penalty, loss.regularization_weight) == ("ddf", "l2", 1.0)
+    assert parser.get_parsed_content("initial_weights") is None  # from scratch
+    base = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert "test_scan" not in json.dumps([base["dataset"], base["shared_data"]])
+
+
+def test_training_pairs_come_from_label_maps_with_a_contrast_per_image(shared_data_dir):
+    """No template (an acquired image), no T1 prior, independent contrasts, the held-out maps left out."""
+    parser = _train_config()
+    parser["dataset"]["shared_data"] = str(shared_data_dir)
+    parser["dataset"]["spatial_size"] = [40, 48, 40]
+    dataset = parser.get_parsed_content("dataset")
+    assert dataset.template is None and dataset.label_map_probability == 0.8  # the rest: random shapes
+    assert dataset.t1_contrast_probability == 0.0 and dataset.independent_contrasts
+    assert "label_maps" not in parser["dataset"]  # the training maps of real_label_maps: held-out ones excluded
+    assert len(dataset.subject_maps) == len(real_label_maps(shared_data_dir)) > 0
+    item = dataset[3]
+    assert item["moving"].shape == item["fixed"].shape == (1, 40, 48, 40)
+    assert item["moving_labels"].shape[0] == parser["dataset"]["num_label_channels"]
+
+
+@pytest.fixture
+def shared_data_dir():
+    from monai_diffreg.engines.training_data import shared_data_folder
+
+    folder = Path(shared_data_folder(None))
+    if not (folder / "synthseg_label_maps").is_dir():
+        pytest.skip(f"the shared data folder ({folder}) with synthseg_label_maps/ is not on this machine")
+    return folder
