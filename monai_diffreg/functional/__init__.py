@@ -33,6 +33,7 @@ from .grid import identity_grid
 from .integrate import integrate_velocity
 from .invert import invert_ddf
 from .jacobian import jacobian_determinant, jacobian_matrix, spatial_gradient
+from .keypoints import feature_centroids, fit_affine
 from .posterior import POSTERIORS, posterior_smoothing_sigma, sample_velocity
 from .resize import resize_field, resize_image
 from .smoothing import gaussian_kernel1d, gaussian_smooth
@@ -52,6 +53,8 @@ __all__ = [
     "local_correlation",
     "num_correlation_channels",
     "invert_ddf",
+    "feature_centroids",
+    "fit_affine",
     "identity_grid",
     "integrate_velocity",
     "POSTERIORS",

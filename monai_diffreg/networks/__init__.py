@@ -1,9 +1,11 @@
 """Registration networks. Every network returns a dict with fixed keys (DESIGN.md 3.5) and obeys
 the contract of :mod:`.contract` (what the engines may ask of a network)."""
 
+from .affine_then_deformable import AffineThenDeformable
 from .blocks import NORMS, OneDNNConv2d, OneDNNConv3d, conv_block, convolution, init_flow_head
 from .contract import MultiLevelNetwork, RefinableNetwork, RegistrationNetwork, SamplingNetwork, VelocityRefinementStart
 from .hypermorph import HyperConv, HyperMorph, HyperNetwork, HyperVxmUNet, check_reg_weight, hyper_conv
+from .keypoint_affine import KeypointAffine
 from .mdregnet import MDRegNet, MDRegSubNetwork
 from .prob_voxelmorph import ProbabilisticVoxelMorph
 from .pyramid import CoarseToFinePass, coarse_to_fine
@@ -12,6 +14,7 @@ from .voxelmorph import VoxelMorph
 from .vxm_unet import VxmUNet
 
 __all__ = [
+    "AffineThenDeformable",
     "NORMS",
     "OneDNNConv2d",
     "OneDNNConv3d",
@@ -24,6 +27,7 @@ __all__ = [
     "HyperConv",
     "hyper_conv",
     "check_reg_weight",
+    "KeypointAffine",
     "MDRegNet",
     "MDRegSubNetwork",
     "RegistrationNetwork",
