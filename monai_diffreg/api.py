@@ -35,7 +35,10 @@ Pipeline of :func:`register`:
    data (its own grid) through the total field in one interpolation (linear / nearest, zero
    outside the moving field of view), exactly as ITK applies the written ``ddf.nii.gz``
    (:func:`monai_diffreg.io.resample_to_fixed`); data already on the fixed grid (arrays, or
-   files sharing the fixed grid) is only warped, never resampled onto the grid it is on.
+   files sharing the fixed grid) is only warped, never resampled onto the grid it is on. With the
+   affine stage, saving also writes its matrix alone as an ITK transform file, ``affine.tfm``
+   (:func:`monai_diffreg.io.save_affine_transform`: fixed LPS point -> moving LPS point), for
+   tools that want the affine part (it is already composed into ``ddf.nii.gz``).
 7. **A similarity check**: the normalised mutual information of the fixed image with the moving
    one, before and after (every second voxel; contrast-independent); a result less similar than
    its input (by more than ``NMI_TOLERANCE``) warns with :class:`DissimilarityWarning`, and
@@ -71,7 +74,7 @@ from .functional import compose_ddf, warp
 from .functional.affine import affine_to_ddf, invert_affine
 from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
-from .io import resample_to_fixed, save_displacement_field, save_image, save_json, spatial_affine
+from .io import resample_to_fixed, save_affine_transform, save_displacement_field, save_image, save_json, spatial_affine
 from .methods import MethodInfo, check_method_output, find_method, run_method, shared_method
 from .functional.jacobian import jacobian_determinant
 from .metrics import determinant_statistics, dice_per_label, endpoint_error, normalized_mutual_information
@@ -84,7 +87,7 @@ __all__ = ["register", "RegistrationResult", "MisalignmentWarning", "Dissimilari
 
 #: Every file :meth:`RegistrationResult.save` may write (a run removes the others' stale copies).
 OUTPUT_FILES = frozenset({"warped.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "warped_labels.nii.gz", "uncertainty.nii.gz",
-                          "warped_levels.nii.gz", "summary.json", "qc.png"})
+                          "warped_levels.nii.gz", "affine.tfm", "summary.json", "qc.png"})
 MISALIGNMENT_MM = 15.0
 MISALIGNMENT_DICE = 0.6
 AFFINE_METRICS = similarity_subset(("ncc", "mi", "mse"), "register(affine_metric=)")
@@ -279,6 +282,8 @@ class RegistrationResult:
         warped_labels: ``(1, 1, *S)`` MetaTensor (int64) when moving labels were given.
         fixed_labels: the fixed label map on the fixed grid, when given.
         affine_matrix: ``(1, D, D + 1)`` voxel affine of the affine stage (working grid), if run.
+        affine_grid: ``(D + 1, D + 1)`` voxel-to-RAS affine of the grid ``affine_matrix`` is on (the
+            working grid, which may be a re-orientation of the fixed grid); None: the fixed grid.
         metrics: dict (module docstring), JSON-serialisable.
         info: method, inputs and settings, for ``summary.json``.
     """
@@ -299,6 +304,7 @@ class RegistrationResult:
     similarity: dict[str, float] | None = None
     true_ddf: torch.Tensor | None = field(default=None, repr=False)
     moving_labels: MetaTensor | None = field(default=None, repr=False)
+    affine_grid: np.ndarray | None = field(default=None, repr=False)
     _det: torch.Tensor | None = field(default=None, init=False, repr=False)
     _metrics: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
@@ -343,6 +349,8 @@ class RegistrationResult:
         labels given), ``inverse_ddf.nii.gz`` (``inverse=True``, when the method gives it: on
         request, since a 1 mm brain's field is 75 MB), ``uncertainty.nii.gz`` and
         ``warped_levels.nii.gz`` (one volume per level; when the method gives them),
+        ``affine.tfm`` (the affine stage alone as an ITK ``AffineTransform``, LPS, fixed point ->
+        moving point, see :func:`monai_diffreg.io.save_affine_transform`; when it ran),
         ``summary.json`` and ``qc.png`` (``qc=True``).
 
         Everything is first written to a hidden temporary folder inside ``output_dir`` and
@@ -408,6 +416,9 @@ class RegistrationResult:
         if self.warped_levels is not None:
             files["warped_levels.nii.gz"] = save_image(self.warped_levels, affine, folder / "warped_levels.nii.gz",
                                                        spatial_dims=ndim)
+        if self.affine_matrix is not None:
+            grid = affine if self.affine_grid is None else self.affine_grid
+            files["affine.tfm"] = save_affine_transform(self.affine_matrix, grid, folder / "affine.tfm")
         if qc:
             from .qc import save_qc_figure
 
@@ -549,7 +560,7 @@ def register(
         fixed_labels: optional fixed label map (integer values), same kinds.
         moving_labels: optional moving label map: warped (nearest) into ``warped_labels``.
         affine: run the affine stage first (recommended unless the pair is already affinely
-            aligned; learned bundles assume it is).
+            aligned; learned bundles assume it is); saving then also writes ``affine.tfm``.
         affine_metric: similarity of the affine stage: ``"ncc"`` (same contrast), ``"mi"``
             (different contrasts) or ``"mse"``.
         affine_options: further arguments of :func:`monai_diffreg.engines.affine.optimise_affine`
@@ -719,7 +730,8 @@ def register(
         warped=outputs["warped"], ddf=fields["ddf"], fixed=outputs["fixed"], moving=outputs["moving"],
         inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"],
         warped_levels=fields["warped_levels"], warped_labels=outputs["warped_labels"],
-        fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, timings=times, info=info,
+        fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, affine_grid=None if matrix is None else work_affine,
+        timings=times, info=info,
         misalignment_before=check, similarity=similarity, true_ddf=true_ddf, moving_labels=outputs["moving_labels"],
     )
     if output_dir is not None:

@@ -20,6 +20,13 @@ Geometry conventions
   fixed affine, the written field is therefore ``d(x) = F M u(x)`` in millimetres, on an ITK
   image whose geometry is the fixed grid (origin ``F o``, direction and spacing from ``F M``).
   In 2D, ITK's plane is the first two LPS axes, so ``d = (F M)[:2, :2] u``.
+* An affine stage's **voxel matrix** ``M`` (``[A | t]``, :mod:`monai_diffreg.functional.affine`)
+  maps voxel ``x`` of a grid with voxel-to-RAS affine ``W`` to voxel ``M~ x`` of the same grid
+  (``M~`` its homogeneous ``(D + 1, D + 1)`` form), i.e. world point ``W x`` to ``W M~ x``. As an
+  ITK transform (fixed LPS point -> moving LPS point, what ``itk.ResampleImageFilter`` expects)
+  it is ``T = F W M~ W^-1 F`` (:func:`voxel_affine_to_physical`), written as an
+  ``AffineTransform_double_D_D`` with centre 0 (:func:`save_affine_transform`). It does not
+  depend on the grid: the same physical map whatever grid ``M`` was estimated on.
 * ``ddf.nii.gz`` is a NIfTI vector image (``intent_code`` 1007, shape ``(*S, 1, D)``) laid out
   exactly as ITK writes one, which ITK, SimpleITK and ANTs read as a displacement field.
 """
@@ -48,6 +55,11 @@ __all__ = [
     "save_displacement_field",
     "load_displacement_field",
     "apply_displacement_field_itk",
+    "voxel_affine_to_physical",
+    "physical_affine_to_voxel",
+    "save_affine_transform",
+    "load_affine_transform",
+    "AFFINE_TRANSFORM_SUFFIXES",
     "save_json",
     "spatial_affine",
     "ddf_to_itk_field",
@@ -402,6 +414,162 @@ def apply_displacement_field_itk(moving: str | os.PathLike, reference: str | os.
                                     reference_image=itk.imread(os.fspath(reference), itk.D),
                                     default_pixel_value=default_value)
     return np.transpose(itk.array_from_image(out), tuple(range(ndim - 1, -1, -1)))
+
+
+#: File extensions :func:`save_affine_transform` writes, as ITK chooses its transform IO from them:
+#: ITK's text format (``.tfm``, ``.txt``), MATLAB v4 (``.mat``, as ANTs writes) and HDF5.
+AFFINE_TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
+
+
+def _homogeneous_flip(ndim: int) -> np.ndarray:
+    """``diag(F, 1)``: RAS <-> LPS on homogeneous ``D``-dimensional points (2D: the first two axes flip)."""
+    flip = np.eye(ndim + 1)
+    flip[:ndim, :ndim] = _LPS_FLIP[:ndim, :ndim]
+    return flip
+
+
+def _voxel_matrix(matrix: object, caller: str) -> np.ndarray:
+    """float64 ``(D, D + 1)`` from a ``(D, D + 1)`` or ``(1, D, D + 1)`` array/tensor."""
+    arr = np.asarray(_to_numpy(matrix, "matrix", caller), dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[0] not in (2, 3) or arr.shape[1] != arr.shape[0] + 1:
+        raise ValueError(f"{caller}(): 'matrix' must have shape (D, D + 1) or (1, D, D + 1) with D = 2 or 3, "
+                         f"got {tuple(np.shape(matrix))}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{caller}(): 'matrix' contains NaN/Inf values")
+    return arr
+
+
+def voxel_affine_to_physical(matrix: object, grid_affine: object) -> np.ndarray:
+    """The physical (ITK, LPS) transform of a voxel affine on a grid: ``T = F W M~ W^-1 F``.
+
+    ``M`` maps voxel ``x`` of the grid to voxel ``M~ x`` of the same grid (the package's
+    convention: fixed-grid voxel to the voxel of the moving image resampled onto that grid,
+    ``warp(moving, affine_to_ddf(M))``); ``T`` maps the fixed LPS point to the moving LPS point,
+    so ITK resampling the moving image (in any grid of its own) through ``T`` onto the fixed
+    grid reproduces that warp (module docstring).
+
+    Args:
+        matrix: ``(D, D + 1)`` or ``(1, D, D + 1)`` ``[A | t]`` in voxels (array or tensor; D = 2 or 3).
+        grid_affine: voxel-to-RAS affine ``W`` of the grid ``M`` is expressed on, ``(D + 1, D + 1)``
+            or ``(4, 4)`` (2D: the in-plane part of a ``(4, 4)``).
+
+    Returns:
+        float64 ``(D + 1, D + 1)`` homogeneous matrix ``[L | o; 0 | 1]``: ``p_moving = L p_fixed + o``
+        in LPS millimetres.
+    """
+    m = _voxel_matrix(matrix, "voxel_affine_to_physical")
+    ndim = m.shape[0]
+    w = spatial_affine(grid_affine, ndim, "voxel_affine_to_physical")
+    flip = _homogeneous_flip(ndim)
+    full = np.vstack([m, np.eye(ndim + 1)[ndim]])
+    out = flip @ w @ full @ np.linalg.inv(w) @ flip
+    out[ndim] = np.eye(ndim + 1)[ndim]  # exact last row
+    return out
+
+
+def physical_affine_to_voxel(transform: object, grid_affine: object) -> np.ndarray:
+    """Inverse of :func:`voxel_affine_to_physical`: ``M~ = W^-1 F T F W``, the voxel matrix on a grid.
+
+    Args:
+        transform: ``(D + 1, D + 1)`` physical LPS transform (fixed point -> moving point), e.g.
+            from :func:`load_affine_transform`.
+        grid_affine: voxel-to-RAS affine ``W`` of the grid to express it on.
+
+    Returns:
+        float64 ``(D, D + 1)`` ``[A | t]`` in voxels (use ``torch.as_tensor(m)[None]`` for
+        :func:`~monai_diffreg.functional.affine_to_ddf`).
+    """
+    t = np.asarray(_to_numpy(transform, "transform", "physical_affine_to_voxel"), dtype=np.float64)
+    ndim = t.shape[0] - 1
+    if t.ndim != 2 or ndim not in (2, 3) or t.shape[1] != ndim + 1 or not np.all(np.isfinite(t)):
+        raise ValueError(f"physical_affine_to_voxel(): 'transform' must be a finite (D + 1, D + 1) matrix with "
+                         f"D = 2 or 3, got shape {t.shape}")
+    w = spatial_affine(grid_affine, ndim, "physical_affine_to_voxel")
+    flip = _homogeneous_flip(ndim)
+    return (np.linalg.inv(w) @ flip @ t @ flip @ w)[:ndim]
+
+
+def _itk_text_transform(transform: np.ndarray) -> str:
+    """ITK's text transform format (``itk::TxtTransformIO``) of an ``AffineTransform`` with centre 0."""
+    ndim = transform.shape[0] - 1
+    params = [*transform[:ndim, :ndim].ravel(), *transform[:ndim, ndim]]  # row-major matrix, then translation
+    numbers = " ".join(repr(float(v)) for v in params)  # shortest text that reads back as the same double
+    return (f"#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_{ndim}_{ndim}\n"
+            f"Parameters: {numbers}\nFixedParameters: {' '.join(['0'] * ndim)}\n")
+
+
+def save_affine_transform(matrix: object, grid_affine: object, path: str | os.PathLike) -> Path:
+    """Write a voxel affine as an ITK ``AffineTransform`` file (double, ``D`` dimensions; atomic).
+
+    The file holds ``T = F W M~ W^-1 F`` (:func:`voxel_affine_to_physical`), fixed LPS point ->
+    moving LPS point, centre 0: what ``itk.transformread``, SimpleITK, ``antsApplyTransforms``
+    and Slicer read, and what ``itk.ResampleImageFilter`` applies to resample the moving image
+    (in its own file's geometry) onto the fixed grid. ``.tfm``/``.txt`` are ITK's text format,
+    written here directly (exactly as ``itk.transformwrite`` writes it, without loading ITK,
+    which takes seconds); ``.mat`` (MATLAB v4, ANTs' format) and ``.h5``/``.hdf5`` are written
+    with ``itk.transformwrite``.
+
+    Args:
+        matrix: ``(D, D + 1)`` or ``(1, D, D + 1)`` voxel affine (e.g. ``RegistrationResult.affine_matrix``).
+        grid_affine: voxel-to-RAS affine of the grid ``matrix`` is expressed on.
+        path: destination with one of :data:`AFFINE_TRANSFORM_SUFFIXES`; its folder must exist.
+
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    suffix = path.suffix  # ITK's own checks are case-sensitive
+    if suffix not in AFFINE_TRANSFORM_SUFFIXES:
+        raise ValueError(f"save_affine_transform(): 'path' must end with one of {list(AFFINE_TRANSFORM_SUFFIXES)} "
+                         f"(ITK picks the transform format from it), got {str(path)!r}")
+    transform = voxel_affine_to_physical(matrix, grid_affine)
+    ndim = transform.shape[0] - 1
+    with atomic_path(path) as tmp:
+        if suffix in (".tfm", ".txt"):
+            tmp.write_text(_itk_text_transform(transform), encoding="ascii")
+        else:
+            import itk
+
+            itk_transform = itk.AffineTransform[itk.D, ndim].New()
+            itk_transform.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(transform[:ndim, :ndim])))
+            itk_transform.SetTranslation([float(v) for v in transform[:ndim, ndim]])
+            itk.transformwrite([itk_transform], os.fspath(tmp))
+    return path
+
+
+def load_affine_transform(path: str | os.PathLike) -> np.ndarray:
+    """Read an ITK affine transform file (any format and matrix-offset type ITK reads) as a matrix.
+
+    Args:
+        path: a file of one affine-like transform (``AffineTransform``, ``Euler3DTransform``, ...:
+            any ITK transform with a matrix and an offset), e.g. :func:`save_affine_transform`'s.
+
+    Returns:
+        float64 ``(D + 1, D + 1)`` homogeneous LPS transform (fixed point -> moving point, centre
+        and translation folded into the offset); :func:`physical_affine_to_voxel` gives the voxel
+        matrix on a grid.
+    """
+    import itk
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_affine_transform(): 'path' {str(path)!r} does not exist")
+    try:
+        transforms = list(itk.transformread(os.fspath(path)))
+    except Exception as err:  # ITK raises RuntimeError with its own message
+        raise ValueError(f"load_affine_transform(): cannot read {str(path)!r} as an ITK transform: {err}") from None
+    if len(transforms) != 1 or not hasattr(transforms[0], "GetMatrix") or not hasattr(transforms[0], "GetOffset"):
+        kinds = [type(t).__name__ for t in transforms]
+        raise ValueError(f"load_affine_transform(): {str(path)!r} must hold one affine transform, got {kinds}")
+    transform = transforms[0]
+    ndim = int(transform.GetInputSpaceDimension())
+    out = np.eye(ndim + 1)
+    out[:ndim, :ndim] = np.asarray(itk.array_from_matrix(transform.GetMatrix()), dtype=np.float64)
+    offset = transform.GetOffset()
+    out[:ndim, ndim] = [float(offset[i]) for i in range(ndim)]
+    return out
 
 
 def _json_default(value: object) -> object:
