@@ -36,7 +36,8 @@ Pipeline of :func:`register`:
    outside the moving field of view), exactly as ITK applies the written ``ddf.nii.gz``
    (:func:`monai_diffreg.io.resample_to_fixed`); data already on the fixed grid (arrays, or
    files sharing the fixed grid) is only warped, never resampled onto the grid it is on. With the
-   affine stage, saving also writes its matrix alone as an ITK transform file, ``affine.tfm``
+   affine stage or a method that learns an affine part (its output ``"affine"``; both: their
+   composition), saving also writes that affine alone as an ITK transform file, ``affine.tfm``
    (:func:`monai_diffreg.io.save_affine_transform`: fixed LPS point -> moving LPS point), for
    tools that want the affine part (it is already composed into ``ddf.nii.gz``).
 7. **A similarity check**: the normalised mutual information of the fixed image with the moving
@@ -71,7 +72,7 @@ from monai.data import MetaTensor
 
 from . import __version__
 from .functional import compose_ddf, warp
-from .functional.affine import affine_to_ddf, invert_affine
+from .functional.affine import affine_to_ddf, compose_affine, invert_affine
 from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_affine_transform, save_displacement_field, save_image, save_json, spatial_affine
@@ -281,7 +282,8 @@ class RegistrationResult:
             method (coarse to fine), when the method gives them.
         warped_labels: ``(1, 1, *S)`` MetaTensor (int64) when moving labels were given.
         fixed_labels: the fixed label map on the fixed grid, when given.
-        affine_matrix: ``(1, D, D + 1)`` voxel affine of the affine stage (working grid), if run.
+        affine_matrix: ``(1, D, D + 1)`` voxel affine (working grid) of the affine part of the transform: the
+            affine stage's, a method's learned one (e.g. SynthMorph's), or their composition; None if neither ran.
         affine_grid: ``(D + 1, D + 1)`` voxel-to-RAS affine of the grid ``affine_matrix`` is on (the
             working grid, which may be a re-orientation of the fixed grid); None: the fixed grid.
         metrics: dict (module docstring), JSON-serialisable.
@@ -349,8 +351,9 @@ class RegistrationResult:
         labels given), ``inverse_ddf.nii.gz`` (``inverse=True``, when the method gives it: on
         request, since a 1 mm brain's field is 75 MB), ``uncertainty.nii.gz`` and
         ``warped_levels.nii.gz`` (one volume per level; when the method gives them),
-        ``affine.tfm`` (the affine stage alone as an ITK ``AffineTransform``, LPS, fixed point ->
-        moving point, see :func:`monai_diffreg.io.save_affine_transform`; when it ran),
+        ``affine.tfm`` (the affine part alone as an ITK ``AffineTransform``, LPS, fixed point ->
+        moving point, see :func:`monai_diffreg.io.save_affine_transform`; when the affine stage ran
+        or the method learned one),
         ``summary.json`` and ``qc.png`` (``qc=True``).
 
         Everything is first written to a hidden temporary folder inside ``output_dir`` and
@@ -459,6 +462,13 @@ def _affine_stage(fixed: torch.Tensor, moving: torch.Tensor, metric: str,
                             normalize_intensity_percentile(moving, name="moving", caller=_CALLER),
                             metric=metric, **dict(options or {}))
     return stage["matrix"].detach(), stage["ddf"].detach()
+
+
+def _total_affine(stage: torch.Tensor | None, learned: torch.Tensor | None) -> torch.Tensor | None:
+    """The affine part of the total transform ``(1, D, D + 1)`` (float64, CPU): the affine stage's matrix, the
+    method's own learned one (already in its ``ddf``), ``stage o learned`` when both ran, None when neither."""
+    parts = [m.detach().double().cpu() for m in (stage, learned) if m is not None]
+    return parts[0] if len(parts) == 1 else compose_affine(*parts) if parts else None
 
 
 def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None, affine_ddf: torch.Tensor | None,
@@ -676,6 +686,7 @@ def register(
     t0 = time.perf_counter()
     out = check_method_output(run_method(method, fixed_w, moving_in, inverse=inverse), fixed_w, method_info.name)
     times["registration"] = time.perf_counter() - t0
+    total_affine = _total_affine(matrix, out.get("affine"))
 
     # 5.-6. total fields on the fixed file's axes, outputs (metrics: on first use)
     t0 = time.perf_counter()
@@ -712,7 +723,8 @@ def register(
         "method_settings": repr(method),
         "method_summary": dict(out.get("summary") or {}),
         "affine_stage": {"enabled": affine, "metric": affine_metric if affine else None,
-                         "matrix_voxels": None if matrix is None else matrix[0].cpu().tolist()},
+                         "learned_by_method": "affine" in out,
+                         "matrix_voxels": None if total_affine is None else total_affine[0].tolist()},
         "device": str(dev),
         "inputs": {name: _describe(value) for name, value in given.items()},
         "spacing_mm": spacing,
@@ -730,7 +742,8 @@ def register(
         warped=outputs["warped"], ddf=fields["ddf"], fixed=outputs["fixed"], moving=outputs["moving"],
         inverse_ddf=fields["inverse_ddf"], uncertainty=fields["uncertainty"],
         warped_levels=fields["warped_levels"], warped_labels=outputs["warped_labels"],
-        fixed_labels=outputs["fixed_labels"], affine_matrix=matrix, affine_grid=None if matrix is None else work_affine,
+        fixed_labels=outputs["fixed_labels"], affine_matrix=total_affine,
+        affine_grid=None if total_affine is None else work_affine,
         timings=times, info=info,
         misalignment_before=check, similarity=similarity, true_ddf=true_ddf, moving_labels=outputs["moving_labels"],
     )

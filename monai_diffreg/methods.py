@@ -475,7 +475,7 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
 
     Returns:
         the output dict (the API uses ``ddf``, ``inverse_ddf``, ``velocity``, ``uncertainty``, ``warped_levels``,
-        ``summary``).
+        ``summary``, and ``affine``: the voxel matrix of a learned affine part already in ``ddf``).
     """
     spatial = tuple(fixed.shape[2:])
     ndim = len(spatial)
@@ -483,7 +483,7 @@ def check_method_output(out: object, fixed: torch.Tensor, name: str) -> dict[str
         got = sorted(map(str, out)) if isinstance(out, Mapping) else type(out).__name__
         raise ValueError(f"method '{name}' must return a dict with key 'ddf', got {got}")
     expected = {"ddf": (1, ndim, *spatial), "inverse_ddf": (1, ndim, *spatial), "velocity": (1, ndim, *spatial),
-                "uncertainty": (1, 1, *spatial)}
+                "uncertainty": (1, 1, *spatial), "affine": (1, ndim, ndim + 1)}
     levels = out.get("warped_levels")
     if isinstance(levels, torch.Tensor) and levels.ndim == ndim + 2 and levels.shape[1] >= 1:
         expected["warped_levels"] = (1, levels.shape[1], *spatial)

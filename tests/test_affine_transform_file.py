@@ -334,3 +334,57 @@ def test_register_2d_affine_file(tmp_path, zero_method):
     inner = (slice(5, -5), slice(5, -5))
     np.testing.assert_allclose(aligned[inner], result.warped.as_tensor()[0, 0].numpy()[inner], atol=1e-3)
     assert np.abs(aligned - fixed)[inner].mean() < 0.3 * np.abs(moving - fixed)[inner].mean()
+
+
+class LearnedAffineMethod:
+    """A method with a learned affine part: a fixed voxel matrix, its field as ``ddf`` and the matrix as ``affine``."""
+
+    matrix = torch.tensor([[[1.02, 0.03, 0.0, 1.5], [-0.02, 0.98, 0.01, -1.0], [0.0, 0.02, 1.01, 0.5]]],
+                          dtype=torch.float64)
+
+    def __call__(self, fixed, moving):
+        return {"ddf": affine_to_ddf(self.matrix, fixed.shape[2:]).to(fixed.dtype), "affine": self.matrix.clone()}
+
+
+@pytest.fixture
+def learned_affine_method():
+    methods.register_method("learned_affine_for_file", LearnedAffineMethod, "test method: a learned affine part")
+    yield "learned_affine_for_file"
+    methods.unregister_method("learned_affine_for_file")
+
+
+@pytest.mark.filterwarnings("ignore::monai_diffreg.api.DissimilarityWarning")  # the test method's matrix is arbitrary
+def test_register_writes_a_methods_learned_affine_and_composes_it_with_the_stage(tmp_path, learned_affine_method,
+                                                                                 monkeypatch):
+    """affine.tfm holds the method's own affine (e.g. SynthMorph's), or stage o learned when the stage ran too."""
+    from monai_diffreg import api
+    from monai_diffreg.functional import compose_affine
+
+    shape = (20, 18, 16)
+    affine = grid_affine(LIA, (1.2, 1.0, 1.1), (5, -4, 3), np.zeros(3), shape)
+    image = smooth_image(shape, seed=2)
+    save_image(image, affine, tmp_path / "fixed.nii.gz")
+    save_image(np.roll(image, 2, axis=0), affine, tmp_path / "moving.nii.gz")  # the stage has something to find
+    out = tmp_path / "out"
+    result = register(tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz", learned_affine_method, device="cpu",
+                      output_dir=out, qc=False)
+    torch.testing.assert_close(result.affine_matrix, LearnedAffineMethod.matrix)
+    np.testing.assert_allclose(load_affine_transform(out / "affine.tfm"),
+                               voxel_affine_to_physical(LearnedAffineMethod.matrix, result.affine_grid), atol=1e-9)
+    stage = json.loads((out / "summary.json").read_text())["affine_stage"]
+    assert stage["enabled"] is False and stage["learned_by_method"] is True
+
+    stages = []
+    original = api._affine_stage
+
+    def recording_stage(*args):
+        stages.append(original(*args))
+        return stages[-1]
+
+    monkeypatch.setattr(api, "_affine_stage", recording_stage)
+    both = register(tmp_path / "fixed.nii.gz", tmp_path / "moving.nii.gz", learned_affine_method, device="cpu",
+                    affine=True, affine_metric="mse", affine_options={"levels": (2,), "iterations": (5,)})
+    expected = compose_affine(stages[0][0].double(), LearnedAffineMethod.matrix)
+    torch.testing.assert_close(both.affine_matrix, expected)
+    assert not torch.allclose(expected, LearnedAffineMethod.matrix)  # the stage moved something: a real composition
+    assert both.info["affine_stage"]["learned_by_method"] is True

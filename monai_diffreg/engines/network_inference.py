@@ -77,9 +77,13 @@ def cascade_displacements(network: nn.Module, moving: torch.Tensor, fixed: torch
         inverse: also return ``"inverse_ddf"``.
 
     Returns:
-        ``{"ddf"[, "inverse_ddf"]}``, ``(1, D, *S)`` displacements in voxels.
+        ``{"ddf"[, "inverse_ddf"]}``, ``(1, D, *S)`` displacements in voxels, and the network's ``"affine"``
+        when it gives one and ``passes`` is 1 (the composition of several passes is no longer that affine
+        followed by a deformation).
     """
     out = network.displacements(moving, fixed, inverse=inverse)
+    if passes == 1:
+        return dict(out)
     ddf, inverse_ddf = out["ddf"], out.get("inverse_ddf")
     for _ in range(passes - 1):
         step = network.displacements(warp(moving, ddf), fixed, inverse=inverse)
@@ -229,7 +233,8 @@ class NetworkRegistration:
                                      smoothing_sigma=self.refine_smoothing_sigma, tolerance=self.refine_tolerance,
                                      displacements_only=True, inverse=inverse)
             out.update(refined)
-        keys = ("ddf", "inverse_ddf", "uncertainty", "warped_levels") if inverse else ("ddf", "uncertainty", "warped_levels")
+        keys = ("ddf", "inverse_ddf", "affine", "uncertainty", "warped_levels") if inverse else (
+            "ddf", "affine", "uncertainty", "warped_levels")
         return {key: out[key] for key in keys if key in out}
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from .grid import identity_grid
 
-__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine", "invert_affine",
+__all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine", "invert_affine", "compose_affine",
            "affine_from_normalized", "affine_to_normalized"]
 
 
@@ -130,6 +130,15 @@ def invert_affine(matrix: torch.Tensor) -> torch.Tensor:
     ndim = _check_matrix(matrix, "invert_affine")
     inverse = torch.linalg.inv(matrix[:, :, :ndim])
     return torch.cat([inverse, -(inverse @ matrix[:, :, ndim:])], dim=2)
+
+
+def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``outer o inner`` of ``(B, D, D + 1)`` voxel-index matrices: ``x -> outer(inner(x))``, i.e.
+    ``[A_o A_i | A_o t_i + t_o]`` (the matrix of :func:`~monai_diffreg.functional.compose_ddf` of their fields)."""
+    ndim = _check_matrix(outer, "compose_affine")
+    _check_matrix(inner, "compose_affine", ndim)
+    linear = outer[:, :, :ndim] @ inner[:, :, :ndim]
+    return torch.cat([linear, outer[:, :, :ndim] @ inner[:, :, ndim:] + outer[:, :, ndim:]], dim=2)
 
 
 def rescale_affine(matrix: torch.Tensor, from_shape: Sequence[int], to_shape: Sequence[int]) -> torch.Tensor:

@@ -30,8 +30,8 @@ class AffineThenDeformable(nn.Module):
     """``phi = phi_affine o phi_deformable`` from an affine and a deformable registration network.
 
     Args:
-        affine: a :class:`~monai_diffreg.networks.contract.RegistrationNetwork` whose ``forward`` also returns
-            ``"affine"`` ``(B, D, D + 1)`` (e.g. :class:`~monai_diffreg.networks.keypoint_affine.KeypointAffine`).
+        affine: a :class:`~monai_diffreg.networks.contract.RegistrationNetwork` whose ``forward`` and
+            ``displacements`` also return ``"affine"`` ``(B, D, D + 1)`` (e.g. :class:`~monai_diffreg.networks.keypoint_affine.KeypointAffine`).
         deformable: a :class:`~monai_diffreg.networks.contract.RegistrationNetwork` of the same ``spatial_dims``.
         freeze_affine: run the affine stage without gradients, its parameters with ``requires_grad=False``
             and the stage in eval mode whatever :meth:`train` is asked (training the deformable stage on a
@@ -77,16 +77,18 @@ class AffineThenDeformable(nn.Module):
             self.affine.eval()
         return self
 
-    def _affine_context(self) -> contextlib.AbstractContextManager:
-        return torch.no_grad() if self.freeze_affine else contextlib.nullcontext()
-
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Register ``moving`` ``(B, C, *S)`` to ``fixed``; see the class docstring."""
-        with self._affine_context():
-            a = self.affine(moving, fixed)
+    def _affine_stage(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool | None) -> dict[str, torch.Tensor]:
+        """The affine stage's ``forward`` (``inverse`` None) or ``displacements``, checked to give ``"affine"``."""
+        with torch.no_grad() if self.freeze_affine else contextlib.nullcontext():
+            a = self.affine(moving, fixed) if inverse is None else self.affine.displacements(moving, fixed, inverse)
         if "affine" not in a:
             raise ValueError(f"AffineThenDeformable(): the affine stage ({type(self.affine).__name__}) must return "
                              f"an 'affine' matrix, got keys {sorted(a)}")
+        return a
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Register ``moving`` ``(B, C, *S)`` to ``fixed``; see the class docstring."""
+        a = self._affine_stage(moving, fixed, None)
         d = self.deformable(warp(moving, a["ddf"]), fixed)
         ddf = compose_ddf(a["ddf"], d["ddf"])
         out = {"ddf": ddf, "inverse_ddf": compose_ddf(d["inverse_ddf"], a["inverse_ddf"]), "affine": a["affine"],
@@ -96,11 +98,11 @@ class AffineThenDeformable(nn.Module):
         return out
 
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
-        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"``, from both stages' ``displacements``."""
-        with self._affine_context():
-            a = self.affine.displacements(moving, fixed, inverse)
+        """``"ddf"``, (``inverse``) ``"inverse_ddf"`` and the affine stage's ``"affine"`` ``(B, D, D + 1)``
+        (inference: the fields without the warped image; the matrix for ``affine.tfm``)."""
+        a = self._affine_stage(moving, fixed, inverse)
         d = self.deformable.displacements(warp(moving, a["ddf"]), fixed, inverse)
-        out = {"ddf": compose_ddf(a["ddf"], d["ddf"])}
+        out = {"ddf": compose_ddf(a["ddf"], d["ddf"]), "affine": a["affine"]}
         if inverse:
             out["inverse_ddf"] = compose_ddf(d["inverse_ddf"], a["inverse_ddf"])
         return out

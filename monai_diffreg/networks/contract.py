@@ -11,6 +11,9 @@ displacements ``(B, D, *S)`` in voxels, pull-back from fixed to moving (package 
   ``"ddf"`` and ``"inverse_ddf"`` (training adds what its loss needs), and
   ``displacements(moving, fixed, inverse=True)`` returns just those two, or only ``"ddf"`` with
   ``inverse=False`` (inference without the warped images, and without the inverse nobody asked for).
+  A network with a learned affine part (:class:`~monai_diffreg.networks.KeypointAffine`,
+  :class:`~monai_diffreg.networks.AffineThenDeformable`) adds ``"affine"`` ``(B, D, D + 1)`` (the voxel
+  matrix, :mod:`monai_diffreg.functional.affine`) to both; the engines pass it on (``affine.tfm``).
 * :class:`SamplingNetwork`: ``sample(moving, fixed, num_samples)`` adds ``"uncertainty"``
   ``(B, 1, *S)`` (probabilistic models).
 * :class:`MultiLevelNetwork`: ``warped_level_images(moving, fixed)`` ``(B, L * C, *S)``, the

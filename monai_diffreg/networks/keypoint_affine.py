@@ -110,8 +110,9 @@ class KeypointAffine(nn.Module):
         return rescale_affine(matrix, features.shape[2:], moving.shape[2:])
 
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
-        """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` (inference without the warped image)."""
-        return self._displacements(self.affine_matrix(moving, fixed), moving.shape[2:], inverse)
+        """``"affine"``, ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` (inference without the warped image)."""
+        matrix = self.affine_matrix(moving, fixed)
+        return {"affine": matrix, **self._displacements(matrix, moving.shape[2:], inverse)}
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
         """Register ``moving`` to ``fixed``, both ``(B, 1, *S)``; see the class docstring."""

@@ -181,3 +181,21 @@ def test_bad_input_and_options():
         NetworkRegistration(tiny_network(), save_levels=True)
     with pytest.raises(ValueError, match=r"'save_levels' must be True or False, got 'False'"):
         NetworkRegistration(tiny_network(), save_levels="False")
+
+
+def test_a_learned_affine_part_reaches_the_caller_only_for_a_single_pass():
+    """A network with an affine part (KeypointAffine, AffineThenDeformable) gives its matrix through the method, for
+    affine.tfm; a cascade composes several passes, which is no longer one affine, so then no matrix is passed on."""
+    from monai_diffreg.networks import AffineThenDeformable, KeypointAffine, VoxelMorph
+
+    torch.manual_seed(0)
+    network = AffineThenDeformable(KeypointAffine(3, num_keypoints=8, enc_channels=(4, 8), dec_channels=(8, 8)),
+                                   VoxelMorph(3, enc_channels=(4, 8), dec_channels=(8, 8, 8)))
+    fixed, moving = smooth_pair((16, 16, 16))
+    out = check_method_output(NetworkRegistration(network, device="cpu")(fixed, moving), fixed, "joint")
+    assert set(out) == {"ddf", "inverse_ddf", "affine"} and out["affine"].shape == (1, 3, 4)
+    lean = run_method(NetworkRegistration(network, device="cpu"), fixed, moving, inverse=False)
+    assert set(lean) == {"ddf", "affine"} and torch.equal(lean["affine"], out["affine"])
+    assert "affine" not in NetworkRegistration(network, device="cpu", cascade=2)(fixed, moving)
+    with pytest.raises(ValueError, match="returned 'affine' of shape"):
+        check_method_output({**out, "affine": out["affine"][:, :2]}, fixed, "joint")

@@ -159,3 +159,24 @@ def test_bad_inputs():
         identity_affine(1, 4)
     with pytest.raises(ValueError, match=r"rescale_affine\(\): 'to_shape'"):
         rescale_affine(torch.zeros(1, 2, 3), (4, 4), (4, 4, 4))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_compose_affine_is_the_matrix_of_the_composed_fields(ndim):
+    """affine_to_ddf(outer o inner) == compose_ddf(outer's field, inner's field) inside the grid, and o inverse = id."""
+    from monai_diffreg.functional import compose_affine, compose_ddf, invert_affine
+
+    shape = (12, 10, 11)[:ndim]
+    outer, inner = _random_affine(ndim, batch=1) * 0.5, _random_affine(ndim, batch=1) * 0.5
+    outer[:, :, :ndim] += 0.5 * torch.eye(ndim, dtype=outer.dtype)
+    inner[:, :, :ndim] += 0.5 * torch.eye(ndim, dtype=inner.dtype)
+    expected = compose_ddf(affine_to_ddf(outer, shape), affine_to_ddf(inner, shape))
+    found = affine_to_ddf(compose_affine(outer, inner), shape)
+    points = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij"))
+    inner_points = points + affine_to_ddf(inner, shape)[0]  # compose_ddf interpolates the outer field there:
+    inside = torch.stack([(inner_points[d] >= 0) & (inner_points[d] <= s - 1) for d, s in enumerate(shape)]).all(0)
+    assert inside.float().mean() > 0.3
+    torch.testing.assert_close(found[0][:, inside], expected[0][:, inside], atol=1e-9, rtol=0)  # affine fields: exact
+    torch.testing.assert_close(compose_affine(outer, invert_affine(outer)), identity_affine(1, ndim, torch.float64))
+    with pytest.raises(ValueError, match=r"compose_affine\(\)"):
+        compose_affine(outer, _random_affine(5 - ndim, batch=1))

@@ -42,7 +42,8 @@ class _Affine(nn.Module):
         self.matrix = nn.Parameter(matrix)
 
     def displacements(self, moving, fixed, inverse=True):
-        out = {"ddf": affine_to_ddf(self.matrix.expand(moving.shape[0], -1, -1), moving.shape[2:])}
+        out = {"affine": self.matrix.expand(moving.shape[0], -1, -1),
+               "ddf": affine_to_ddf(self.matrix.expand(moving.shape[0], -1, -1), moving.shape[2:])}
         if inverse:
             out["inverse_ddf"] = affine_to_ddf(invert_affine(self.matrix).expand(moving.shape[0], -1, -1),
                                                moving.shape[2:])
@@ -50,7 +51,7 @@ class _Affine(nn.Module):
 
     def forward(self, moving, fixed):
         out = self.displacements(moving, fixed)
-        return {**out, "affine": self.matrix.expand(moving.shape[0], -1, -1), "warped": warp(moving, out["ddf"])}
+        return {**out, "warped": warp(moving, out["ddf"])}
 
 
 def _random_matrix(ndim, seed=0):
@@ -136,7 +137,8 @@ def test_contract_and_displacements_match_forward():
     moving, fixed = _pair((8, 9, 10))
     with torch.no_grad():
         full, lean, only = net(moving, fixed), net.displacements(moving, fixed), net.displacements(moving, fixed, False)
-    assert set(lean) == {"ddf", "inverse_ddf"} and set(only) == {"ddf"}
+    assert set(lean) == {"affine", "ddf", "inverse_ddf"} and set(only) == {"affine", "ddf"}
+    torch.testing.assert_close(lean["affine"], full["affine"])
     torch.testing.assert_close(lean["ddf"], full["ddf"])
     torch.testing.assert_close(lean["inverse_ddf"], full["inverse_ddf"])
     torch.testing.assert_close(only["ddf"], full["ddf"])

@@ -68,7 +68,8 @@ def test_fields_are_those_of_the_matrix_and_displacements_match_forward():
     torch.testing.assert_close(full["ddf"], affine_to_ddf(matrix, (12, 14, 10)))
     torch.testing.assert_close(full["inverse_ddf"], affine_to_ddf(invert_affine(matrix), (12, 14, 10)))
     torch.testing.assert_close(full["warped"], warp(moving, full["ddf"]))
-    assert set(lean) == {"ddf", "inverse_ddf"} and set(only) == {"ddf"}
+    assert set(lean) == {"affine", "ddf", "inverse_ddf"} and set(only) == {"affine", "ddf"}
+    assert torch.equal(lean["affine"], matrix) and torch.equal(only["affine"], matrix)
     assert torch.equal(lean["ddf"], full["ddf"]) and torch.equal(lean["inverse_ddf"], full["inverse_ddf"])
     assert torch.equal(only["ddf"], full["ddf"])
 
