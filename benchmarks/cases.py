@@ -66,6 +66,35 @@ Case groups (one results table each):
     ``fixed`` stays the T1. For contrast-agnostic methods (SynthMorph) against elastix and SyN with
     mutual information.
 ``niivue_synthetic_t2``, ``niivue_synthetic_flair`` (**validation**): the same on the validation subject.
+``brain_synthetic_unaligned`` (3D, 30 labels, known field; **unaligned pair**, not in the default groups)
+    ``brain_synthetic`` of that seed (the same deformation and intensity change: the same random draws)
+    further moved by a known random affine ``A`` (:func:`random_brain_affine`), so each case differs from
+    its aligned twin only by the added affine: for joint affine + deformable methods (SynthMorph's affine
+    head, a pyramid's affine level) against the same methods on the aligned pair. ``A = [L | t']`` is the
+    voxel matrix (:mod:`monai_diffreg.functional.affine`: fixed-grid index -> moving-grid index) that
+    registers the new moving image back onto the aligned twin's: ``y = R S (x - c) + c + t`` about ``c``,
+    the centre of mass of the fixed brain (aseg > 0), with ``R`` rotations by angles uniform in
+    [-:data:`UNALIGNED_MAX_ROTATION_DEGREES`, +] degrees (20) about each of the three array axes, composed
+    in axis order (:func:`monai_diffreg.transforms.sample_random_affine`; the total rotation angle is then
+    up to about 35 degrees, median 20, 10-90 % range 11-26), ``S = diag(exp(s))`` per-axis scalings with
+    ``s`` uniform in [-ln 1.1, ln 1.1] (factors in [0.91, 1.1], :data:`UNALIGNED_MAX_SCALING`) and ``t``
+    uniform in [-:data:`UNALIGNED_MAX_TRANSLATION_MM`, +] mm (20) per axis (the displacement of the brain
+    centre). Its draws come from their own generator,
+    ``torch.Generator().manual_seed(UNALIGNED_SEED_OFFSET + seed)`` (:data:`UNALIGNED_SEED_OFFSET` = 2^32),
+    so the deformation stays the aligned twin's. ``moving`` = the twin's moving image resampled on the same
+    grid at ``A^-1 y`` (linear, zero padding: what leaves the field of view is lost, 0-1.1 % of the brain for
+    seeds 0-2, ``settings["affine_lost_brain_fraction"]``); ``moving_labels`` = the fixed labels at
+    ``phi(A^-1 y)`` in one nearest-neighbour step (the twin's labels moved by ``A^-1``, up to one voxel:
+    resampling those again would erode thin structures twice). ``true_ddf`` = the total field, the twin's
+    ``exp(-v)`` then ``A`` (pull-back: ``moving`` is sampled at ``A(x + u(x))``), i.e.
+    ``true_ddf(x) = (L - I) x + t' + L u(x)`` with ``u`` the twin's ``true_ddf`` (:func:`unalign`). The case
+    dict holds ``A`` as ``true_affine`` (``(1, 3, 4)`` float64 voxel matrix at the case's scale) and its
+    amplitudes in ``settings`` (total rotation angle, scalings, translation in mm). Quick and full scale draw
+    the same affine in mm (up to the brain centre of the coarser grid). Measured (seeds 0-2 and 100-102,
+    quick scale): identity Dice 0.05-0.25 (twins 0.63-0.68); the true field 0.93-0.97 (twins 0.96-0.98: the
+    moving brain, rotated and scaled by down to 0.93, is resampled once more); full scale: brain seed 1
+    identity 0.25 (twin 0.67), true field 0.960 (twin 0.979); niivue seed 100 0.085 (0.634), 0.978 (0.988).
+``niivue_synthetic_unaligned`` (**validation**): the same on the validation subject (``niivue_synthetic``).
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -78,7 +107,8 @@ Case groups (one results table each):
     be hollowed out through the gap: a diffeomorphism can do it (the C is simply connected), a
     small-deformation model cannot without folding.
 
-``mni_synthetic``, ``niivue_synthetic``, ``niivue_mni`` and ``niivue_synthetic_t2`` / ``_flair`` are **validation** groups
+``mni_synthetic``, ``niivue_synthetic``, ``niivue_mni``, ``niivue_synthetic_t2`` / ``_flair`` and ``niivue_synthetic_unaligned``
+are **validation** groups
 (:data:`VALIDATION_GROUPS`, not run by default): choose checkpoints and settings on them, never on
 the benchmark groups; the ``niivue_*`` ones are real anatomy of the validation subject
 (``niivue_freesurfer/``) and read nothing of test_scan, the evaluation-only brain.
@@ -116,8 +146,13 @@ from monai_diffreg.datasets import (
     load_voxelmorph_scan,
 )
 from monai_diffreg.engines.affine import optimise_affine
-from monai_diffreg.functional import resize_image, warp
-from monai_diffreg.transforms import control_grid_shape, deformation_from_params, sample_smooth_velocity_params
+from monai_diffreg.functional import affine_to_ddf, compose_ddf, invert_affine, resize_image, warp
+from monai_diffreg.transforms import (
+    control_grid_shape,
+    deformation_from_params,
+    sample_random_affine,
+    sample_smooth_velocity_params,
+)
 from monai_diffreg.transforms.intensity import min_max_normalize
 from monai_diffreg.transforms.synthesis import add_gaussian_noise, apply_gamma, bias_field_from_coefficients
 
@@ -130,34 +165,46 @@ __all__ = [
     "NIIVUE_CROP",
     "SYNTH_CONTROL_SPACING_MM",
     "SYNTH_MAX_DISPLACEMENT_MM",
+    "UNALIGNED_GROUPS",
+    "UNALIGNED_MAX_ROTATION_DEGREES",
+    "UNALIGNED_MAX_SCALING",
+    "UNALIGNED_MAX_TRANSLATION_MM",
+    "UNALIGNED_SEED_OFFSET",
     "case_names",
     "contrast_remap",
     "family",
     "fingerprint",
     "get_case",
     "intensity_change",
+    "random_brain_affine",
     "synthetic_pair",
+    "unalign",
 ]
 
 #: Per case family: bump when its construction changes, so cached cases are rebuilt.
 CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, "elastix_2d": 3, "dipy_synthetic": 3, "circle_to_c": 1,
                  "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1, "brain_synthetic_t2": 1,
-                 "brain_synthetic_flair": 1, "niivue_synthetic_t2": 1, "niivue_synthetic_flair": 1}
+                 "brain_synthetic_flair": 1, "niivue_synthetic_t2": 1, "niivue_synthetic_flair": 1,
+                 # built on their aligned twins: bump these with "brain_synthetic" / "niivue_synthetic"
+                 "brain_synthetic_unaligned": 1, "niivue_synthetic_unaligned": 1}
 
 #: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
 #: volume ``niivue_freesurfer/norm.mgz``, so LIA too); package methods get them re-oriented to
 #: RAS, as :func:`monai_diffreg.register` gives them (monai_diffreg.transforms.to_target_axes).
 CASE_AXCODES = {family: "".join(VOXELMORPH_ORIENTATION)
                 for family in ("brain_synthetic", "mni_to_subject", "mni_synthetic", "subject_to_subject",
-                               "brain_synthetic_t2", "brain_synthetic_flair")}
+                               "brain_synthetic_t2", "brain_synthetic_flair", "brain_synthetic_unaligned")}
 CASE_AXCODES.update({family: "LIA" for family in ("niivue_synthetic", "niivue_mni", "niivue_synthetic_t2",
-                                                  "niivue_synthetic_flair")})
+                                                  "niivue_synthetic_flair", "niivue_synthetic_unaligned")})
 #: Benchmark case groups, in report order (run by default).
 GROUPS = ("brain_synthetic", "mni_to_subject", "subject_to_subject", "pairs_2d")
 #: Benchmark groups across MR contrasts (T1 fixed, moving remapped; run when named).
 CROSS_CONTRAST_GROUPS = ("brain_synthetic_t2", "brain_synthetic_flair")
+#: Benchmark groups of unaligned pairs (brain_synthetic plus a known random affine; run when named).
+UNALIGNED_GROUPS = ("brain_synthetic_unaligned",)
 #: Held-out groups for choosing settings (never for reported accuracy).
-VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni", "niivue_synthetic_t2", "niivue_synthetic_flair")
+VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni", "niivue_synthetic_t2", "niivue_synthetic_flair",
+                     "niivue_synthetic_unaligned")
 #: Mean intensity of CSF, grey and white matter in the remapped contrasts (:func:`contrast_remap`), on [0, 1].
 CONTRAST_TARGETS = {"t2": (1.0, 0.55, 0.35), "flair": (0.08, 0.65, 0.45)}
 #: aseg codes of cerebrospinal fluid (ventricles, CSF, choroid plexus), the third class of :func:`contrast_remap`.
@@ -176,16 +223,25 @@ MAX_NOISE_STD = 0.03
 #: Affine pre-alignment of the MNI case: pyramid factors (relative to the case grid) and iterations per level.
 AFFINE_LEVELS = (4, 2, 1)
 AFFINE_ITERATIONS = (100, 50, 25)
+#: Added affine of the unaligned groups (:func:`random_brain_affine`): rotation angle bound about each axis
+#: (degrees), translation bound per axis (mm), per-axis scaling factors in [1 / max, max].
+UNALIGNED_MAX_ROTATION_DEGREES = 20.0
+UNALIGNED_MAX_TRANSLATION_MM = 20.0
+UNALIGNED_MAX_SCALING = 1.1
+#: The added affine of seed ``s`` is drawn from ``torch.Generator().manual_seed(UNALIGNED_SEED_OFFSET + s)``,
+#: a stream of its own (the deformation's generator is seeded with ``s``).
+UNALIGNED_SEED_OFFSET = 2**32
 
 
 def case_names(groups, seeds) -> list[tuple[str, str]]:
-    """``(group, case name)`` of every case of ``groups`` (of :data:`GROUPS` and :data:`VALIDATION_GROUPS`) for ``seeds``."""
+    """``(group, case name)`` of every case of ``groups`` (of :data:`GROUPS`, :data:`CROSS_CONTRAST_GROUPS`,
+    :data:`UNALIGNED_GROUPS` and :data:`VALIDATION_GROUPS`) for ``seeds``."""
     names = []
-    for group in GROUPS + CROSS_CONTRAST_GROUPS + VALIDATION_GROUPS:
+    for group in GROUPS + CROSS_CONTRAST_GROUPS + UNALIGNED_GROUPS + VALIDATION_GROUPS:
         if group not in groups:
             continue
-        if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic") + CROSS_CONTRAST_GROUPS + (
-                "niivue_synthetic_t2", "niivue_synthetic_flair"):
+        if group in ("brain_synthetic", "mni_synthetic", "niivue_synthetic") + CROSS_CONTRAST_GROUPS + UNALIGNED_GROUPS + (
+                "niivue_synthetic_t2", "niivue_synthetic_flair", "niivue_synthetic_unaligned"):
             names += [(group, f"{group}_s{s}") for s in seeds]
         elif group in ("mni_to_subject", "niivue_mni", "subject_to_subject"):
             names.append((group, group))
@@ -236,7 +292,8 @@ def synthetic_pair(image: torch.Tensor, labels: torch.Tensor, seed: int, spacing
 
     Returns:
         dict with ``moving``, ``moving_labels`` and ``true_ddf`` (``exp(-v)``, voxels: the
-        field that registers ``moving`` to ``image``), and the settings.
+        field that registers ``moving`` to ``image``), ``ddf`` (``exp(v)``: ``moving`` is ``image``
+        warped by it), and the settings.
     """
     generator = torch.Generator().manual_seed(seed)
     params = sample_smooth_velocity_params(
@@ -250,6 +307,7 @@ def synthetic_pair(image: torch.Tensor, labels: torch.Tensor, seed: int, spacing
         "moving": moving,
         "moving_labels": moving_labels,
         "true_ddf": fields["inverse_ddf"],
+        "ddf": fields["ddf"],
         "settings": {"seed": seed, "control_spacing_mm": SYNTH_CONTROL_SPACING_MM,
                      "max_displacement_mm": SYNTH_MAX_DISPLACEMENT_MM},
     }
@@ -323,17 +381,112 @@ def contrast_remap(image: torch.Tensor, aseg: torch.Tensor, contrast: str) -> to
     return (out.clamp(0.0, 1.0) * (image > 0)).to(image.dtype)
 
 
-def _subject_synthetic(subject: dict, seed: int, contrast: str | None = None) -> dict:
+def random_brain_affine(spatial_shape, centre, spacing: float, generator: torch.Generator) -> torch.Tensor:
+    """The added affine of the unaligned groups: ``(1, D, D + 1)`` float64 voxel matrix ``y = R S (x - c) + c + t``.
+
+    :func:`monai_diffreg.transforms.sample_random_affine` (angles uniform in
+    ``[-UNALIGNED_MAX_ROTATION_DEGREES, +]`` about each axis, composed in axis order; scalings ``exp(s)``, ``s``
+    uniform in ``[-ln UNALIGNED_MAX_SCALING, +]`` per axis; ``t`` uniform in ``[-UNALIGNED_MAX_TRANSLATION_MM, +]``
+    mm per axis), moved from the grid's centre to ``centre``: the same ``R S`` and ``t``, ``c = centre``.
+
+    Args:
+        spatial_shape: the grid ``(*S)``.
+        centre: ``(D,)`` rotation centre in voxel indices (the brain's centre of mass).
+        spacing: voxel size in mm (isotropic: the translation bound in voxels is ``max_mm / spacing``).
+        generator: CPU generator (all draws come from it).
+    """
+    shape = tuple(int(n) for n in spatial_shape)
+    matrix = sample_random_affine(shape, UNALIGNED_MAX_ROTATION_DEGREES, UNALIGNED_MAX_TRANSLATION_MM / spacing,
+                                  math.log(UNALIGNED_MAX_SCALING), generator=generator).double()
+    ndim = len(shape)
+    linear = matrix[0, :, :ndim]
+    # sampled about the grid's centre g: y = L (x - g) + g + t; about c: y = L (x - c) + c + t = that + (I - L)(c - g)
+    shift = torch.as_tensor(np.asarray(centre, dtype=np.float64)) - torch.tensor([(n - 1) / 2 for n in shape],
+                                                                                dtype=torch.float64)
+    matrix[0, :, ndim] += (torch.eye(ndim, dtype=torch.float64) - linear) @ shift
+    return matrix
+
+
+def unalign(pair: dict, labels: torch.Tensor, matrix: torch.Tensor) -> dict:
+    """A synthetic pair (:func:`synthetic_pair`) moved by a known affine on the same grid: its moving side at ``A^-1 y``.
+
+    Args:
+        pair: ``moving`` ``(1, 1, *S)``, ``true_ddf`` and ``ddf`` ``(1, D, *S)`` (voxels) of an aligned pair:
+            ``moving`` = the fixed image warped by ``ddf``, ``true_ddf`` registers it back onto the fixed image.
+        labels: ``(1, 1, *S)`` the fixed label map (the pair's moving labels are it warped by ``ddf``).
+        matrix: ``(1, D, D + 1)`` voxel matrix ``A = [L | t]`` (fixed-grid index -> moving-grid index) that will
+            register the new moving image onto ``pair["moving"]``.
+
+    Returns:
+        dict with ``moving``: ``pair["moving"]`` resampled at ``A^-1 y`` (linear); ``moving_labels``: ``labels``
+        resampled at ``phi(A^-1 y)`` with ``phi = x + ddf(x)`` (nearest, in one step: the aligned labels
+        resampled again would lose thin structures twice), both zero outside the old field of view; and
+        ``true_ddf``: the pair's field then ``A``, ``x -> A(x + u(x))``, that is ``(L - I) x + t + L u(x)``
+        (pull-back: ``warp(moving, true_ddf)`` samples the new moving image at ``A(x + u(x))``, which is the old
+        one at ``x + u(x)``).
+    """
+    moving, ddf = pair["moving"], pair["true_ddf"]
+    shape = tuple(moving.shape[2:])
+    matrix = matrix.double()
+    back = affine_to_ddf(invert_affine(matrix), shape).to(moving.dtype)
+    total = affine_to_ddf(matrix, shape) + torch.einsum("bij,bj...->bi...", matrix[:, :, :len(shape)], ddf.double())
+    forward = compose_ddf(pair["ddf"].to(moving.dtype), back)
+    return {
+        "moving": warp(moving, back, padding_mode="zeros"),
+        "moving_labels": warp(labels, forward.to(labels.dtype), mode="nearest", padding_mode="zeros"),
+        "true_ddf": total.to(ddf.dtype),
+    }
+
+
+def _lost_fraction(mask: torch.Tensor, matrix: torch.Tensor) -> float:
+    """Fraction of the voxels of ``mask`` ``(1, 1, *S)`` that ``x -> A x`` sends outside the grid."""
+    shape = mask.shape[2:]
+    points = torch.nonzero(mask[0, 0]).double()
+    moved = points @ matrix[0, :, :len(shape)].T + matrix[0, :, len(shape)]
+    inside = ((moved > -0.5) & (moved < torch.tensor(shape, dtype=torch.float64) - 0.5)).all(dim=1)
+    return 1.0 - float(inside.double().mean()) if len(points) else 0.0
+
+
+def _affine_amplitudes(matrix: torch.Tensor, centre, spacing: float) -> dict:
+    """Readable amplitudes of ``y = R S (x - c) + c + t``: total rotation angle of ``R`` (degrees), the scalings
+    (``S`` = the column norms of ``R S``) and ``t`` in mm (the displacement of the centre)."""
+    ndim = matrix.shape[1]
+    linear = matrix[0, :, :ndim]
+    scaling = torch.linalg.norm(linear, dim=0)
+    rotation = linear / scaling
+    cosine = float(((torch.trace(rotation) - (ndim - 2)) / 2).clamp(-1.0, 1.0))
+    centre = torch.as_tensor(np.asarray(centre, dtype=np.float64))
+    translation = (linear @ centre + matrix[0, :, ndim] - centre) * spacing
+    return {"affine_rotation_degrees": math.degrees(math.acos(cosine)), "affine_scaling": scaling.tolist(),
+            "affine_translation_mm": translation.tolist()}
+
+
+def _subject_synthetic(subject: dict, seed: int, contrast: str | None = None, unaligned: bool = False) -> dict:
     """A subject's image under a known deformation and intensity change (:func:`synthetic_pair`), 30 aseg labels;
-    with ``contrast`` the moving image is first remapped to it (:func:`contrast_remap`; same draws, same field)."""
+    with ``contrast`` the moving image is first remapped to it (:func:`contrast_remap`; same draws, same field);
+    ``unaligned``: then moved by a known random affine about the brain's centre (:func:`random_brain_affine`,
+    :func:`unalign`; its own generator, the same deformation)."""
     image, seg, spacing = subject["image"], subject["aseg"], subject["spacing"]
     source = image if contrast is None else contrast_remap(image, seg, contrast)
     pair = synthetic_pair(source, seg, seed, spacing)
     settings = {**subject["settings"], **pair["settings"], **({"moving_contrast": contrast} if contrast else {})}
+    extra = {}
+    if unaligned:
+        centre = [float(c) for c in ndimage.center_of_mass(seg[0, 0].numpy() > 0)]
+        generator = torch.Generator().manual_seed(UNALIGNED_SEED_OFFSET + seed)
+        matrix = random_brain_affine(image.shape[2:], centre, spacing, generator)
+        lost = _lost_fraction(pair["moving_labels"] > 0, matrix)
+        pair = {**pair, **unalign(pair, seg, matrix)}
+        extra["true_affine"] = matrix
+        settings.update({"affine_seed": UNALIGNED_SEED_OFFSET + seed, "affine_centre_voxel": list(centre),
+                         "affine_max_rotation_degrees": UNALIGNED_MAX_ROTATION_DEGREES,
+                         "affine_max_translation_mm": UNALIGNED_MAX_TRANSLATION_MM,
+                         "affine_max_scaling": UNALIGNED_MAX_SCALING, "affine_lost_brain_fraction": lost,
+                         **_affine_amplitudes(matrix, centre, spacing)})
     return {
         "fixed": image, "moving": pair["moving"], "fixed_labels": seg, "moving_labels": pair["moving_labels"],
         "labels": list(VOXELMORPH_LABELS), "true_ddf": pair["true_ddf"], "mask": seg > 0,
-        "spacing": [spacing] * 3, "settings": settings,
+        "spacing": [spacing] * 3, "settings": settings, **extra,
     }
 
 
@@ -468,6 +621,8 @@ def _circle_to_c(scale: float) -> dict:
 
 def _build(data: Path, name: str, scale: float) -> dict:
     for stem, subject in (("brain_synthetic", _test_scan), ("niivue_synthetic", _niivue_subject)):
+        if name.startswith(f"{stem}_unaligned_s"):
+            return _subject_synthetic(subject(data, scale), int(name.rsplit("_s", 1)[1]), unaligned=True)
         for contrast in CONTRAST_TARGETS:
             if name.startswith(f"{stem}_{contrast}_s"):
                 return _subject_synthetic(subject(data, scale), int(name.rsplit("_s", 1)[1]), contrast)
@@ -510,7 +665,8 @@ def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Pa
 
     Args:
         data: the shared ``data`` folder.
-        group: the case group (:data:`GROUPS` or :data:`VALIDATION_GROUPS`).
+        group: the case group (:data:`GROUPS`, :data:`CROSS_CONTRAST_GROUPS`, :data:`UNALIGNED_GROUPS` or
+            :data:`VALIDATION_GROUPS`).
         name: a name from :func:`case_names`.
         scale: 1 (full resolution) or 0.5 (quick mode).
         cache: folder of cached cases.
@@ -522,8 +678,8 @@ def get_case(data: Path, group: str, name: str, scale: float, cache: Path) -> Pa
             return path
     case = _build(Path(data), name, scale)
     case.update({"name": name, "group": group, "scale": scale, "version": CASE_VERSIONS[family(name)]})
-    for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_ddf", "mask"):
-        if case[key] is not None:
+    for key in ("fixed", "moving", "fixed_labels", "moving_labels", "true_ddf", "mask", "true_affine"):
+        if case.get(key) is not None:
             case[key] = case[key].detach().contiguous().clone()
     case["fingerprint"] = fingerprint(case)
     path.parent.mkdir(parents=True, exist_ok=True)

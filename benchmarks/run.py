@@ -35,7 +35,14 @@ import torch  # noqa: E402
 
 from benchmarks import DEFAULT_DATA_DIR  # noqa: E402
 from benchmarks.adapters import REFERENCE, peer_available  # noqa: E402
-from benchmarks.cases import CROSS_CONTRAST_GROUPS, GROUPS, VALIDATION_GROUPS, case_names, get_case  # noqa: E402
+from benchmarks.cases import (  # noqa: E402
+    CROSS_CONTRAST_GROUPS,
+    GROUPS,
+    UNALIGNED_GROUPS,
+    VALIDATION_GROUPS,
+    case_names,
+    get_case,
+)
 from benchmarks.report import write_report  # noqa: E402
 from monai_diffreg.cli import parse_option_value  # noqa: E402
 
@@ -63,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--cases", nargs="+", choices=GROUPS + CROSS_CONTRAST_GROUPS + VALIDATION_GROUPS, default=list(GROUPS),
+    parser.add_argument("--cases", nargs="+", choices=GROUPS + CROSS_CONTRAST_GROUPS + UNALIGNED_GROUPS + VALIDATION_GROUPS,
+                        default=list(GROUPS),
                         help=f"case groups; {', '.join(CROSS_CONTRAST_GROUPS)}: the moving image in another MR contrast; "
+                             f"{', '.join(UNALIGNED_GROUPS)}: brain_synthetic plus a known random affine; "
                              f"{', '.join(VALIDATION_GROUPS)}: held-out validation cases for choosing settings")
     parser.add_argument("--methods", nargs="+", default=None,
                         help=f"methods (default {' '.join(DEFAULT_METHODS)}; quick: {' '.join(QUICK_METHODS)}); "
