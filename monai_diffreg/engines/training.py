@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..losses.hypermorph import sample_reg_weight
 
 __all__ = ["RegistrationTrainer", "registration_step", "hypermorph_step", "save_atomic", "latest_checkpoint",
-           "export_weights"]
+           "export_weights", "export_stage_weights"]
 
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -114,11 +114,38 @@ def export_weights(checkpoint: Path | str, destination: Path | str) -> int:
     Returns:
         the checkpoint's iteration.
     """
+    model, iteration = _checkpoint_model(checkpoint, "export_weights")
+    save_atomic(model, destination)
+    return iteration
+
+
+def export_stage_weights(checkpoints: Mapping[str, Path | str], destination: Path | str) -> dict[str, int]:
+    """One weights file for a network made of separately trained stages (atomic).
+
+    ``checkpoints`` maps each stage's attribute name in the composed network to its training
+    checkpoint, e.g. ``{"affine": ..., "deformable": ...}`` for
+    :class:`~monai_diffreg.networks.AffineThenDeformable`: the result is the composed network's
+    ``state_dict`` (every key of stage ``s`` prefixed ``"s."``), loadable strictly.
+
+    Returns:
+        each stage's checkpoint iteration.
+    """
+    if not checkpoints:
+        raise ValueError("export_stage_weights(): 'checkpoints' must name at least one stage")
+    state, iterations = {}, {}
+    for stage, checkpoint in checkpoints.items():
+        model, iterations[stage] = _checkpoint_model(checkpoint, "export_stage_weights")
+        state.update({f"{stage}.{key}": value for key, value in model.items()})
+    save_atomic(state, destination)
+    return iterations
+
+
+def _checkpoint_model(checkpoint: Path | str, caller: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The network ``state_dict`` and iteration of a :class:`RegistrationTrainer` checkpoint."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise ValueError(f"export_weights(): {str(checkpoint)!r} is not a RegistrationTrainer checkpoint")
-    save_atomic(state["model"], destination)
-    return int(state["iteration"])
+        raise ValueError(f"{caller}(): {str(checkpoint)!r} is not a RegistrationTrainer checkpoint")
+    return state["model"], int(state["iteration"])
 
 
 class RegistrationTrainer:

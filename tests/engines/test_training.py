@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_diffreg.engines.training import RegistrationTrainer, export_weights, latest_checkpoint, save_atomic
+from monai_diffreg.engines.training import (
+    RegistrationTrainer,
+    export_stage_weights,
+    export_weights,
+    latest_checkpoint,
+    save_atomic,
+)
 from monai_diffreg.engines.training_data import SyntheticPairDataset
 from monai_diffreg.losses.prob_svf import ProbabilisticSVFLoss
 from monai_diffreg.networks import ProbabilisticVoxelMorph
@@ -90,6 +96,32 @@ def test_checkpoint_of_a_longer_run_exports_the_weights_of_a_shorter_one(tmp_pat
     assert exported.keys() == short.keys() and all(torch.equal(exported[k], short[k]) for k in short)
     with pytest.raises(ValueError, match="not a RegistrationTrainer checkpoint"):
         export_weights(tmp_path / "short" / "model.pt", tmp_path / "x.pt")
+
+
+def test_separately_trained_stages_become_one_strictly_loadable_network(tmp_path):
+    """export_stage_weights: an affine stage's and a deformable stage's checkpoints -> AffineThenDeformable's weights."""
+    from monai_diffreg.networks import AffineThenDeformable, KeypointAffine, VoxelMorph
+
+    def stage_checkpoint(network, name):
+        path = tmp_path / f"{name}.pt"
+        torch.save({"model": network.state_dict(), "iteration": 7 if name == "affine" else 9}, path)
+        return path
+
+    torch.manual_seed(1)
+    affine = KeypointAffine(2, num_keypoints=4, enc_channels=(4, 8), dec_channels=(8, 8))
+    deformable = VoxelMorph(2, enc_channels=(4, 8), dec_channels=(8, 8, 8))
+    iterations = export_stage_weights({"affine": stage_checkpoint(affine, "affine"),
+                                       "deformable": stage_checkpoint(deformable, "deformable")}, tmp_path / "model.pt")
+    assert iterations == {"affine": 7, "deformable": 9}
+    torch.manual_seed(2)
+    composed = AffineThenDeformable(KeypointAffine(2, num_keypoints=4, enc_channels=(4, 8), dec_channels=(8, 8)),
+                                    VoxelMorph(2, enc_channels=(4, 8), dec_channels=(8, 8, 8)))
+    composed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+    assert all(torch.equal(composed.affine.state_dict()[k], v) for k, v in affine.state_dict().items())
+    assert all(torch.equal(composed.deformable.state_dict()[k], v) for k, v in deformable.state_dict().items())
+    with pytest.raises(ValueError, match=r"export_stage_weights\(\): .* is not a RegistrationTrainer checkpoint"):
+        export_stage_weights({"affine": tmp_path / "model.pt"}, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_checkpoints_rotation_and_atomic_files(tmp_path):
