@@ -10,7 +10,7 @@ Examples::
     monai-diffreg export --bundle vxm_prob --output vxm_prob.pt2 --size 160 192 160
     monai-diffreg estimate-regularization --fixed f.nii.gz --moving m.nii.gz
     monai-diffreg sweep --bundle flash --name alpha --values 0.5 1 3 10 --fixed f.nii.gz --moving m.nii.gz \
-        --fixed-labels fl.nii.gz --moving-labels ml.nii.gz --output-dir sweep
+        --fixed-labels fl.nii.gz --moving-labels ml.nii.gz --output-dir sweep [--select dice]
 
 Several moving images form a batch: each is registered to the fixed image into its own
 sub-folder of ``--output-dir`` (named after the moving file), with a progress bar. User
@@ -40,6 +40,8 @@ _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
 _NOISE = ("NvImgCodecPydicomReader", "nvImageCodec is not available")
 # api.AFFINE_METRICS, spelt out so that building the parser imports no torch (tests/test_cli.py checks they agree)
 _AFFINE_METRICS = ("ncc", "mi", "mse")
+# sweep.SELECTION_RULES' names, spelt out for the same reason (tests/test_sweep.py checks they agree)
+_SWEEP_SELECT = ("dice",)
 
 
 class _UserError(Exception):
@@ -115,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     swp = sub.add_parser("sweep", help="register one pair once per value of a method option; CSV and plot",
                          description="Register one pair once per value of one method option (e.g. a HyperMorph "
                                      "model's reg_weight, FLASH's alpha) and write sweep.csv (metrics per value) and "
-                                     "sweep.png (mean Dice and SDlogJ against the value, folding) into --output-dir.")
+                                     "sweep.png (mean Dice and SDlogJ against the value, folding) into --output-dir. "
+                                     "--select dice also chooses the value for this pair (the best Dice without "
+                                     "folding, ties within 0.002 Dice to the smoother field; both label maps needed), "
+                                     "prints it and writes its registration outputs into DIR/selected/ and "
+                                     "DIR/selected.json.")
     swp.add_argument("--bundle", required=True, metavar="NAME", help="method name or bundle folder")
     swp.add_argument("--name", required=True, metavar="OPTION", help="the option to sweep (constructor argument or config id)")
     swp.add_argument("--values", required=True, nargs="+", metavar="V", help="its values (JSON each, e.g. 0.1 1 true)")
@@ -127,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--device", default=None)
     swp.add_argument("--affine", action="store_true", help="run the affine stage first")
     swp.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other method option, repeatable")
+    swp.add_argument("--select", choices=_SWEEP_SELECT, default=None,
+                     help="choose a value by this rule (monai_diffreg.sweep.SELECTION_RULES) and write its outputs")
     swp.add_argument("--debug", action="store_true", help="show tracebacks")
     sub.add_parser("monailabel-app", help="print the MONAI Label app folder (for monailabel start_server --app)")
     return parser
@@ -347,12 +355,18 @@ def _sweep(args: argparse.Namespace) -> int:
     values = [parse_option_value(v) for v in args.values]
     rows = sweep_option(args.bundle, args.name, values, args.fixed, args.moving, args.output_dir,
                         fixed_labels=args.fixed_labels, moving_labels=args.moving_labels, device=args.device,
-                        affine=args.affine, **_parse_options(args.option))
+                        affine=args.affine, select=args.select, **_parse_options(args.option))
     for row in rows:
         dice = f"Dice {row['dice_after']:.4f}  " if "dice_after" in row else ""
         print(f"{args.name}={row[args.name]!r}: {dice}SDlogJ {row['sd_log_jacobian']:.4f}  "
               f"folding {row['folding_percent']:.4g}%  {row['seconds_registration']:.1f} s")
-    print(f"wrote {Path(args.output_dir) / 'sweep.csv'} and sweep.png")
+    if args.select is None:
+        print(f"wrote {Path(args.output_dir) / 'sweep.csv'} and sweep.png")
+        return 0
+    row = next(row for row in rows if row["selected"])
+    print(f"selected ({args.select}): {args.name}={row[args.name]!r}: Dice {row['dice_after']:.4f}  "
+          f"SDlogJ {row['sd_log_jacobian']:.4f}  folding {row['folding_percent']:.4g}%")
+    print(f"wrote {Path(args.output_dir) / 'sweep.csv'}, sweep.png, selected.json and selected/")
     return 0
 
 
