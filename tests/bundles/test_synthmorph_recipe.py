@@ -56,3 +56,20 @@ def shared_data_dir():
     if not (folder / "synthseg_label_maps").is_dir():
         pytest.skip(f"the shared data folder ({folder}) with synthseg_label_maps/ is not on this machine")
     return folder
+
+
+def test_affine_stage_recipe_trains_keypoints_on_large_affines_with_the_same_data():
+    """train_affine.json: KeypointAffine, Dice only, the deformable recipe's data plus large random affines."""
+    from monai_diffreg.networks import KeypointAffine
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE / "configs" / "train_affine.json")
+    network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
+    assert isinstance(network, KeypointAffine) and isinstance(loss, SynthMorphLoss)
+    assert loss.regularization_weight == 0.0  # an affine needs no smoothness term
+    deformable = json.loads((BUNDLE / "configs" / "train.json").read_text())["dataset"]
+    affine = dict(parser["dataset"])
+    limits = ("max_rotation_degrees", "max_translation", "max_log_scaling")
+    assert {k: v for k, v in affine.items() if k not in limits} == {k: v for k, v in deformable.items() if k not in limits}
+    assert affine["max_rotation_degrees"] >= 20 and affine["max_translation"] * 2.0 >= 20  # 2 mm voxels: >= 20 mm
+    assert affine["max_log_scaling"] >= 0.1
