@@ -23,19 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..functional.resize import resize_image
 from ..functional.warp import warp
-from ..validation import check_integer, check_positive, check_spatial_tensor
-from .pair_geometry import (
-    check_pair_network_settings,
-    check_registration_pair,
-    crop_spatial,
-    pad_to_multiple,
-    scaled_size,
-    velocity_displacements,
-    velocity_grid_size,
-    velocity_to_input_ddf,
-)
+from ..validation import check_integer, check_spatial_tensor
+from .pair_geometry import VelocityGridGeometry, check_registration_pair, crop_spatial
 from .vxm_unet import VxmUNet
 
 __all__ = ["hyper_conv", "HyperConv", "HyperNetwork", "HyperVxmUNet", "HyperMorph", "check_reg_weight"]
@@ -213,15 +203,12 @@ class HyperVxmUNet(VxmUNet):
         return super().forward(x, embedding)
 
 
-class HyperMorph(nn.Module):
+class HyperMorph(VelocityGridGeometry, nn.Module):
     """Diffeomorphic VoxelMorph whose convolution weights are functions of the regularisation weight.
 
-    Geometry as :class:`~monai_diffreg.networks.prob_voxelmorph.ProbabilisticVoxelMorph`: the
-    images ``(B, C, *S)`` are resampled by ``image_scale`` (area) to ``S'``, padded at the end
-    (edge values) to a multiple of ``2**len(enc_channels)``; the velocity lives on the grid
-    ``n = ceil(S' / int_downsize)`` (its voxels are ``int_downsize / image_scale`` input voxels
-    wide) and is integrated there by ``num_steps`` scaling-and-squaring steps, then upsampled with
-    vector rescaling, cropped to ``S'`` and resized to ``S``.
+    Geometry of :class:`~monai_diffreg.networks.pair_geometry.VelocityGridGeometry` (U-Net divisor
+    ``2**len(enc_channels)``): the velocity lives on the grid ``n = ceil(S' / int_downsize)`` of the
+    images resampled by ``image_scale`` to ``S'``, its voxels ``int_downsize / image_scale`` input voxels wide.
 
     ``lambda`` -> :class:`HyperNetwork` -> embedding -> every :class:`HyperConv` of
     :class:`HyperVxmUNet` and of the velocity head. The head starts as VoxelMorph's flow head
@@ -254,12 +241,7 @@ class HyperMorph(nn.Module):
                  default_reg_weight: float = 0.5) -> None:
         super().__init__()
         caller = "HyperMorph"
-        check_pair_network_settings(caller, in_channels, num_steps)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.int_downsize = int_downsize
-        self.num_steps = num_steps
-        self.image_scale = check_positive(image_scale, "image_scale", caller)
+        self._init_geometry(spatial_dims, in_channels, int_downsize, image_scale, num_steps)
         if isinstance(default_reg_weight, bool) or not isinstance(default_reg_weight, (int, float)) or \
                 not 0.0 <= default_reg_weight <= 1.0:
             raise ValueError(f"{caller}(): 'default_reg_weight' must be a number in [0, 1], got {default_reg_weight!r}")
@@ -273,14 +255,6 @@ class HyperMorph(nn.Module):
         """The ``lambda`` used without an explicit one (what a registration's summary records)."""
         return f"reg_weight={self.default_reg_weight}"
 
-    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
-        return scaled_size(spatial_size, self.image_scale)
-
-    def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
-        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
-
     def velocity(self, moving: torch.Tensor, fixed: torch.Tensor,
                  reg_weight: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity ``(B, D, *n)`` for the pair at ``reg_weight``, and that weight as ``(B, 1)``."""
@@ -290,22 +264,8 @@ class HyperMorph(nn.Module):
         lam = check_reg_weight(self.default_reg_weight if reg_weight is None else reg_weight, x.shape[0], caller,
                                like=x if x.is_floating_point() else x.float())
         embedding = self.hypernetwork(lam)
-        x = resize_image(x, size=self.network_size(x.shape[2:]), mode="area")
-        features = self.unet(pad_to_multiple(x, self.unet.divisor), embedding)
+        features = self._unet_features(x, embedding)
         return crop_spatial(self.flow_head(features, embedding), self.velocity_size(moving.shape[2:])), lam
-
-    def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-        """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``."""
-        expected = self.velocity_size(spatial_size)
-        if tuple(velocity.shape[2:]) != expected:
-            raise ValueError(f"HyperMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} for "
-                             f"images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}")
-        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                     spatial_size)
-
-    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
-        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                      spatial_size, inverse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor,
                 reg_weight: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:

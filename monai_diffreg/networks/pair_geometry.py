@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ..functional.integrate import integrate_velocity
-from ..functional.resize import resize_field
-from ..validation import check_spatial_tensor
+from ..functional.resize import resize_field, resize_image
+from ..validation import check_field, check_positive, check_spatial_tensor
+from .vxm_unet import VxmUNet
 
 __all__ = ["check_pair_network_settings", "check_registration_pair", "scaled_size", "pad_to_multiple", "crop_spatial",
-           "velocity_grid_size", "velocity_to_input_ddf", "velocity_displacements"]
+           "velocity_grid_size", "velocity_to_input_ddf", "velocity_displacements", "VelocityGridGeometry"]
 
 
 def check_pair_network_settings(caller: str, in_channels: object, num_steps: object) -> None:
@@ -97,3 +98,79 @@ def velocity_displacements(velocity: torch.Tensor, num_steps: int, int_downsize:
         return {"ddf": velocity_to_input_ddf(velocity, num_steps, int_downsize, network_size, spatial_size)}
     ddfs = velocity_to_input_ddf(torch.cat([velocity, -velocity]), num_steps, int_downsize, network_size, spatial_size)
     return {"ddf": ddfs[: velocity.shape[0]], "inverse_ddf": ddfs[velocity.shape[0]:]}
+
+
+class VelocityGridGeometry:
+    """Grid bookkeeping of a U-Net that predicts a stationary velocity at ``1 / int_downsize`` of its input grid.
+
+    The images ``(B, C, *S)`` are resampled by ``image_scale`` (area) to ``S'`` and padded at the end
+    (edge values) to a multiple of the U-Net's divisor; the velocity lives on the grid
+    ``n = ceil(S' / int_downsize)`` (its voxels are ``int_downsize / image_scale`` input voxels wide)
+    and is integrated there by ``num_steps`` scaling-and-squaring steps, then upsampled with vector
+    rescaling, cropped to ``S'`` and resized to ``S``.
+
+    A mixin for :class:`torch.nn.Module` networks that call :meth:`_init_geometry` and have a ``unet``
+    (its ``divisor``); messages name ``type(self).__name__``.
+    """
+
+    spatial_dims: int
+    in_channels: int
+    image_scale: float
+    int_downsize: int
+    num_steps: int
+    unet: VxmUNet
+
+    def _init_geometry(self, spatial_dims: int, in_channels: int, int_downsize: int, image_scale: float,
+                       num_steps: int) -> None:
+        """Check (:func:`check_pair_network_settings`, ``image_scale > 0``) and store the settings."""
+        caller = type(self).__name__
+        check_pair_network_settings(caller, in_channels, num_steps)
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.int_downsize = int_downsize
+        self.image_scale = check_positive(image_scale, "image_scale", caller)
+        self.num_steps = num_steps
+
+    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
+        return scaled_size(spatial_size, self.image_scale)
+
+    def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
+        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
+
+    def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``.
+
+        Args:
+            velocity: ``(B, D, *n)`` with ``n = self.velocity_size(spatial_size)``.
+            spatial_size: ``S``, the input images' spatial shape.
+        """
+        caller = f"{type(self).__name__}.velocity_to_ddf"
+        check_field(velocity, "velocity", caller)
+        expected = self.velocity_size(spatial_size)
+        if tuple(velocity.shape[2:]) != expected:
+            raise ValueError(f"{caller}(): 'velocity' must have spatial shape {expected} for "
+                             f"images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}")
+        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                     spatial_size)
+
+    def images_on_network_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` resampled by ``image_scale`` (area) and padded at the end (edge values) to ``n * int_downsize``.
+
+        The grid on which the network sees the images and :meth:`velocity_to_ddf` upsamples the
+        velocity's displacement before cropping: voxel block ``j`` (``int_downsize`` wide) is
+        exactly velocity cell ``j``.
+        """
+        check_spatial_tensor(image, "image", f"{type(self).__name__}.images_on_network_grid",
+                             spatial_dims=self.spatial_dims)
+        return pad_to_multiple(resize_image(image, size=self.network_size(image.shape[2:]), mode="area"), self.int_downsize)
+
+    def _unet_features(self, pair: torch.Tensor, *unet_args: torch.Tensor) -> torch.Tensor:
+        """U-Net features of the concatenated pair ``(B, C, *S)``, resampled to ``S'`` and padded to the divisor."""
+        x = resize_image(pair, size=self.network_size(pair.shape[2:]), mode="area")
+        return self.unet(pad_to_multiple(x, self.unet.divisor), *unet_args)
+
+    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
+        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
+                                      spatial_size, inverse)

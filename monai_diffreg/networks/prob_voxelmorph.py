@@ -24,28 +24,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..functional.resize import resize_image
 from ..functional.warp import warp
-from ..validation import check_choice, check_field, check_positive, check_spatial_tensor
+from ..validation import check_choice, check_positive
 from .blocks import convolution, init_flow_head
 from .contract import VelocityRefinementStart
-from .pair_geometry import (
-    check_pair_network_settings,
-    check_registration_pair,
-    crop_spatial,
-    pad_to_multiple,
-    scaled_size,
-    velocity_displacements,
-    velocity_grid_size,
-    velocity_to_input_ddf,
-)
+from .pair_geometry import VelocityGridGeometry, check_registration_pair, crop_spatial
 from ..functional.posterior import POSTERIORS, optimal_log_variance, posterior_smoothing_sigma, sample_velocity
 from .vxm_unet import VxmUNet
 
 __all__ = ["ProbabilisticVoxelMorph"]
 
 
-class ProbabilisticVoxelMorph(nn.Module):
+class ProbabilisticVoxelMorph(VelocityGridGeometry, nn.Module):
     """Probabilistic diffeomorphic VoxelMorph (diagonal or smoothed posterior, bidirectional outputs).
 
     Geometry. The images ``(B, C, *S)`` are first resampled by ``image_scale`` (area
@@ -95,12 +85,7 @@ class ProbabilisticVoxelMorph(nn.Module):
                  prior_lambda: float = 10.0, norm: str | None = None) -> None:
         super().__init__()
         caller = "ProbabilisticVoxelMorph"
-        check_pair_network_settings(caller, in_channels, num_steps)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.int_downsize = int_downsize
-        self.image_scale = check_positive(image_scale, "image_scale", caller)
-        self.num_steps = num_steps
+        self._init_geometry(spatial_dims, in_channels, int_downsize, image_scale, num_steps)
         self.posterior = check_choice(posterior, "posterior", caller, POSTERIORS)
         self.prior_lambda = check_positive(prior_lambda, "prior_lambda", caller)
         self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize, norm)
@@ -115,39 +100,12 @@ class ProbabilisticVoxelMorph(nn.Module):
         """``sigma_c`` of the smoothed posterior, in velocity-grid voxels."""
         return posterior_smoothing_sigma(self.prior_lambda, self.spatial_dims)
 
-    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
-        return scaled_size(spatial_size, self.image_scale)
-
-    def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
-        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
-
     def posterior_params(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log variance ``(B, D, *n)`` for the pair."""
         check_registration_pair("ProbabilisticVoxelMorph", moving, fixed, self.spatial_dims, self.in_channels)
-        x = torch.cat([moving, fixed], dim=1)
-        x = resize_image(x, size=self.network_size(x.shape[2:]), mode="area")
-        features = self.unet(pad_to_multiple(x, self.unet.divisor))
+        features = self._unet_features(torch.cat([moving, fixed], dim=1))
         n = self.velocity_size(moving.shape[2:])
         return crop_spatial(self.mean_head(features), n), crop_spatial(self.log_var_head(features), n)
-
-    def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-        """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``.
-
-        Args:
-            velocity: ``(B, D, *n)`` with ``n = self.velocity_size(spatial_size)``.
-            spatial_size: ``S``, the input images' spatial shape.
-        """
-        check_field(velocity, "velocity", "ProbabilisticVoxelMorph.velocity_to_ddf")
-        expected = self.velocity_size(spatial_size)
-        if tuple(velocity.shape[2:]) != expected:
-            raise ValueError(
-                f"ProbabilisticVoxelMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} "
-                f"for images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}"
-            )
-        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                     spatial_size)
 
     def bidirectional_ddfs(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Displacements ``(B, D, *S)`` of ``exp(velocity)`` and ``exp(-velocity)``, integrated as one batch
@@ -184,10 +142,6 @@ class ProbabilisticVoxelMorph(nn.Module):
         mean, _ = self.posterior_params(moving, fixed)
         return self._displacements(mean, moving.shape[2:], inverse)
 
-    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
-        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                      spatial_size, inverse)
-
     def sample(self, moving: torch.Tensor, fixed: torch.Tensor, num_samples: int = 10) -> dict[str, torch.Tensor]:
         """Mean registration plus per-voxel uncertainty from ``num_samples`` posterior samples.
 
@@ -210,16 +164,6 @@ class ProbabilisticVoxelMorph(nn.Module):
             sum_sq = sum_sq + delta * (ddf - running_mean)
         outputs["uncertainty"] = torch.sqrt((sum_sq / (num_samples - 1)).sum(dim=1, keepdim=True))
         return outputs
-
-    def images_on_network_grid(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S)`` resampled by ``image_scale`` (area) and padded at the end (edge values) to ``n * int_downsize``.
-
-        The grid on which the network sees the images and :meth:`velocity_to_ddf` upsamples the
-        velocity's displacement before cropping: voxel block ``j`` (``int_downsize`` wide) is
-        exactly velocity cell ``j``.
-        """
-        check_spatial_tensor(image, "image", "ProbabilisticVoxelMorph.images_on_network_grid", spatial_dims=self.spatial_dims)
-        return pad_to_multiple(resize_image(image, size=self.network_size(image.shape[2:]), mode="area"), self.int_downsize)
 
     def refinement_start(self, moving: torch.Tensor, fixed: torch.Tensor) -> VelocityRefinementStart:
         """Test-time refinement from the posterior mean ``mu`` (:mod:`~monai_diffreg.networks.contract`).

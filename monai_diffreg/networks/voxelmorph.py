@@ -17,35 +17,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..functional.resize import resize_image
 from ..functional.warp import warp
-from ..validation import check_field, check_positive, check_spatial_tensor
 from .blocks import convolution, init_flow_head
 from .contract import VelocityRefinementStart
-from .pair_geometry import (
-    check_pair_network_settings,
-    check_registration_pair,
-    crop_spatial,
-    pad_to_multiple,
-    scaled_size,
-    velocity_displacements,
-    velocity_grid_size,
-    velocity_to_input_ddf,
-)
+from .pair_geometry import VelocityGridGeometry, check_registration_pair, crop_spatial
 from .vxm_unet import VxmUNet
 
 __all__ = ["VoxelMorph"]
 
 
-class VoxelMorph(nn.Module):
+class VoxelMorph(VelocityGridGeometry, nn.Module):
     """Diffeomorphic VoxelMorph: one velocity field per pair, bidirectional outputs.
 
-    Geometry as :class:`~monai_diffreg.networks.prob_voxelmorph.ProbabilisticVoxelMorph`: the
-    images ``(B, C, *S)`` are resampled by ``image_scale`` (area) to ``S'``, padded at the end
-    (edge values) to a multiple of ``2**len(enc_channels)``; the velocity lives on the grid
-    ``n = ceil(S' / int_downsize)`` (its voxels are ``int_downsize / image_scale`` input voxels
-    wide) and is integrated there by ``num_steps`` scaling-and-squaring steps, then upsampled with
-    vector rescaling, cropped to ``S'`` and resized to ``S``.
+    Geometry of :class:`~monai_diffreg.networks.pair_geometry.VelocityGridGeometry` (U-Net divisor
+    ``2**len(enc_channels)``): the velocity lives on the grid ``n = ceil(S' / int_downsize)`` of the
+    images resampled by ``image_scale`` to ``S'``, its voxels ``int_downsize / image_scale`` input voxels wide.
 
     Args:
         spatial_dims: 2 or 3.
@@ -72,51 +58,16 @@ class VoxelMorph(nn.Module):
                  dec_channels: Sequence[int] = (32, 32, 32, 32, 32, 16, 16), int_downsize: int = 2,
                  image_scale: float = 1.0, num_steps: int = 7, norm: str | None = None) -> None:
         super().__init__()
-        caller = "VoxelMorph"
-        check_pair_network_settings(caller, in_channels, num_steps)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.int_downsize = int_downsize
-        self.image_scale = check_positive(image_scale, "image_scale", caller)
-        self.num_steps = num_steps
+        self._init_geometry(spatial_dims, in_channels, int_downsize, image_scale, num_steps)
         self.unet = VxmUNet(spatial_dims, in_channels, enc_channels, dec_channels, int_downsize, norm)
         self.flow_head = convolution(spatial_dims, self.unet.out_channels, spatial_dims)
         init_flow_head(self.flow_head)
 
-    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Image size ``S'`` seen by the U-Net for an input of size ``S`` (after ``image_scale``)."""
-        return scaled_size(spatial_size, self.image_scale)
-
-    def velocity_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        """Velocity grid ``n = ceil(S' / int_downsize)`` for an input of size ``S``."""
-        return velocity_grid_size(self.network_size(spatial_size), self.int_downsize)
-
     def velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Velocity ``(B, D, *n)`` for the pair, in velocity-grid voxels."""
         check_registration_pair("VoxelMorph", moving, fixed, self.spatial_dims, self.in_channels)
-        x = torch.cat([moving, fixed], dim=1)
-        x = resize_image(x, size=self.network_size(x.shape[2:]), mode="area")
-        features = self.unet(pad_to_multiple(x, self.unet.divisor))
+        features = self._unet_features(torch.cat([moving, fixed], dim=1))
         return crop_spatial(self.flow_head(features), self.velocity_size(moving.shape[2:]))
-
-    def velocity_to_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
-        """Displacement ``(B, D, *S)`` of ``exp(velocity)`` on the input grid of size ``S``.
-
-        Args:
-            velocity: ``(B, D, *n)`` with ``n = self.velocity_size(spatial_size)``.
-            spatial_size: ``S``, the input images' spatial shape.
-        """
-        check_field(velocity, "velocity", "VoxelMorph.velocity_to_ddf")
-        expected = self.velocity_size(spatial_size)
-        if tuple(velocity.shape[2:]) != expected:
-            raise ValueError(f"VoxelMorph.velocity_to_ddf(): 'velocity' must have spatial shape {expected} for "
-                             f"images of shape {tuple(spatial_size)}, got {tuple(velocity.shape[2:])}")
-        return velocity_to_input_ddf(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                     spatial_size)
-
-    def _displacements(self, velocity: torch.Tensor, spatial_size: Sequence[int], inverse: bool) -> dict[str, torch.Tensor]:
-        return velocity_displacements(velocity, self.num_steps, self.int_downsize, self.network_size(spatial_size),
-                                      spatial_size, inverse)
 
     def outputs_from_velocity(self, moving: torch.Tensor, fixed: torch.Tensor,
                               velocity: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,12 +83,6 @@ class VoxelMorph(nn.Module):
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` (inference without the warped images)."""
         return self._displacements(self.velocity(moving, fixed), moving.shape[2:], inverse)
-
-    def images_on_network_grid(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S)`` resampled by ``image_scale`` (area) and padded at the end (edge values) to ``n * int_downsize``,
-        the grid on which the network sees the images (voxel block ``j``, ``int_downsize`` wide, is velocity cell ``j``)."""
-        check_spatial_tensor(image, "image", "VoxelMorph.images_on_network_grid", spatial_dims=self.spatial_dims)
-        return pad_to_multiple(resize_image(image, size=self.network_size(image.shape[2:]), mode="area"), self.int_downsize)
 
     def refinement_start(self, moving: torch.Tensor, fixed: torch.Tensor) -> VelocityRefinementStart:
         """Test-time refinement from the network's velocity (:mod:`~monai_diffreg.networks.contract`).
