@@ -142,6 +142,8 @@ def export_stage_weights(checkpoints: Mapping[str, Path | str], destination: Pat
 
 def _checkpoint_model(checkpoint: Path | str, caller: str) -> tuple[dict[str, torch.Tensor], int]:
     """The network ``state_dict`` and iteration of a :class:`RegistrationTrainer` checkpoint."""
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{caller}(): checkpoint not found: {str(checkpoint)!r}")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ValueError(f"{caller}(): {str(checkpoint)!r} is not a RegistrationTrainer checkpoint")

@@ -121,6 +121,8 @@ def test_separately_trained_stages_become_one_strictly_loadable_network(tmp_path
     assert all(torch.equal(composed.deformable.state_dict()[k], v) for k, v in deformable.state_dict().items())
     with pytest.raises(ValueError, match=r"export_stage_weights\(\): .* is not a RegistrationTrainer checkpoint"):
         export_stage_weights({"affine": tmp_path / "model.pt"}, tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError, match=r"export_stage_weights\(\): checkpoint not found: .*none\.pt"):
+        export_stage_weights({"affine": tmp_path / "none.pt"}, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
 
 
