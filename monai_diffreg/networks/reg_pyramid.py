@@ -8,16 +8,21 @@ dense layer), correlates the fixed and the warped moving features in a ``(2d+1)^
 and lets a DenseNet ("deform block") estimate a refinement of the field. The paper is the
 specification; the public TensorFlow code was not used (its defects are listed below).
 
-Geometry (``L = len(filters)`` levels). The images ``(B, C, *S)`` are padded at the end of every
-axis (edge values) to ``P``, a multiple of ``2**L``; level ``i = 0 .. L-1`` (**coarse to fine**,
-the order of every output tuple; the paper and the loss number them ``l = L - 1 - i``, finest
-first) works on the grid ``n_i = P / 2**(L - i)``, so the finest field
-lives at half resolution (the pyramid's first block has stride 2). Fields on a level grid are in
-voxels of that grid (package convention, :mod:`monai_diffreg.functional`: pull-back,
-``warped(x) = moving(x + u(x))``); moving between grids always goes through
-:func:`~monai_diffreg.functional.resize.resize_field` (linear, vectors rescaled). The finest field
-is upsampled to ``P`` and cropped to ``S``; outputs on level grids are cropped to the cells that
-overlap the image, ``ceil(S / 2**(L - i))``.
+Geometry (``L = len(filters)`` levels). The images ``(B, C, *S)`` are resampled by ``image_scale``
+(area averaging) to ``S' = scaled_size(S, image_scale)`` (:mod:`~monai_diffreg.networks.pair_geometry`;
+``S' = S`` and no resampling at 1.0) and padded at the end of every axis (edge values) to ``P``, a
+multiple of ``2**L``; level ``i = 0 .. L-1`` (**coarse to fine**, the order of every output tuple;
+the paper and the loss number them ``l = L - 1 - i``, finest first) works on the grid
+``n_i = P / 2**(L - i)``, so the finest field lives at half the resolution of ``S'`` (the
+pyramid's first block has stride 2). Fields on a level grid are in voxels of that grid (package
+convention, :mod:`monai_diffreg.functional`: pull-back, ``warped(x) = moving(x + u(x))``); moving
+between grids always goes through :func:`~monai_diffreg.functional.resize.resize_field` (linear,
+vectors rescaled). The finest field is upsampled to ``P``, cropped to ``S'`` and resized to ``S``
+(the outputs on the input grid); outputs on level grids stay on those (scaled) grids, cropped to
+the cells that overlap the image, ``ceil(S' / 2**(L - i))``. ``image_scale`` is for inference at
+another resolution than training's (0.5: 1 mm inputs to a network trained on 2 mm images); train
+at 1.0 (:class:`~monai_diffreg.losses.reg_pyramid.RegistrationPyramidLoss`'s terms and weights are
+set for that geometry: class docstring).
 
 **One level** (``f``, ``m``: the fixed and moving features of the level; ``phi_in``: the coarser
 level's transform upsampled, the identity at the coarsest level)::
@@ -54,8 +59,9 @@ coordinates of the *input image* (:func:`~monai_diffreg.functional.affine.affine
 extent ``[-1, 1]``), with ``A_n = I + L`` (displacements) or ``A_n = expm(L)`` (diffeomorphic:
 ``det A > 0``, so every level's transform stays invertible); it is initialised to zero (weights
 and bias), i.e. to the identity. ``"affine_matrices"`` gives each level's ``A`` as a voxel-index
-matrix of the input grid (:mod:`~monai_diffreg.functional.affine`), the same physical transform on
-every grid (:func:`~monai_diffreg.functional.affine.rescale_affine` takes it to the level grid).
+matrix of the input grid ``S`` (:mod:`~monai_diffreg.functional.affine`), the same physical transform on
+every grid (:func:`~monai_diffreg.functional.affine.rescale_affine` takes it to the level grid, and from
+the network's grid ``S'`` to ``S`` when ``image_scale != 1``).
 
 **Residual refinement.** ``residual=True`` (default) is the paper's intent: each level *refines*
 the incoming estimate. ``residual=False`` makes the deform block's output the level's whole
@@ -105,9 +111,9 @@ from ..functional.integrate import integrate_velocity
 from ..functional.invert import invert_ddf
 from ..functional.resize import resize_field, resize_image
 from ..functional.warp import warp
-from ..validation import check_choice, check_flag, check_integer, check_spatial_tensor
+from ..validation import check_choice, check_flag, check_integer, check_positive, check_spatial_tensor
 from .blocks import NORMS, conv_block, convolution
-from .pair_geometry import crop_spatial, pad_to_multiple
+from .pair_geometry import crop_spatial, pad_to_multiple, scaled_size
 
 __all__ = ["RegistrationPyramid", "FeaturePyramid", "AffineHead", "DenseDeformBlock"]
 
@@ -199,8 +205,8 @@ class _Pass(NamedTuple):
     fields: list[torch.Tensor]  # each level's total displacement on its grid (voxels of that grid)
     increments: list[torch.Tensor]  # each deform block's output (displacement or velocity increment)
     level_matrices: list[torch.Tensor | None]  # each level's affine in voxel indices of its grid (None: affine=False)
-    input_matrices: list[torch.Tensor]  # the same affines in voxel indices of the input grid (identity: affine=False)
-    moving: torch.Tensor  # the padded images
+    network_matrices: list[torch.Tensor]  # the same affines in voxel indices of S' (identity: affine=False)
+    moving: torch.Tensor  # the images resampled to S' and padded to P
     fixed: torch.Tensor
 
 
@@ -226,30 +232,49 @@ class RegistrationPyramid(nn.Module):
             (False, the public TF code's behaviour, for the ablation).
         norm: normalisation in every convolution block, ``None`` or ``"instance"``.
         inverse_iterations: fixed-point iterations of the displacement version's inverse.
+        image_scale: resampling factor of the images before the pyramid (1.0: none, bit for bit the
+            network without the option; 0.5 runs a network trained on 2 mm images on 1 mm inputs).
+            Use the network at the scale it was trained at, and train at 1.0 (below).
 
     ``forward(moving, fixed)`` returns a dict with always the same keys (``S`` the input size,
-    ``n_i = ceil(S / 2**(L - i))`` the level grids cropped to the image; tuples coarse to fine):
+    ``S' = scaled_size(S, image_scale)`` the size the pyramid sees, ``n_i = ceil(S' / 2**(L - i))``
+    the level grids cropped to the image; tuples coarse to fine). **On the input grid** ``S``
+    whatever ``image_scale`` (fields brought back with ``resize_field``, images warped from the
+    original moving image by the final ``ddf``, never upsampled):
 
     * ``"ddf"``, ``"inverse_ddf"``: ``(B, D, *S)`` displacement of ``phi`` and of ``phi^-1`` in input
       voxels; ``ddf`` warps the moving image onto the fixed one.
     * ``"warped"``: ``(B, C, *S)`` the moving image warped by ``ddf``.
-    * ``"level_ddfs"``: each level's **total** displacement ``(B, D, *n_i)`` on its own grid, in voxels
-      of that grid (:meth:`level_displacements` gives them on the input grid); the last one, upsampled,
-      is ``"ddf"``.
-    * ``"level_increments"``: each deform block's output ``(B, D, *n_i)`` (displacement increments, or
-      velocity increments when diffeomorphic).
     * ``"affine_matrices"``: each level's affine correction ``A_i`` ``(B, D, D + 1)`` as a voxel-index
       matrix of the input grid (identities when ``affine=False``).
+
+    **On the level grids** ``n_i`` (of ``S'``: with ``image_scale != 1`` these are the scaled grids,
+    their voxels ``2**(L - i) / image_scale`` input voxels wide):
+
+    * ``"level_ddfs"``: each level's **total** displacement ``(B, D, *n_i)`` on its own grid, in voxels
+      of that grid (:meth:`level_displacements` gives them on the input grid); the last one, upsampled
+      (and resized from ``S'`` to ``S``), is ``"ddf"``.
+    * ``"level_increments"``: each deform block's output ``(B, D, *n_i)`` (displacement increments, or
+      velocity increments when diffeomorphic).
     * ``"fixed_levels"``, ``"moving_levels"``: the images each level's similarity compares: 2-cell
-      averages on the grids ``n_0 .. n_{L-2}``, then the input images; ``"warped_levels"``: the moving
-      one of each level warped by that level's field (on its grid); the last is ``"warped"``.
+      averages (of the images resampled to ``S'``) on the grids ``n_0 .. n_{L-2}``, then the input
+      images (on ``S``); ``"warped_levels"``: the moving one of each level warped by that level's field
+      (on its grid); the last is ``"warped"`` (on ``S``).
+
+    :class:`~monai_diffreg.losses.reg_pyramid.RegistrationPyramidLoss` reads these outputs at any
+    ``image_scale`` (the shapes it pairs agree), but its terms and weights are set for the geometry of
+    ``image_scale`` 1.0: its finest terms (NCC of ``"warped"``, Dice) on the input grid, its level
+    ``l >= 1`` terms on grids ``2^(l+1)`` times coarser. At 0.5 those grids are ``2^(l+2)`` times
+    coarser than the input grid, and the NCC window and the smoothness, in voxels of each grid, cover
+    twice the extent, so the balance of the terms is not the paper's. Training uses 1.0, as every
+    bundle's ``train.json`` does; an inference config sets ``image_scale``.
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, filters: Sequence[int] = (16, 32, 32, 32),
                  search_range: int = 2, deform_filters: Sequence[int] = (64, 64, 32, 18, 8), affine: bool = True,
                  diffeomorphic: bool = False, normalize_features: bool = False, num_steps: int = 7,
                  cost_volume: bool = True, residual: bool = True, norm: str | None = None,
-                 inverse_iterations: int = 20) -> None:
+                 inverse_iterations: int = 20, image_scale: float = 1.0) -> None:
         super().__init__()
         caller = "RegistrationPyramid"
         if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
@@ -266,6 +291,7 @@ class RegistrationPyramid(nn.Module):
         self.cost_volume = check_flag(cost_volume, "cost_volume", caller)
         self.residual = check_flag(residual, "residual", caller)
         self.inverse_iterations = check_integer(inverse_iterations, "inverse_iterations", caller, 0)
+        self.image_scale = check_positive(image_scale, "image_scale", caller)
         self.norm = None if norm is None else check_choice(norm, "norm", caller, NORMS)
         self.levels = len(self.filters)
         self.divisor = 2**self.levels
@@ -290,21 +316,24 @@ class RegistrationPyramid(nn.Module):
                              f"got {tuple(moving.shape)} and {tuple(fixed.shape)}")
 
     def _run(self, moving: torch.Tensor, fixed: torch.Tensor) -> _Pass:
-        """Pad, build both feature pyramids in one batch, run the levels coarse to fine (module docstring)."""
+        """Resample by ``image_scale``, pad, build both feature pyramids in one batch, run the levels coarse to fine
+        (module docstring). Everything in the returned pass lives on ``S'`` (the resampled grid) or its level grids."""
         self._check_pair(moving, fixed)
-        size = tuple(moving.shape[2:])
-        moving_p, fixed_p = pad_to_multiple(moving, self.divisor), pad_to_multiple(fixed, self.divisor)
+        size = self.network_size(moving.shape[2:])
+        moving_s, fixed_s = resize_image(moving, size=size, mode="area"), resize_image(fixed, size=size, mode="area")
+        moving_p, fixed_p = pad_to_multiple(moving_s, self.divisor), pad_to_multiple(fixed_s, self.divisor)
         padded = tuple(moving_p.shape[2:])
         if self.norm is not None and math.prod(s // self.divisor for s in padded) < 2:
+            scaled = "" if size == tuple(moving.shape[2:]) else f" (resampled to {size} by image_scale={self.image_scale})"
             raise ValueError(
                 f"RegistrationPyramid(): with norm={self.norm!r} the coarsest features (1/{self.divisor} of the padded "
                 f"grid {padded}) need more than one voxel for the normalisation statistics; images of shape "
-                f"{tuple(moving.shape)} are too small"
+                f"{tuple(moving.shape)}{scaled} are too small"
             )
         batch = moving.shape[0]
         features = self.pyramid(torch.cat([fixed_p, moving_p], dim=0))[::-1]  # coarse to fine
         field: torch.Tensor | None = None
-        fields, increments, level_matrices, input_matrices = [], [], [], []
+        fields, increments, level_matrices, network_matrices = [], [], [], []
         for index, level_features in enumerate(features):
             fixed_f, moving_f = level_features[:batch], level_features[batch:]
             grid = tuple(fixed_f.shape[2:])
@@ -313,7 +342,7 @@ class RegistrationPyramid(nn.Module):
             current, matrix = incoming, None
             if self.affine:
                 params = self.affine_heads[index](fixed_f, warped)
-                matrix_in = affine_from_normalized(params, size, exponential=self.diffeomorphic)
+                matrix_in = affine_from_normalized(params, size, exponential=self.diffeomorphic)  # on S', hence on P
                 matrix = rescale_affine(matrix_in, padded, grid)
                 affine_ddf = affine_to_ddf(matrix, grid)
                 current = affine_ddf if incoming is None else compose_ddf(incoming, affine_ddf)
@@ -332,8 +361,8 @@ class RegistrationPyramid(nn.Module):
             fields.append(field)
             increments.append(increment)
             level_matrices.append(matrix)
-            input_matrices.append(matrix_in)
-        return _Pass(fields, increments, level_matrices, input_matrices, moving_p, fixed_p)
+            network_matrices.append(matrix_in)
+        return _Pass(fields, increments, level_matrices, network_matrices, moving_p, fixed_p)
 
     def _inverse_field(self, run: _Pass) -> torch.Tensor:
         """``phi^-1`` on the finest level grid (module docstring, "Inverse")."""
@@ -353,20 +382,30 @@ class RegistrationPyramid(nn.Module):
         return inverse
 
     # ----------------------------------------------------------------------------------------------- grids
-    def level_sizes(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
-        """Level grids cropped to the image, ``ceil(S / 2**(L - i))``, coarse to fine."""
-        return [tuple(-(-int(s) // 2 ** (self.levels - index)) for s in spatial_size) for index in range(self.levels)]
+    def network_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """``S' = scaled_size(S, image_scale)``: the size the pyramid sees for an input of size ``S``."""
+        return scaled_size(spatial_size, self.image_scale)
 
-    @staticmethod
-    def _on_input_grid(field: torch.Tensor, padded: Sequence[int], size: Sequence[int]) -> torch.Tensor:
-        """A displacement on a level grid of the padded grid -> ``(B, D, *S)`` in input voxels."""
-        return crop_spatial(resize_field(field, size=padded), size)
+    def level_sizes(self, spatial_size: Sequence[int]) -> list[tuple[int, ...]]:
+        """Level grids cropped to the image, ``ceil(S' / 2**(L - i))``, coarse to fine, for an input of size ``S``."""
+        size = self.network_size(spatial_size)
+        return [tuple(-(-s // 2 ** (self.levels - index)) for s in size) for index in range(self.levels)]
+
+    def _on_input_grid(self, field: torch.Tensor, padded: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+        """A displacement on a level grid of the padded grid -> ``(B, D, *S)`` in input voxels (via ``S'``)."""
+        ddf = crop_spatial(resize_field(field, size=padded), self.network_size(size))
+        return resize_field(ddf, size=size)
+
+    def _input_matrix(self, matrix: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """A voxel-index matrix of ``S'`` -> the same transform as a voxel-index matrix of the input grid ``S``."""
+        network = self.network_size(size)
+        return matrix if network == tuple(size) else rescale_affine(matrix, network, size)
 
     # ----------------------------------------------------------------------------------------------- outputs
     def displacements(self, moving: torch.Tensor, fixed: torch.Tensor, inverse: bool = True) -> dict[str, torch.Tensor]:
         """Only ``"ddf"`` and (``inverse``) ``"inverse_ddf"`` ``(B, D, *S)`` (inference without the other outputs)."""
         run = self._run(moving, fixed)
-        size, padded = moving.shape[2:], run.moving.shape[2:]
+        size, padded = tuple(moving.shape[2:]), run.moving.shape[2:]
         out = {"ddf": self._on_input_grid(run.fields[-1], padded, size)}
         if inverse:
             out["inverse_ddf"] = self._on_input_grid(self._inverse_field(run), padded, size)
@@ -385,7 +424,7 @@ class RegistrationPyramid(nn.Module):
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, ...]]:
         """Register ``moving`` to ``fixed``, both ``(B, in_channels, *S)``; see the class docstring for the keys."""
         run = self._run(moving, fixed)
-        size, padded = moving.shape[2:], run.moving.shape[2:]
+        size, padded = tuple(moving.shape[2:]), run.moving.shape[2:]
         sizes = self.level_sizes(size)
         ddf = self._on_input_grid(run.fields[-1], padded, size)
         warped = warp(moving, ddf)
@@ -403,7 +442,7 @@ class RegistrationPyramid(nn.Module):
             "warped": warped,
             "level_ddfs": tuple(crop_spatial(f, n) for f, n in zip(run.fields, sizes)),
             "level_increments": tuple(crop_spatial(v, n) for v, n in zip(run.increments, sizes)),
-            "affine_matrices": tuple(run.input_matrices),
+            "affine_matrices": tuple(self._input_matrix(matrix, size) for matrix in run.network_matrices),
             "fixed_levels": (*fixed_levels, fixed),
             "moving_levels": (*moving_levels, moving),
             "warped_levels": (*warped_levels, warped),

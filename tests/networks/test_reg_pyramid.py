@@ -1,5 +1,6 @@
 """RegistrationPyramid: shapes for odd sizes, identity at initialisation, residual refinement, affine on positions and
-its composition order, diffeomorphic version, inverses, gradients to every parameter, contract, bad inputs."""
+its composition order, diffeomorphic version, inverses, gradients to every parameter, contract, image_scale (the
+pyramid on resampled images, outputs back on the input grid), bad inputs."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from monai_diffreg.functional import (
     jacobian_determinant,
     rescale_affine,
     resize_field,
+    resize_image,
     warp,
 )
 from monai_diffreg.functional.affine import affine_from_normalized
 from monai_diffreg.losses.reg_pyramid import RegistrationPyramidLoss
 from monai_diffreg.networks.contract import MultiLevelNetwork, RegistrationNetwork
+from monai_diffreg.networks.pair_geometry import scaled_size
 from monai_diffreg.networks.reg_pyramid import RegistrationPyramid
 
 SMALL = {"filters": (4, 8, 8), "deform_filters": (8, 8, 4)}
@@ -302,6 +305,11 @@ def test_learns_a_translation_2d(fit_blob_translation):
     ({"num_steps": -1}, r"'num_steps' must be an integer >= 0"),
     ({"inverse_iterations": 1.5}, r"'inverse_iterations' must be an integer >= 0"),
     ({"norm": "batch"}, r"RegistrationPyramid\(\): 'norm' must be one of \['instance'\], got 'batch'"),
+    ({"image_scale": 0}, r"RegistrationPyramid\(\): 'image_scale' must be a finite number > 0, got 0"),
+    ({"image_scale": -0.5}, r"'image_scale' must be a finite number > 0"),
+    ({"image_scale": "0.5"}, r"'image_scale' must be a finite number > 0, got '0.5'"),
+    ({"image_scale": True}, r"'image_scale'"),
+    ({"image_scale": float("nan")}, r"'image_scale'"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -318,3 +326,114 @@ def test_bad_inputs():
         model(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 2, 16, 16, 16))
     with pytest.raises(ValueError, match="too small"):
         _model(3, norm="instance")(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
+    _model(3, norm="instance")(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))  # 2x2x2 coarsest cells
+    with pytest.raises(ValueError, match=r"resampled to \(8, 8, 8\) by image_scale=0.5\) are too small"):
+        _model(3, norm="instance", image_scale=0.5)(torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
+
+
+# ----------------------------------------------------------------------------------------------- image_scale
+def _nontrivial(model, seed=0):
+    """Random (small) deform and affine heads, so that every output is non-trivial."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for block in model.deform_blocks:
+            block.out.weight.normal_(0.0, 0.05)
+        for head in model.affine_heads:
+            head.dense.weight.normal_(0.0, 0.05)
+            head.dense.bias.normal_(0.0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (33, 27)), (3, (19, 21, 17))])
+@pytest.mark.parametrize("flags", [{}, {"diffeomorphic": True}, {"affine": False}], ids=["default", "diffeo", "no-affine"])
+def test_image_scale_runs_the_pyramid_on_area_resampled_images(spatial_dims, size, flags):
+    """image_scale 0.5 == the same weights at 1.0 on the area-resized pair, the input-grid outputs brought back to S:
+    fields with resize_field, matrices with rescale_affine, images warped from the ORIGINAL moving image; the level
+    outputs stay on the scaled level grids."""
+    scaled = _nontrivial(_model(spatial_dims, image_scale=0.5, **flags))
+    reference = _model(spatial_dims, **flags)
+    reference.load_state_dict(scaled.state_dict())
+    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    small = scaled_size(size, 0.5)
+    assert scaled.network_size(size) == small and scaled.level_sizes(size) == reference.level_sizes(small)
+    with torch.no_grad():
+        out = scaled(moving, fixed)
+        ref = reference(resize_image(moving, size=small, mode="area"), resize_image(fixed, size=small, mode="area"))
+        lean = scaled.displacements(moving, fixed)
+        levels, ref_levels = scaled.level_displacements(moving, fixed), reference.level_displacements(
+            resize_image(moving, size=small, mode="area"), resize_image(fixed, size=small, mode="area"))
+        images = scaled.warped_level_images(moving, fixed)
+    assert set(out) == KEYS
+    for key in ("ddf", "inverse_ddf"):
+        assert out[key].shape == (2, spatial_dims, *size)
+        assert torch.equal(out[key], resize_field(ref[key], size=size))
+        assert torch.equal(lean[key], out[key])
+    assert out["ddf"].abs().max() > 0.05  # not vacuous
+    assert torch.equal(out["warped"], warp(moving, out["ddf"]))
+    for mine, theirs in zip(out["affine_matrices"], ref["affine_matrices"]):
+        assert torch.equal(mine, rescale_affine(theirs, small, size))
+    for key in ("level_ddfs", "level_increments", "fixed_levels", "moving_levels", "warped_levels"):
+        for index in range(2 if key.endswith("_levels") else 3):  # the level grids: as the network at 1.0 on S'
+            assert torch.equal(out[key][index], ref[key][index]), (key, index)
+    assert out["fixed_levels"][-1] is fixed and out["moving_levels"][-1] is moving
+    assert out["warped_levels"][-1] is out["warped"]
+    assert len(levels) == 3 and torch.equal(levels[-1], out["ddf"])
+    for mine, theirs in zip(levels, ref_levels):
+        assert mine.shape == (2, spatial_dims, *size) and torch.equal(mine, resize_field(theirs, size=size))
+    assert images.shape == (2, 3, *size)
+    torch.testing.assert_close(images[:, :1], warp(moving, levels[0]))
+    torch.testing.assert_close(images[:, 2:], out["warped"])
+
+
+def test_image_scale_at_initialisation_is_the_identity_on_the_input_grid():
+    """The warped image is the ORIGINAL moving image warped by ddf (= 0), not a low-resolution image upsampled."""
+    model = _model(3, image_scale=0.5)
+    moving, fixed = torch.rand(1, 1, 20, 18, 22), torch.rand(1, 1, 20, 18, 22)
+    with torch.no_grad():
+        out = model(moving, fixed)
+    assert torch.equal(out["ddf"], torch.zeros_like(out["ddf"]))
+    torch.testing.assert_close(out["warped"], moving, atol=1e-5, rtol=0)
+    for matrix in out["affine_matrices"]:
+        torch.testing.assert_close(matrix, identity_affine(1, 3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("diffeomorphic", [False, True])
+def test_image_scale_keeps_physical_units(diffeomorphic):
+    """Constant increments c_i in voxels of the scaled level grids: at image_scale 0.5 on 64x64 (S' = 32x32) the output
+    displacement is twice that of the network at 1.0 on 32x32, in input voxels; a known affine bias is the same
+    physical transform, i.e. its input-grid matrix is affine_from_normalized on the input grid."""
+    model = _model(2, image_scale=0.5, diffeomorphic=diffeomorphic)
+    increments = [(0.5, -0.25), (0.25, 0.5), (-0.5, 0.125)]
+    size = (64, 64)
+    assert model.level_sizes(size) == [(4, 4), (8, 8), (16, 16)]
+    for index, (values, grid) in enumerate(zip(increments, model.level_sizes(size))):
+        _set_increment(model, index, _constant(values, grid))
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, *size), torch.rand(1, 1, *size))
+    c = [torch.tensor(v) for v in increments]
+    expected = 4 * (4 * c[0] + 2 * c[1] + c[2])  # finest grid (16) -> S' (x2) -> S (x2)
+    torch.testing.assert_close(out["ddf"], expected.view(1, 2, 1, 1).expand_as(out["ddf"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["inverse_ddf"], -out["ddf"], atol=1e-4, rtol=0)
+
+    model = _model(2, image_scale=0.5, diffeomorphic=diffeomorphic)
+    params = torch.tensor([0.05, -0.1, 0.1, 0.02, 0.1, -0.2])
+    with torch.no_grad():
+        model.affine_heads[0].dense.bias.copy_(params)
+        size = (66, 50)  # S' = (33, 25): odd network grids
+        out = model(torch.rand(1, 1, *size), torch.rand(1, 1, *size))
+    expected = affine_from_normalized(params.view(1, -1), size, exponential=diffeomorphic)
+    torch.testing.assert_close(out["affine_matrices"][0], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_loss_reads_scaled_outputs():
+    """Training uses image_scale 1.0 (class docstring); the loss still evaluates and differentiates the scaled outputs:
+    the finest term on the input grid, the coarser ones on the scaled level grids."""
+    model = _model(2, image_scale=0.5).train()
+    moving, fixed = torch.rand(1, 1, 48, 40), torch.rand(1, 1, 48, 40)
+    labels = (torch.rand(1, 3, 48, 40) > 0.5).float()
+    out = model(moving, fixed)
+    assert out["warped_levels"][-1].shape[2:] == (48, 40) and out["warped_levels"][-2].shape[2:] == (6, 5)
+    terms = RegistrationPyramidLoss()(out, fixed, moving, labels, labels.flip(2))
+    assert all(torch.isfinite(v) for v in terms.values())
+    terms["loss"].backward()
+    assert all(block.out.weight.grad.abs().sum() > 0 for block in model.deform_blocks)
