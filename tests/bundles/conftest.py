@@ -46,6 +46,32 @@ def bundle_config():
     return _bundle_config
 
 
+def _recipe_config(bundle: str, config: str = "train.json") -> ConfigParser:
+    """A ``ConfigParser`` of one config file of ``bundles/<bundle>/configs/`` alone (a bundle still in training
+    has no ``inference.json``, which :func:`read_bundle_config` needs)."""
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / bundle / "configs" / config)
+    return parser
+
+
+@pytest.fixture(scope="session")
+def recipe_config():
+    """``recipe_config(bundle, "train.json")``: a parser of that one config file (a fresh one per call)."""
+    return _recipe_config
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The shared data folder with the real label maps and the template, or a skip saying it is absent."""
+    from monai_diffreg.engines.training_data import TEMPLATE_FOLDER, shared_data_folder
+
+    folder = Path(shared_data_folder(None))
+    if not ((folder / "synthseg_label_maps").is_dir() and (folder / TEMPLATE_FOLDER).is_dir()):
+        pytest.skip(f"the shared data folder ({folder}) with synthseg_label_maps/ and {TEMPLATE_FOLDER}/ is not on "
+                    f"this machine")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cropped_pair(tmp_path_factory):
     """A 96^3 crop of the built-in sample (fixed, moving, labels), the moving one on a shifted LPS grid."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from monai_diffreg.engines.training_data import real_label_maps
 from monai_diffreg.losses import RegistrationPyramidLoss
@@ -17,14 +15,9 @@ from monai_diffreg.networks import RegistrationPyramid
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "reg_pyramid"
 
 
-def _train_config() -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
-    return parser
 
-
-def test_train_json_builds_the_papers_network_and_loss():
-    parser = _train_config()
+def test_train_json_builds_the_papers_network_and_loss(recipe_config):
+    parser = recipe_config(BUNDLE.name)
     network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
     assert isinstance(network, RegistrationPyramid) and isinstance(loss, RegistrationPyramidLoss)
     assert (network.spatial_dims, network.in_channels) == (3, 1)
@@ -37,8 +30,8 @@ def test_train_json_builds_the_papers_network_and_loss():
     assert parser.get_parsed_content("initial_weights") is None  # from scratch
 
 
-def test_train_json_schedule():
-    parser = _train_config()
+def test_train_json_schedule(recipe_config):
+    parser = recipe_config(BUNDLE.name)
     assert parser["max_iterations"] == 4000 and parser["checkpoint_interval"] == 50 and parser["batch_size"] == 1
     assert parser["optimizer"]["_target_"] == "torch.optim.Adam" and parser["learning_rate"] == 1e-4
     assert parser["lr_scheduler"]["_target_"] == "torch.optim.lr_scheduler.MultiStepLR"
@@ -62,21 +55,11 @@ def test_dataset_config_is_the_shared_recipe_with_random_affines_and_no_test_sca
     assert "test_scan" not in json.dumps([dataset, base["shared_data"]])  # evaluation only
 
 
-@pytest.fixture
-def shared_data_dir():
-    from monai_diffreg.engines.training_data import TEMPLATE_FOLDER, shared_data_folder
 
-    folder = Path(shared_data_folder(None))
-    if not (folder / "synthseg_label_maps").is_dir() or not (folder / TEMPLATE_FOLDER).is_dir():
-        pytest.skip(f"the shared data folder ({folder}) with synthseg_label_maps/ and {TEMPLATE_FOLDER}/ is not on "
-                    "this machine")
-    return folder
-
-
-def test_training_pairs_have_labels_and_random_affines(shared_data_dir):
+def test_training_pairs_have_labels_and_random_affines(recipe_config, shared_data_dir):
     """The dataset built from train.json: subject, template and shape pairs, all with one-hot labels for the Dice
     term, the random affine limits set; one forward pass of train.json's network and loss on an item."""
-    parser = _train_config()
+    parser = recipe_config(BUNDLE.name)
     parser["dataset"]["shared_data"] = str(shared_data_dir)
     parser["dataset"]["spatial_size"] = [40, 48, 40]
     dataset = parser.get_parsed_content("dataset")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from monai_diffreg.engines.training_data import real_label_maps
 from monai_diffreg.losses import SynthMorphLoss
@@ -16,14 +14,9 @@ from monai_diffreg.networks import VoxelMorph
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "synthmorph"
 
 
-def _train_config() -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train.json")
-    return parser
 
-
-def test_train_json_builds_the_papers_network_and_loss():
-    parser = _train_config()
+def test_train_json_builds_the_papers_network_and_loss(recipe_config):
+    parser = recipe_config(BUNDLE.name)
     network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
     assert isinstance(network, VoxelMorph) and isinstance(loss, SynthMorphLoss)
     assert any(isinstance(m, torch.nn.InstanceNorm3d) for m in network.modules())  # contrast-free features
@@ -33,9 +26,9 @@ def test_train_json_builds_the_papers_network_and_loss():
     assert "test_scan" not in json.dumps([base["dataset"], base["shared_data"]])
 
 
-def test_training_pairs_come_from_label_maps_with_a_contrast_per_image(shared_data_dir):
+def test_training_pairs_come_from_label_maps_with_a_contrast_per_image(recipe_config, shared_data_dir):
     """No template (an acquired image), no T1 prior, independent contrasts, the held-out maps left out."""
-    parser = _train_config()
+    parser = recipe_config(BUNDLE.name)
     parser["dataset"]["shared_data"] = str(shared_data_dir)
     parser["dataset"]["spatial_size"] = [40, 48, 40]
     dataset = parser.get_parsed_content("dataset")
@@ -48,22 +41,12 @@ def test_training_pairs_come_from_label_maps_with_a_contrast_per_image(shared_da
     assert item["moving_labels"].shape[0] == parser["dataset"]["num_label_channels"]
 
 
-@pytest.fixture
-def shared_data_dir():
-    from monai_diffreg.engines.training_data import shared_data_folder
 
-    folder = Path(shared_data_folder(None))
-    if not (folder / "synthseg_label_maps").is_dir():
-        pytest.skip(f"the shared data folder ({folder}) with synthseg_label_maps/ is not on this machine")
-    return folder
-
-
-def test_affine_stage_recipe_trains_keypoints_on_large_affines_with_the_same_data():
+def test_affine_stage_recipe_trains_keypoints_on_large_affines_with_the_same_data(recipe_config):
     """train_affine.json: KeypointAffine, Dice only, the deformable recipe's data plus large random affines."""
     from monai_diffreg.networks import KeypointAffine
 
-    parser = ConfigParser()
-    parser.read_config(BUNDLE / "configs" / "train_affine.json")
+    parser = recipe_config("synthmorph", "train_affine.json")
     network, loss = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
     assert isinstance(network, KeypointAffine) and isinstance(loss, SynthMorphLoss)
     assert loss.regularization_weight == 0.0  # an affine needs no smoothness term
