@@ -68,7 +68,10 @@ class AffineThenDeformable(nn.Module):
             affine.eval()
 
     def extra_repr(self) -> str:
-        return f"freeze_affine={self.freeze_affine}"
+        """Both stages with their own settings (what ``summary.json``'s ``method_settings`` records)."""
+        stages = ", ".join(f"{name}={type(stage).__name__}({stage.extra_repr()})"
+                           for name, stage in (("affine", self.affine), ("deformable", self.deformable)))
+        return f"{stages}, freeze_affine={self.freeze_affine}"
 
     def train(self, mode: bool = True) -> AffineThenDeformable:
         """As :meth:`nn.Module.train`, except that a frozen affine stage stays in eval mode."""

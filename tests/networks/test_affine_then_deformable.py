@@ -199,3 +199,15 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"AffineThenDeformable\(\): the affine stage \(_Translation\) must return "
                                          r"an 'affine' matrix"):
         net(*_pair((8, 8)))
+
+
+def test_repr_names_both_stages_and_their_settings():
+    """What summary.json's method_settings records (NetworkRegistration's repr uses the network's extra_repr)."""
+    from monai_diffreg.engines.network_inference import NetworkRegistration
+    from monai_diffreg.networks import KeypointAffine
+
+    net = AffineThenDeformable(KeypointAffine(2, num_keypoints=4, enc_channels=(4, 8), dec_channels=(8, 8)),
+                               _Translation(2), freeze_affine=True)
+    text = repr(NetworkRegistration(net, device="cpu"))
+    assert "AffineThenDeformable(affine=KeypointAffine(spatial_dims=2, num_keypoints=4, image_scale=0.5" in text
+    assert "deformable=_Translation(), freeze_affine=True)" in text
