@@ -8,6 +8,8 @@
         --override smoothing=False      # a run trained with an override of train.json
     python -m benchmarks.validate_checkpoints --bundle vxm_prob --checkpoints RUN/checkpoint_*.pt \
         --held-out-subjects             # real anatomy: only the label maps training holds out
+    python -m benchmarks.validate_checkpoints --bundle bundles/synthmorph --config train_affine \
+        --checkpoints RUN/checkpoint_*.pt --held-out-subjects   # a bundle still in training; another stage's config
 
 The pairs are items ``0 .. pairs-1`` of the bundle's own ``train.json`` dataset built with
 another seed (999; training uses 0): drawn from the training distribution, never trained on.
@@ -52,12 +54,19 @@ __all__ = ["train_config", "parse_override", "validation_pairs", "pair_dice", "v
 
 
 def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None = None,
-                 held_out_subjects: bool = False) -> ConfigParser:
-    """The bundle's ``train.json`` with its shared data at ``data_dir``, its dataset seed set to ``seed``
-    and each ``overrides`` entry (config id -> value) set. ``held_out_subjects``: every pair comes
+                 held_out_subjects: bool = False, config: str = "train") -> ConfigParser:
+    """The bundle's training config (``configs/<config>.json``: ``train``, or e.g. synthmorph's
+    ``train_affine``) with its shared data at ``data_dir``, its dataset seed set to ``seed`` and each
+    ``overrides`` entry (config id -> value) set. ``bundle`` is a bundle name, or a bundle folder, which
+    may be one still in training (no ``inference.json`` yet). ``held_out_subjects``: every pair comes
     from the label maps training holds out (:data:`~monai_diffreg.engines.training_data.VALIDATION_LABEL_MAPS`),
     none from training's."""
-    parser = read_bundle_config(bundle, "train")
+    file = Path(bundle) / "configs" / f"{config}.json"
+    if file.is_file():
+        parser = ConfigParser()
+        parser.read_config(file)
+    else:
+        parser = read_bundle_config(bundle, config)
     parser["shared_data"] = str(data_dir)
     parser["seed"] = seed
     if held_out_subjects:
@@ -70,7 +79,7 @@ def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None 
         parser["template_probability"] = 0.0
     for key, value in (overrides or {}).items():
         if key not in parser:
-            raise ValueError(f"train_config: override {key!r} is not an entry of {bundle}'s train.json")
+            raise ValueError(f"train_config: override {key!r} is not an entry of {bundle}'s {config}.json")
         parser[key] = value
     return parser
 
@@ -124,17 +133,18 @@ def _row(name: str, iteration: int | None, dice: list[float]) -> dict:
 
 def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 999, pairs: int = 12,
              progress=None, refine: dict | None = None, overrides: dict | None = None,
-             held_out_subjects: bool = False) -> list[dict]:
+             held_out_subjects: bool = False, config: str = "train") -> list[dict]:
     """One row per checkpoint (after the identity row): ``name``, ``iteration``, ``mean_dice``, ``dice`` (per pair).
 
     ``refine``: keyword arguments of :func:`~monai_diffreg.engines.refinement.refine_network` (``steps``, ``learning_rate``,
     ``smoothing_sigma``) to score its test-time refinement with ``train.json``'s loss; None scores the network.
     ``overrides``: ``train.json`` entries set as for the training run (``{"smoothing": False}``).
     ``held_out_subjects``: pairs from the held-out real label maps only (:func:`train_config`).
+    ``config``: the training config whose network, data and loss are used (:func:`train_config`).
     Raises ValueError (before any pair is built) for an unknown override or a checkpoint that is
     unreadable or does not fit the network.
     """
-    config = train_config(bundle, data_dir, seed, overrides, held_out_subjects)
+    config = train_config(bundle, data_dir, seed, overrides, held_out_subjects, config)
     network = config.get_parsed_content("network_def").eval()
     states = [(path, *_load_state(path, network)) for path in checkpoints]
     data = validation_pairs(config, pairs)
@@ -158,7 +168,10 @@ def validate(bundle: str, checkpoints: list[Path], data_dir: Path, seed: int = 9
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", required=True, help="bundle name or folder (its configs/train.json is used)")
+    parser.add_argument("--bundle", required=True,
+                        help="bundle name or folder, also one still in training (its configs/train.json is used)")
+    parser.add_argument("--config", default="train",
+                        help="the training config of the checkpoints (configs/CONFIG.json; e.g. train_affine)")
     parser.add_argument("--checkpoints", required=True, nargs="+", type=Path)
     parser.add_argument("--seed", type=int, default=999, help="dataset seed of the held-out pairs (training: 0)")
     parser.add_argument("--pairs", type=int, default=12)
@@ -188,7 +201,8 @@ def main(argv=None) -> None:
                                                   "smoothing_sigma": args.refine_smoothing_sigma}
     try:
         rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show,
-                        refine=refine, overrides=dict(args.override), held_out_subjects=args.held_out_subjects)
+                        refine=refine, overrides=dict(args.override), held_out_subjects=args.held_out_subjects,
+                        config=args.config)
     except ValueError as error:
         sys.exit(f"validate_checkpoints: {error}")
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")

@@ -102,3 +102,18 @@ def test_compare_settings_finds_each_case_group():
     assert _group("mni_synthetic_s100") == "mni_synthetic"
     assert _group("niivue_mni") == "niivue_mni"
     assert _group("brain_synthetic_s0") == "brain_synthetic"
+
+
+def test_train_config_of_a_bundle_in_training_and_of_another_stage(tmp_path):
+    """A bundle folder without inference.json (still in training) and a config other than train.json (a stage)."""
+    from pathlib import Path
+
+    from monai_diffreg.networks import KeypointAffine, VoxelMorph
+
+    folder = Path(__file__).resolve().parents[2] / "bundles" / "synthmorph"
+    assert isinstance(train_config(str(folder), tmp_path, seed=999).get_parsed_content("network_def"), VoxelMorph)
+    affine = train_config(str(folder), tmp_path, seed=999, config="train_affine")
+    assert isinstance(affine.get_parsed_content("network_def"), KeypointAffine)
+    assert affine["seed"] == 999 and affine["shared_data"] == str(tmp_path)
+    with pytest.raises(ValueError, match="'nope' is not an entry of .*synthmorph's train_affine.json"):
+        train_config(str(folder), tmp_path, seed=999, overrides={"nope": 1}, config="train_affine")
