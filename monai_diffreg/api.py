@@ -24,7 +24,8 @@ Pipeline of :func:`register`:
    silently. ``summary.json`` records the spacings (``"spacing"``). Then a **misalignment
    check** (foreground centroids more than ``MISALIGNMENT_MM`` apart, or foreground Dice below
    ``MISALIGNMENT_DICE``) warns with :class:`MisalignmentWarning` suggesting ``affine=True`` when
-   the affine stage is off.
+   the affine stage is off, unless the method aligns the pair affinely itself (its
+   ``learns_affine``, e.g. synthmorph's network; :mod:`monai_diffreg.networks.contract`).
 4. Optional **affine stage** (:func:`monai_diffreg.engines.affine.optimise_affine`), then the
    **deformable method** (:func:`monai_diffreg.methods.load_method`) on the affinely aligned
    moving image. The total field is ``compose_ddf(affine_ddf, deformable_ddf)`` (the affine
@@ -668,7 +669,9 @@ def register(
     elif spacing_info["warning"] is not None:
         warnings.warn(spacing_info["warning"], SpacingWarning, stacklevel=2)
     check = misalignment(work["fixed"], work["moving"], work_affine)
-    if check["centroid_distance_mm"] > MISALIGNMENT_MM or check["foreground_dice"] < MISALIGNMENT_DICE:
+    aligns_itself = bool(getattr(method, "learns_affine", False))  # e.g. synthmorph: no advice to add the stage
+    if not aligns_itself and (check["centroid_distance_mm"] > MISALIGNMENT_MM
+                              or check["foreground_dice"] < MISALIGNMENT_DICE):
         advice = "it is included (affine=True)" if affine else "use affine=True (CLI: --affine)"
         warnings.warn(
             f"{_CALLER}(): the pair looks misaligned (foreground centroids {check['centroid_distance_mm']:.1f} mm apart, "

@@ -306,6 +306,29 @@ def test_misalignment_warning(toy):
         register(fixed, fixed.clone(), "toy")  # aligned pair: no warning
 
 
+class SelfAligningMethod:
+    """A method whose network learns the affine part (networks.contract: learns_affine): zero fields here."""
+
+    learns_affine = True
+
+    def __call__(self, fixed, moving):
+        return {"ddf": torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:])}
+
+
+def test_no_affine_stage_advice_for_a_method_that_aligns_the_pair_itself():
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (32, 32, 24)], indexing="ij"))
+    fixed = 1.0 - ((grid - torch.tensor([10.0, 16.0, 12.0]).view(3, 1, 1, 1)) ** 2).sum(0).div(36).clamp(max=1.0)
+    moving = torch.roll(fixed, shifts=10, dims=0)  # misaligned: the toy method is warned about (above)
+    methods.register_method("self_aligning", SelfAligningMethod, "test method: learns the affine part")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", MisalignmentWarning)
+            result = register(fixed, moving, "self_aligning")
+    finally:
+        methods.unregister_method("self_aligning")
+    assert result.metrics["misalignment_before"]["foreground_dice"] < 0.2  # still measured and reported
+
+
 def test_array_moving_with_file_fixed_shares_its_grid(toy, tmp_path):
     """An array has no geometry: it is taken to lie on the fixed grid (outputs equal a same-grid warp)."""
     image, _ = blobs((14, 12, 10))

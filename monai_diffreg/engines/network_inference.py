@@ -237,6 +237,11 @@ class NetworkRegistration:
             "ddf", "affine", "uncertainty", "warped_levels")
         return {key: out[key] for key in keys if key in out}
 
+    @property
+    def learns_affine(self) -> bool:
+        """Whether the network aligns the pair affinely itself (:mod:`monai_diffreg.networks.contract`)."""
+        return bool(getattr(self.network, "learns_affine", False))
+
     def __repr__(self) -> str:
         network = type(self.network).__name__
         settings = self.network.extra_repr()  # the network's own inference settings (HyperMorph: its lambda)

@@ -49,6 +49,8 @@ class AffineThenDeformable(nn.Module):
       outputs describe the affinely moved image and are not passed on.
     """
 
+    learns_affine = True  # networks.contract: its outputs include "affine"
+
     def __init__(self, affine: nn.Module, deformable: nn.Module, freeze_affine: bool = False) -> None:
         super().__init__()
         caller = "AffineThenDeformable"

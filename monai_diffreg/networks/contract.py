@@ -13,7 +13,9 @@ displacements ``(B, D, *S)`` in voxels, pull-back from fixed to moving (package 
   ``inverse=False`` (inference without the warped images, and without the inverse nobody asked for).
   A network with a learned affine part (:class:`~monai_diffreg.networks.KeypointAffine`,
   :class:`~monai_diffreg.networks.AffineThenDeformable`) adds ``"affine"`` ``(B, D, D + 1)`` (the voxel
-  matrix, :mod:`monai_diffreg.functional.affine`) to both; the engines pass it on (``affine.tfm``).
+  matrix, :mod:`monai_diffreg.functional.affine`) to both, and says so with the class attribute
+  ``learns_affine = True``; the engines pass the matrix on (``affine.tfm``), and ``register()`` does not
+  ask for the affine stage on a misaligned pair that such a network aligns itself.
 * :class:`SamplingNetwork`: ``sample(moving, fixed, num_samples)`` adds ``"uncertainty"``
   ``(B, 1, *S)`` (probabilistic models).
 * :class:`MultiLevelNetwork`: ``warped_level_images(moving, fixed)`` ``(B, L * C, *S)``, the

@@ -66,6 +66,8 @@ class KeypointAffine(nn.Module):
     * ``"warped"``: ``(B, 1, *S)`` moving warped by ``ddf``.
     """
 
+    learns_affine = True  # networks.contract: its outputs include "affine"
+
     def __init__(self, spatial_dims: int = 3, num_keypoints: int = 64, enc_channels: Sequence[int] = (16, 32, 32, 32),
                  dec_channels: Sequence[int] = (32, 32, 32, 32), image_scale: float = 0.5,
                  norm: str | None = "instance") -> None:

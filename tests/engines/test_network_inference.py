@@ -199,3 +199,13 @@ def test_a_learned_affine_part_reaches_the_caller_only_for_a_single_pass():
     assert "affine" not in NetworkRegistration(network, device="cpu", cascade=2)(fixed, moving)
     with pytest.raises(ValueError, match="returned 'affine' of shape"):
         check_method_output({**out, "affine": out["affine"][:, :2]}, fixed, "joint")
+
+
+def test_learns_affine_is_the_networks():
+    from monai_diffreg.networks import AffineThenDeformable, KeypointAffine, VoxelMorph
+
+    affine = KeypointAffine(2, num_keypoints=4, enc_channels=(4, 8), dec_channels=(8, 8))
+    deformable = VoxelMorph(2, enc_channels=(4, 8), dec_channels=(8, 8, 8))
+    assert NetworkRegistration(AffineThenDeformable(affine, deformable), device="cpu").learns_affine
+    assert NetworkRegistration(affine, device="cpu").learns_affine
+    assert not NetworkRegistration(deformable, device="cpu").learns_affine
