@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 import torch
 
+from ..validation import check_field
 from .grid import identity_grid
 
 __all__ = ["identity_affine", "affine_to_ddf", "affine_from_params", "num_affine_params", "rescale_affine", "invert_affine", "compose_affine",
+           "compose_affine_ddf",
            "affine_from_normalized", "affine_to_normalized"]
 
 
@@ -139,6 +141,28 @@ def compose_affine(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     _check_matrix(inner, "compose_affine", ndim)
     linear = outer[:, :, :ndim] @ inner[:, :, :ndim]
     return torch.cat([linear, outer[:, :, :ndim] @ inner[:, :, ndim:] + outer[:, :, ndim:]], dim=2)
+
+
+def compose_affine_ddf(matrix: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Displacement of ``phi_matrix o phi_inner``: ``u(x) = (A - I) x + t + A u_inner(x)``, exactly.
+
+    The same transform as ``compose_ddf(affine_to_ddf(matrix, S), inner)``, without interpolating the
+    affine field: exact everywhere (also where ``x + u_inner(x)`` leaves the grid, which
+    :func:`~monai_diffreg.functional.compose_ddf` clamps) and one matrix product per voxel.
+
+    Args:
+        matrix: ``(B, D, D + 1)`` voxel-index matrix ``[A | t]`` (module docstring).
+        inner: ``(B, D, *S)`` displacement in voxels, applied to the grid first.
+
+    Returns:
+        ``(B, D, *S)`` displacement in voxels.
+    """
+    ndim = _check_matrix(matrix, "compose_affine_ddf")
+    if check_field(inner, "inner", "compose_affine_ddf") != ndim or inner.shape[0] != matrix.shape[0]:
+        raise ValueError(f"compose_affine_ddf(): 'matrix' {tuple(matrix.shape)} and 'inner' {tuple(inner.shape)} must "
+                         f"have the same batch size and dimension")
+    rotated = torch.einsum("bij,bj...->bi...", matrix[:, :, :ndim].to(inner.dtype), inner)
+    return affine_to_ddf(matrix.to(inner.dtype), inner.shape[2:]) + rotated
 
 
 def rescale_affine(matrix: torch.Tensor, from_shape: Sequence[int], to_shape: Sequence[int]) -> torch.Tensor:

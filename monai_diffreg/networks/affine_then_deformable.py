@@ -18,6 +18,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..functional.affine import compose_affine_ddf
 from ..functional.compose import compose_ddf
 from ..functional.warp import warp
 from ..validation import check_flag
@@ -40,7 +41,9 @@ class AffineThenDeformable(nn.Module):
     ``forward(moving, fixed)`` (``a``, ``d``: the two stages' outputs, the deformable stage seeing
     ``warp(moving, a["ddf"])`` and ``fixed``) returns:
 
-    * ``"ddf"``: ``(B, D, *S)`` ``compose_ddf(a["ddf"], d["ddf"])``, in input voxels.
+    * ``"ddf"``: ``(B, D, *S)`` the displacement of ``phi_affine o phi_deformable``, in input voxels: the
+      affine applied to the deformed grid in closed form (:func:`~monai_diffreg.functional.affine.compose_affine_ddf`
+      of ``a["affine"]`` and ``d["ddf"]``; no interpolation of the affine field).
     * ``"inverse_ddf"``: ``(B, D, *S)`` ``compose_ddf(d["inverse_ddf"], a["inverse_ddf"])``.
     * ``"affine"``: ``a["affine"]``.
     * ``"warped"``: ``(B, C, *S)`` moving warped by ``"ddf"`` (one interpolation).
@@ -95,7 +98,7 @@ class AffineThenDeformable(nn.Module):
         """Register ``moving`` ``(B, C, *S)`` to ``fixed``; see the class docstring."""
         a = self._affine_stage(moving, fixed, None)
         d = self.deformable(warp(moving, a["ddf"]), fixed)
-        ddf = compose_ddf(a["ddf"], d["ddf"])
+        ddf = compose_affine_ddf(a["affine"], d["ddf"])
         out = {"ddf": ddf, "inverse_ddf": compose_ddf(d["inverse_ddf"], a["inverse_ddf"]), "affine": a["affine"],
                "warped": warp(moving, ddf)}
         if "velocity" in d:
@@ -107,7 +110,7 @@ class AffineThenDeformable(nn.Module):
         (inference: the fields without the warped image; the matrix for ``affine.tfm``)."""
         a = self._affine_stage(moving, fixed, inverse)
         d = self.deformable.displacements(warp(moving, a["ddf"]), fixed, inverse)
-        out = {"ddf": compose_ddf(a["ddf"], d["ddf"]), "affine": a["affine"]}
+        out = {"ddf": compose_affine_ddf(a["affine"], d["ddf"]), "affine": a["affine"]}
         if inverse:
             out["inverse_ddf"] = compose_ddf(d["inverse_ddf"], a["inverse_ddf"])
         return out

@@ -180,3 +180,28 @@ def test_compose_affine_is_the_matrix_of_the_composed_fields(ndim):
     torch.testing.assert_close(compose_affine(outer, invert_affine(outer)), identity_affine(1, ndim, torch.float64))
     with pytest.raises(ValueError, match=r"compose_affine\(\)"):
         compose_affine(outer, _random_affine(5 - ndim, batch=1))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_compose_affine_ddf_is_compose_ddf_in_closed_form(ndim):
+    """Equal to compose_ddf(affine_to_ddf(M), u) where x + u(x) stays in the grid, exact where compose_ddf clamps."""
+    from monai_diffreg.functional import compose_affine_ddf, compose_ddf
+
+    shape = (14, 12, 10)[:ndim]
+    matrix = _random_affine(ndim, batch=2)
+    inner = 2.0 * torch.randn(2, ndim, *shape, dtype=torch.float64)
+    found = compose_affine_ddf(matrix, inner)
+    expected = compose_ddf(affine_to_ddf(matrix, shape), inner)
+    points = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij"))
+    moved = points + inner  # (B, D, *S)
+    inside = torch.stack([(moved[:, d] >= 0) & (moved[:, d] <= s - 1) for d, s in enumerate(shape)], 1).all(1)
+    inside = inside.unsqueeze(1).expand_as(found)
+    torch.testing.assert_close(found[inside], expected[inside], atol=1e-9, rtol=0)
+    # everywhere: the affine applied to the displaced point, A (x + u) + t - x
+    linear, shift = matrix[:, :, :ndim], matrix[:, :, ndim:]
+    direct = torch.einsum("bij,bj...->bi...", linear, moved) + shift.view(2, ndim, *([1] * ndim)) - points
+    torch.testing.assert_close(found, direct)
+    torch.autograd.gradcheck(compose_affine_ddf, (matrix[:1, :, :].clone().requires_grad_(),
+                                                  inner[:1, :, :3, :3].clone().requires_grad_()))
+    with pytest.raises(ValueError, match=r"compose_affine_ddf\(\)"):
+        compose_affine_ddf(matrix[:1], inner)
