@@ -28,8 +28,9 @@ Pipeline of :func:`register`:
    ``learns_affine``, e.g. synthmorph's network; :mod:`monai_diffreg.networks.contract`).
 4. Optional **affine stage** (:func:`monai_diffreg.engines.affine.optimise_affine`), then the
    **deformable method** (:func:`monai_diffreg.methods.load_method`) on the affinely aligned
-   moving image. The total field is ``compose_ddf(affine_ddf, deformable_ddf)`` (the affine
-   applied to the deformed grid), its inverse ``compose_ddf(inverse_deformable, inverse_affine)``.
+   moving image. The total field is the affine applied to the deformed grid, in closed form
+   (:func:`~monai_diffreg.functional.affine.compose_affine_ddf`), its inverse
+   ``compose_ddf(inverse_deformable, inverse_affine)``.
 5. **Back to the fixed file's axes**: fields and maps are permuted/flipped back from the
    working orientation, so every output lies on the fixed image's own grid with its affine.
 6. **Outputs**: the warped image and label maps are resampled from the **original** moving
@@ -73,7 +74,7 @@ from monai.data import MetaTensor
 
 from . import __version__
 from .functional import compose_ddf, warp
-from .functional.affine import affine_to_ddf, compose_affine, invert_affine
+from .functional.affine import affine_to_ddf, compose_affine, compose_affine_ddf, invert_affine
 from .losses.similarity import similarity_subset
 from .input_checks import InsufficientMemoryError, SpacingWarning, check_memory, expected_spacing, spacing_check
 from .io import resample_to_fixed, save_affine_transform, save_displacement_field, save_image, save_json, spatial_affine
@@ -472,17 +473,17 @@ def _total_affine(stage: torch.Tensor | None, learned: torch.Tensor | None) -> t
     return parts[0] if len(parts) == 1 else compose_affine(*parts) if parts else None
 
 
-def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None, affine_ddf: torch.Tensor | None,
+def _total_fields(out: Mapping[str, torch.Tensor], matrix: torch.Tensor | None,
                   mapping: list[tuple[int, int]]) -> dict[str, torch.Tensor | None]:
     """Affine stage composed with the method's fields, mapped to the fixed file's axes, on the CPU.
 
-    ``ddf = compose_ddf(affine, deformable)`` (phi_affine o phi_deformable) and
+    ``ddf = compose_affine_ddf(matrix, deformable)`` (phi_affine o phi_deformable) and
     ``inverse_ddf = compose_ddf(inverse_deformable, inverse_affine)``.
     """
     ddf = out["ddf"].detach().float()
     inverse = None if out.get("inverse_ddf") is None else out["inverse_ddf"].detach().float()
-    if affine_ddf is not None:
-        ddf = compose_ddf(affine_ddf, ddf)
+    if matrix is not None:
+        ddf = compose_affine_ddf(matrix, ddf)
         if inverse is not None:
             inverse = compose_ddf(inverse, affine_to_ddf(invert_affine(matrix.double()).float(), ddf.shape[2:]))
     uncertainty, levels = out.get("uncertainty"), out.get("warped_levels")
@@ -694,7 +695,7 @@ def register(
     # 5.-6. total fields on the fixed file's axes, outputs (metrics: on first use)
     t0 = time.perf_counter()
     with torch.no_grad():
-        fields = _total_fields(out, matrix, affine_ddf, mapping)
+        fields = _total_fields(out, matrix, mapping)
         labels_given = "moving_labels" in images and "fixed_labels" in images
         outputs = {
             "fixed": MetaTensor(plain_tensor(images["fixed"]).float().unsqueeze(0), affine=images["fixed"].affine.clone()),
