@@ -146,7 +146,7 @@ from monai_diffreg.datasets import (
     load_voxelmorph_scan,
 )
 from monai_diffreg.engines.affine import optimise_affine
-from monai_diffreg.functional import affine_to_ddf, compose_ddf, invert_affine, resize_image, warp
+from monai_diffreg.functional import affine_to_ddf, compose_affine_ddf, compose_ddf, invert_affine, resize_image, warp
 from monai_diffreg.transforms import (
     control_grid_shape,
     deformation_from_params,
@@ -429,7 +429,7 @@ def unalign(pair: dict, labels: torch.Tensor, matrix: torch.Tensor) -> dict:
     shape = tuple(moving.shape[2:])
     matrix = matrix.double()
     back = affine_to_ddf(invert_affine(matrix), shape).to(moving.dtype)
-    total = affine_to_ddf(matrix, shape) + torch.einsum("bij,bj...->bi...", matrix[:, :, :len(shape)], ddf.double())
+    total = compose_affine_ddf(matrix, ddf.double())
     forward = compose_ddf(pair["ddf"].to(moving.dtype), back)
     return {
         "moving": warp(moving, back, padding_mode="zeros"),
