@@ -203,7 +203,7 @@ def main(argv=None) -> None:
         rows = validate(args.bundle, args.checkpoints, args.data_dir, args.seed, args.pairs, progress=show,
                         refine=refine, overrides=dict(args.override), held_out_subjects=args.held_out_subjects,
                         config=args.config)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:  # a bad override, checkpoint or config name
         sys.exit(f"validate_checkpoints: {error}")
     print(f"identity: mean Dice {rows[0]['mean_dice']:.4f} ({args.pairs} pairs, dataset seed {args.seed})")
     if args.output is not None:

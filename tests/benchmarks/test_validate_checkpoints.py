@@ -117,3 +117,13 @@ def test_train_config_of_a_bundle_in_training_and_of_another_stage(tmp_path):
     assert affine["seed"] == 999 and affine["shared_data"] == str(tmp_path)
     with pytest.raises(ValueError, match="'nope' is not an entry of .*synthmorph's train_affine.json"):
         train_config(str(folder), tmp_path, seed=999, overrides={"nope": 1}, config="train_affine")
+
+
+def test_main_names_a_missing_config(tmp_path):
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "bundles" / "synthmorph"
+    checkpoint = tmp_path / "c.pt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"validate_checkpoints: .*has no config .*nope\.json"):
+        main(["--bundle", str(folder), "--config", "nope", "--checkpoints", str(checkpoint), "--data-dir", str(tmp_path)])
