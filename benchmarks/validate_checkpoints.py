@@ -65,6 +65,8 @@ def train_config(bundle: str, data_dir: Path, seed: int, overrides: dict | None 
     if file.is_file():
         parser = ConfigParser()
         parser.read_config(file)
+    elif Path(bundle).is_dir():
+        raise FileNotFoundError(f"train_config: bundle folder {bundle} has no config {file}")
     else:
         parser = read_bundle_config(bundle, config)
     parser["shared_data"] = str(data_dir)
