@@ -106,6 +106,10 @@ def export_network(network: nn.Module, example_moving: torch.Tensor, example_fix
     if not isinstance(network, nn.Module) or not isinstance(network, RegistrationNetwork):
         raise ValueError(f"{caller}(): 'network' must be an nn.Module with a displacements(moving, fixed) method, "
                          f"got {type(network).__name__}")
+    if getattr(network, "optimises_at_inference", False):
+        raise ValueError(f"{caller}(): {type(network).__name__} optimises each registration at inference (an "
+                         "optimisation loop under autograd, not one forward pass), which torch.export cannot capture; "
+                         "run it through its bundle, register() or the CLI")
     moving, fixed = _check_example(example_moving, "example_moving"), _check_example(example_fixed, "example_fixed")
     if moving.shape[0] != fixed.shape[0] or moving.shape[2:] != fixed.shape[2:]:
         raise ValueError(f"{caller}(): 'example_moving' and 'example_fixed' must share batch and spatial sizes, "

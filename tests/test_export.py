@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import pydoc
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,17 @@ from monai_diffreg.networks import MDRegNet, ProbabilisticVoxelMorph
 #: every shipped bundle (a folder of bundles/ with an inference.json)
 BUNDLES = tuple(sorted(p.name for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir()
                        if (p / "configs" / "inference.json").is_file()))
+
+
+def _optimises_at_inference(bundle):
+    """Whether the bundle's network class says its output is an optimisation (network contract)."""
+    target = json.loads((Path(__file__).resolve().parents[1] / "bundles" / bundle / "configs" / "inference.json")
+                        .read_text())["network_def"]["_target_"]
+    return bool(getattr(pydoc.locate(target), "optimises_at_inference", False))
+
+
+#: bundles whose network is one forward pass (the others optimise per pair and cannot be exported)
+EXPORTABLE = tuple(b for b in BUNDLES if not _optimises_at_inference(b))
 
 # exported and eager run the same aten ops, up to decompositions: float32 rounding only
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -161,7 +174,25 @@ def test_export_bundle_argument_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bundle", BUNDLES)
+def test_export_network_refuses_a_network_that_optimises_at_inference(tmp_path):
+    from monai_diffreg.mermaid.learned_metric import LearnedMetricVSVF
+
+    pair = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"^export_network\(\): LearnedMetricVSVF optimises each registration at "
+                                         r"inference .* torch.export cannot capture"):
+        export_network(LearnedMetricVSVF(2, (1.0, 2.0)), pair, pair, path=tmp_path / "m.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bundle", sorted(set(BUNDLES) - set(EXPORTABLE)))
+def test_cli_export_of_an_optimising_bundle_is_one_line(tmp_path, capsys, bundle):
+    assert main(["export", "--bundle", bundle, "--output", str(tmp_path / "m.pt2"), "--size", "32", "40", "32"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "torch.export cannot capture" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bundle", EXPORTABLE)
 def test_cli_export_of_a_shipped_bundle(tmp_path, capsys, bundle):
     from monai_diffreg.methods import load_method
 

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..losses.hypermorph import sample_reg_weight
 
-__all__ = ["RegistrationTrainer", "registration_step", "hypermorph_step", "save_atomic", "latest_checkpoint",
+__all__ = ["RegistrationTrainer", "registration_step", "hypermorph_step", "energy_step", "save_atomic", "latest_checkpoint",
            "export_weights", "export_stage_weights"]
 
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -87,6 +87,13 @@ def hypermorph_step(network: Callable, loss_function: Callable, batch: Mapping[s
                                        device=device).to(moving.device)
     outputs = network(moving, fixed, reg_weight=reg_weight)
     return loss_function(outputs, fixed, moving, batch.get("fixed_labels"), batch.get("moving_labels"))
+
+
+def energy_step(network: Callable, loss_function: Callable | None, batch: Mapping[str, torch.Tensor]) -> dict:
+    """One step of a model that computes its own training energy: ``network(moving, fixed)`` in train mode returns
+    the dict with ``"loss"`` (e.g. :class:`~monai_diffreg.mermaid.learned_metric.LearnedMetricVSVF`, whose energy
+    needs an inner optimisation); ``loss_function`` is not used (None in the config)."""
+    return network(batch["moving"], batch["fixed"])
 
 
 def save_atomic(obj: Any, path: Path | str) -> None:

@@ -30,6 +30,7 @@ momenta of a population of pairs; :func:`local_metric_register` registers a new 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, downsample, level_grid, progress_reporter
+from ..functional import resize_image
 from ..validation import check_integer, check_positive
 from ._momentum import MOMENTUM_IMAGE_LOSSES, MomentumModel, image_energy, optimise_momentum
 from .kernels import (_spacing, apply_kernel, check_kernel, check_simplex, gaussian_multiplier, gaussian_multipliers,
@@ -48,7 +50,8 @@ from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_REGULARIZATION_WEIGHT, DEFAULT_
 from .vsvf import _check_settings as _check_vsvf_settings
 
 __all__ = ["weighted_linear_softmax", "smooth_local_weights", "local_velocity",
-           "weights_total_variation", "local_metric_energy", "LocalWeightNetwork", "learn_local_weights",
+           "weights_total_variation", "local_metric_energy", "LocalWeightNetwork", "predict_local_weights",
+           "learn_local_weights",
            "local_metric_register", "LocalMetricRegistration"]
 
 DEFAULT_WEIGHT_SIGMA = 2.0  # units of spacing; provisional, like the penalties' weights (not tuned on real data)
@@ -144,7 +147,8 @@ class LocalWeightNetwork(nn.Module):
         spatial_dims: 2 or 3; num_gaussians: ``N``; global_weights: ``g`` (``N`` numbers >= 0 summing to 1).
         hidden_channels: channels of the first convolution; kernel_size: odd size of both convolutions (voxels).
         weight_sigma: width of the smoothing Gaussian in the units of ``spacing``.
-        spacing: the inputs' voxel size per axis (None: voxel units), unless given to :meth:`forward`.
+        spacing: the voxel size per axis of the images it is trained on (None: voxel units); :meth:`forward` uses it
+            unless given another, :func:`predict_local_weights` resamples images of another voxel size to it.
         in_channels: the image's channels.
     """
 
@@ -220,6 +224,29 @@ def _check_network(network: object, ndim: int, channels: int, widths: Sequence[f
     return network
 
 
+def predict_local_weights(network: LocalWeightNetwork, image: torch.Tensor,
+                          spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """The weights ``(B, N, *S')`` the network predicts for ``image`` ``(B, C, *S)`` of voxel size ``spacing``.
+
+    The network's convolutions work in voxels of the images it was trained on: when it states their voxel size
+    (``network.config["spacing"]``) and ``image`` has another, the image is resampled to that voxel size first
+    (area averaging when coarser, linear otherwise; same extent), so ``S'`` is that grid; otherwise ``S' = S``.
+    Resize the weights to any other grid linearly (:func:`~monai_diffreg.functional.resize_image`): a convex
+    combination of simplex vectors stays on the simplex.
+    """
+    caller = "predict_local_weights"
+    ndim = image.ndim - 2
+    spacing = _spacing(spacing, ndim, caller)
+    own = network.config["spacing"]
+    if own is None or all(math.isclose(h, o, rel_tol=1e-6) for h, o in zip(spacing, own)):
+        return network(image, spacing)
+    shape = tuple(image.shape[2:])
+    size = tuple(max(1, round(n * h / o)) for n, h, o in zip(shape, spacing, own))
+    coarser = all(m <= n for m, n in zip(size, shape))
+    resampled = resize_image(image, size=size, mode="area" if coarser else "linear")
+    return network(resampled, tuple(h * n / m for h, n, m in zip(spacing, shape, size)))
+
+
 def learn_local_weights(
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
@@ -259,8 +286,8 @@ def learn_local_weights(
         image_loss, ncc_window, image_sigma, num_steps: vSVF's image term and integration (:func:`~.vsvf.vsvf_register`).
         iterations: joint Adam steps; learning_rate: the momenta's step (units of ``spacing``);
             network_learning_rate: the network's step.
-        level: downsampling factor (>= 1) of the grid everything runs on (images area-downsampled; the network
-            then sees the downsampled images and should be applied to images of that resolution).
+        level: downsampling factor (>= 1) of the grid everything runs on (images area-downsampled; a new network
+            then sees the downsampled images and records their voxel size as its ``spacing``).
         spacing: voxel size per axis of the full grid (None: voxel units).
         network: a :class:`LocalWeightNetwork` to train further (None: a new one, predicting ``g`` at first).
         callback: ``callback(0, iteration, energy)`` after each step; progress: a progress bar.
@@ -292,12 +319,13 @@ def learn_local_weights(
     if check_positive(level, "level", caller) < 1:
         raise ValueError(f"{caller}(): 'level' must be a downsampling factor >= 1, got {level!r}")
     check_integer(num_steps, "num_steps", caller)
-    if network is None:
-        network = LocalWeightNetwork(ndim, len(widths), start, weight_sigma=weight_sigma, in_channels=fixed.shape[1])
-    network = _check_network(network, ndim, fixed.shape[1], widths, caller).to(fixed.device).train()
-
     shape = tuple(fixed.shape[2:])
     grid, grid_spacing = level_grid(shape, float(level), _spacing(spacing, ndim, caller))
+    if network is None:  # it states the voxel size it learns at (predict_local_weights resamples other images to it)
+        network = LocalWeightNetwork(ndim, len(widths), start, weight_sigma=weight_sigma, spacing=grid_spacing,
+                                     in_channels=fixed.shape[1])
+    network = _check_network(network, ndim, fixed.shape[1], widths, caller).to(fixed.device).train()
+
     fixed, moving = downsample(fixed, grid), downsample(moving, grid)
     multipliers = gaussian_multipliers(grid, widths, grid_spacing, device=fixed.device)
     momentum = torch.zeros(fixed.shape[0], ndim, *grid, device=fixed.device, requires_grad=True)
@@ -343,9 +371,9 @@ def local_metric_register(
 ) -> dict:
     """Register ``moving`` to ``fixed`` (same grid) by vSVF with the local weights ``network(moving)`` (module docstring).
 
-    The weights are predicted once on the full grid (network in eval mode, no gradient; it should have been trained
-    on images of this resolution), then kept: at each level they are resized to the momentum's grid (linearly: still on
-    the simplex) and only ``m`` is optimised, by vSVF's loop (:func:`~._momentum.optimise_momentum`). The OMT and TV
+    The weights are predicted once (network in eval mode, no gradient; on the grid of the voxel size the network
+    was trained at when it states one, :func:`predict_local_weights`), then kept: at each level they are resized to
+    the momentum's grid (linearly: still on the simplex) and only ``m`` is optimised, by vSVF's loop (:func:`~._momentum.optimise_momentum`). The OMT and TV
     terms are then constants: they are reported in the history but not weighted.
 
     Args:
@@ -366,9 +394,8 @@ def local_metric_register(
         levels=levels, iterations=iterations, learning_rate=learning_rate, num_steps=num_steps, tolerance=tolerance,
         map_factor=map_factor)
     network = _check_network(network, fixed.ndim - 2, fixed.shape[1], widths, caller)
-    full_spacing = _spacing(spacing, fixed.ndim - 2, caller)
     with torch.no_grad():
-        local_weights = network.to(fixed.device).eval()(moving.float(), full_spacing)
+        local_weights = predict_local_weights(network.to(fixed.device).eval(), moving.float(), spacing)
     model = MomentumModel(
         operators=lambda grid, grid_spacing, device: gaussian_multipliers(grid, widths, grid_spacing, device=device),
         energy=partial(local_metric_energy, sigmas=widths, regularization_weight=regularization_weight, omt_weight=0.0,
@@ -381,7 +408,7 @@ def local_metric_register(
                             initial_momentum=initial_momentum, inverse=inverse, callback=callback, progress=progress,
                             extra=local_weights, extra_learning_rate=0.0)
     del out["extra"]  # the weights resized to the map grid; the full-grid ones are returned
-    out["local_weights"] = local_weights
+    out["local_weights"] = resize_image(local_weights, size=fixed.shape[2:])
     return out
 
 

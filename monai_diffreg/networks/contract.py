@@ -16,6 +16,10 @@ displacements ``(B, D, *S)`` in voxels, pull-back from fixed to moving (package 
   matrix, :mod:`monai_diffreg.functional.affine`) to both, and says so with the class attribute
   ``learns_affine = True``; the engines pass the matrix on (``affine.tfm``), and ``register()`` does not
   ask for the affine stage on a misaligned pair that such a network aligns itself.
+  A model whose output is an optimisation rather than one forward pass (the momentum of
+  :class:`~monai_diffreg.mermaid.learned_metric.LearnedMetricVSVF` is optimised per pair, under autograd)
+  says so with the class attribute ``optimises_at_inference = True``: ``torch.export`` cannot capture it
+  (:func:`monai_diffreg.export.export_network` refuses it in one line).
 * :class:`SamplingNetwork`: ``sample(moving, fixed, num_samples)`` adds ``"uncertainty"``
   ``(B, 1, *S)`` (probabilistic models).
 * :class:`MultiLevelNetwork`: ``warped_level_images(moving, fixed)`` ``(B, L * C, *S)``, the

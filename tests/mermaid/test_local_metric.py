@@ -10,7 +10,8 @@ from monai_diffreg.functional import gaussian_smooth, warp
 from monai_diffreg.mermaid.kernels import apply_kernel, gaussian_multiplier, gaussian_multipliers, kernel_multiplier
 from monai_diffreg.mermaid.local_metric import (LocalMetricRegistration, LocalWeightNetwork,
                                                 learn_local_weights, local_metric_energy, local_metric_register,
-                                                local_velocity, smooth_local_weights, weighted_linear_softmax,
+                                                local_velocity, predict_local_weights, smooth_local_weights,
+                                                weighted_linear_softmax,
                                                 weights_total_variation)
 from monai_diffreg.metrics import folding_percentage
 
@@ -201,6 +202,43 @@ def test_register_recovers_a_shift_without_folding(shape, shift):
     at_centre = out["ddf"][(0, slice(None), *(int(c) for c in centre))]
     torch.testing.assert_close(at_centre, torch.tensor(shift), atol=0.4, rtol=0)
     assert {"omt", "tv"} <= set(out["history"][-1])
+
+
+def test_weights_are_predicted_at_the_voxel_size_the_network_states():
+    """A network trained on 2-unit voxels sees a 1-unit image area-averaged to 2 units (a 2x2 mean), a 4-unit one
+    linearly resampled; one that states no voxel size, or the image's, sees the image as it is."""
+    image = torch.rand(1, 1, 16, 12)
+    network = _varying_network(2, scale=3.0, weight_sigma=1.5, spacing=(2.0, 2.0)).eval()
+    with torch.no_grad():
+        coarse = predict_local_weights(network, image, (1.0, 1.0))
+        pooled = torch.nn.functional.avg_pool2d(image, 2)
+        torch.testing.assert_close(coarse, network(pooled, (2.0, 2.0)))
+        assert coarse.shape == (1, 3, 8, 6)
+        torch.testing.assert_close(predict_local_weights(network, pooled, (2.0, 2.0)), network(pooled))
+        fine = predict_local_weights(network, pooled[..., :4, :3], (4.0, 4.0))
+        assert fine.shape == (1, 3, 8, 6)
+        unstated = _varying_network(2, scale=3.0, weight_sigma=1.5).eval()
+        torch.testing.assert_close(predict_local_weights(unstated, image, (1.0, 1.0)), unstated(image, (1.0, 1.0)))
+    _assert_on_simplex(coarse)
+    _assert_on_simplex(fine)
+
+
+def test_learning_records_the_voxel_size_and_registration_uses_it():
+    """learn_local_weights at level 2 records the level's voxel size; registering a full-resolution pair then
+    predicts on that grid and returns the weights on the pair's grid."""
+    shape = (24, 24)
+    fixed, moving = _blob(shape, (12, 12)), _blob(shape, (13, 12))
+    out = learn_local_weights([(fixed, moving)], sigmas=SIGMAS, iterations=2, level=2.0, spacing=(1.5, 1.5),
+                              image_loss="mse", image_sigma=0.1)
+    network = out["network"]
+    assert network.config["spacing"] == [3.0, 3.0]
+    result = local_metric_register(fixed, moving, network, sigmas=SIGMAS, levels=(1,), iterations=(2,),
+                                   image_loss="mse", image_sigma=0.1, spacing=(1.5, 1.5), inverse=False)
+    with torch.no_grad():
+        expected = predict_local_weights(network, moving, (1.5, 1.5))
+    assert expected.shape == (1, 3, 12, 12)
+    torch.testing.assert_close(result["local_weights"], torch.nn.functional.interpolate(
+        expected, size=shape, mode="bilinear", align_corners=False))
 
 
 def test_settings_holder_with_a_network_or_its_path(tmp_path):
