@@ -79,12 +79,14 @@ class LearnedMetricVSVF(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"{caller}(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
         self.spatial_dims = spatial_dims
-        self.registration = {"sigmas": tuple(float(s) for s in sigmas), "regularization_weight": regularization_weight,
+        (widths, _), factors, counts = _check_vsvf_settings(
+            caller, sigmas=sigmas, weights=None, regularization_weight=regularization_weight, image_loss=image_loss,
+            levels=levels, iterations=iterations, learning_rate=learning_rate, num_steps=num_steps,
+            tolerance=tolerance, map_factor=map_factor)
+        self.registration = {"sigmas": tuple(widths), "regularization_weight": regularization_weight,
                              "image_loss": image_loss, "ncc_window": ncc_window, "image_sigma": image_sigma,
-                             "levels": tuple(levels), "iterations": tuple(iterations), "learning_rate": learning_rate,
+                             "levels": tuple(factors), "iterations": tuple(counts), "learning_rate": learning_rate,
                              "num_steps": num_steps, "tolerance": tolerance, "map_factor": map_factor}
-        (widths, _), _, _ = _check_vsvf_settings(caller, weights=None, **{k: v for k, v in self.registration.items()
-                                                                           if k not in ("ncc_window", "image_sigma")})
         if len(set(widths)) < 2:
             raise ValueError(f"{caller}(): 'sigmas' must hold at least two distinct widths, got {sigmas!r}")
         self.input_spacing = _spacing(_per_axis(input_spacing, spatial_dims), spatial_dims, caller)

@@ -38,7 +38,7 @@ def test_untrained_is_vsvf_with_its_global_weights():
     at_centre = out["ddf"][0, :, 12, 10, 8]
     torch.testing.assert_close(at_centre, torch.tensor([1.0, 0.0, -1.0]), atol=0.3, rtol=0)
     assert float(folding_percentage(out["ddf"])) == 0.0
-    assert "levels=(2, 1)" in model.extra_repr()
+    assert "levels=(2.0, 1.0), iterations=(20, 10)" in model.extra_repr()
 
 
 def test_amortised_learning_puts_narrow_kernels_where_the_deformation_is_fine():
