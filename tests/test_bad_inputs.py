@@ -88,11 +88,17 @@ def test_cli(folder, case, capsys):
     _nothing_written(folder, output)
 
 
+#: the bundle runs' bad option: one every inference.json has (each bundle's own settings are tested with its recipe)
+BUNDLE_BAD_OPTION = (("inverse", "maybe"), "--inverse must be true or false, got 'maybe'")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("case", CASES)
 def test_bundle_run(folder, case, bundle):
     fixed, moving, output, option, fragment = _paths(folder, case)
+    if case == "bad option value":
+        option, fragment = BUNDLE_BAD_OPTION
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles" / bundle / "configs" / "inference.json"),
            "--fixed", str(fixed), "--moving", str(moving), "--output_dir", str(output)]
     if option:
