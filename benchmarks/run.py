@@ -24,6 +24,8 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 # passive OpenMP waiting: idle threads sleep instead of spinning, which on a shared,
 # oversubscribed machine is several times faster (must be set before torch loads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: the workers' choices (--omp-wait-policy); "unset" leaves the variable out of their environment
+WAIT_POLICIES = ("PASSIVE", "ACTIVE", "unset")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -65,6 +67,12 @@ def _parse_options(items: list[str]) -> dict[str, dict]:
     return options
 
 
+def _default_wait_policy() -> str:
+    """The harness's own ``OMP_WAIT_POLICY`` (PASSIVE unless set otherwise) as a :data:`WAIT_POLICIES` choice."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper()
+    return policy if policy in WAIT_POLICIES else "PASSIVE"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
@@ -96,7 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the records already in OUTPUT_DIR/raw that were computed on the same case data")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per (method, case)")
+    parser.add_argument("--omp-wait-policy", choices=WAIT_POLICIES, default=_default_wait_policy(),
+                        help="OMP_WAIT_POLICY of the workers: PASSIVE (idle threads sleep: the fair setting on a "
+                             "loaded machine), ACTIVE, or unset (the OpenMP runtime's own default, what a user's "
+                             "process gets: the setting for timings on an idle machine)")
     return parser
+
+
+def worker_environment(threads: int, wait_policy: str) -> dict[str, str]:
+    """The environment of a worker: ``threads`` for torch's OpenMP, MKL and ITK, and ``OMP_WAIT_POLICY``
+    (one of :data:`WAIT_POLICIES`; ``"unset"`` removes it)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads), OMP_WAIT_POLICY=wait_policy)
+    if wait_policy == "unset":
+        del env["OMP_WAIT_POLICY"]
+    return env
 
 
 def _run_worker(method: str, group: str, name: str, case: Path, out: Path, args, options: dict, warmup: int,
@@ -109,8 +131,7 @@ def _run_worker(method: str, group: str, name: str, case: Path, out: Path, args,
             if "folding_pct" in earlier:  # a record from before the key was the API's "folding_percent"
                 earlier["folding_percent"] = earlier.pop("folding_pct")
             return earlier
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(args.threads))
+    env = worker_environment(args.threads, args.omp_wait_policy)
     cmd = [sys.executable, "-m", "benchmarks.worker", "--method", method, "--case", str(case), "--out", str(out),
            "--threads", str(args.threads), "--device", args.device, "--options", json.dumps(options),
            "--warmup", str(warmup), "--repeats", str(repeats)] + (["--no-hd95"] if args.no_hd95 else [])
@@ -185,7 +206,7 @@ def main(argv=None) -> Path:
         commands = earlier.get("commands", [earlier.get("command")]) + commands
     settings = {"commands": commands, "threads": args.threads, "device": args.device, "quick": args.quick,
                 "scale": scale, "seeds": seeds, "methods": methods, "skipped": skipped, "options": options,
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "cpu_count": os.cpu_count(),
+                "omp_wait_policy": args.omp_wait_policy, "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d %H:%M")}
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=1))
     write_report(records, settings, out_dir)
