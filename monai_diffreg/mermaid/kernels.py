@@ -101,9 +101,14 @@ def kernel_multiplier(shape: Sequence[int], sigmas: Sequence[float], weights: Se
     return torch.tensordot(w, multipliers, dims=1)
 
 
-def apply_kernel(field: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
-    """``K * field`` for ``(B, C, *S)`` (every channel), by real FFTs with ``multiplier`` from :func:`kernel_multiplier`."""
-    ndim = multiplier.ndim
+def apply_kernel(field: torch.Tensor, multiplier: torch.Tensor, ndim: int | None = None) -> torch.Tensor:
+    """``K * field`` for ``(B, C, *S)`` (every channel), by real FFTs with ``multiplier`` from :func:`kernel_multiplier`.
+
+    ``ndim``: the number of spatial axes when ``multiplier`` has leading axes that broadcast against the
+    field's (e.g. ``(N, 1, *F)`` applying ``N`` kernels to a ``(B, N, C, *S)`` field in one transform);
+    default ``multiplier.ndim``.
+    """
+    ndim = multiplier.ndim if ndim is None else ndim
     axes = tuple(range(-ndim, 0))
     spectrum = torch.fft.rfftn(field, dim=axes)
     return torch.fft.irfftn(spectrum * multiplier, s=field.shape[-ndim:], dim=axes)

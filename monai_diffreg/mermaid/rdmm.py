@@ -105,8 +105,7 @@ def rdmm_velocity(momentum: torch.Tensor, weights: torch.Tensor, multipliers: to
     Args:
         momentum: ``m`` ``(B, D, *S)``; weights: ``w`` ``(B, N, *S)``; multipliers: ``(N, *F)`` (:class:`RDMMOperators`).
     """
-    smoothed = torch.stack([apply_kernel(weights[:, i:i + 1] * momentum, multiplier)
-                            for i, multiplier in enumerate(multipliers)], dim=1)
+    smoothed = apply_kernel(weights[:, :, None] * momentum[:, None], multipliers[:, None], ndim=momentum.ndim - 2)
     return (weights[:, :, None] * smoothed).sum(1), smoothed
 
 
@@ -125,9 +124,10 @@ def rdmm_rates(momentum: torch.Tensor, weights: torch.Tensor, displacement: torc
     """
     velocity, smoothed = rdmm_velocity(momentum, weights, multipliers)
     work = (momentum[:, None] * smoothed).sum(2)  # (B, N, *S): m . G_i * (w_i m), the derivative of H in w_i
-    force = torch.stack([(central_difference(weights, a, spacing) * work).sum(1) for a in range(momentum.shape[1])], 1)
+    gradients = [central_difference(weights, a, spacing) for a in range(momentum.shape[1])]  # d_a w, each (B, N, *S)
+    force = torch.stack([(gradient * work).sum(1) for gradient in gradients], 1)
     momentum_rate = epdiff_force(momentum, velocity, spacing) + force
-    weights_rate = -advection(weights, velocity, spacing)
+    weights_rate = -sum(gradient * velocity[:, a:a + 1] for a, gradient in enumerate(gradients))  # -(Dw) v
     if displacement is None:
         return momentum_rate, weights_rate, None
     return momentum_rate, weights_rate, -velocity - advection(displacement, velocity, spacing)

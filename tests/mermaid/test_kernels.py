@@ -33,6 +33,15 @@ def test_fourier_gaussian_equals_spatial_circular_convolution(shape, sigma, spac
                                atol=tolerance)
 
 
+def test_several_kernels_in_one_transform_equal_one_at_a_time():
+    shape, sigmas = (12, 10, 9), (1.5, 3.0, 6.0)
+    multipliers = torch.stack([gaussian_multiplier(shape, s, (1.0, 1.5, 1.0), dtype=torch.float64) for s in sigmas])
+    fields = torch.randn(2, len(sigmas), 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    together = apply_kernel(fields, multipliers[:, None], ndim=3)
+    for i in range(len(sigmas)):
+        torch.testing.assert_close(together[:, i], apply_kernel(fields[:, i], multipliers[i]), rtol=0, atol=1e-12)
+
+
 def test_kernel_is_normalised_and_a_weighted_sum():
     shape, spacing = (12, 10, 8), (1.0, 2.0, 1.5)
     multiplier = kernel_multiplier(shape, (1.0, 4.0), (0.25, 0.75), spacing, dtype=torch.float64)
