@@ -112,7 +112,8 @@ def rdmm_velocity(momentum: torch.Tensor, weights: torch.Tensor, multipliers: to
 
 
 def rdmm_rates(momentum: torch.Tensor, weights: torch.Tensor, displacement: torch.Tensor | None,
-               multipliers: torch.Tensor, spacing: Sequence[float]
+               multipliers: torch.Tensor, spacing: Sequence[float], *,
+               velocity_terms: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Time derivatives of ``m``, ``w`` and ``u = phi_t^-1 - id`` (module docstring; ``u`` None: not integrated).
 
@@ -120,11 +121,12 @@ def rdmm_rates(momentum: torch.Tensor, weights: torch.Tensor, displacement: torc
         momentum: ``(B, D, *S)``; weights: ``(B, N, *S)``; displacement: ``(B, D, *S)`` or None; ``m`` and ``u``
             in the units of ``spacing``.
         multipliers: the Gaussians' ``(N, *F)``.
+        velocity_terms: :func:`rdmm_velocity` of ``(m, w)`` when the caller has it (else computed).
 
     Returns:
         ``(dm/dt, dw/dt, du/dt)`` (``du/dt`` None when ``displacement`` is None).
     """
-    velocity, smoothed = rdmm_velocity(momentum, weights, multipliers)
+    velocity, smoothed = rdmm_velocity(momentum, weights, multipliers) if velocity_terms is None else velocity_terms
     work = (momentum[:, None] * smoothed).sum(2)  # (B, N, *S): m . G_i * (w_i m), the derivative of H in w_i
     gradients = [central_difference(weights, a, spacing) for a in range(momentum.shape[1])]  # d_a w, each (B, N, *S)
     force = torch.stack([(gradient * work).sum(1) for gradient in gradients], 1)
@@ -140,19 +142,42 @@ def shoot(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torch.Tens
     """Integrate ``(m, w)`` (and ``u``, from 0) from ``(m_0, w_0)`` over ``t in [0, 1]`` (:func:`rdmm_rates`).
 
     Returns:
-        ``(m_1, w_1, u_1)`` (``u_1`` None without ``with_map``), plus ``[(m_0, w_0), ..., (m_1, w_1)]`` when
-        ``return_path``.
+        ``(m_1, w_1, u_1)`` (``u_1`` None without ``with_map``), plus, when ``return_path``, the nodes
+        ``[(m_0, w_0, v_0), ..., (m_1, w_1, v_1)]`` with their velocities (units of ``spacing``; those the
+        integrator evaluated at the nodes are reused, not recomputed).
     """
     d = momentum.shape[1]
+    evaluated = []  # (state, velocity) of every state the rates were evaluated at, with return_path
 
     def rates(state: torch.Tensor, displacement: torch.Tensor | None):
-        dm, dw, du = rdmm_rates(state[:, :d], state[:, d:], displacement, multipliers, spacing)
+        m, w = state[:, :d], state[:, d:]
+        terms = rdmm_velocity(m, w, multipliers)
+        if return_path:
+            evaluated.append((state, terms[0]))
+        dm, dw, du = rdmm_rates(m, w, displacement, multipliers, spacing, velocity_terms=terms)
         return torch.cat([dm, dw], dim=1), du
 
     out = integrate_geodesic(rates, torch.cat([momentum, weights], dim=1), num_steps, integrator, with_map=with_map,
                              return_path=return_path, initial_map=torch.zeros_like(momentum), caller="shoot")
     final = (out[0][:, :d], out[0][:, d:], out[1])
-    return (*final, [(x[:, :d], x[:, d:]) for x in out[2]]) if return_path else final
+    if not return_path:
+        return final
+    known = {id(state): velocity for state, velocity in evaluated}  # ids of live objects: `evaluated` holds them
+    nodes = [(x[:, :d], x[:, d:], known[id(x)] if id(x) in known else rdmm_velocity(x[:, :d], x[:, d:], multipliers)[0])
+             for x in out[2]]
+    return (*final, nodes)
+
+
+def _geodesic_fields(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torch.Tensor, spacing: Sequence[float],
+                     inverse: bool, num_steps: int, integrator: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`rdmm_fields`'s fields and ``v_0`` in the units of ``spacing`` (the prior's)."""
+    *_, path = shoot(momentum, weights, multipliers, spacing, num_steps, integrator, with_map=False, return_path=True)
+    velocities = [to_voxels(v, spacing) for _, _, v in path]
+    inverse_map, forward_map = semi_lagrangian_maps(velocities, forward=inverse)
+    out = {"ddf": inverse_map, "initial_velocity": velocities[0]}
+    if inverse:
+        out["inverse_ddf"] = forward_map
+    return out, path[0][2]
 
 
 def rdmm_fields(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torch.Tensor, spacing: Sequence[float],
@@ -163,14 +188,7 @@ def rdmm_fields(momentum: torch.Tensor, weights: torch.Tensor, multipliers: torc
     ``(m, w)`` are shot (:func:`shoot`); the maps follow the characteristics of the velocities at the time steps
     (:func:`~.lddmm.semi_lagrangian_maps`), as LDDMM's.
     """
-    _, _, _, path = shoot(momentum, weights, multipliers, spacing, num_steps, integrator, with_map=False,
-                          return_path=True)
-    velocities = [to_voxels(rdmm_velocity(m, w, multipliers)[0], spacing) for m, w in path]
-    inverse_map, forward_map = semi_lagrangian_maps(velocities, forward=inverse)
-    out = {"ddf": inverse_map, "initial_velocity": velocities[0]}
-    if inverse:
-        out["inverse_ddf"] = forward_map
-    return out
+    return _geodesic_fields(momentum, weights, multipliers, spacing, inverse, num_steps, integrator)[0]
 
 
 def weight_penalties(weights: torch.Tensor, sigmas: Sequence[float], reference: torch.Tensor
@@ -201,11 +219,10 @@ def rdmm_energy(momentum: torch.Tensor, pre: torch.Tensor, fixed: torch.Tensor, 
         unweighted) and ``"ddf"`` ``(B, D, *S)`` in voxels of ``S``.
     """
     weights = smooth_weights(pre, operators.smoothing)
-    fields = rdmm_fields(momentum, weights, operators.multipliers, spacing, False, num_steps=num_steps,
-                         integrator=integrator)
+    fields, velocity = _geodesic_fields(momentum, weights, operators.multipliers, spacing, False, num_steps, integrator)
     ddf, image = image_energy(fields["ddf"], fixed, moving, image_loss=image_loss, ncc_window=ncc_window,
                               image_sigma=image_sigma)
-    prior = kernel_energy(momentum, rdmm_velocity(momentum, weights, operators.multipliers)[0]).mean()
+    prior = kernel_energy(momentum, velocity).mean()
     omt, distance = (term.mean() for term in weight_penalties(weights, sigmas, reference))
     total = image + regularization_weight * prior + omt_weight * omt + range_weight * distance
     return {"total": total, "image": image, "prior": prior, "omt": omt, "range": distance, "ddf": ddf}

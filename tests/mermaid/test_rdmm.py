@@ -84,11 +84,28 @@ def test_kinetic_energy_is_conserved_with_varying_weights():
     for integrator in ("rk4", "euler"):
         *_, path = shoot(momentum, weights, ops.multipliers, spacing, integrator=integrator, with_map=False,
                          return_path=True)
-        energy = torch.cat([kernel_energy(m, rdmm_velocity(m, w, ops.multipliers)[0]) for m, w in path])
+        for m, w, v in path:  # the nodes' velocities are the integrator's (reused), equal to recomputed ones
+            torch.testing.assert_close(v, rdmm_velocity(m, w, ops.multipliers)[0], rtol=0, atol=1e-12)
+        energy = torch.cat([kernel_energy(m, v) for m, _, v in path])
         drift[integrator] = float((energy - energy[0]).abs().max() / energy[0])
     assert float((path[-1][0] - momentum).abs().max()) > 0.3 * float(momentum.abs().max())
     assert float((path[-1][1] - weights).abs().max()) > 0.02
     assert drift["rk4"] < 1e-6 and drift["euler"] > 1e-3, drift
+
+
+def test_path_velocities_come_from_the_integrator(monkeypatch):
+    """RK4 evaluates the velocity at every node but the last: the path costs one velocity more than the shooting."""
+    import monai_diffreg.mermaid.rdmm as rdmm_module
+
+    shape, spacing = (12, 10), (1.0, 1.0)
+    ops = rdmm_operators(shape, (1.0, 2.0), 1.0, spacing, dtype=torch.float64)
+    calls = []
+    original = rdmm_module.rdmm_velocity
+    monkeypatch.setattr(rdmm_module, "rdmm_velocity", lambda *args: calls.append(1) or original(*args))
+    momentum = _smooth(shape, 2, 1.0, spacing, seed=0)
+    weights = smooth_weights(_smooth(shape, 2, 0.5, spacing, seed=2, offset=1.0), ops.smoothing)
+    shoot(momentum, weights, ops.multipliers, spacing, num_steps=3, with_map=False, return_path=True)
+    assert len(calls) == 4 * 3 + 1
 
 
 def test_weights_are_advected():
