@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 #: public name -> module that defines it
 _EXPORTS = {
