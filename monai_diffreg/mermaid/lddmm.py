@@ -47,7 +47,7 @@ from ..lddmm.shooting import INTEGRATORS, integrate_geodesic
 from ..validation import check_choice, check_integer
 from ._momentum import check_momentum_settings, momentum_energy, register_momentum, to_voxels
 from .kernels import apply_kernel
-from .vsvf import DEFAULT_LEARNING_RATE, DEFAULT_SIGMAS
+from .vsvf import DEFAULT_ITERATIONS, DEFAULT_LEARNING_RATE, DEFAULT_SIGMAS
 
 #: lddmm_register's regularisation weight and time steps, chosen on validation cases (docs).
 DEFAULT_REGULARIZATION_WEIGHT = 0.002
@@ -171,9 +171,9 @@ def lddmm_energy(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tens
                            ncc_window=ncc_window, image_sigma=image_sigma)
 
 
-def _check_settings(caller: str, *, num_steps, integrator, **common) -> tuple:
+def _check_settings(caller: str, *, num_steps, integrator, default_steps=DEFAULT_ITERATIONS, **common) -> tuple:
     """Validate :func:`lddmm_register`'s settings; return the kernel and schedule (:func:`~._momentum.check_momentum_settings`)."""
-    checked = check_momentum_settings(caller, **common)
+    checked = check_momentum_settings(caller, default_steps=default_steps, **common)
     check_integer(num_steps, "num_steps", caller, minimum=1)
     check_choice(integrator, "integrator", caller, INTEGRATORS)
     return checked
@@ -189,8 +189,8 @@ def lddmm_register(
     image_loss: str = "ncc",
     ncc_window: int = 9,
     image_sigma: float = 1.0,
-    levels: Sequence[float] = (4, 2),
-    iterations: Sequence[int] = (60, 30),
+    levels: Sequence[float] | None = None,
+    iterations: Sequence[int] | None = None,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = DEFAULT_NUM_STEPS,
     integrator: str = "rk4",
@@ -215,7 +215,8 @@ def lddmm_register(
             None: equal).
         regularization_weight: weight of ``<m_0, K m_0>`` (>= 0; larger is smoother).
         image_loss: ``"ncc"`` (local, ``ncc_window`` voxels) or ``"mse"`` (noise ``image_sigma``).
-        levels: downsampling factors, coarsest first; iterations: Adam steps at most, per level.
+        levels: downsampling factors, coarsest first; iterations: Adam steps at most, per level (None: vSVF's
+            pyramid, :func:`~._momentum.default_schedule`: a full-resolution level added in 2D).
         learning_rate: Adam's step, in the units of ``spacing``.
         num_steps: time steps of the shooting (>= 1); integrator: ``"rk4"`` or ``"euler"``.
         tolerance: a level stops when ten steps lower the energy by less than this fraction of it.
@@ -237,7 +238,7 @@ def lddmm_register(
                                               regularization_weight=regularization_weight, image_loss=image_loss,
                                               levels=levels, iterations=iterations, learning_rate=learning_rate,
                                               num_steps=num_steps, integrator=integrator, tolerance=tolerance,
-                                              map_factor=map_factor)
+                                              map_factor=map_factor, ndim=fixed.ndim - 2)
     fields = partial(lddmm_fields, num_steps=num_steps, integrator=integrator)
     return register_momentum(fixed, moving, fields, caller=caller, kernel=kernel, factors=factors, counts=counts,
                              learning_rate=learning_rate, tolerance=tolerance, map_factor=map_factor, spacing=spacing,

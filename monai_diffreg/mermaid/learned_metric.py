@@ -69,8 +69,8 @@ class LearnedMetricVSVF(nn.Module):
                  weight_sigma: float = DEFAULT_WEIGHT_SIGMA, network_spacing: float | Sequence[float] = 2.0,
                  input_spacing: float | Sequence[float] = 1.0,
                  regularization_weight: float = DEFAULT_REGULARIZATION_WEIGHT, image_loss: str = "ncc",
-                 ncc_window: int = 9, image_sigma: float = 1.0, levels: Sequence[float] = (4, 2),
-                 iterations: Sequence[int] = (60, 30), learning_rate: float = DEFAULT_LEARNING_RATE,
+                 ncc_window: int = 9, image_sigma: float = 1.0, levels: Sequence[float] | None = None,
+                 iterations: Sequence[int] | None = None, learning_rate: float = DEFAULT_LEARNING_RATE,
                  num_steps: int = 7, tolerance: float = 1e-4, map_factor: float = 1.0,
                  omt_weight: float = DEFAULT_OMT_WEIGHT, tv_weight: float = DEFAULT_TV_WEIGHT,
                  training_level: float = 2.0, training_steps: int = 30) -> None:
@@ -82,7 +82,7 @@ class LearnedMetricVSVF(nn.Module):
         (widths, _), factors, counts = _check_vsvf_settings(
             caller, sigmas=sigmas, weights=None, regularization_weight=regularization_weight, image_loss=image_loss,
             levels=levels, iterations=iterations, learning_rate=learning_rate, num_steps=num_steps,
-            tolerance=tolerance, map_factor=map_factor)
+            tolerance=tolerance, map_factor=map_factor, ndim=spatial_dims)
         self.registration = {"sigmas": tuple(widths), "regularization_weight": regularization_weight,
                              "image_loss": image_loss, "ncc_window": ncc_window, "image_sigma": image_sigma,
                              "levels": tuple(factors), "iterations": tuple(counts), "learning_rate": learning_rate,

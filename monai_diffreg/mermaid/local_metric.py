@@ -357,8 +357,8 @@ def local_metric_register(
     image_loss: str = "ncc",
     ncc_window: int = 9,
     image_sigma: float = 1.0,
-    levels: Sequence[float] = (4, 2),
-    iterations: Sequence[int] = (60, 30),
+    levels: Sequence[float] | None = None,
+    iterations: Sequence[int] | None = None,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     tolerance: float = 1e-4,
@@ -392,7 +392,7 @@ def local_metric_register(
     (widths, _), factors, counts = _check_vsvf_settings(
         caller, sigmas=sigmas, weights=None, regularization_weight=regularization_weight, image_loss=image_loss,
         levels=levels, iterations=iterations, learning_rate=learning_rate, num_steps=num_steps, tolerance=tolerance,
-        map_factor=map_factor)
+        map_factor=map_factor, ndim=fixed.ndim - 2)
     network = _check_network(network, fixed.ndim - 2, fixed.shape[1], widths, caller)
     with torch.no_grad():
         local_weights = predict_local_weights(network.to(fixed.device).eval(), moving.float(), spacing)

@@ -65,7 +65,8 @@ DEFAULT_WEIGHT_SIGMA = 8.0  # mm; provisional, like the penalties' weights and t
 DEFAULT_OMT_WEIGHT = 0.01
 DEFAULT_RANGE_WEIGHT = 0.1
 DEFAULT_WEIGHTS_LEARNING_RATE = 0.02
-#: Adam steps per level (4 mm, 2 mm): LDDMM's (60, 30) cost more than ANTsPy SyN's time on 2 threads (docs)
+#: Adam steps per level of the default pyramid (4 mm, 2 mm; :func:`~._momentum.default_schedule`): LDDMM's
+#: (60, 30) cost more than ANTsPy SyN's time on 2 threads (docs)
 DEFAULT_ITERATIONS = (60, 25)
 
 
@@ -287,8 +288,8 @@ def rdmm_register(
     image_loss: str = "ncc",
     ncc_window: int = 9,
     image_sigma: float = 1.0,
-    levels: Sequence[float] = (4, 2),
-    iterations: Sequence[int] = DEFAULT_ITERATIONS,
+    levels: Sequence[float] | None = None,
+    iterations: Sequence[int] | None = None,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = DEFAULT_NUM_STEPS,
     integrator: str = "rk4",
@@ -338,7 +339,8 @@ def rdmm_register(
         caller, sigmas=sigmas, weights=weights, regularization_weight=regularization_weight, image_loss=image_loss,
         levels=levels, iterations=iterations, learning_rate=learning_rate, num_steps=num_steps, integrator=integrator,
         tolerance=tolerance, map_factor=map_factor, weight_sigma=weight_sigma, omt_weight=omt_weight,
-        range_weight=range_weight, optimize_weights=optimize_weights, weights_learning_rate=weights_learning_rate)
+        range_weight=range_weight, optimize_weights=optimize_weights, weights_learning_rate=weights_learning_rate,
+        default_steps=DEFAULT_ITERATIONS, ndim=fixed.ndim - 2)
     widths, global_weights = kernel
     batch, ndim = fixed.shape[0], fixed.ndim - 2
     if initial_weights is None:

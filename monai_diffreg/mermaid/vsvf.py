@@ -36,6 +36,8 @@ VSVF_IMAGE_LOSSES = MOMENTUM_IMAGE_LOSSES
 DEFAULT_SIGMAS = (2.0, 4.0, 8.0, 16.0)
 DEFAULT_REGULARIZATION_WEIGHT = 0.001  # chosen on validation cases (docs)
 DEFAULT_LEARNING_RATE = 0.3
+#: Adam steps per level of the default pyramid (4 mm, 2 mm; chosen on validation cases, docs)
+DEFAULT_ITERATIONS = (60, 30)
 
 
 def momentum_to_velocity(momentum: torch.Tensor, multiplier: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,9 +70,9 @@ def vsvf_energy(momentum: torch.Tensor, fixed: torch.Tensor, moving: torch.Tenso
                            image_sigma=image_sigma)
 
 
-def _check_settings(caller: str, *, num_steps, **common) -> tuple:
+def _check_settings(caller: str, *, num_steps, default_steps=DEFAULT_ITERATIONS, **common) -> tuple:
     """Validate :func:`vsvf_register`'s settings; return the kernel and schedule (:func:`~._momentum.check_momentum_settings`)."""
-    checked = check_momentum_settings(caller, **common)
+    checked = check_momentum_settings(caller, default_steps=default_steps, **common)
     check_integer(num_steps, "num_steps", caller, minimum=0)
     return checked
 
@@ -85,8 +87,8 @@ def vsvf_register(
     image_loss: str = "ncc",
     ncc_window: int = 9,
     image_sigma: float = 1.0,
-    levels: Sequence[float] = (4, 2),
-    iterations: Sequence[int] = (60, 30),
+    levels: Sequence[float] | None = None,
+    iterations: Sequence[int] | None = None,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     num_steps: int = 7,
     tolerance: float = 1e-4,
@@ -105,8 +107,9 @@ def vsvf_register(
             None: equal).
         regularization_weight: weight of ``<m, K m>`` (>= 0; larger is smoother).
         image_loss: ``"ncc"`` (local, ``ncc_window`` voxels) or ``"mse"`` (noise ``image_sigma``).
-        levels: downsampling factors, coarsest first (the default stops at half resolution: the full-resolution
-            field comes from the half-resolution momentum; docs); iterations: Adam steps at most, per level.
+        levels: downsampling factors, coarsest first; iterations: Adam steps at most, per level (None: 4 and 2
+            with :data:`DEFAULT_ITERATIONS` in 3D, where the full-resolution field comes from the half-resolution
+            momentum, plus a full-resolution level in 2D: :func:`~._momentum.default_schedule`; docs).
         learning_rate: Adam's step, in the units of ``spacing``.
         num_steps: scaling-and-squaring steps.
         tolerance: a level stops when ten steps lower the energy by less than this fraction of it.
@@ -128,7 +131,7 @@ def vsvf_register(
                                               regularization_weight=regularization_weight, image_loss=image_loss,
                                               levels=levels, iterations=iterations, learning_rate=learning_rate,
                                               num_steps=num_steps, tolerance=tolerance,
-                                              map_factor=map_factor)
+                                              map_factor=map_factor, ndim=fixed.ndim - 2)
     return register_momentum(fixed, moving, partial(vsvf_fields, num_steps=num_steps), caller=caller, kernel=kernel,
                              factors=factors, counts=counts, learning_rate=learning_rate, tolerance=tolerance,
                              map_factor=map_factor, spacing=spacing, initial_momentum=initial_momentum, inverse=inverse,

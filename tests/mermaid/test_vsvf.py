@@ -92,3 +92,27 @@ def test_bad_settings(options, match):
         VSVFRegistration(**options)  # refused when built, before any work
     with pytest.raises(ValueError, match=r"vsvf_register\(\): " + match):
         vsvf_register(_blob((16, 16), (8, 8)), _blob((16, 16), (8, 8)), **options)
+
+
+def test_default_pyramid_adds_full_resolution_in_2d_only():
+    from monai_diffreg.mermaid._momentum import FULL_RESOLUTION_STEPS_2D, default_schedule
+    from monai_diffreg.mermaid.lddmm import lddmm_register
+    from monai_diffreg.mermaid.rdmm import DEFAULT_ITERATIONS as RDMM_STEPS
+    from monai_diffreg.mermaid.rdmm import rdmm_register
+
+    assert default_schedule(3, (60, 30)) == ((4.0, 2.0), (60, 30))
+    assert default_schedule(2, (60, 25)) == ((4.0, 2.0, 1.0), (60, 25, FULL_RESOLUTION_STEPS_2D))
+    fixed = torch.zeros(1, 1, 24, 24)
+    fixed[..., 8:16, 8:16] = 1.0
+    moving = torch.roll(fixed, 1, dims=2)
+    for register, steps in ((vsvf_register, (60, 30)), (lddmm_register, (60, 30)), (rdmm_register, RDMM_STEPS)):
+        levels = {h["level"] for h in register(fixed, moving, iterations=(2, 2, 2), inverse=False)["history"]}
+        assert levels == {0, 1, 2}, register.__name__  # 2D: three levels by default
+        levels = {h["level"] for h in register(fixed, moving, levels=(2,), iterations=(2,), inverse=False)["history"]}
+        assert levels == {0}, register.__name__  # a given pyramid is kept
+        with pytest.raises(ValueError, match="'iterations' must be 3 integers"):
+            register(fixed, moving, iterations=steps, inverse=False)  # the default pyramid of 2D has three levels
+    history = vsvf_register(fixed[..., None].expand(-1, -1, -1, -1, 24).contiguous(),
+                            moving[..., None].expand(-1, -1, -1, -1, 24).contiguous(), iterations=(1, 1),
+                            inverse=False)["history"]
+    assert {h["level"] for h in history} == {0, 1}  # 3D: levels 4 and 2
