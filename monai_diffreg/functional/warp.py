@@ -55,6 +55,10 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
+    if ddf.device.type == "cpu" and not tracing() and not bool(torch.isfinite(ddf).all()):
+        # grid_sample's CPU kernels index memory with non-finite coordinates unchecked (a crash, not an error)
+        raise FloatingPointError("warp(): 'ddf' has non-finite values (NaN or Inf): the computation that produced "
+                                 "it diverged")
     coordinates, scales = (_sampling_axes.__wrapped__ if tracing() else _sampling_axes)(
         tuple(ddf.shape[2:]), ddf.device, image.dtype)
     # the grid from per-axis identity coordinates (broadcast, nothing of the grid's size read) and the

@@ -208,7 +208,15 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
             losses: list[float] = []
             for iteration in range(count):
                 optimizer.zero_grad(set_to_none=True)
-                out = model.energy(m, e, *images, operators, map_spacing)
+                try:
+                    out = model.energy(m, e, *images, operators, map_spacing)
+                    if not bool(torch.isfinite(out["total"])):
+                        raise FloatingPointError("non-finite energy")
+                except FloatingPointError as error:  # warp() refuses non-finite fields (functional.warp)
+                    raise FloatingPointError(
+                        f"{caller}(): the optimisation diverged at level {level + 1} of {len(factors)}, step "
+                        f"{iteration + 1} ({error}): use a larger 'regularization_weight', more 'num_steps', a smaller "
+                        f"'learning_rate' or a larger 'map_factor' (a coarser momentum grid)") from None
                 out["total"].backward()
                 optimizer.step()
                 losses.append(float(out["total"].detach()))

@@ -77,3 +77,12 @@ def test_bad_input_messages():
         warp(image, torch.zeros(1, 3, 8, 8, 8), mode="cubic")
     with pytest.raises(TypeError, match=r"warp\(\): 'image' must be a torch.Tensor, got ndarray"):
         warp(image.numpy(), torch.zeros(1, 3, 8, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_field_is_an_error_not_a_crash(bad):
+    """grid_sample's CPU kernels read and write memory at non-finite coordinates unchecked: warp refuses them."""
+    image, ddf = torch.rand(1, 1, 6, 7), torch.zeros(1, 2, 6, 7)
+    ddf[0, 1, 2, 3] = bad
+    with pytest.raises(FloatingPointError, match=r"warp\(\): 'ddf' has non-finite values"):
+        warp(image, ddf)

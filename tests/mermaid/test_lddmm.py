@@ -280,3 +280,15 @@ def test_bad_settings(options, match):
         lddmm_register(_blob((16, 16), (8, 8)), _blob((16, 16), (8, 8)), **options)
     with pytest.raises(ValueError, match=r"LDDMMRegistration\(\): " + match):
         load_method("lddmm", **options)  # the built-in method
+
+
+def test_a_diverging_optimisation_is_one_clear_error():
+    """An absurd step size makes the shooting blow up: one line naming the level, the step and what to change
+    (before, a non-finite field reached grid_sample's backward: a segmentation fault)."""
+    fixed = torch.zeros(1, 1, 24, 24)
+    fixed[..., 8:16, 8:16] = 1.0
+    moving = torch.roll(fixed, 2, dims=2)
+    with pytest.raises(FloatingPointError, match=r"lddmm_register\(\): the optimisation diverged at level 1 of 1, "
+                                                 r"step \d+ .*'regularization_weight'"):
+        lddmm_register(fixed, moving, image_loss="mse", image_sigma=0.01, regularization_weight=0.0, levels=(1,),
+                       iterations=(20,), learning_rate=1e5, num_steps=2, inverse=False)
