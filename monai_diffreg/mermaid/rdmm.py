@@ -65,6 +65,9 @@ DEFAULT_WEIGHT_SIGMA = 8.0  # mm; provisional, like the penalties' weights and t
 DEFAULT_OMT_WEIGHT = 0.01
 DEFAULT_RANGE_WEIGHT = 0.1
 DEFAULT_WEIGHTS_LEARNING_RATE = 0.02
+#: :func:`rdmm_velocity` transforms the N weighted momenta together up to this many elements (64 MB in float32: a
+#: 2 mm brain grid), one at a time above (the full-resolution fields of a 1 mm brain: 1.2 GB less at the peak)
+BATCHED_KERNELS_LIMIT = 2**24
 #: Adam steps per level of the default pyramid (4 mm, 2 mm; :func:`~._momentum.default_schedule`): LDDMM's
 #: (60, 30) cost more than ANTsPy SyN's time on 2 threads (docs)
 DEFAULT_ITERATIONS = (60, 25)
@@ -108,7 +111,11 @@ def rdmm_velocity(momentum: torch.Tensor, weights: torch.Tensor, multipliers: to
     Args:
         momentum: ``m`` ``(B, D, *S)``; weights: ``w`` ``(B, N, *S)``; multipliers: ``(N, *F)`` (:class:`RDMMOperators`).
     """
-    smoothed = apply_kernel(weights[:, :, None] * momentum[:, None], multipliers[:, None], ndim=momentum.ndim - 2)
+    if weights.shape[1] * momentum.numel() <= BATCHED_KERNELS_LIMIT:  # one transform for all N: fewer, larger ops
+        smoothed = apply_kernel(weights[:, :, None] * momentum[:, None], multipliers[:, None], ndim=momentum.ndim - 2)
+    else:  # one Gaussian at a time: N spectra at once would cost memory on a large grid
+        smoothed = torch.stack([apply_kernel(weights[:, i:i + 1] * momentum, multiplier)
+                                for i, multiplier in enumerate(multipliers)], dim=1)
     return (weights[:, :, None] * smoothed).sum(1), smoothed
 
 

@@ -108,6 +108,20 @@ def test_path_velocities_come_from_the_integrator(monkeypatch):
     assert len(calls) == 4 * 3 + 1
 
 
+def test_velocity_is_the_same_one_gaussian_at_a_time(monkeypatch):
+    """Above BATCHED_KERNELS_LIMIT the Gaussians are applied one by one (memory): the same velocity and terms."""
+    import monai_diffreg.mermaid.rdmm as rdmm_module
+
+    shape, spacing = (14, 12, 10), (1.0, 1.5, 1.0)
+    ops = rdmm_operators(shape, (1.0, 2.0, 4.0), 1.0, spacing, dtype=torch.float64)
+    momentum = _smooth(shape, 3, 1.0, spacing, seed=0)
+    weights = smooth_weights(_smooth(shape, 3, 0.5, spacing, seed=2, offset=1.0), ops.smoothing)
+    batched = rdmm_velocity(momentum, weights, ops.multipliers)
+    monkeypatch.setattr(rdmm_module, "BATCHED_KERNELS_LIMIT", 0)
+    for together, alone in zip(batched, rdmm_velocity(momentum, weights, ops.multipliers)):
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+
+
 def test_weights_are_advected():
     """A bump in the weights under a nearly constant flow (constant momentum; the bump is small): the bump's centre
     moves by the displacement (3 voxels along the first axis) and w_1 = w_0 o phi_1^-1 to 5 % of the bump's change
