@@ -7,20 +7,20 @@ percentage of folded pixels::
 
     python -m benchmarks.circle_to_c_figure --methods lddmm rdmm vsvf --output monai_diffreg/mermaid/circle_to_c.png
 
-``--option KEY=VALUE`` (repeatable, values as JSON) passes the same setting to every method, e.g. the shape
+``--option KEY=VALUE`` (repeatable, values as the CLI's ``--option``: JSON, a Python literal or text) passes the same setting to every method, e.g. the shape
 settings of the docs: ``--option image_loss='"mse"' --option image_sigma=0.1 --option 'sigmas=[8,16]'``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from scipy import ndimage
 
 from benchmarks.cases import circle_and_c
 from monai_diffreg import register
+from monai_diffreg.cli import parse_option_value
 from monai_diffreg.functional import jacobian_determinant, warp
 from monai_diffreg.io import atomic_path
 
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
         key, eq, value = item.partition("=")
         if not (key and eq):
             raise SystemExit(f"--option must look like KEY=VALUE, got {item!r}")
-        options[key] = json.loads(value)
+        options[key] = parse_option_value(value)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -208,15 +208,16 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
             losses: list[float] = []
             for iteration in range(count):
                 optimizer.zero_grad(set_to_none=True)
-                try:
+                try:  # warp() refuses non-finite fields (functional.warp)
                     out = model.energy(m, e, *images, operators, map_spacing)
-                    if not bool(torch.isfinite(out["total"])):
-                        raise FloatingPointError("non-finite energy")
-                except FloatingPointError as error:  # warp() refuses non-finite fields (functional.warp)
+                    reason = None if bool(torch.isfinite(out["total"])) else "non-finite energy"
+                except FloatingPointError as error:
+                    reason = str(error)
+                if reason is not None:
                     raise FloatingPointError(
                         f"{caller}(): the optimisation diverged at level {level + 1} of {len(factors)}, step "
-                        f"{iteration + 1} ({error}): use a larger 'regularization_weight', more 'num_steps', a smaller "
-                        f"'learning_rate' or a larger 'map_factor' (a coarser momentum grid)") from None
+                        f"{iteration + 1} ({reason}): use a larger 'regularization_weight', more 'num_steps', a smaller "
+                        f"'learning_rate' or a larger 'map_factor' (a coarser momentum grid)")
                 out["total"].backward()
                 optimizer.step()
                 losses.append(float(out["total"].detach()))

@@ -71,9 +71,15 @@ def epdiff_force(momentum: torch.Tensor, velocity: torch.Tensor, spacing: Sequen
     return -(transpose + divergence)
 
 
-def advection(field: torch.Tensor, velocity: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
-    """``(Df) v``, i.e. ``sum_j d_j f v_j``, of any ``(B, C, *S)`` field ``f`` by ``v`` ``(B, D, *S)``."""
-    return sum(central_difference(field, j, spacing) * velocity[:, j:j + 1] for j in range(velocity.shape[1]))
+def advection(field: torch.Tensor, velocity: torch.Tensor, spacing: Sequence[float],
+              gradients: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """``(Df) v``, i.e. ``sum_j d_j f v_j``, of any ``(B, C, *S)`` field ``f`` by ``v`` ``(B, D, *S)``.
+
+    ``gradients``: the ``D`` central differences ``d_j f`` when the caller has them (else computed).
+    """
+    if gradients is None:
+        gradients = [central_difference(field, j, spacing) for j in range(velocity.shape[1])]
+    return sum(gradient * velocity[:, j:j + 1] for j, gradient in enumerate(gradients))
 
 
 def epdiff_rates(momentum: torch.Tensor, displacement: torch.Tensor | None, multiplier: torch.Tensor,

@@ -139,7 +139,7 @@ def rdmm_rates(momentum: torch.Tensor, weights: torch.Tensor, displacement: torc
     gradients = [central_difference(weights, a, spacing) for a in range(momentum.shape[1])]  # d_a w, each (B, N, *S)
     force = torch.stack([(gradient * work).sum(1) for gradient in gradients], 1)
     momentum_rate = epdiff_force(momentum, velocity, spacing) + force
-    weights_rate = -sum(gradient * velocity[:, a:a + 1] for a, gradient in enumerate(gradients))  # -(Dw) v
+    weights_rate = -advection(weights, velocity, spacing, gradients)
     if displacement is None:
         return momentum_rate, weights_rate, None
     return momentum_rate, weights_rate, -velocity - advection(displacement, velocity, spacing)
