@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "NonFiniteError",
     "check_spatial_tensor",
     "check_field",
     "check_finite",
@@ -20,6 +21,11 @@ __all__ = [
     "check_choice",
     "check_positive",
 ]
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """NaN or Inf where a computation needs finite values (e.g. a diverged optimisation's field): a numerical
+    failure, and a ValueError so that the CLI and the bundles report it in one line like any bad value."""
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:

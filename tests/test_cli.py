@@ -277,3 +277,15 @@ def test_affine_metric_choices_are_the_apis():
     from monai_diffreg import api, cli
 
     assert cli._AFFINE_METRICS == api.AFFINE_METRICS
+
+
+def test_a_diverging_registration_is_one_line_and_writes_nothing(pair_files, tmp_path, capsys):
+    """A setting that makes LDDMM's shooting blow up: the loop's NonFiniteError is a ValueError, so one line."""
+    out = tmp_path / "out"
+    argv = ["register", "--fixed", pair_files["fixed"], "--moving", pair_files["m2"], "--bundle", "lddmm",
+            "--option", "learning_rate=100000", "--option", "regularization_weight=0", "--option", "levels=[1]",
+            "--option", "iterations=[20]", "--option", "image_loss=mse", "--output-dir", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lddmm_register(): the optimisation diverged" in err[0], err
+    assert not out.exists()

@@ -7,7 +7,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_choice, check_field, check_spatial_tensor
+from ..validation import NonFiniteError, all_finite, check_choice, check_field, check_spatial_tensor
 from .grid import tracing
 
 __all__ = ["warp", "WARP_MODES", "PADDING_MODES", "voxel_to_sampling_coordinates"]
@@ -55,9 +55,9 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
-    if ddf.device.type == "cpu" and not tracing() and not bool(torch.isfinite(ddf).all()):
+    if ddf.device.type == "cpu" and not tracing() and not all_finite(ddf):
         # grid_sample's CPU kernels index memory with non-finite coordinates unchecked (a crash, not an error)
-        raise FloatingPointError("warp(): 'ddf' has non-finite values (NaN or Inf): the computation that produced "
+        raise NonFiniteError("warp(): 'ddf' has non-finite values (NaN or Inf): the computation that produced "
                                  "it diverged")
     coordinates, scales = (_sampling_axes.__wrapped__ if tracing() else _sampling_axes)(
         tuple(ddf.shape[2:]), ddf.device, image.dtype)

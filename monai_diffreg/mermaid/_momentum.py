@@ -27,7 +27,7 @@ from ..engines._optim_common import ProgressReporter, check_schedule, downsample
 from ..engines.similarity import image_dissimilarity
 from ..functional import resize_field, resize_image, warp
 from ..losses.similarity import similarity_subset
-from ..validation import check_positive
+from ..validation import NonFiniteError, check_positive
 from .kernels import apply_kernel, check_kernel, kernel_energy, kernel_multiplier
 
 __all__ = ["MomentumFields", "MOMENTUM_IMAGE_LOSSES", "FULL_RESOLUTION_STEPS_2D", "default_schedule", "to_voxels",
@@ -211,10 +211,10 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
                 try:  # warp() refuses non-finite fields (functional.warp)
                     out = model.energy(m, e, *images, operators, map_spacing)
                     reason = None if bool(torch.isfinite(out["total"])) else "non-finite energy"
-                except FloatingPointError as error:
+                except NonFiniteError as error:
                     reason = str(error)
                 if reason is not None:
-                    raise FloatingPointError(
+                    raise NonFiniteError(
                         f"{caller}(): the optimisation diverged at level {level + 1} of {len(factors)}, step "
                         f"{iteration + 1} ({reason}): use a larger 'regularization_weight', more 'num_steps', a smaller "
                         f"'learning_rate' or a larger 'map_factor' (a coarser momentum grid)")
