@@ -53,7 +53,7 @@ def to_voxels(field: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
 
 
 #: Adam steps of the full-resolution level that the default schedule adds in 2D (:func:`default_schedule`).
-FULL_RESOLUTION_STEPS_2D = 20
+FULL_RESOLUTION_STEPS_2D = 40
 
 
 def default_schedule(ndim: int, steps: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
@@ -70,16 +70,20 @@ def default_schedule(ndim: int, steps: Sequence[int]) -> tuple[tuple[float, ...]
 
 
 def check_momentum_settings(caller: str, *, sigmas, weights, regularization_weight, image_loss, levels, iterations,
-                            learning_rate, tolerance, default_steps, map_factor=1.0, ndim: int = 3
+                            learning_rate, tolerance, default_steps, map_factor=1.0, ndim: int | None = None
                             ) -> tuple[Kernel, tuple[float, ...], tuple[int, ...]]:
     """Validate the settings every momentum model has; return the kernel ``(widths, weights)``, the levels'
     factors and their iteration counts (``levels`` / ``iterations`` None: :func:`default_schedule` of ``ndim``
-    spatial dimensions with ``default_steps``)."""
+    spatial dimensions with ``default_steps``; ``ndim`` None, before the images are known: ``iterations`` may
+    fit the default levels of either 2D or 3D)."""
     kernel = check_kernel(sigmas, weights, caller)
     check_positive(regularization_weight, "regularization_weight", caller, allow_zero=True)
     if image_loss not in MOMENTUM_IMAGE_LOSSES:
         raise ValueError(f"{caller}(): 'image_loss' must be one of {list(MOMENTUM_IMAGE_LOSSES)}, got {image_loss!r}")
-    default_levels, default_counts = default_schedule(ndim, default_steps)
+    schedules = [default_schedule(n, default_steps) for n in ((3, 2) if ndim is None else (ndim,))]
+    default_levels, default_counts = next(
+        (schedule for schedule in schedules if isinstance(iterations, Sequence) and len(iterations) == len(schedule[0])),
+        schedules[0])
     factors, counts = check_schedule(default_levels if levels is None else levels,
                                      default_counts if iterations is None else iterations, caller)
     check_positive(learning_rate, "learning_rate", caller)
@@ -152,15 +156,16 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
                       factors: Sequence[float], counts: Sequence[int], learning_rate: float, tolerance: float,
                       spacing: Sequence[float] | None, initial_momentum: torch.Tensor | None, inverse: bool,
                       callback: ProgressReporter | None, progress: bool, map_factor: float = 1.0,
-                      extra: torch.Tensor | None = None, extra_learning_rate: float = 0.0,
-                      fields_on_last_level: bool = False) -> dict:
+                      extra: torch.Tensor | None = None, extra_learning_rate: float = 0.0) -> dict:
     """Minimise ``model.energy`` over ``m`` (and ``extra``) coarse to fine with Adam (a validated pair and settings).
 
     At each level the images are area-downsampled to its grid, ``m`` (physical units) is carried
     linearly onto a grid ``map_factor`` times coarser and Adam takes steps of ``learning_rate`` in the
     units of ``spacing``, stopping early when ten steps lower the energy by less than ``tolerance`` of
-    it; the fields are then computed from the final momentum on the full grid's map grid (``map_factor``
-    times coarser) and upsampled to the full grid.
+    it; the fields are then computed from the final momentum on the last level's map grid, the grid whose
+    energy was minimised, and upsampled to the full grid (shooting once more on a finer grid would cost
+    several times a step of the last level, return a field that was never optimised, and an explicit
+    shooting can be unstable there: RDMM's was).
 
     Args:
         fixed, moving: ``(B, C, *S)`` images (checked by the caller).
@@ -170,13 +175,10 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
         extra: optional ``(B, C', *S'')`` tensor (any grid), optimised with ``m`` by Adam steps of
             ``extra_learning_rate`` when that is > 0 (carried to each level's map grid like ``m``), else fixed
             (resized from the given one at each level).
-        fields_on_last_level: compute the returned fields on the last level's map grid (where the energy was
-            minimised) instead of the full grid's map grid, then upsample them: for shootings whose explicit
-            integration is not stable on a finer grid than the one optimised (RDMM).
         The others: as :func:`~.vsvf.vsvf_register`'s.
 
     Returns:
-        ``model.fields``'s output on the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"``
+        ``model.fields``'s output upsampled to the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"``
         (on the map grid), ``"extra"`` (with ``extra``: the final one, on the map grid), ``"warped"``,
         ``"energy"`` (last level) and ``"history"`` (per step: ``level``, ``iteration``, ``loss`` and the energy's
         scalar terms, e.g. ``image``, ``prior``).
@@ -232,7 +234,7 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
             energy = losses[-1] if losses else energy
 
     with torch.no_grad():
-        map_grid, map_spacing = level_grid(shape, (factors[-1] if fields_on_last_level else 1) * map_factor, spacing)
+        map_grid, map_spacing = level_grid(shape, factors[-1] * map_factor, spacing)
         momentum = resize_image(momentum, size=map_grid)
         extra = None if extra is None else resize_image(extra, size=map_grid)
         out = model.fields(momentum, extra, model.operators(map_grid, map_spacing, fixed.device), map_spacing, inverse)

@@ -211,7 +211,7 @@ def lddmm_register(
     """Register ``moving`` to ``fixed`` (same grid) by LDDMM shooting of ``m_0`` (module docstring), coarse to fine.
 
     The optimisation is vSVF's (:func:`~.vsvf.vsvf_register`: Adam on the momentum in the units of
-    ``spacing``, area-downsampled levels, fields computed on the full grid from the final momentum).
+    ``spacing``, area-downsampled levels, the last level's fields upsampled to the full grid).
     Kernel, levels, Adam steps and learning rate are vSVF's (the energies have the same form and scale);
     the weight (0.002), 5 RK4 time steps and ``map_factor`` 2 were chosen on validation cases (docs).
 

@@ -371,8 +371,7 @@ def rdmm_register(
                             learning_rate=learning_rate, tolerance=tolerance, map_factor=map_factor, spacing=spacing,
                             initial_momentum=initial_momentum, inverse=inverse, callback=callback, progress=progress,
                             extra=pre_weights(initial_weights.float()),
-                            extra_learning_rate=weights_learning_rate if optimize_weights else 0.0,
-                            fields_on_last_level=True)
+                            extra_learning_rate=weights_learning_rate if optimize_weights else 0.0)
     out["pre_weights"] = out.pop("extra")
     map_grid, map_spacing = level_grid(fixed.shape[2:], factors[-1] * map_factor, spacing)  # the fields' grid
     smoothing = model.operators(map_grid, map_spacing, fixed.device).smoothing
