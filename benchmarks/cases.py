@@ -95,6 +95,11 @@ Case groups (one results table each):
     moving brain, rotated and scaled by down to 0.93, is resampled once more); full scale: brain seed 1
     identity 0.25 (twin 0.67), true field 0.960 (twin 0.979); niivue seed 100 0.085 (0.634), 0.978 (0.988).
 ``niivue_synthetic_unaligned`` (**validation**): the same on the validation subject (``niivue_synthetic``).
+``niivue_2d`` (2D, grey/white matter; **validation**)
+    2D inter-subject pairs for choosing the 2D settings of ``pairs_2d``'s methods: slices of ``niivue_mni``
+    (the MNI template affinely aligned onto the validation subject) normal to each axis of its LIA grid,
+    ``niivue_mni_sagittal`` 20 mm left of the subject's brain centroid (off the midline), ``niivue_mni_axial``
+    and ``niivue_mni_coronal`` through it (:data:`NIIVUE_2D_SLICES`); labels GM/WM as ``niivue_mni``'s.
 ``pairs_2d`` (2D)
     ``elastix_2d``: the ITKElastix head MR pair (two subjects), brain masks as label 1, no
     known field. ``dipy_synthetic_s<seed>``: the dipy T1 coronal slice under a known 2D smooth
@@ -160,6 +165,7 @@ __all__ = [
     "CASE_VERSIONS",
     "CONTRAST_TARGETS",
     "CROSS_CONTRAST_GROUPS",
+    "NIIVUE_2D_SLICES",
     "GROUPS",
     "VALIDATION_GROUPS",
     "NIIVUE_CROP",
@@ -186,7 +192,9 @@ CASE_VERSIONS = {"brain_synthetic": 3, "mni_to_subject": 4, "mni_synthetic": 1, 
                  "niivue_synthetic": 1, "niivue_mni": 1, "subject_to_subject": 1, "brain_synthetic_t2": 1,
                  "brain_synthetic_flair": 1, "niivue_synthetic_t2": 1, "niivue_synthetic_flair": 1,
                  # built on their aligned twins: bump these with "brain_synthetic" / "niivue_synthetic"
-                 "brain_synthetic_unaligned": 1, "niivue_synthetic_unaligned": 1}
+                 "brain_synthetic_unaligned": 1, "niivue_synthetic_unaligned": 1,
+                 # slices of niivue_mni: bump with it
+                 "niivue_mni_sagittal": 1, "niivue_mni_axial": 1, "niivue_mni_coronal": 1}
 
 #: Orientation of the 3D case arrays: test_scan's grid, and the niivue crop (a box of the LIA
 #: volume ``niivue_freesurfer/norm.mgz``, so LIA too); package methods get them re-oriented to
@@ -204,7 +212,10 @@ CROSS_CONTRAST_GROUPS = ("brain_synthetic_t2", "brain_synthetic_flair")
 UNALIGNED_GROUPS = ("brain_synthetic_unaligned",)
 #: Held-out groups for choosing settings (never for reported accuracy).
 VALIDATION_GROUPS = ("mni_synthetic", "niivue_synthetic", "niivue_mni", "niivue_synthetic_t2", "niivue_synthetic_flair",
-                     "niivue_synthetic_unaligned")
+                     "niivue_synthetic_unaligned", "niivue_2d")
+#: ``niivue_2d``'s cases: the axis of the (LIA) ``niivue_mni`` grid each slice is normal to and its offset from
+#: the fixed brain's centroid along that axis, in mm (+ is left, inferior, anterior).
+NIIVUE_2D_SLICES = {"niivue_mni_sagittal": (0, 20.0), "niivue_mni_axial": (1, 0.0), "niivue_mni_coronal": (2, 0.0)}
 #: Mean intensity of CSF, grey and white matter in the remapped contrasts (:func:`contrast_remap`), on [0, 1].
 CONTRAST_TARGETS = {"t2": (1.0, 0.55, 0.35), "flair": (0.08, 0.65, 0.45)}
 #: aseg codes of cerebrospinal fluid (ventricles, CSF, choroid plexus), the third class of :func:`contrast_remap`.
@@ -245,6 +256,8 @@ def case_names(groups, seeds) -> list[tuple[str, str]]:
             names += [(group, f"{group}_s{s}") for s in seeds]
         elif group in ("mni_to_subject", "niivue_mni", "subject_to_subject"):
             names.append((group, group))
+        elif group == "niivue_2d":
+            names += [(group, name) for name in NIIVUE_2D_SLICES]
         else:
             names += [(group, "elastix_2d"), (group, "circle_to_c")] + [(group, f"dipy_synthetic_s{s}") for s in seeds]
     return names
@@ -562,6 +575,24 @@ def _mni_synthetic(data: Path, seed: int, scale: float) -> dict:
     }
 
 
+def _niivue_mni_slice(data: Path, name: str, scale: float) -> dict:
+    """A ``niivue_2d`` case: the slice of ``niivue_mni`` given by :data:`NIIVUE_2D_SLICES`."""
+    axis, offset_mm = NIIVUE_2D_SLICES[name]
+    pair = _aligned_onto(data, _niivue_subject, scale)
+    spacing = 1.0 / scale
+    centroid = ndimage.center_of_mass(pair["fixed_labels"][0, 0].numpy() > 0)[axis]
+    index = int(round(centroid + offset_mm / spacing))
+
+    def cut(volume: torch.Tensor) -> torch.Tensor:
+        return volume.select(axis + 2, index).contiguous()
+
+    return {
+        "fixed": cut(pair["fixed"]), "moving": cut(pair["moving"]), "fixed_labels": cut(pair["fixed_labels"]),
+        "moving_labels": cut(pair["moving_labels"]), "labels": [1, 2], "true_ddf": None, "mask": None,
+        "spacing": [spacing] * 2, "settings": {"axis": axis, "index": index, "offset_mm": offset_mm},
+    }
+
+
 def _elastix_2d(data: Path, scale: float) -> dict:
     pair = load_elastix_2d(data / "elastix_2d")
     fixed, fixed_mask = _downsample(pair["fixed"].as_tensor()[None], pair["fixed_mask"].as_tensor()[None], scale)
@@ -638,6 +669,8 @@ def _build(data: Path, name: str, scale: float) -> dict:
         return dict(_aligned_onto(data, _test_scan if name == "mni_to_subject" else _niivue_subject, scale))
     if name == "subject_to_subject":
         return dict(_aligned_onto(data, _test_scan, scale, "niivue"))
+    if name in NIIVUE_2D_SLICES:
+        return _niivue_mni_slice(data, name, scale)
     if name == "elastix_2d":
         return _elastix_2d(data, scale)
     if name == "circle_to_c":

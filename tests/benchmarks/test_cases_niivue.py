@@ -24,7 +24,7 @@ QUICK_SHAPE = tuple(n // 2 for n in cases.NIIVUE_CROP)
 
 @pytest.fixture(scope="module")
 def built(shared_data, tmp_path_factory):
-    """``{name: case}`` of ``niivue_synthetic_s100`` and ``niivue_mni`` at scale 0.5."""
+    """``{name: case}`` of ``niivue_synthetic_s100``, ``niivue_mni`` and ``niivue_2d``'s slices at scale 0.5."""
 
     def no_test_scan(*args, **kwargs):
         raise AssertionError("a niivue case read voxelmorph/test_scan (evaluation-only data)")
@@ -33,7 +33,7 @@ def built(shared_data, tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cases, "load_voxelmorph_scan", no_test_scan)
-        for group, name in cases.case_names(["niivue_synthetic", "niivue_mni"], [SEED]):
+        for group, name in cases.case_names(["niivue_synthetic", "niivue_mni", "niivue_2d"], [SEED]):
             out[name] = torch.load(cases.get_case(shared_data, group, name, SCALE, cache), weights_only=True)
     return out
 
@@ -125,3 +125,29 @@ def test_niivue_mni_template_is_aligned(built):
     assert set(torch.unique(case["moving_labels"]).int().tolist()) <= {0, 1, 2}
     dice = evaluate(case, torch.zeros(1, 3, *QUICK_SHAPE), hd95=False)["dice"]
     assert 0.55 < dice < 0.85  # affine-only GM/WM overlap (measured 0.64): aligned, not yet registered
+
+
+def test_niivue_2d_slices_are_validation_only():
+    assert "niivue_2d" in cases.VALIDATION_GROUPS and "niivue_2d" not in cases.GROUPS
+    assert build_parser().parse_args(["--cases", "niivue_2d"]).cases == ["niivue_2d"]
+    assert cases.case_names(["niivue_2d"], [0]) == [("niivue_2d", name) for name in cases.NIIVUE_2D_SLICES]
+    for name in cases.NIIVUE_2D_SLICES:
+        assert cases.family(name) == name and name in cases.CASE_VERSIONS and name not in cases.CASE_AXCODES
+
+
+@pytest.mark.parametrize("name", list(cases.NIIVUE_2D_SLICES))
+def test_niivue_2d_cases_are_slices_of_niivue_mni(built, name):
+    """Each 2D pair is the plane of niivue_mni (images and labels alike) at the stated offset from the fixed brain's
+    centroid, with labels to score and an inter-subject misalignment left to register."""
+    case, volume = built[name], built["niivue_mni"]
+    axis, offset_mm = cases.NIIVUE_2D_SLICES[name]
+    centroid = np.argwhere(volume["fixed_labels"][0, 0].numpy() > 0).mean(axis=0)[axis]
+    index = case["settings"]["index"]
+    assert index == round(centroid + offset_mm * SCALE)
+    for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        assert torch.equal(case[key], volume[key].select(axis + 2, index)), key
+    assert case["spacing"] == [1 / SCALE] * 2 and case["labels"] == [1, 2] and case["true_ddf"] is None
+    for key in ("fixed_labels", "moving_labels"):
+        assert {1, 2} <= set(torch.unique(case[key]).int().tolist()), key
+    dice = evaluate(case, torch.zeros(1, 2, *case["fixed"].shape[2:]), hd95=False)["dice"]
+    assert 0.4 < dice < 0.9, dice  # aligned in 3D, not registered
