@@ -62,7 +62,7 @@ def default_schedule(ndim: int, steps: Sequence[int]) -> tuple[tuple[float, ...]
     Levels 4 and 2 (downsampling factors) with ``steps`` Adam steps in 3D, where the full-resolution
     field comes from the half-resolution momentum (a full-resolution level would cost several times the
     whole registration); in 2D also the full-resolution level, :data:`FULL_RESOLUTION_STEPS_2D` steps,
-    about a second there and more accurate on the 2D validation pairs (docs).
+    a few seconds there and more accurate on the 2D validation pairs (docs).
     """
     if ndim == 3:
         return (4.0, 2.0), tuple(steps)
