@@ -253,5 +253,6 @@ class FLASHRegistration(EngineSettings):
         out = flash_register(fixed, moving, inverse=inverse, callback=callback,
                              initial_velocity=estimate["initial_velocity"], **settings)
         out["summary"] = {"alpha": estimate["alpha"], "alpha_source": "map",
-                          "alpha_estimation_iterations": len(estimate["history"])}
+                          "alpha_estimation_iterations": len(estimate["history"]),
+                          "alpha_estimation_curvature": estimate["curvature"]}
         return out

@@ -145,7 +145,7 @@ def test_alpha_map_estimates_alpha_and_reports_it_in_the_summary():
     _, truth = deformation(shape, 0.02, seed=5)
     method = FLASHRegistration(alpha="map", sigma=0.01, truncation=7, iterations=[40, 20])
     out = check_method_output(method(fixed, warp(fixed, truth)), fixed, "flash")
-    assert out["summary"]["alpha_source"] == "map"
+    assert out["summary"]["alpha_source"] == "map" and out["summary"]["alpha_estimation_curvature"] == "full"
     assert 1e-3 <= out["summary"]["alpha"] <= 1e3 and out["summary"]["alpha"] != 3.0  # moved from its start
     given = check_method_output(FLASHRegistration(alpha=2.0, truncation=7, iterations=[2, 2])(fixed, fixed.flip(-1)),
                                 fixed, "flash")
@@ -180,4 +180,5 @@ def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
     assert status == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["alpha_source"] == "map" and 1e-3 <= printed["alpha"] <= 1e3 and printed["seconds"] > 0
+    assert printed["alpha_estimation_curvature"] == "full"  # 3 x 5^3 = 375 band modes
     assert main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(tmp_path / "nope.nii.gz")]) == 1

@@ -11,7 +11,9 @@ import torch
 from monai_diffreg.functional import warp
 from monai_diffreg.lddmm import band_operators, band_to_ddf, estimate_regularization, sample_initial_velocity, shoot_maps
 from monai_diffreg.lddmm.flash import prior_energy
-from monai_diffreg.lddmm.regularization import alpha_gradient, best_alpha, data_precision, log_determinant
+from monai_diffreg.lddmm.fourier import band_to_spatial
+from monai_diffreg.lddmm.regularization import (alpha_gradient, best_alpha, data_curvature, data_precision, effective_precision,
+                                               log_determinant)
 
 
 def test_alpha_gradient_is_the_derivative_of_prior_minus_half_log_determinant():
@@ -49,6 +51,52 @@ def test_data_precision_is_the_gradient_energy():
     assert g[0] == pytest.approx(64 * 0.01 / 0.0025) and g[1] == 0
 
 
+def _explicit_curvature(warped, sigma, band):
+    """J^H J / sigma^2 with J[x, (c, k)] = d_c warped(x) b_k(x), b_k the band's Fourier basis (checked against
+    band_to_spatial): the definition of data_curvature, one column per band mode."""
+    shape = tuple(warped.shape[2:])
+    eye = torch.eye(math.prod(band), dtype=torch.complex128).view(-1, 1, *band)
+    basis = (band_to_spatial(eye, shape) + 1j * band_to_spatial(-1j * eye, shape)).reshape(len(eye), -1)  # (K, X)
+    grads = torch.stack(torch.gradient(warped[0].double(), dim=tuple(range(1, 1 + len(shape)))), dim=1)  # (C, D, *shape)
+    jacobian = torch.cat([grads[:, c].reshape(grads.shape[0], 1, -1) * basis[None] for c in range(len(shape))], dim=1)
+    return torch.einsum("cix,cjx->ij", jacobian.conj(), jacobian) / sigma**2
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (6, 5, 4)])
+def test_data_curvature_is_the_gauss_newton_matrix_in_the_band(shape):
+    """The FFT construction equals J^H J / sigma^2 built column by column; its diagonal is data_precision's."""
+    warped = torch.rand(1, 2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    band = (5,) * len(shape)
+    curvature = data_curvature(warped, 0.1, band)
+    assert curvature.shape == (len(shape) * 5 ** len(shape),) * 2
+    torch.testing.assert_close(curvature, _explicit_curvature(warped, 0.1, band), rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(curvature, curvature.conj().T)
+    torch.testing.assert_close(curvature.diagonal().real.view(len(shape), -1),
+                               data_precision(warped, 0.1)[:, None].expand(-1, 5 ** len(shape)))
+
+
+def test_effective_precision_and_the_evidence_derivative():
+    """alpha_gradient with effective_precision(G, alpha) is d/dalpha of prior - 1/2 ln|L| + 1/2 ln|prod(N) L + G|
+    (the Laplace evidence's alpha terms, autograd, G fixed); a diagonal G is its own effective precision."""
+    shape = (12, 10)
+    ops = band_operators(shape, 1.0, 5, dtype=torch.float64)
+    v0 = sample_initial_velocity(shape, 2.0, 5, generator=torch.Generator().manual_seed(2))
+    warped = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    curvature = data_curvature(warped, 0.1, ops.band)
+    for alpha in (0.3, 2.0, 9.0):
+        a = torch.tensor(alpha, dtype=torch.float64, requires_grad=True)
+        alpha_ops = band_operators(shape, a, 5, dtype=torch.float64)
+        prior = (ops.num_voxels * alpha_ops.regularization).reshape(-1).repeat(2)
+        f = (prior_energy(v0, alpha_ops).sum() - 0.5 * log_determinant(a, alpha_ops, 2)
+             + 0.5 * torch.linalg.slogdet(curvature + torch.diag(prior).to(curvature.dtype))[1])
+        (grad,) = torch.autograd.grad(f, a)
+        g = effective_precision(curvature, alpha, ops)
+        assert g.shape == (2, 5, 5) and bool((g >= 0).all())
+        assert alpha_gradient(alpha, v0, ops, g) == pytest.approx(float(grad), rel=1e-8)
+    diagonal = torch.diag(torch.linspace(1.0, 50.0, 50, dtype=torch.float64)).to(torch.complex128)
+    torch.testing.assert_close(effective_precision(diagonal, 2.0, ops).reshape(-1), diagonal.diagonal().real)
+
+
 def bullseye(n=32):
     y, x = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
     c = (n - 1) / 2
@@ -66,8 +114,8 @@ def deformed_by_prior(source, alpha, seed):
 
 
 def test_evidence_estimate_stops_at_a_finite_fixed_point_and_is_ordered():
-    """The evidence estimate stops where alpha is the best alpha of its own v_0 (a finite fixed point), and a
-    stiffer truth gives a larger estimate; the paper's joint MAP instead runs to the bound (it is unbounded
+    """The evidence estimate stops where alpha is the best alpha of its own v_0 (a finite fixed point), recovers
+    the true alpha of a prior sample, and a stiffer truth gives a larger estimate; the paper's joint MAP instead runs to the bound (it is unbounded
     as alpha -> inf, v_0 -> 0)."""
     source = bullseye()
     target = deformed_by_prior(source, 3.0, seed=1)
@@ -75,10 +123,12 @@ def test_evidence_estimate_stops_at_a_finite_fixed_point_and_is_ordered():
     result = estimate_regularization(target, source, alpha=1.0, **options)
     assert 1.0 < result["alpha"] < 100.0
     ops = band_operators(tuple(source.shape[2:]), 1.0, 7)
-    precision = data_precision(result["warped"], 0.03)
+    assert result["curvature"] == "full"  # 2 x 7 x 7 band modes
+    precision = effective_precision(data_curvature(result["warped"], 0.03, ops.band), result["alpha"], ops)
     assert best_alpha(result["initial_velocity"], ops, precision) == pytest.approx(result["alpha"], rel=0.05)
+    assert result["alpha"] == pytest.approx(3.0, rel=0.2)  # measured 3.03 (the diagonal curvature of 0.4.x: about 2x)
     stiffer = estimate_regularization(deformed_by_prior(source, 11.0, seed=1), source, alpha=1.0, **options)
-    assert stiffer["alpha"] > result["alpha"]
+    assert stiffer["alpha"] > 2 * result["alpha"]  # measured 15.3 for the true 11
     joint = estimate_regularization(target, source, alpha=1.0, model="joint", **{**options, "iterations": 120})
     assert joint["alpha"] > 5 * result["alpha"]  # still growing when stopped (it reaches the bound 1e3 by 200)
     assert math.isfinite(result["objective"]) and result["ddf"].shape == (1, 2, 32, 32)
@@ -92,3 +142,18 @@ def test_estimation_rejects_bad_input():
         estimate_regularization(source.repeat(2, 1, 1, 1), source.repeat(2, 1, 1, 1).flip(-1))
     with pytest.raises(ValueError, match="'alpha'"):
         estimate_regularization(source, source.flip(-1), alpha=-1.0)
+
+
+def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypatch):
+    """Above DENSE_CURVATURE_LIMIT band modes the evidence uses data_precision (the dense matrix would not fit a
+    3D band's time budget) and says so in the result."""
+    import monai_diffreg.lddmm.regularization as regularization
+
+    source = bullseye(16)
+    target = deformed_by_prior(source, 3.0, seed=0)
+    options = {"truncation": 5, "iterations": 12, "warmup": 4, "alpha": 1.0}
+    assert estimate_regularization(target, source, **options)["curvature"] == "full"
+    monkeypatch.setattr(regularization, "DENSE_CURVATURE_LIMIT", 2 * 5 * 5 - 1)
+    monkeypatch.setattr(regularization, "data_curvature", lambda *args: pytest.fail("dense curvature above the limit"))
+    result = estimate_regularization(target, source, **options)
+    assert result["curvature"] == "diagonal" and math.isfinite(result["alpha"])
