@@ -179,7 +179,7 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
 
     Returns:
         ``model.fields``'s output upsampled to the full grid (with ``inverse``: ``"inverse_ddf"``), plus ``"momentum"``
-        (on the map grid), ``"extra"`` (with ``extra``: the final one, on the map grid), ``"warped"``,
+        (on the last level's map grid), ``"extra"`` (with ``extra``: the final one, on that grid), ``"warped"``,
         ``"energy"`` (last level) and ``"history"`` (per step: ``level``, ``iteration``, ``loss`` and the energy's
         scalar terms, e.g. ``image``, ``prior``).
     """
