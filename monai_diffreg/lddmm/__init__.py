@@ -6,14 +6,18 @@
 * :mod:`.flash`: the registration energy and its minimisation (:func:`flash_register`,
   :class:`FLASHRegistration`, the built-in method ``"flash"``).
 * :mod:`.regularization`: the prior, MAP / evidence estimation of ``alpha``
-  (:func:`estimate_regularization`) and prior sampling (:func:`sample_initial_velocity`).
+  (:func:`estimate_regularization`, the image term's curvature :func:`data_curvature`) and prior sampling
+  (:func:`sample_initial_velocity`).
+* :mod:`.predictor`: the CNN that predicts ``alpha`` from a pair (:class:`RegularizationPredictor`).
 * :mod:`.adjoint`: the gradient by the adjoint system integrated backward in time (a cross-check
   of the automatic differentiation the registration uses).
 """
 
 from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
-from .regularization import ESTIMATION_MODELS, estimate_regularization, sample_initial_velocity
+from .predictor import RegularizationPredictor, log_alpha_loss, predicted_alpha
+from .regularization import (ESTIMATION_MODELS, data_curvature, effective_precision, estimate_regularization,
+                             sample_initial_velocity)
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
 __all__ = [
@@ -27,6 +31,11 @@ __all__ = [
     "FLASHRegistration",
     "ESTIMATION_MODELS",
     "estimate_regularization",
+    "data_curvature",
+    "effective_precision",
     "sample_initial_velocity",
+    "RegularizationPredictor",
+    "predicted_alpha",
+    "log_alpha_loss",
     "adjoint_gradient",
 ]

@@ -60,11 +60,12 @@ ESTIMATION_MODELS = ("laplace", "joint")
 #: its inverse takes about a second at this size
 DENSE_CURVATURE_LIMIT = 2048
 
-#: ``alpha`` stays in [1e-3, 1e3]: the joint MAP is unbounded as ``alpha -> inf, v_0 -> 0`` (module docstring)
-_LOG_ALPHA_MIN, _LOG_ALPHA_MAX = math.log(1e-3), math.log(1e3)
+#: ``log alpha`` stays in ``log [1e-3, 1e3]``: the joint MAP is unbounded as ``alpha -> inf, v_0 -> 0`` (module docstring)
+LOG_ALPHA_RANGE = (math.log(1e-3), math.log(1e3))
+_LOG_ALPHA_MIN, _LOG_ALPHA_MAX = LOG_ALPHA_RANGE
 
 __all__ = ["log_determinant", "alpha_gradient", "data_precision", "data_curvature", "effective_precision", "best_alpha",
-           "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "sample_initial_velocity", "estimate_regularization"]
+           "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE", "sample_initial_velocity", "estimate_regularization"]
 
 
 def log_determinant(alpha: float | torch.Tensor, operators: BandOperators, num_components: int, power: int = 3) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""The 2D experiment of Wang & Zhang's alpha predictor: MAP labels of bull's-eye pairs, then the CNN trained on them.
+
+``data``: pair ``i`` is the bull's-eye of :mod:`benchmarks.flash_bullseye` deformed by a prior sample
+(seed ``i``) of a true alpha drawn log-uniformly in [``ALPHA_RANGE``]; its label is the evidence estimate
+of :func:`monai_diffreg.lddmm.estimate_regularization` (start alpha 1), as the paper labels its training
+pairs. One JSON line per pair is appended to ``labels.jsonl`` (resumable: finished pairs are skipped; the
+images are rebuilt from the seed). ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D) on
+all but the last ``--test`` pairs, L2 on log alpha, Adam 5e-4 (the paper's), then its predictions on the
+held-out pairs against their labels and true alphas, the prediction time and a plot.
+
+    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 200
+    python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --epochs 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
+from monai_diffreg.io import atomic_path
+from monai_diffreg.lddmm import RegularizationPredictor, estimate_regularization, log_alpha_loss, predicted_alpha
+
+ALPHA_RANGE = (1.0, 30.0)
+
+
+def true_alpha(index: int) -> float:
+    """The true alpha of pair ``index`` (log-uniform in :data:`ALPHA_RANGE`, its own generator)."""
+    u = float(torch.rand(1, generator=torch.Generator().manual_seed(10_000 + index)))
+    low, high = (math.log(a) for a in ALPHA_RANGE)
+    return math.exp(low + u * (high - low))
+
+
+def pair(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, source)`` of pair ``index``, ``(1, 1, 100, 100)`` each."""
+    source = bullseye()
+    return deformed(source, true_alpha(index), index)[0], source
+
+
+def make_labels(output: Path, pairs: int) -> None:
+    path = output / "labels.jsonl"
+    done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
+    for index in range(pairs):
+        if index in done:
+            continue
+        target, source = pair(index)
+        start = time.perf_counter()
+        result = estimate_regularization(target, source, alpha=1.0, truncation=TRUNCATION)
+        row = {"index": index, "true_alpha": true_alpha(index), "map_alpha": result["alpha"],
+               "curvature": result["curvature"], "iterations": len(result["history"]),
+               "seconds": time.perf_counter() - start}
+        with path.open("a") as f:  # one whole line per finished pair
+            f.write(json.dumps(row) + "\n")
+        print(f"pair {index}: true {row['true_alpha']:.2f}, MAP {row['map_alpha']:.2f} ({row['seconds']:.0f} s)", flush=True)
+
+
+def train(output: Path, test: int, epochs: int, seed: int = 0) -> dict:
+    rows = sorted((json.loads(line) for line in (output / "labels.jsonl").read_text().splitlines()),
+                  key=lambda r: r["index"])
+    if len(rows) <= test:
+        raise SystemExit(f"flash_regpred_2d: {len(rows)} labelled pairs, need more than --test {test}")
+    images = [pair(r["index"]) for r in rows]
+    fixed = torch.cat([t for t, _ in images])
+    moving = torch.cat([s for _, s in images])
+    labels = torch.tensor([r["map_alpha"] for r in rows])
+    n = len(rows) - test
+    torch.manual_seed(seed)
+    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n].log().mean()))
+    optimizer = torch.optim.Adam(net.parameters(), lr=5e-4, weight_decay=1e-4)
+    history, start = [], time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(n)
+        for batch in order.split(16):
+            optimizer.zero_grad()
+            loss = log_alpha_loss(net(fixed[batch], moving[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+        if epoch % 10 == 0 or epoch == epochs - 1:
+            net.eval()
+            with torch.no_grad():
+                held_out = float(log_alpha_loss(net(fixed[n:], moving[n:]), labels[n:]))
+                train_loss = float(log_alpha_loss(net(fixed[:n], moving[:n]), labels[:n]))
+            history.append({"epoch": epoch, "train": train_loss, "test": held_out})
+            print(f"epoch {epoch}: L2 on log alpha train {train_loss:.4f}, held-out {held_out:.4f}", flush=True)
+    training_seconds = time.perf_counter() - start
+    net.eval()
+    with torch.no_grad():
+        net(fixed[n:n + 1], moving[n:n + 1])  # warm-up
+        tic = time.perf_counter()
+        predicted = [float(predicted_alpha(net(fixed[i:i + 1], moving[i:i + 1]))) for i in range(n, len(rows))]
+        per_pair = (time.perf_counter() - tic) / test
+    held = rows[n:]
+    errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
+    result = {
+        "pairs": len(rows), "train_pairs": n, "test_pairs": test, "epochs": epochs, "alpha_range": ALPHA_RANGE,
+        "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
+        "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
+        "constant_predictor_relative_error": sum(abs(math.exp(float(labels[:n].log().mean())) / r["map_alpha"] - 1)
+                                                 for r in held) / test,
+        "mean_abs_relative_error_vs_map": sum(abs(e) for e in errors) / test,
+        "median_abs_relative_error_vs_map": sorted(abs(e) for e in errors)[test // 2],
+        "held_out": [{**r, "predicted_alpha": p} for r, p in zip(held, predicted)],
+        "history": history,
+    }
+    with atomic_path(output / "results.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    torch.save(net.state_dict(), output / "predictor_2d.pt")
+    plot(result, output / "predictions.png")
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = result["held_out"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    axes[0].scatter([r["map_alpha"] for r in held], [r["predicted_alpha"] for r in held], s=14, label="predicted")
+    axes[0].scatter([r["map_alpha"] for r in held], [r["true_alpha"] for r in held], s=14, marker="x", label="true")
+    bounds = [min(r["map_alpha"] for r in held) * 0.8, max(r["map_alpha"] for r in held) * 1.2]
+    axes[0].plot(bounds, bounds, "k--", lw=0.8)
+    axes[0].set(xscale="log", yscale="log", xlabel="MAP (evidence) alpha", ylabel="alpha",
+                title=f"held-out pairs: predicted vs MAP (mean |rel. error| {result['mean_abs_relative_error_vs_map']:.2f})")
+    axes[0].legend()
+    epochs = [h["epoch"] for h in result["history"]]
+    axes[1].plot(epochs, [h["train"] for h in result["history"]], label="training pairs")
+    axes[1].plot(epochs, [h["test"] for h in result["history"]], label="held-out pairs")
+    axes[1].set(yscale="log", xlabel="epoch", ylabel="L2 on log alpha", title="training")
+    axes[1].legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("data", "train"))
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--pairs", type=int, default=200, help="data: labelled pairs wanted")
+    parser.add_argument("--test", type=int, default=40, help="train: held-out pairs (the last ones)")
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.step == "data":
+        make_labels(args.output, args.pairs)
+    else:
+        result = train(args.output, args.test, args.epochs)
+        print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
+              f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
+              f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The CNN that predicts FLASH's regularisation ``alpha`` from an image pair (Wang & Zhang, sec. 3.2, Fig. 2).
+
+Two streams of the same shape but separate weights encode the source (moving) and the target (fixed)
+image, four blocks each; a fusion stream of three blocks encodes their concatenated features; a fully
+connected layer applied at every remaining position (a 1x1 convolution) and a global average pooling give
+one number per pair. A block is a ``k x k`` convolution (``k`` = 5, the paper's), batch normalisation,
+PReLU and 2x max pooling. The choices the paper leaves open, and why:
+
+* the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
+  (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
+  stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);
+* widths 16, 32, 64, 64 per stream and 64 in the fusion blocks (the paper gives none);
+* the fusion blocks pool only while the feature map is larger than 1 voxel per axis, so any input of at
+  least ``2^4`` voxels per axis works (the paper's 128^3 inputs leave 16^3 after the streams);
+* the fully connected layer's bias starts at ``initial_log_alpha`` (the training labels' mean log, given
+  by the caller), its weights at zero, so training starts from the constant predictor that is best in L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..networks.blocks import convolution, max_pool_half
+from .regularization import LOG_ALPHA_RANGE
+
+__all__ = ["RegularizationPredictor", "predicted_alpha", "log_alpha_loss"]
+
+
+class _Block(nn.Module):
+    """``k x k`` convolution, batch norm, PReLU, then 2x max pooling where the map is still larger than 1."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = convolution(spatial_dims, in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.norm = (nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](out_channels)
+        self.act = nn.PReLU(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm(self.conv(x)))
+        return max_pool_half(x) if min(x.shape[2:]) >= 2 else x
+
+
+class RegularizationPredictor(nn.Module):
+    """``log alpha`` of FLASH for each pair: ``(B, 1)`` from fixed and moving images ``(B, C, *S)``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of each image.
+        stream_channels: widths of the four blocks of each stream.
+        fusion_channels: widths of the fusion blocks.
+        kernel_size: convolution size (odd).
+        initial_log_alpha: the output before training (module docstring).
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, stream_channels: Sequence[int] = (16, 32, 64, 64),
+                 fusion_channels: Sequence[int] = (64, 64, 64), kernel_size: int = 5,
+                 initial_log_alpha: float = 0.0) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"RegularizationPredictor(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"RegularizationPredictor(): 'kernel_size' must be an odd integer >= 1, got {kernel_size!r}")
+        self.spatial_dims = spatial_dims
+
+        def stream(widths: Sequence[int], first: int) -> nn.Sequential:
+            return nn.Sequential(*(_Block(spatial_dims, c_in, c_out, kernel_size)
+                                   for c_in, c_out in zip((first, *widths[:-1]), widths)))
+
+        self.moving_stream = stream(stream_channels, in_channels)
+        self.fixed_stream = stream(stream_channels, in_channels)
+        self.fusion = stream(fusion_channels, 2 * stream_channels[-1])
+        self.head = convolution(spatial_dims, fusion_channels[-1], 1, kernel_size=1, padding=0)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, float(initial_log_alpha))
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)) and module is not self.head:
+                nn.init.kaiming_normal_(module.weight)  # He normal, the paper's
+                nn.init.zeros_(module.bias)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """``(B, 1)`` predicted ``log alpha`` for ``(B, C, *S)`` fixed (target) and moving (source) images."""
+        if fixed.shape != moving.shape or fixed.ndim != self.spatial_dims + 2:
+            raise ValueError(f"RegularizationPredictor: fixed and moving must be two (B, C, *spatial) tensors of one "
+                             f"shape with {self.spatial_dims} spatial axes, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
+        features = torch.cat([self.moving_stream(moving), self.fixed_stream(fixed)], dim=1)
+        return self.head(self.fusion(features)).flatten(2).mean(dim=2)
+
+
+def predicted_alpha(log_alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha`` from the network's ``log alpha``, within the estimator's range [1e-3, 1e3]."""
+    return log_alpha.clamp(*LOG_ALPHA_RANGE).exp()
+
+
+def log_alpha_loss(predicted_log_alpha: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The paper's L2 loss on ``log alpha``: mean of ``(predicted - log alpha)^2`` over the batch."""
+    return F.mse_loss(predicted_log_alpha.reshape(-1), alpha.reshape(-1).log())

@@ -1,0 +1,67 @@
+"""The alpha predictor (Wang & Zhang's two-stream CNN): shapes, its start, separate streams, that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monai_diffreg.lddmm import RegularizationPredictor, log_alpha_loss, predicted_alpha
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (20, 24)), (3, (16, 16, 18))])
+def test_starts_at_the_given_constant_for_any_pair(spatial_dims, shape):
+    net = RegularizationPredictor(spatial_dims, initial_log_alpha=math.log(3.0)).eval()
+    pairs = torch.rand(2, 3, 1, *shape, generator=torch.Generator().manual_seed(0))
+    out = net(pairs[0], pairs[1])
+    assert out.shape == (3, 1)
+    torch.testing.assert_close(predicted_alpha(out), torch.full((3, 1), 3.0))
+
+
+def test_the_two_streams_are_separate():
+    """Source and target have their own weights: swapping them changes the prediction."""
+    torch.manual_seed(0)
+    net = RegularizationPredictor(2, stream_channels=(4, 4, 4, 4), fusion_channels=(4,)).eval()
+    torch.nn.init.normal_(net.head.weight)
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    assert net.moving_stream[0].conv.weight.data_ptr() != net.fixed_stream[0].conv.weight.data_ptr()
+    assert not torch.allclose(net(a, b), net(b, a))
+
+
+def test_learns_log_alpha_from_the_pair():
+    """A toy regression: alpha is the moving image's contrast relative to the fixed one; 150 Adam steps bring the
+    L2 loss on log alpha below a tenth of the constant predictor's."""
+    torch.manual_seed(0)
+    fixed = torch.rand(32, 1, 16, 16)
+    alpha = torch.exp(torch.empty(32).uniform_(-1.0, 1.0))
+    moving = fixed * alpha.view(-1, 1, 1, 1)
+    net = RegularizationPredictor(2, stream_channels=(8, 8, 8, 8), fusion_channels=(8,), kernel_size=3,
+                                  initial_log_alpha=float(alpha.log().mean()))
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    with torch.no_grad():
+        start = float(log_alpha_loss(net(fixed, moving), alpha))
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = log_alpha_loss(net(fixed, moving), alpha)
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        assert float(log_alpha_loss(net(fixed, moving), alpha)) < 0.1 * start
+
+
+def test_loss_is_the_l2_on_log_alpha_and_alpha_stays_in_range():
+    predicted, alpha = torch.tensor([[0.0], [1.0]]), torch.tensor([1.0, 1.0])
+    assert float(log_alpha_loss(predicted, alpha)) == pytest.approx(0.5)
+    assert float(predicted_alpha(torch.tensor(50.0))) == pytest.approx(1e3)
+
+
+def test_bad_settings_and_inputs():
+    with pytest.raises(ValueError, match="'spatial_dims' must be 2 or 3"):
+        RegularizationPredictor(4)
+    with pytest.raises(ValueError, match="'kernel_size' must be an odd integer"):
+        RegularizationPredictor(2, kernel_size=4)
+    net = RegularizationPredictor(2)
+    with pytest.raises(ValueError, match="two \\(B, C, \\*spatial\\) tensors of one shape with 2 spatial axes"):
+        net(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 18))
