@@ -5,7 +5,9 @@
 of :func:`monai_diffreg.lddmm.estimate_regularization` (start alpha 1), as the paper labels its training
 pairs. One JSON line per pair is appended to ``labels.jsonl`` (resumable: finished pairs are skipped; the
 images are rebuilt from the seed). ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D) on
-all but the last ``--test`` pairs, L2 on log alpha, Adam 5e-4 (the paper's), then its predictions on the
+all but the last ``--test`` pairs, L2 on log alpha, Adam 5e-4 (the paper's); with batch normalisation the
+running statistics are recomputed over the training pairs before each evaluation
+(:func:`monai_diffreg.lddmm.recalibrate_batch_norm`); then its predictions on the
 held-out pairs against their labels and true alphas, the prediction time and a plot.
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 200
@@ -24,7 +26,8 @@ import torch
 
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path
-from monai_diffreg.lddmm import RegularizationPredictor, estimate_regularization, log_alpha_loss, predicted_alpha
+from monai_diffreg.lddmm import (RegularizationPredictor, estimate_regularization, log_alpha_loss, predicted_alpha,
+                                 recalibrate_batch_norm)
 
 ALPHA_RANGE = (1.0, 30.0)
 
@@ -82,14 +85,13 @@ def train(output: Path, test: int, epochs: int, seed: int = 0) -> dict:
             loss.backward()
             optimizer.step()
         if epoch % 10 == 0 or epoch == epochs - 1:
-            net.eval()
+            recalibrate_batch_norm(net, fixed[:n], moving[:n])
             with torch.no_grad():
                 held_out = float(log_alpha_loss(net(fixed[n:], moving[n:]), labels[n:]))
                 train_loss = float(log_alpha_loss(net(fixed[:n], moving[:n]), labels[:n]))
             history.append({"epoch": epoch, "train": train_loss, "test": held_out})
             print(f"epoch {epoch}: L2 on log alpha train {train_loss:.4f}, held-out {held_out:.4f}", flush=True)
     training_seconds = time.perf_counter() - start
-    net.eval()
     with torch.no_grad():
         net(fixed[n:n + 1], moving[n:n + 1])  # warm-up
         tic = time.perf_counter()

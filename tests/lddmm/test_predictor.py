@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_diffreg.lddmm import RegularizationPredictor, log_alpha_loss, predicted_alpha
+from monai_diffreg.lddmm import RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
 
 
 @pytest.mark.parametrize("spatial_dims, shape", [(2, (20, 24)), (3, (16, 16, 18))])
@@ -31,7 +31,8 @@ def test_the_two_streams_are_separate():
 
 def test_learns_log_alpha_from_the_pair():
     """A toy regression: alpha is the moving image's contrast relative to the fixed one; 150 Adam steps bring the
-    L2 loss on log alpha below a tenth of the constant predictor's."""
+    L2 loss on log alpha below a tenth of the constant predictor's, in evaluation mode after recalibrating the
+    batch statistics, one pair at a time too."""
     torch.manual_seed(0)
     fixed = torch.rand(32, 1, 16, 16)
     alpha = torch.exp(torch.empty(32).uniform_(-1.0, 1.0))
@@ -46,9 +47,12 @@ def test_learns_log_alpha_from_the_pair():
         loss = log_alpha_loss(net(fixed, moving), alpha)
         loss.backward()
         optimizer.step()
-    net.eval()
+    recalibrate_batch_norm(net, fixed, moving)
+    assert not net.training and net.fixed_stream[0].norm.momentum == 0.1
     with torch.no_grad():
         assert float(log_alpha_loss(net(fixed, moving), alpha)) < 0.1 * start
+        one_at_a_time = torch.cat([net(fixed[i:i + 1], moving[i:i + 1]) for i in range(len(fixed))])
+        assert float(log_alpha_loss(one_at_a_time, alpha)) < 0.1 * start
 
 
 def test_loss_is_the_l2_on_log_alpha_and_alpha_stays_in_range():
