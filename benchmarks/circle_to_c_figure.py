@@ -22,7 +22,7 @@ from benchmarks.cases import circle_and_c
 from monai_diffreg import register
 from monai_diffreg.cli import parse_option_value
 from monai_diffreg.functional import jacobian_determinant, warp
-from monai_diffreg.io import atomic_path
+from monai_diffreg.io import save_png
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,8 +74,7 @@ def main(argv=None) -> None:
         ax.set_title(f"{method}: Dice {scores[method]['dice']:.3f}\n{folded:.2f} % det J <= 0")
     for ax in axes:
         ax.axis("off")
-    with atomic_path(args.output) as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
+    save_png(fig, args.output, dpi=80, bbox_inches="tight")
     print(scores)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from monai_diffreg.functional import warp
-from monai_diffreg.io import atomic_path
+from monai_diffreg.io import atomic_path, save_png
 from monai_diffreg.lddmm import band_operators, band_to_ddf, estimate_regularization, sample_initial_velocity, shoot_maps
 
 TRUE_ALPHAS = (3.0, 6.0, 11.0)
@@ -95,8 +95,7 @@ def plot(results: dict, path: Path) -> None:
     axes[4].set_ylabel("alpha")
     axes[4].set_title("estimates: evidence (solid), joint MAP (dotted); truth dashed")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+    save_png(fig, path, dpi=90)
     plt.close(fig)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
-from monai_diffreg.io import atomic_path
+from monai_diffreg.io import atomic_path, save_png
 from monai_diffreg.lddmm import (RegularizationPredictor, estimate_regularization, log_alpha_loss, predicted_alpha,
                                  recalibrate_batch_norm)
 
@@ -138,8 +138,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set(yscale="log", xlabel="epoch", ylabel="L2 on log alpha", title="training")
     axes[1].legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+    save_png(fig, path, dpi=90)
     plt.close(fig)
 
 

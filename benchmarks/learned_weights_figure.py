@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from monai_diffreg.io import atomic_path
+from monai_diffreg.io import save_png
 from monai_diffreg.mermaid import predict_local_weights
 from monai_diffreg.methods import load_method
 from monai_diffreg.sample import sample_paths
@@ -47,8 +47,7 @@ def main(argv=None) -> None:
     for ax in axes:
         ax.axis("off")
     fig.colorbar(shown, ax=axes[1:], shrink=0.8)
-    with atomic_path(args.output) as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
+    save_png(fig, args.output, dpi=80, bbox_inches="tight")
     print({sigma: round(float(weights[0, i].mean()), 3) for i, sigma in enumerate(sigmas)})
 
 

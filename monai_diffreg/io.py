@@ -50,6 +50,7 @@ from .validation import check_choice, check_field, check_spatial_tensor
 
 __all__ = [
     "atomic_path",
+    "save_png",
     "save_image",
     "write_nifti",
     "save_displacement_field",
@@ -116,6 +117,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def save_png(figure, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write a matplotlib ``figure`` to ``path`` as a PNG, atomically (:func:`atomic_path`); ``savefig_kwargs``
+    (e.g. ``dpi``) go to ``figure.savefig``. Returns ``path``."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", **savefig_kwargs)
+    return Path(path)
 
 
 def _to_numpy(x: object, name: str, caller: str) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .functional.jacobian import jacobian_determinant
-from .io import atomic_path, spatial_affine
+from .io import save_png, spatial_affine
 from .transforms.intensity import percentile
 
 __all__ = ["save_qc_figure", "checkerboard"]
@@ -196,6 +196,4 @@ def save_qc_figure(fixed: object, moving: object, warped: object, ddf: object, p
     orientation = "RAS view: patient right on the viewer's right, superior/anterior up" if anatomical else \
         "tensor axes: first in-plane axis to the right, second up"
     fig.suptitle((title + "\n" if title else "") + orientation, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(str(tmp), format="png", pil_kwargs={"compress_level": 1})
-    return Path(path)
+    return save_png(fig, path, pil_kwargs={"compress_level": 1})

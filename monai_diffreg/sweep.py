@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path
+from .io import save_png
 
 __all__ = ["sweep_option", "plot_sweep", "select_value", "select_index", "SELECTION_RULES",
            "FOLDING_LIMIT_PERCENT", "DICE_TIE"]
@@ -298,7 +298,4 @@ def plot_sweep(rows: Sequence[dict[str, Any]], option: str, path: str | os.PathL
         left.set_xticks(x, [str(v) for v in values])
     left.set_title(title or option)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return path
+    return save_png(fig, path, dpi=100)

@@ -62,7 +62,6 @@ DENSE_CURVATURE_LIMIT = 2048
 
 #: ``log alpha`` stays in ``log [1e-3, 1e3]``: the joint MAP is unbounded as ``alpha -> inf, v_0 -> 0`` (module docstring)
 LOG_ALPHA_RANGE = (math.log(1e-3), math.log(1e3))
-_LOG_ALPHA_MIN, _LOG_ALPHA_MAX = LOG_ALPHA_RANGE
 
 __all__ = ["log_determinant", "alpha_gradient", "data_precision", "data_curvature", "effective_precision", "best_alpha",
            "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE", "sample_initial_velocity", "estimate_regularization"]
@@ -141,7 +140,7 @@ def best_alpha(initial_velocity: torch.Tensor, operators: BandOperators, data_pr
                power: int = 3) -> float:
     """The ``alpha`` that minimises ``f`` for a fixed ``v_0``: the root of :func:`alpha_gradient` (monotone in
     ``alpha``), by bisection on ``log alpha`` in [1e-3, 1e3] (a bound when there is no root inside)."""
-    low, high = _LOG_ALPHA_MIN, _LOG_ALPHA_MAX
+    low, high = LOG_ALPHA_RANGE
     if alpha_gradient(math.exp(high), initial_velocity, operators, data_precision, power) < 0:
         return math.exp(high)
     if alpha_gradient(math.exp(low), initial_velocity, operators, data_precision, power) > 0:

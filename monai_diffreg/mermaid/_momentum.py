@@ -233,11 +233,9 @@ def optimise_momentum(fixed: torch.Tensor, moving: torch.Tensor, model: Momentum
                 extra = e.detach()
             energy = losses[-1] if losses else energy
 
-    with torch.no_grad():
-        map_grid, map_spacing = level_grid(shape, factors[-1] * map_factor, spacing)
-        momentum = resize_image(momentum, size=map_grid)
-        extra = None if extra is None else resize_image(extra, size=map_grid)
-        out = model.fields(momentum, extra, model.operators(map_grid, map_spacing, fixed.device), map_spacing, inverse)
+    with torch.no_grad():  # the last level's map grid, operators and parameters: where the energy was minimised
+        extra = None if e is None else e.detach()
+        out = model.fields(momentum, extra, operators, map_spacing, inverse)
         out = {key: resize_field(field, size=shape) for key, field in out.items()}  # every output is a field
         out.update(momentum=momentum, warped=warp(moving32, out["ddf"]), energy=energy, history=history)
         if extra is not None:

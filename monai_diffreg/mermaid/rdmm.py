@@ -66,7 +66,8 @@ DEFAULT_OMT_WEIGHT = 0.01
 DEFAULT_RANGE_WEIGHT = 0.1
 DEFAULT_WEIGHTS_LEARNING_RATE = 0.02
 #: :func:`rdmm_velocity` transforms the N weighted momenta together up to this many elements (64 MB in float32: a
-#: 2 mm brain grid), one at a time above (the full-resolution fields of a 1 mm brain: 1.2 GB less at the peak)
+#: 2 mm brain grid), one at a time above (a schedule whose last level is a 1 mm brain's full grid: 1.2 GB less at
+#: the peak)
 BATCHED_KERNELS_LIMIT = 2**24
 #: Adam steps per level of the default pyramid (4 mm, 2 mm; :func:`~._momentum.default_schedule`): LDDMM's
 #: (60, 30) cost more than ANTsPy SyN's time on 2 threads (docs)

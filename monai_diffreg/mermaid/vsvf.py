@@ -12,8 +12,9 @@ level and the energy does not change with the grid; ``v`` is divided by the leve
 before integration. Coarse to fine: the images are area-downsampled to each level's grid, ``m``
 is carried linearly, and Adam runs on ``m`` with a step of ``learning_rate`` millimetres, each level
 stopping early when ten steps lower the energy by less than ``tolerance`` of it. The output fields
-are those of the last level's grid, where the energy was minimised, upsampled to the full grid. The energy's form and the loop are shared with
-LDDMM shooting (:mod:`._momentum`); the model is :func:`vsvf_fields`.
+are those of the last level's grid, where the energy was minimised, upsampled to the full grid. The
+energy's form and the loop are shared with LDDMM shooting (:mod:`._momentum`); the model is
+:func:`vsvf_fields`.
 """
 
 from __future__ import annotations
