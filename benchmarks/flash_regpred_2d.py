@@ -63,8 +63,10 @@ def make_labels(output: Path, pairs: int) -> None:
 
 
 def train(output: Path, test: int, epochs: int, seed: int = 0) -> dict:
-    rows = sorted((json.loads(line) for line in (output / "labels.jsonl").read_text().splitlines()),
-                  key=lambda r: r["index"])
+    labels_path = output / "labels.jsonl"
+    if not labels_path.is_file():
+        raise SystemExit(f"flash_regpred_2d: no {labels_path}: run the data step first (the same --output)")
+    rows = sorted((json.loads(line) for line in labels_path.read_text().splitlines()), key=lambda r: r["index"])
     if len(rows) <= test:
         raise SystemExit(f"flash_regpred_2d: {len(rows)} labelled pairs, need more than --test {test}")
     images = [pair(r["index"]) for r in rows]

@@ -37,6 +37,8 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_training_reports_held_out_predictions(tmp_path):
+    with pytest.raises(SystemExit, match="run the data step first"):
+        experiment.train(tmp_path, test=2, epochs=1)
     with (tmp_path / "labels.jsonl").open("w") as f:
         for index in range(6):
             f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
