@@ -40,7 +40,7 @@ from torch import nn
 
 from ..engines._optim_common import EngineSettings, ProgressReporter, check_pair, downsample, level_grid, progress_reporter
 from ..functional import resize_image
-from ..validation import check_integer, check_positive
+from ..validation import NonFiniteError, all_finite, check_integer, check_positive
 from ._momentum import MOMENTUM_IMAGE_LOSSES, MomentumModel, image_energy, optimise_momentum
 from .kernels import (_spacing, apply_kernel, check_kernel, check_simplex, gaussian_multiplier, gaussian_multipliers,
                       kernel_energy, omt_penalty)
@@ -396,6 +396,9 @@ def local_metric_register(
     network = _check_network(network, fixed.ndim - 2, fixed.shape[1], widths, caller)
     with torch.no_grad():
         local_weights = predict_local_weights(network.to(fixed.device).eval(), moving.float(), spacing)
+    if not all_finite(local_weights):
+        raise NonFiniteError(f"{caller}(): the weight network predicted non-finite kernel weights (NaN or Inf) for "
+                             f"this image: its parameters are unusable (a corrupt or untrained weights file?)")
     model = MomentumModel(
         operators=lambda grid, grid_spacing, device: gaussian_multipliers(grid, widths, grid_spacing, device=device),
         energy=partial(local_metric_energy, sigmas=widths, regularization_weight=regularization_weight, omt_weight=0.0,

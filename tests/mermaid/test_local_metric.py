@@ -14,6 +14,7 @@ from monai_diffreg.mermaid.local_metric import (LocalMetricRegistration, LocalWe
                                                 weighted_linear_softmax,
                                                 weights_total_variation)
 from monai_diffreg.metrics import folding_percentage
+from monai_diffreg.validation import NonFiniteError
 
 GLOBAL = torch.tensor([0.2, 0.3, 0.5])
 SIGMAS = (1.0, 2.0, 4.0)
@@ -310,6 +311,16 @@ def test_learn_bad_inputs(pairs, options, match):
 def test_register_bad_inputs(network, options, match):
     with pytest.raises(ValueError, match=r"^local_metric_register\(\): " + match):
         local_metric_register(*_PAIR, network, **options)
+
+
+def test_register_refuses_a_network_that_predicts_non_finite_weights():
+    """Corrupt parameters (a NaN in the first convolution) are named as such in one line, before any optimisation."""
+    network = LocalWeightNetwork(2, 3, GLOBAL)
+    with torch.no_grad():
+        next(network.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^local_metric_register\(\): the weight network predicted non-finite "
+                                             r"kernel weights"):
+        local_metric_register(*_PAIR, network, sigmas=SIGMAS)
 
 
 @pytest.mark.parametrize("args, options, match", [
