@@ -10,10 +10,14 @@ import torch.nn.functional as F
 from ..validation import NonFiniteError, all_finite, check_choice, check_field, check_spatial_tensor
 from .grid import tracing
 
-__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "voxel_to_sampling_coordinates"]
+__all__ = ["warp", "WARP_MODES", "PADDING_MODES", "DISPLACEMENT_GRADIENTS", "voxel_to_sampling_coordinates"]
 
 WARP_MODES = ("bilinear", "nearest")
 PADDING_MODES = ("border", "zeros", "reflection")
+#: how :func:`warp` differentiates with respect to the displacement (its docstring)
+DISPLACEMENT_GRADIENTS = ("exact", "symmetric")
+#: ``"symmetric"``: half the distance, in voxels, between the two sampling positions whose derivatives are averaged
+_SYMMETRIC_OFFSET = 1e-3
 
 
 def voxel_to_sampling_coordinates(locations: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
@@ -38,7 +42,8 @@ def _sampling_axes(shape: tuple[int, ...], device: torch.device, dtype: torch.dt
     return coordinates, scales
 
 
-def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
+def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border",
+         displacement_gradient: str = "exact") -> torch.Tensor:
     """Warp ``image`` by ``ddf``: ``warped(x) = image(x + ddf(x))``.
 
     Args:
@@ -47,6 +52,16 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
         mode: ``"bilinear"`` (linear in 2D/3D, differentiable) or ``"nearest"`` (label maps).
         padding_mode: value outside the image: ``"border"`` (nearest edge value), ``"zeros"``
             or ``"reflection"``.
+        displacement_gradient: the derivative with respect to ``ddf`` (bilinear mode; the value and the
+            derivative with respect to ``image`` are the same either way). ``"exact"``: that of the linear
+            interpolation as ``grid_sample`` gives it, one-sided where a sampling position is at a voxel (a
+            kink), e.g. everywhere at the identity, where float rounding of the sampling coordinates makes it
+            a forward difference at some voxels and a backward one at others: an optimisation started at the
+            identity then depends on the orientation of the images. ``"symmetric"``: at a kink the mean of
+            the two one-sided derivatives (the central difference at a voxel), elsewhere the exact one; the
+            mean of the exact derivatives at the positions moved by +-1e-3 voxel along every axis (inside a
+            cell the exact one: in 2D exactly, the interpolant being linear along each axis there; in 3D to
+            1e-6 times a mixed third difference).
 
     Returns:
         ``(B, C, *spatial)`` warped image, same dtype as ``image``.
@@ -55,6 +70,7 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     check_field(ddf, "ddf", "warp", like=image)
     check_choice(mode, "mode", "warp", WARP_MODES)
     check_choice(padding_mode, "padding_mode", "warp", PADDING_MODES)
+    check_choice(displacement_gradient, "displacement_gradient", "warp", DISPLACEMENT_GRADIENTS)
     if ddf.device.type == "cpu" and not tracing() and not all_finite(ddf):
         # grid_sample's CPU kernels index memory with non-finite coordinates unchecked (a crash, not an error)
         raise NonFiniteError("warp(): 'ddf' has non-finite values (NaN or Inf): the computation that produced "
@@ -67,4 +83,13 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     ddf = ddf.to(image.dtype)
     grid = torch.stack([torch.add(coordinates[k], ddf[:, k], alpha=scales[k]) for k in reversed(range(ddf.shape[1]))],
                        dim=-1)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    if displacement_gradient == "exact" or mode != "bilinear" or not grid.requires_grad:
+        return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # the value with the grid held fixed (exact image gradient), plus a term that is zero but differentiates
+    # as the mean of the interpolant at the positions moved by +-offset (the grid gradient only)
+    warped = F.grid_sample(image, grid.detach(), mode=mode, padding_mode=padding_mode, align_corners=True)
+    offset = grid.new_tensor([_SYMMETRIC_OFFSET * scales[k] for k in reversed(range(ddf.shape[1]))])
+    constant = image.detach()
+    mean = 0.5 * (F.grid_sample(constant, grid + offset, mode=mode, padding_mode=padding_mode, align_corners=True)
+                  + F.grid_sample(constant, grid - offset, mode=mode, padding_mode=padding_mode, align_corners=True))
+    return warped + (mean - mean.detach())

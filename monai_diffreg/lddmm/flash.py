@@ -65,7 +65,7 @@ def flash_energy(initial_velocity: torch.Tensor, fixed: torch.Tensor, moving: to
     """
     _, inverse_map = shoot(initial_velocity, operators, num_steps, integrator)
     ddf = band_to_ddf(inverse_map, operators)
-    warped = warp(moving, ddf.to(moving.dtype))
+    warped = warp(moving, ddf.to(moving.dtype), displacement_gradient="symmetric")
     image = (warped - fixed).pow(2).flatten(1).sum(1) / (2 * sigma ** 2)
     prior = prior_energy(initial_velocity, operators)
     return {"total": image + prior, "image": image, "prior": prior, "ddf": ddf, "warped": warped}

@@ -1,4 +1,5 @@
-"""Warp: exact translations, identity, MONAI Warp agreement, gradcheck, bad input."""
+"""Warp: exact translations, identity, MONAI Warp agreement, gradcheck, the symmetric displacement gradient,
+bad input."""
 
 import warnings
 
@@ -59,6 +60,56 @@ def test_gradcheck_float64(shape):
     assert torch.autograd.gradcheck(lambda i, d: warp(i, d), (image, ddf), eps=1e-6, atol=1e-5)
 
 
+def _ddf_gradient(image, ddf, weights, displacement_gradient):
+    ddf = ddf.clone().requires_grad_(True)
+    (warp(image, ddf, displacement_gradient=displacement_gradient) * weights).sum().backward()
+    return ddf.grad
+
+
+def test_displacement_gradient_at_the_identity_exact_is_one_sided_symmetric_is_central():
+    """Along a quadratic ramp x^2 the exact derivative at the identity is 2x + 1 at some voxels and 2x - 1 at
+    others (float rounding of the sampling coordinates); the symmetric one is 2x at every inner voxel."""
+    x = torch.arange(40.0)
+    image = (x ** 2).expand(1, 1, 6, 40).contiguous()
+    ddf, ones = torch.zeros(1, 2, 6, 40), torch.ones(1, 1, 6, 40)
+    exact = _ddf_gradient(image, ddf, ones, "exact")[0, 1, 0, 1:-1] - 2 * x[1:-1]
+    assert {-1.0, 1.0} <= set(exact.round().tolist())
+    symmetric = _ddf_gradient(image, ddf, ones, "symmetric")
+    assert torch.allclose(symmetric[0, 1, :, 1:-1], 2 * x[1:-1].expand(6, 38), atol=1e-3)
+    assert torch.count_nonzero(symmetric[0, 0]) == 0  # no change along the other axis
+
+
+@pytest.mark.parametrize("shape", [(16, 14), (10, 9, 8)])
+def test_symmetric_displacement_gradient_is_the_exact_one_inside_cells_with_the_same_value(shape):
+    torch.manual_seed(0)
+    image = torch.rand(2, 2, *shape, dtype=torch.float64)
+    # sampling positions away from voxels (fractional parts in [0.2, 0.8]), some outside the image
+    ddf = torch.randint(-3, 3, (2, len(shape), *shape)).double() + torch.rand(2, len(shape), *shape, dtype=torch.float64) * 0.6 + 0.2
+    weights = torch.rand(2, 2, *shape, dtype=torch.float64)
+    results = {}
+    for kind in ("exact", "symmetric"):
+        moving, field = image.clone().requires_grad_(True), ddf.clone().requires_grad_(True)
+        value = warp(moving, field, padding_mode="zeros", displacement_gradient=kind)
+        (value * weights).sum().backward()
+        results[kind] = (value.detach(), moving.grad, field.grad)
+    for exact, symmetric in zip(results["exact"], results["symmetric"]):  # 3D: up to offset^2 x a mixed difference
+        assert torch.allclose(exact, symmetric, rtol=0, atol=1e-9 if len(shape) == 2 else 1e-5)
+
+
+def test_symmetric_displacement_gradient_is_equivariant_under_flips_and_transposes():
+    torch.manual_seed(1)
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 32, 32), 5, 1, 2)
+    ddf, weights = torch.zeros(1, 2, 32, 32), torch.rand(1, 1, 32, 32)
+    for kind in ("exact", "symmetric"):
+        reference = _ddf_gradient(image, ddf, weights, kind)
+        flipped = _ddf_gradient(image.flip(3), ddf, weights.flip(3), kind).flip(3)
+        transposed = _ddf_gradient(image.transpose(2, 3), ddf, weights.transpose(2, 3), kind).transpose(2, 3)
+        equivariant = (torch.allclose(flipped[:, 0], reference[:, 0], atol=1e-3)    # largest derivative ~0.14
+                       and torch.allclose(-flipped[:, 1], reference[:, 1], atol=1e-3)
+                       and torch.allclose(transposed.flip(1), reference, atol=1e-3))
+        assert equivariant == (kind == "symmetric")
+
+
 def test_labels_keep_their_values_with_nearest():
     labels = torch.randint(0, 5, (1, 1, 9, 9, 9)).float()
     warped = warp(labels, torch.randn(1, 3, 9, 9, 9), mode="nearest")
@@ -75,6 +126,8 @@ def test_bad_input_messages():
         warp(torch.rand(8, 8, 8), torch.zeros(1, 3, 8, 8, 8))
     with pytest.raises(ValueError, match=r"warp\(\): 'mode' must be one of"):
         warp(image, torch.zeros(1, 3, 8, 8, 8), mode="cubic")
+    with pytest.raises(ValueError, match=r"warp\(\): 'displacement_gradient' must be one of"):
+        warp(image, torch.zeros(1, 3, 8, 8, 8), displacement_gradient="central")
     with pytest.raises(TypeError, match=r"warp\(\): 'image' must be a torch.Tensor, got ndarray"):
         warp(image.numpy(), torch.zeros(1, 3, 8, 8, 8))
 
