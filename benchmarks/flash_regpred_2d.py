@@ -4,14 +4,18 @@
 (seed ``i``) of a true alpha drawn log-uniformly in [``ALPHA_RANGE``]; its label is the evidence estimate
 of :func:`monai_diffreg.lddmm.estimate_regularization` (start alpha 1), as the paper labels its training
 pairs. One JSON line per pair is appended to ``labels.jsonl`` (resumable: finished pairs are skipped; the
-images are rebuilt from the seed). ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D) on
-all but the last ``--test`` pairs, L2 on log alpha, Adam 5e-4 (the paper's); with batch normalisation the
-running statistics are recomputed over the training pairs before each evaluation
-(:func:`monai_diffreg.lddmm.recalibrate_batch_norm`); then its predictions on the
+images are rebuilt from the seed). ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
+L2 on log alpha, Adam from ``--lr`` (the paper's 5e-4) with a cosine decay to 0 over ``--epochs``, each training
+batch (both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
+operators and the image term are invariant under them, so the pair's MAP label is too). The last
+``--test`` pairs are held out for the report; of the rest, the last ``--validation`` pairs choose the epoch
+(the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. The batch
+norms' running statistics are recomputed over the training pairs before each evaluation
+(:func:`monai_diffreg.lddmm.recalibrate_batch_norm`). Reported: the chosen weights' predictions on the
 held-out pairs against their labels and true alphas, the prediction time and a plot.
 
-    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 200
-    python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --epochs 300]
+    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300
+    python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4]
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ def pair(index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return deformed(source, true_alpha(index), index)[0], source
 
 
+def square_symmetry(images: torch.Tensor, which: int) -> torch.Tensor:
+    """``images`` ``(B, C, N, N)`` under symmetry ``which`` in 0..7 of the square: ``which % 4`` quarter turns,
+    then a flip of the last axis if ``which >= 4`` (0 is the identity)."""
+    turned = torch.rot90(images, which % 4, dims=(2, 3))
+    return turned.flip(3) if which >= 4 else turned
+
+
 def make_labels(output: Path, pairs: int) -> None:
     path = output / "labels.jsonl"
     done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
@@ -62,38 +73,47 @@ def make_labels(output: Path, pairs: int) -> None:
         print(f"pair {index}: true {row['true_alpha']:.2f}, MAP {row['map_alpha']:.2f} ({row['seconds']:.0f} s)", flush=True)
 
 
-def train(output: Path, test: int, epochs: int, seed: int = 0) -> dict:
+def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, seed: int = 0) -> dict:
     labels_path = output / "labels.jsonl"
     if not labels_path.is_file():
         raise SystemExit(f"flash_regpred_2d: no {labels_path}: run the data step first (the same --output)")
     rows = sorted((json.loads(line) for line in labels_path.read_text().splitlines()), key=lambda r: r["index"])
-    if len(rows) <= test:
-        raise SystemExit(f"flash_regpred_2d: {len(rows)} labelled pairs, need more than --test {test}")
+    if len(rows) <= test + validation:
+        raise SystemExit(f"flash_regpred_2d: {len(rows)} labelled pairs, need more than --test {test} + "
+                         f"--validation {validation}")
     images = [pair(r["index"]) for r in rows]
     fixed = torch.cat([t for t, _ in images])
     moving = torch.cat([s for _, s in images])
     labels = torch.tensor([r["map_alpha"] for r in rows])
-    n = len(rows) - test
+    n_train, n = len(rows) - test - validation, len(rows) - test
     torch.manual_seed(seed)
-    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n].log().mean()))
-    optimizer = torch.optim.Adam(net.parameters(), lr=5e-4, weight_decay=1e-4)
-    history, start = [], time.perf_counter()
+    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n_train].log().mean()))
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    history, best, start = [], (math.inf, -1, None), time.perf_counter()
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(n)
-        for batch in order.split(16):
+        for batch in torch.randperm(n_train).split(16):
+            which = int(torch.randint(8, (1,)))
             optimizer.zero_grad()
-            loss = log_alpha_loss(net(fixed[batch], moving[batch]), labels[batch])
+            loss = log_alpha_loss(net(square_symmetry(fixed[batch], which), square_symmetry(moving[batch], which)),
+                                  labels[batch])
             loss.backward()
             optimizer.step()
-        if epoch % 10 == 0 or epoch == epochs - 1:
-            recalibrate_batch_norm(net, fixed[:n], moving[:n])
+        schedule.step()
+        if epoch % 5 == 0 or epoch == epochs - 1:
+            recalibrate_batch_norm(net, fixed[:n_train], moving[:n_train])
             with torch.no_grad():
-                held_out = float(log_alpha_loss(net(fixed[n:], moving[n:]), labels[n:]))
-                train_loss = float(log_alpha_loss(net(fixed[:n], moving[:n]), labels[:n]))
-            history.append({"epoch": epoch, "train": train_loss, "test": held_out})
-            print(f"epoch {epoch}: L2 on log alpha train {train_loss:.4f}, held-out {held_out:.4f}", flush=True)
+                losses = {name: float(log_alpha_loss(net(fixed[part], moving[part]), labels[part]))
+                          for name, part in (("train", slice(0, n_train)), ("validation", slice(n_train, n)))}
+            history.append({"epoch": epoch, **losses})
+            if losses["validation"] < best[0]:
+                best = (losses["validation"], epoch, {k: v.clone() for k, v in net.state_dict().items()})
+            print(f"epoch {epoch}: L2 on log alpha train {losses['train']:.4f}, validation {losses['validation']:.4f}",
+                  flush=True)
     training_seconds = time.perf_counter() - start
+    net.load_state_dict(best[2])
+    net.eval()
     with torch.no_grad():
         net(fixed[n:n + 1], moving[n:n + 1])  # warm-up
         tic = time.perf_counter()
@@ -102,10 +122,11 @@ def train(output: Path, test: int, epochs: int, seed: int = 0) -> dict:
     held = rows[n:]
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
-        "pairs": len(rows), "train_pairs": n, "test_pairs": test, "epochs": epochs, "alpha_range": ALPHA_RANGE,
+        "pairs": len(rows), "train_pairs": n_train, "validation_pairs": validation, "test_pairs": test,
+        "epochs": epochs, "learning_rate": lr, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
-        "constant_predictor_relative_error": sum(abs(math.exp(float(labels[:n].log().mean())) / r["map_alpha"] - 1)
+        "constant_predictor_relative_error": sum(abs(math.exp(float(labels[:n_train].log().mean())) / r["map_alpha"] - 1)
                                                  for r in held) / test,
         "mean_abs_relative_error_vs_map": sum(abs(e) for e in errors) / test,
         "median_abs_relative_error_vs_map": sorted(abs(e) for e in errors)[test // 2],
@@ -136,7 +157,8 @@ def plot(result: dict, path: Path) -> None:
     axes[0].legend()
     epochs = [h["epoch"] for h in result["history"]]
     axes[1].plot(epochs, [h["train"] for h in result["history"]], label="training pairs")
-    axes[1].plot(epochs, [h["test"] for h in result["history"]], label="held-out pairs")
+    axes[1].plot(epochs, [h["validation"] for h in result["history"]], label="validation pairs")
+    axes[1].axvline(result["chosen_epoch"], color="k", lw=0.8, ls=":", label="chosen (lowest validation)")
     axes[1].set(yscale="log", xlabel="epoch", ylabel="L2 on log alpha", title="training")
     axes[1].legend()
     fig.tight_layout()
@@ -150,7 +172,9 @@ def main() -> None:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--pairs", type=int, default=200, help="data: labelled pairs wanted")
     parser.add_argument("--test", type=int, default=40, help="train: held-out pairs (the last ones)")
-    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--validation", type=int, default=40, help="train: pairs choosing the epoch (before the held-out ones)")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,7 +182,7 @@ def main() -> None:
     if args.step == "data":
         make_labels(args.output, args.pairs)
     else:
-        result = train(args.output, args.test, args.epochs)
+        result = train(args.output, args.test, args.epochs, args.validation, args.lr)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

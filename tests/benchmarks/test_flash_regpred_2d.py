@@ -36,17 +36,27 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert all(r["map_alpha"] == 2.0 and r["true_alpha"] == experiment.true_alpha(r["index"]) for r in rows)
 
 
-def test_training_reports_held_out_predictions(tmp_path):
+def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tmp_path):
     with pytest.raises(SystemExit, match="run the data step first"):
-        experiment.train(tmp_path, test=2, epochs=1)
+        experiment.train(tmp_path, test=2, epochs=1, validation=2)
     with (tmp_path / "labels.jsonl").open("w") as f:
-        for index in range(6):
+        for index in range(8):
             f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
                                 "map_alpha": experiment.true_alpha(index), "seconds": 1.0}) + "\n")
-    result = experiment.train(tmp_path, test=2, epochs=2)
-    assert result["train_pairs"] == 4 and len(result["held_out"]) == 2
+    result = experiment.train(tmp_path, test=2, epochs=7, validation=2)
+    assert (result["train_pairs"], result["validation_pairs"], len(result["held_out"])) == (4, 2, 2)
+    assert [h["epoch"] for h in result["history"]] == [0, 5, 6]
+    assert result["chosen_epoch"] == min(result["history"], key=lambda h: h["validation"])["epoch"]
     assert all(math.isfinite(r["predicted_alpha"]) and r["predicted_alpha"] > 0 for r in result["held_out"])
+    assert [r["index"] for r in result["held_out"]] == [6, 7]
     assert json.loads((tmp_path / "results.json").read_text())["test_pairs"] == 2
     assert (tmp_path / "predictions.png").stat().st_size > 0 and (tmp_path / "predictor_2d.pt").is_file()
-    with pytest.raises(SystemExit, match="need more than --test 6"):
-        experiment.train(tmp_path, test=6, epochs=1)
+    with pytest.raises(SystemExit, match="need more than --test 6 \\+ --validation 2"):
+        experiment.train(tmp_path, test=6, epochs=1, validation=2)
+
+
+def test_square_symmetries_are_the_eight_distinct_ones():
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    copies = [experiment.square_symmetry(image, k) for k in range(8)]
+    assert torch.equal(copies[0], image) and len({tuple(c.flatten().tolist()) for c in copies}) == 8
+    assert all(torch.equal(experiment.square_symmetry(copies[k], k if k >= 4 else (4 - k) % 4), image) for k in range(8))
