@@ -14,15 +14,17 @@ norms' running statistics are recomputed over the training pairs before each eva
 (:func:`monai_diffreg.lddmm.recalibrate_batch_norm`). Reported: the chosen weights' predictions on the
 held-out pairs against their labels and true alphas, the prediction time and a plot.
 
-    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300
+    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
     python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -56,21 +58,27 @@ def square_symmetry(images: torch.Tensor, which: int) -> torch.Tensor:
     return turned.flip(3) if which >= 4 else turned
 
 
-def make_labels(output: Path, pairs: int) -> None:
+def label(index: int) -> dict:
+    """The MAP label of pair ``index`` (one line of ``labels.jsonl``)."""
+    torch.set_num_threads(1)
+    target, source = pair(index)
+    start = time.perf_counter()
+    result = estimate_regularization(target, source, alpha=1.0, truncation=TRUNCATION)
+    return {"index": index, "true_alpha": true_alpha(index), "map_alpha": result["alpha"],
+            "curvature": result["curvature"], "iterations": len(result["history"]),
+            "seconds": time.perf_counter() - start}
+
+
+def make_labels(output: Path, pairs: int, workers: int = 1) -> None:
     path = output / "labels.jsonl"
     done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
-    for index in range(pairs):
-        if index in done:
-            continue
-        target, source = pair(index)
-        start = time.perf_counter()
-        result = estimate_regularization(target, source, alpha=1.0, truncation=TRUNCATION)
-        row = {"index": index, "true_alpha": true_alpha(index), "map_alpha": result["alpha"],
-               "curvature": result["curvature"], "iterations": len(result["history"]),
-               "seconds": time.perf_counter() - start}
-        with path.open("a") as f:  # one whole line per finished pair
-            f.write(json.dumps(row) + "\n")
-        print(f"pair {index}: true {row['true_alpha']:.2f}, MAP {row['map_alpha']:.2f} ({row['seconds']:.0f} s)", flush=True)
+    missing = [index for index in range(pairs) if index not in done]
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for row in (pool.imap_unordered(label, missing) if pool else map(label, missing)):
+            with path.open("a") as f:  # one whole line per finished pair, written by this process only
+                f.write(json.dumps(row) + "\n")
+            print(f"pair {row['index']}: true {row['true_alpha']:.2f}, MAP {row['map_alpha']:.2f} "
+                  f"({row['seconds']:.0f} s)", flush=True)
 
 
 def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, seed: int = 0) -> dict:
@@ -175,12 +183,13 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=40, help="train: pairs choosing the epoch (before the held-out ones)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="train: torch threads")
+    parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
     if args.step == "data":
-        make_labels(args.output, args.pairs)
+        make_labels(args.output, args.pairs, args.workers)
     else:
         result = train(args.output, args.test, args.epochs, args.validation, args.lr)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "

@@ -34,6 +34,9 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and len(calls) == 5
     assert all(r["map_alpha"] == 2.0 and r["true_alpha"] == experiment.true_alpha(r["index"]) for r in rows)
+    experiment.make_labels(tmp_path, 8, workers=2)  # two processes (forked: the fake estimate too)
+    rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == list(range(8)) and all(r["map_alpha"] == 2.0 for r in rows)
 
 
 def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tmp_path):
