@@ -85,11 +85,31 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
                        dim=-1)
     if displacement_gradient == "exact" or mode != "bilinear" or not grid.requires_grad:
         return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    # the value with the grid held fixed (exact image gradient), plus a term that is zero but differentiates
-    # as the mean of the interpolant at the positions moved by +-offset (the grid gradient only)
-    warped = F.grid_sample(image, grid.detach(), mode=mode, padding_mode=padding_mode, align_corners=True)
     offset = grid.new_tensor([_SYMMETRIC_OFFSET * scales[k] for k in reversed(range(ddf.shape[1]))])
-    constant = image.detach()
-    mean = 0.5 * (F.grid_sample(constant, grid + offset, mode=mode, padding_mode=padding_mode, align_corners=True)
-                  + F.grid_sample(constant, grid - offset, mode=mode, padding_mode=padding_mode, align_corners=True))
-    return warped + (mean - mean.detach())
+    return _SymmetricBilinearSample.apply(image, grid, padding_mode, offset)
+
+
+class _SymmetricBilinearSample(torch.autograd.Function):
+    """``grid_sample`` (bilinear, ``align_corners``) whose grid derivative is the mean of the exact ones at
+    ``grid + offset`` and ``grid - offset`` (``warp``'s ``displacement_gradient="symmetric"``); the value and the
+    image derivative are ``grid_sample``'s. Once differentiable."""
+
+    @staticmethod
+    def forward(ctx, image, grid, padding_mode, offset):
+        ctx.save_for_backward(image, grid, offset)
+        ctx.padding = {"zeros": 0, "border": 1, "reflection": 2}[padding_mode]  # grid_sample's enumeration
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        image, grid, offset = ctx.saved_tensors
+        sampler_backward = (torch.ops.aten.grid_sampler_2d_backward if image.ndim == 4
+                            else torch.ops.aten.grid_sampler_3d_backward)
+        grad_output = grad_output.contiguous()
+
+        def gradients(positions, image_too):  # (d/d image or None, d/d grid); interpolation 0 = bilinear
+            return sampler_backward(grad_output, image, positions, 0, ctx.padding, True, [image_too, True])
+
+        grad_image = gradients(grid, True)[0] if ctx.needs_input_grad[0] else None
+        grad_grid = 0.5 * (gradients(grid + offset, False)[1] + gradients(grid - offset, False)[1])
+        return grad_image, grad_grid, None, None
