@@ -15,7 +15,7 @@ norms' running statistics are recomputed over the training pairs before each eva
 held-out pairs against their labels and true alphas, the prediction time and a plot.
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
-    python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4]
+    python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4 --norm batch]
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path, save_png
-from monai_diffreg.lddmm import (RegularizationPredictor, estimate_regularization, log_alpha_loss, predicted_alpha,
-                                 recalibrate_batch_norm)
+from monai_diffreg.lddmm import (PREDICTOR_NORMS, RegularizationPredictor, estimate_regularization, log_alpha_loss,
+                                 predicted_alpha, recalibrate_batch_norm)
 
 ALPHA_RANGE = (1.0, 30.0)
 
@@ -81,7 +81,8 @@ def make_labels(output: Path, pairs: int, workers: int = 1) -> None:
                   f"({row['seconds']:.0f} s)", flush=True)
 
 
-def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, seed: int = 0) -> dict:
+def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
+          seed: int = 0) -> dict:
     labels_path = output / "labels.jsonl"
     if not labels_path.is_file():
         raise SystemExit(f"flash_regpred_2d: no {labels_path}: run the data step first (the same --output)")
@@ -95,7 +96,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     labels = torch.tensor([r["map_alpha"] for r in rows])
     n_train, n = len(rows) - test - validation, len(rows) - test
     torch.manual_seed(seed)
-    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n_train].log().mean()))
+    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n_train].log().mean()), norm=norm)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history, best, start = [], (math.inf, -1, None), time.perf_counter()
@@ -110,7 +111,9 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
             optimizer.step()
         schedule.step()
         if epoch % 5 == 0 or epoch == epochs - 1:
-            recalibrate_batch_norm(net, fixed[:n_train], moving[:n_train])
+            if norm == "batch":
+                recalibrate_batch_norm(net, fixed[:n_train], moving[:n_train])  # (leaves it in evaluation mode)
+            net.eval()
             with torch.no_grad():
                 losses = {name: float(log_alpha_loss(net(fixed[part], moving[part]), labels[part]))
                           for name, part in (("train", slice(0, n_train)), ("validation", slice(n_train, n)))}
@@ -131,7 +134,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
         "pairs": len(rows), "train_pairs": n_train, "validation_pairs": validation, "test_pairs": test,
-        "epochs": epochs, "learning_rate": lr, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "epochs": epochs, "learning_rate": lr, "norm": norm, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(float(labels[:n_train].log().mean())) / r["map_alpha"] - 1)
@@ -183,6 +186,7 @@ def main() -> None:
     parser.add_argument("--validation", type=int, default=40, help="train: pairs choosing the epoch (before the held-out ones)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
+    parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
     parser.add_argument("--threads", type=int, default=1, help="train: torch threads")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args()
@@ -191,7 +195,7 @@ def main() -> None:
     if args.step == "data":
         make_labels(args.output, args.pairs, args.workers)
     else:
-        result = train(args.output, args.test, args.epochs, args.validation, args.lr)
+        result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

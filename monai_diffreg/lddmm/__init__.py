@@ -15,7 +15,7 @@
 
 from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
-from .predictor import RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
+from .predictor import PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
 from .regularization import (ESTIMATION_MODELS, data_curvature, effective_precision, estimate_regularization,
                              sample_initial_velocity)
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
@@ -35,6 +35,7 @@ __all__ = [
     "effective_precision",
     "sample_initial_velocity",
     "RegularizationPredictor",
+    "PREDICTOR_NORMS",
     "predicted_alpha",
     "recalibrate_batch_norm",
     "log_alpha_loss",

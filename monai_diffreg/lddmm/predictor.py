@@ -13,6 +13,7 @@ and 2x max pooling. The choices the paper leaves open, and why:
   mode was 1.2, 23, 0.37, 256 and 16 at epochs 10 to 50 without the recalibration, 0.11-0.14 with it
   (``benchmarks/flash_regpred_2d.py``, measured); instance normalisation did not learn at all
   there (stuck at the constant predictor: it removes the per-image statistics the deformation shows in);
+  ``norm="group"`` (8 groups) normalises each pair alone over groups of channels, with nothing to recalibrate;
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
   stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);
@@ -25,6 +26,7 @@ and 2x max pooling. The choices the paper leaves open, and why:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,18 +34,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks.blocks import convolution, max_pool_half
+from ..validation import check_choice
 from .regularization import LOG_ALPHA_RANGE
 
-__all__ = ["RegularizationPredictor", "recalibrate_batch_norm", "predicted_alpha", "log_alpha_loss"]
+__all__ = ["RegularizationPredictor", "PREDICTOR_NORMS", "recalibrate_batch_norm", "predicted_alpha", "log_alpha_loss"]
+
+#: the predictor's normalisation layers (module docstring)
+PREDICTOR_NORMS = ("batch", "group")
+_GROUPS = 8
 
 
 class _Block(nn.Module):
-    """``k x k`` convolution, batch norm, PReLU, then 2x max pooling where the map is still larger than 1."""
+    """``k x k`` convolution, batch or group norm, PReLU, then 2x max pooling where the map is still larger than 1."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, norm: str) -> None:
         super().__init__()
         self.conv = convolution(spatial_dims, in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.norm = (nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](out_channels)
+        self.norm = ((nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](out_channels) if norm == "batch"
+                     else nn.GroupNorm(math.gcd(_GROUPS, out_channels), out_channels))
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,12 +69,14 @@ class RegularizationPredictor(nn.Module):
         fusion_channels: widths of the fusion blocks.
         kernel_size: convolution size (odd).
         initial_log_alpha: the output before training (module docstring).
+        norm: ``"batch"`` (the paper's) or ``"group"`` (module docstring).
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, stream_channels: Sequence[int] = (16, 32, 64, 64),
                  fusion_channels: Sequence[int] = (64, 64, 64), kernel_size: int = 5,
-                 initial_log_alpha: float = 0.0) -> None:
+                 initial_log_alpha: float = 0.0, norm: str = "batch") -> None:
         super().__init__()
+        check_choice(norm, "norm", "RegularizationPredictor", PREDICTOR_NORMS)
         if spatial_dims not in (2, 3):
             raise ValueError(f"RegularizationPredictor(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
@@ -74,7 +84,7 @@ class RegularizationPredictor(nn.Module):
         self.spatial_dims = spatial_dims
 
         def stream(widths: Sequence[int], first: int) -> nn.Sequential:
-            return nn.Sequential(*(_Block(spatial_dims, c_in, c_out, kernel_size)
+            return nn.Sequential(*(_Block(spatial_dims, c_in, c_out, kernel_size, norm)
                                    for c_in, c_out in zip((first, *widths[:-1]), widths)))
 
         self.moving_stream = stream(stream_channels, in_channels)

@@ -54,6 +54,7 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
     assert [r["index"] for r in result["held_out"]] == [6, 7]
     assert json.loads((tmp_path / "results.json").read_text())["test_pairs"] == 2
     assert (tmp_path / "predictions.png").stat().st_size > 0 and (tmp_path / "predictor_2d.pt").is_file()
+    assert experiment.train(tmp_path, test=2, epochs=1, validation=2, norm="group")["norm"] == "group"
     with pytest.raises(SystemExit, match="need more than --test 6 \\+ --validation 2"):
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 

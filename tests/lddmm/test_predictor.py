@@ -55,6 +55,20 @@ def test_learns_log_alpha_from_the_pair():
         assert float(log_alpha_loss(one_at_a_time, alpha)) < 0.1 * start
 
 
+def test_with_group_norm_a_pair_predicts_the_same_in_any_batch():
+    """Batch norm in training mode mixes a batch's pairs; group norm normalises each pair alone (it also removes
+    each pair's intensity scale, so the contrast toy above is not learnable with it, as with instance norm)."""
+    torch.manual_seed(0)
+    fixed, moving = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
+    for norm in ("batch", "group"):
+        net = RegularizationPredictor(2, stream_channels=(8, 8, 8, 8), fusion_channels=(8,), norm=norm).train()
+        torch.nn.init.normal_(net.head.weight)
+        together = net(fixed, moving)
+        alone = torch.cat([net(fixed[i:i + 1], moving[i:i + 1]) for i in range(1, 4)])
+        assert torch.allclose(together[1:], alone, atol=1e-5) == (norm == "group")
+    assert isinstance(net.fusion[0].norm, torch.nn.GroupNorm) and net.fusion[0].norm.num_groups == 8
+
+
 def test_loss_is_the_l2_on_log_alpha_and_alpha_stays_in_range():
     predicted, alpha = torch.tensor([[0.0], [1.0]]), torch.tensor([1.0, 1.0])
     assert float(log_alpha_loss(predicted, alpha)) == pytest.approx(0.5)
@@ -66,6 +80,8 @@ def test_bad_settings_and_inputs():
         RegularizationPredictor(4)
     with pytest.raises(ValueError, match="'kernel_size' must be an odd integer"):
         RegularizationPredictor(2, kernel_size=4)
+    with pytest.raises(ValueError, match="'norm' must be one of"):
+        RegularizationPredictor(2, norm="instance")
     net = RegularizationPredictor(2)
     with pytest.raises(ValueError, match="two \\(B, C, \\*spatial\\) tensors of one shape with 2 spatial axes"):
         net(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 18))
