@@ -13,7 +13,8 @@ and 2x max pooling. The choices the paper leaves open, and why:
   mode was 1.2, 23, 0.37, 256 and 16 at epochs 10 to 50 without the recalibration, 0.11-0.14 with it
   (``benchmarks/flash_regpred_2d.py``, measured); instance normalisation did not learn at all
   there (stuck at the constant predictor: it removes the per-image statistics the deformation shows in);
-  ``norm="group"`` (8 groups) normalises each pair alone over groups of channels, with nothing to recalibrate;
+  ``norm="group"`` (8 groups) normalises each pair alone over groups of channels, with nothing to recalibrate,
+  but on the bull's-eye pairs it stayed at the constant predictor for 40 epochs, as instance normalisation;
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
   stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);
