@@ -60,7 +60,6 @@ def square_symmetry(images: torch.Tensor, which: int) -> torch.Tensor:
 
 def label(index: int) -> dict:
     """The MAP label of pair ``index`` (one line of ``labels.jsonl``)."""
-    torch.set_num_threads(1)
     target, source = pair(index)
     start = time.perf_counter()
     result = estimate_regularization(target, source, alpha=1.0, truncation=TRUNCATION)
@@ -73,7 +72,9 @@ def make_labels(output: Path, pairs: int, workers: int = 1) -> None:
     path = output / "labels.jsonl"
     done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
     missing = [index for index in range(pairs) if index not in done]
-    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+    # each worker process one thread (the caller's own setting when labelling in this process)
+    with (multiprocessing.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1
+          else contextlib.nullcontext()) as pool:
         for row in (pool.imap_unordered(label, missing) if pool else map(label, missing)):
             with path.open("a") as f:  # one whole line per finished pair, written by this process only
                 f.write(json.dumps(row) + "\n")
@@ -95,8 +96,9 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     moving = torch.cat([s for _, s in images])
     labels = torch.tensor([r["map_alpha"] for r in rows])
     n_train, n = len(rows) - test - validation, len(rows) - test
+    constant = float(labels[:n_train].log().mean())  # the best constant log alpha in L2: the network's start
     torch.manual_seed(seed)
-    net = RegularizationPredictor(2, initial_log_alpha=float(labels[:n_train].log().mean()), norm=norm)
+    net = RegularizationPredictor(2, initial_log_alpha=constant, norm=norm)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history, best, start = [], (math.inf, -1, None), time.perf_counter()
@@ -137,8 +139,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
         "epochs": epochs, "learning_rate": lr, "norm": norm, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
-        "constant_predictor_relative_error": sum(abs(math.exp(float(labels[:n_train].log().mean())) / r["map_alpha"] - 1)
-                                                 for r in held) / test,
+        "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,
         "mean_abs_relative_error_vs_map": sum(abs(e) for e in errors) / test,
         "median_abs_relative_error_vs_map": sorted(abs(e) for e in errors)[test // 2],
         "held_out": [{**r, "predicted_alpha": p} for r, p in zip(held, predicted)],
@@ -187,7 +188,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
     parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
-    parser.add_argument("--threads", type=int, default=1, help="train: torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
