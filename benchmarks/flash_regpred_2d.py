@@ -178,7 +178,7 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("data", "train"))
     parser.add_argument("--output", required=True, type=Path)
@@ -190,9 +190,17 @@ def main() -> None:
     parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("pairs", "test", "validation", "epochs", "threads", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output {str(args.output)!r} is not a usable folder: {error.strerror or error}")
     torch.set_num_threads(args.threads)
-    args.output.mkdir(parents=True, exist_ok=True)
     if args.step == "data":
         make_labels(args.output, args.pairs, args.workers)
     else:

@@ -64,3 +64,21 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     copies = [experiment.square_symmetry(image, k) for k in range(8)]
     assert torch.equal(copies[0], image) and len({tuple(c.flatten().tolist()) for c in copies}) == 8
     assert all(torch.equal(experiment.square_symmetry(copies[k], k if k >= 4 else (4 - k) % 4), image) for k in range(8))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "--workers", "0"], "--workers must be at least 1"),
+    (["train", "--lr", "-1"], "--lr must be positive"),
+    (["train", "--norm", "instance"], "invalid choice"),
+])
+def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        experiment.main([*argv, "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit):
+        experiment.main(["data", "--output", str(tmp_path / "taken" / "out")])
+    assert "is not a usable folder" in capsys.readouterr().err
