@@ -26,7 +26,7 @@ import torch
 from ..engines._optim_common import (EngineSettings, ProgressReporter, check_pair, check_schedule, downsample,
                                      level_grid, progress_reporter)
 from ..functional import warp
-from ..validation import check_integer, check_positive
+from ..validation import NonFiniteError, check_integer, check_positive
 from .fourier import band_to_spatial, hermitian_part, resize_band
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
@@ -79,7 +79,8 @@ def sobolev_step(initial_velocity: torch.Tensor, gradient: torch.Tensor, operato
 
 def descent_step(current: dict, evaluate, operators: BandOperators, step_size: float,
                  min_step: float = 1e-6) -> tuple[dict | None, float]:
-    """One step along the V-gradient from ``current`` that does not increase the objective, halving the step as needed.
+    """One step along the V-gradient from ``current`` that does not increase the objective, halving the step as needed
+    (also when the trial's shooting diverges).
 
     Args:
         current: ``{"velocity": v_0 (its ``.grad`` set), "value": objective (float), ...}``.
@@ -93,8 +94,11 @@ def descent_step(current: dict, evaluate, operators: BandOperators, step_size: f
     """
     step = step_size
     while True:
-        trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, operators, step))
-        if trial["value"] <= current["value"]:
+        try:
+            trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, operators, step))
+        except NonFiniteError:  # the shooting diverged: a step too long, like one that raises the energy
+            trial = None
+        if trial is not None and trial["value"] <= current["value"]:
             return trial, step
         if step < min_step:
             return None, step
@@ -218,9 +222,10 @@ class FLASHRegistration(EngineSettings):
 
     ``alpha="map"`` first estimates ``alpha`` for the pair (:func:`~.regularization.estimate_regularization`
     on the coarsest level's grid, with this holder's ``sigma``, ``truncation``, ``num_steps``, ``integrator``
-    and ``tolerance``, and the sum of its ``iterations``), then
-    registers at that ``alpha`` from the estimate's ``v_0``; the output's ``"summary"`` holds ``alpha``
-    (the method contract copies it into ``summary.json``).
+    and ``tolerance``, and the sum of its ``iterations``; the prior precision ``tau`` estimated with it: on real
+    images the paper's ``tau = 1`` sends ``alpha`` to its bound), then registers at that ``alpha`` and the
+    effective noise ``sigma sqrt(tau)`` (the same energy) from the estimate's ``v_0``; the output's ``"summary"``
+    holds ``alpha``, ``prior_scale`` and ``effective_sigma`` (the method contract copies it into ``summary.json``).
 
     Args:
         **settings: any keyword of :func:`flash_register` except ``initial_velocity``, ``inverse`` and ``callback``.
@@ -248,11 +253,13 @@ class FLASHRegistration(EngineSettings):
         grid, grid_spacing = level_grid(fixed.shape[2:], settings["levels"][0], settings["spacing"])
         shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "progress", "tolerance")}
         estimate = estimate_regularization(downsample(fixed.float(), grid), downsample(moving.float(), grid),
-                                           spacing=grid_spacing, iterations=sum(settings["iterations"]), **shared)
-        settings["alpha"] = estimate["alpha"]
+                                           spacing=grid_spacing, iterations=sum(settings["iterations"]),
+                                           estimate_scale=True, **shared)
+        settings["alpha"], settings["sigma"] = estimate["alpha"], estimate["sigma"]
         out = flash_register(fixed, moving, inverse=inverse, callback=callback,
                              initial_velocity=estimate["initial_velocity"], **settings)
-        out["summary"] = {"alpha": estimate["alpha"], "alpha_source": "map",
+        out["summary"] = {"alpha": estimate["alpha"], "alpha_source": "map", "prior_scale": estimate["scale"],
+                          "effective_sigma": estimate["sigma"],
                           "alpha_estimation_iterations": len(estimate["history"]),
                           "alpha_estimation_curvature": estimate["curvature"]}
         return out

@@ -63,8 +63,11 @@ DENSE_CURVATURE_LIMIT = 2048
 #: ``log alpha`` stays in ``log [1e-3, 1e3]``: the joint MAP is unbounded as ``alpha -> inf, v_0 -> 0`` (module docstring)
 LOG_ALPHA_RANGE = (math.log(1e-3), math.log(1e3))
 
+#: ``log tau`` (the estimated prior precision) stays in ``log [1e-9, 1e9]``
+LOG_SCALE_RANGE = (math.log(1e-9), math.log(1e9))
+
 __all__ = ["log_determinant", "alpha_gradient", "data_precision", "data_curvature", "effective_precision", "best_alpha",
-           "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE", "sample_initial_velocity", "estimate_regularization"]
+           "determined_share", "best_scale", "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE", "LOG_SCALE_RANGE", "sample_initial_velocity", "estimate_regularization"]
 
 
 def log_determinant(alpha: float | torch.Tensor, operators: BandOperators, num_components: int, power: int = 3) -> torch.Tensor:
@@ -73,7 +76,7 @@ def log_determinant(alpha: float | torch.Tensor, operators: BandOperators, num_c
 
 
 def alpha_gradient(alpha: float, initial_velocity: torch.Tensor, operators: BandOperators,
-                   data_precision: torch.Tensor | None = None, power: int = 3) -> float:
+                   data_precision: torch.Tensor | None = None, power: int = 3, scale: float = 1.0) -> float:
     """``d f / d alpha`` at ``(v_0, alpha)`` (module docstring; the image term does not depend on ``alpha``).
 
     Args:
@@ -84,17 +87,43 @@ def alpha_gradient(alpha: float, initial_velocity: torch.Tensor, operators: Band
             (:func:`data_precision`): each mode's log-determinant term is then weighted by
             ``g / (g + prod(N) L(k))``, the share of it the data determine (the Laplace approximation of the
             evidence, module docstring).
+        scale: the prior precision ``tau`` (the prior operator is ``tau L``; 1 in the paper's model).
     """
     a = operators.laplacian
     squared = (initial_velocity.real ** 2 + initial_velocity.imag ** 2).sum(dim=0)       # (D, *band)
-    quadratic = operators.num_voxels * ((alpha * a + 1) ** (power - 1) * a * squared).sum()
+    quadratic = scale * operators.num_voxels * ((alpha * a + 1) ** (power - 1) * a * squared).sum()
     trace_terms = (a / (alpha * a + 1)).expand_as(squared)
     if data_precision is not None:
-        prior = operators.num_voxels * (alpha * a + 1) ** power
-        g = data_precision.to(a.dtype)
-        g = g.view(-1, *([1] * a.ndim)) if g.ndim == 1 else g
-        trace_terms = trace_terms * g / (g + prior)
+        trace_terms = trace_terms * determined_share(alpha, operators, data_precision, power, scale)
     return float(0.5 * power * (quadratic - trace_terms.sum()))
+
+
+def determined_share(alpha: float, operators: BandOperators, data_precision: torch.Tensor, power: int = 3,
+                     scale: float = 1.0) -> torch.Tensor:
+    """``g / (g + tau prod(N) L(k))`` ``(D, *band)``: the share of each band mode the data determine (MacKay's
+    effective number of parameters is its sum); ``data_precision`` ``g`` as in :func:`alpha_gradient`."""
+    a = operators.laplacian
+    prior = scale * operators.num_voxels * (alpha * a + 1) ** power
+    g = data_precision.to(a.dtype)
+    g = g.view(-1, *([1] * a.ndim)) if g.ndim == 1 else g
+    return (g / (g + prior)).expand(g.shape[0], *a.shape)
+
+
+def best_scale(alpha: float, initial_velocity: torch.Tensor, operators: BandOperators,
+               data_precision: torch.Tensor | None = None, power: int = 3, scale: float = 1.0) -> float:
+    """MacKay's update of the prior precision ``tau = gamma / <L v_0, v_0>``, ``gamma`` the number of band modes the
+    data determine at the current ``tau`` (:func:`determined_share` summed; every real degree of freedom,
+    ``D prod(band)``, for the joint MAP: ``data_precision`` None): where the evidence is stationary in ``tau`` for
+    that ``gamma``. Kept in :data:`LOG_SCALE_RANGE`."""
+    a = operators.laplacian
+    squared = (initial_velocity.real ** 2 + initial_velocity.imag ** 2).sum(dim=0)       # (D, *band)
+    quadratic = float(operators.num_voxels * ((alpha * a + 1) ** power * squared).sum())
+    gamma = float(squared.numel()) if data_precision is None else \
+        float(determined_share(alpha, operators, data_precision, power, scale).sum())
+    low, high = LOG_SCALE_RANGE
+    if gamma <= 0 or quadratic <= 0:
+        return math.exp(high if quadratic <= 0 else low)
+    return math.exp(min(high, max(low, math.log(gamma / quadratic))))
 
 
 def data_precision(warped: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -123,31 +152,37 @@ def data_curvature(warped: torch.Tensor, sigma: float, band: Sequence[int]) -> t
     return blocks.permute(0, 2, 1, 3).reshape(size, size) / sigma ** 2
 
 
-def effective_precision(curvature: torch.Tensor, alpha: float, operators: BandOperators, power: int = 3) -> torch.Tensor:
-    """The data precision of each band mode at ``alpha``, ``(D, *band)``: ``g_k = 1 / (H^-1)_kk - prod(N) L(k)``
-    with ``H = prod(N) L + G`` (``G`` from :func:`data_curvature`; ``operators`` of the grid, any ``alpha``).
+def effective_precision(curvature: torch.Tensor, alpha: float, operators: BandOperators, power: int = 3,
+                        scale: float = 1.0) -> torch.Tensor:
+    """The data precision of each band mode at ``alpha``, ``(D, *band)``: ``g_k = 1 / (H^-1)_kk - tau prod(N) L(k)``
+    with ``H = tau prod(N) L + G`` (``G`` from :func:`data_curvature`; ``operators`` of the grid, any ``alpha``;
+    ``tau`` the prior precision ``scale``).
     ``G`` diagonal gives its diagonal back; with couplings it is the precision a mode has once the others are
     fitted too."""
     a = operators.laplacian
     ndim = curvature.shape[0] // a.numel()
-    prior = (operators.num_voxels * (alpha * a.double() + 1) ** power).reshape(-1).repeat(ndim)
+    prior = (scale * operators.num_voxels * (alpha * a.double() + 1) ** power).reshape(-1).repeat(ndim)
     factor = torch.linalg.cholesky(curvature + torch.diag(prior).to(curvature.dtype))
     inverse_diagonal = torch.cholesky_inverse(factor).diagonal().real
     return (1 / inverse_diagonal - prior).clamp_min(0).view(ndim, *a.shape)
 
 
 def best_alpha(initial_velocity: torch.Tensor, operators: BandOperators, data_precision: torch.Tensor | None = None,
-               power: int = 3) -> float:
+               power: int = 3, scale: float = 1.0) -> float:
     """The ``alpha`` that minimises ``f`` for a fixed ``v_0``: the root of :func:`alpha_gradient` (monotone in
-    ``alpha``), by bisection on ``log alpha`` in [1e-3, 1e3] (a bound when there is no root inside)."""
+    ``alpha``, the prior precision ``scale`` fixed), by bisection on ``log alpha`` in [1e-3, 1e3] (a bound when there
+    is no root inside)."""
+    def gradient(log_alpha: float) -> float:
+        return alpha_gradient(math.exp(log_alpha), initial_velocity, operators, data_precision, power, scale)
+
     low, high = LOG_ALPHA_RANGE
-    if alpha_gradient(math.exp(high), initial_velocity, operators, data_precision, power) < 0:
+    if gradient(high) < 0:
         return math.exp(high)
-    if alpha_gradient(math.exp(low), initial_velocity, operators, data_precision, power) > 0:
+    if gradient(low) > 0:
         return math.exp(low)
     for _ in range(50):
         mid = 0.5 * (low + high)
-        if alpha_gradient(math.exp(mid), initial_velocity, operators, data_precision, power) > 0:
+        if gradient(mid) > 0:
             high = mid
         else:
             low = mid
@@ -188,6 +223,7 @@ def estimate_regularization(
     min_converged: int = 30,
     warmup: int = 50,
     model: str = "laplace",
+    estimate_scale: bool = False,
     spacing: Sequence[float] | None = None,
     callback: ProgressReporter | None = None,
     progress: bool = False,
@@ -201,8 +237,8 @@ def estimate_regularization(
         truncation, num_steps, integrator, spacing: as :func:`~.flash.flash_register`.
         iterations: at most this many alternations (the paper's ``r``).
         step_size: initial ``v_0`` step along the V-gradient (halved when the objective would increase).
-        max_alpha_change: bound on ``|Δ log alpha|`` per iteration (the ``alpha`` step moves towards
-            :func:`best_alpha` of the current ``v_0``).
+        max_alpha_change: bound on ``|Δ log alpha|`` (and ``|Δ log tau|``) per iteration (the ``alpha`` step
+            moves towards :func:`best_alpha` of the current ``v_0``).
         tolerance: ``u``: an iteration whose relative objective change is below it counts as converged.
         min_converged: ``q_min``: stop after this many converged iterations.
         warmup: ``v_0`` steps at the starting ``alpha`` before ``alpha`` moves (from ``v_0 = 0`` the
@@ -210,11 +246,14 @@ def estimate_regularization(
         model: ``"laplace"`` (default): the ``alpha`` gradient of the Laplace-approximated evidence, which
             counts a mode's log-determinant only as far as the data determine it; ``"joint"``: the
             paper's joint MAP of eq. (6)-(7), unbounded as ``alpha -> inf`` (module docstring).
+        estimate_scale: also estimate the prior precision ``tau`` (prior ``tau L``; module docstring), by
+            MacKay's update (:func:`best_scale`) before each ``alpha`` step; False: ``tau = 1``, the paper's model.
 
     Returns:
-        dict with ``"alpha"`` (float), ``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature
+        dict with ``"alpha"`` (float), ``"scale"`` (``tau``, 1.0 unless estimated), ``"sigma"`` (``sigma sqrt(tau)``:
+        the noise level at which :func:`~.flash.flash_register`, whose prior is ``L``, minimises the same energy),``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature
         matrix, module docstring), ``"initial_velocity"``, ``"ddf"``, ``"warped"``, ``"objective"``
-        and ``"history"`` (per iteration: ``iteration``, ``alpha``, ``objective``, ``image``, ``prior``).
+        and ``"history"`` (per iteration: ``iteration``, ``alpha``, ``scale``, ``objective``, ``image``, ``prior``).
     """
     caller = "estimate_regularization"
     ndim = check_pair(fixed, moving, caller)
@@ -233,36 +272,50 @@ def estimate_regularization(
     base = band_operators(shape, 1.0, truncation, spacing=spacing, device=fixed.device)
     dense = ndim * math.prod(base.band) <= DENSE_CURVATURE_LIMIT
 
-    def objective(v: torch.Tensor, log_a: float) -> dict:
+    num_modes = ndim * math.prod(base.band)
+
+    def objective(v: torch.Tensor, log_a: float, log_tau: float) -> dict:
+        # the v_0 step minimises E(v_0; alpha, sigma sqrt(tau)) = (image term + tau prior) / tau; the objective adds
+        # the tau- and alpha-dependent log-determinant -1/2 (M ln tau + ln|L|)
         ops = band_operators(shape, math.exp(log_a), truncation, spacing=spacing, device=fixed.device)
         v = v.detach().requires_grad_(True)
-        out = flash_energy(v, fixed32, moving32, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
-        out["objective"] = out["total"].sum() - 0.5 * log_determinant(math.exp(log_a), ops, ndim)
+        out = flash_energy(v, fixed32, moving32, ops, sigma=sigma * math.exp(0.5 * log_tau), num_steps=num_steps,
+                           integrator=integrator)
+        out["objective"] = math.exp(log_tau) * out["total"].sum() - 0.5 * (
+            num_modes * log_tau + log_determinant(math.exp(log_a), ops, ndim))
         out["velocity"], out["operators"], out["value"] = v, ops, float(out["objective"].detach())
         return out
 
+    def moved(log_value: float, target: float) -> float:
+        return log_value + max(-max_alpha_change, min(max_alpha_change, math.log(target) - log_value))
+
     velocity = torch.zeros(1, ndim, *base.band, dtype=torch.complex64, device=fixed.device)
-    current = objective(velocity, log_alpha)
-    current["objective"].backward()
+    log_tau = 0.0
+    current = objective(velocity, log_alpha, log_tau)
+    current["total"].sum().backward()  # the Sobolev step's gradient: of E, whose scale does not depend on tau
     history, converged, previous = [], 0, float(current["objective"].detach())
     with progress_reporter(iterations, caller, progress, callback) as report:
         for iteration in range(iterations):
             if iteration >= warmup:
+                v = current["velocity"].detach()
+                a, tau = math.exp(log_alpha), math.exp(log_tau)
                 precision = None if model == "joint" else (
-                    effective_precision(data_curvature(current["warped"].detach(), sigma, base.band), math.exp(log_alpha), base)
+                    effective_precision(data_curvature(current["warped"].detach(), sigma, base.band), a, base, scale=tau)
                     if dense else data_precision(current["warped"].detach(), sigma))
-                target = math.log(best_alpha(current["velocity"].detach(), base, precision))
-                log_alpha += max(-max_alpha_change, min(max_alpha_change, target - log_alpha))
-                current = objective(current["velocity"], log_alpha)
-                current["objective"].backward()
-            trial, step = descent_step(current, lambda v: objective(v, log_alpha), current["operators"], step)
+                if estimate_scale:
+                    log_tau = moved(log_tau, best_scale(a, v, base, precision, scale=tau))
+                log_alpha = moved(log_alpha, best_alpha(v, base, precision, scale=math.exp(log_tau)))
+                current = objective(v, log_alpha, log_tau)
+                current["total"].sum().backward()
+            trial, step = descent_step(current, lambda v: objective(v, log_alpha, log_tau), current["operators"], step)
             if trial is not None:
-                trial["objective"].backward()
+                trial["total"].sum().backward()
                 current = trial
                 step = min(2 * step, 4 * step_size)
             value = float(current["objective"].detach())
-            history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "objective": value,
-                            "image": float(current["image"].detach().sum()), "prior": float(current["prior"].detach().sum())})
+            history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau), "objective": value,
+                            "image": math.exp(log_tau) * float(current["image"].detach().sum()),
+                            "prior": math.exp(log_tau) * float(current["prior"].detach().sum())})
             report(0, iteration, value)
             if iteration >= warmup and abs(value - previous) / max(abs(value), 1e-12) < tolerance:
                 converged += 1
@@ -274,6 +327,7 @@ def estimate_regularization(
     with torch.no_grad():
         inverse_map, _ = shoot_maps(velocity, current["operators"], num_steps, integrator, forward=False)
         ddf = band_to_ddf(inverse_map, current["operators"])
-    return {"alpha": math.exp(log_alpha), "curvature": "full" if dense else "diagonal",
+    return {"alpha": math.exp(log_alpha), "scale": math.exp(log_tau), "sigma": sigma * math.exp(0.5 * log_tau),
+            "curvature": "full" if dense else "diagonal",
             "initial_velocity": velocity, "ddf": ddf, "warped": warp(moving32, ddf),
             "objective": history[-1]["objective"] if history else float(current["objective"].detach()), "history": history}

@@ -12,8 +12,8 @@ from monai_diffreg.functional import warp
 from monai_diffreg.lddmm import band_operators, band_to_ddf, estimate_regularization, sample_initial_velocity, shoot_maps
 from monai_diffreg.lddmm.flash import prior_energy
 from monai_diffreg.lddmm.fourier import band_to_spatial
-from monai_diffreg.lddmm.regularization import (alpha_gradient, best_alpha, data_curvature, data_precision, effective_precision,
-                                               log_determinant)
+from monai_diffreg.lddmm.regularization import (LOG_SCALE_RANGE, alpha_gradient, best_alpha, best_scale, data_curvature,
+                                               data_precision, effective_precision, log_determinant)
 
 
 def test_alpha_gradient_is_the_derivative_of_prior_minus_half_log_determinant():
@@ -97,6 +97,47 @@ def test_effective_precision_and_the_evidence_derivative():
     torch.testing.assert_close(effective_precision(diagonal, 2.0, ops).reshape(-1), diagonal.diagonal().real)
 
 
+def test_best_scale_recovers_the_prior_precision_of_a_prior_sample():
+    """v_0 ~ N(0, (tau prod(N) L)^-1): the joint update tau = D prod(band) / <L v_0, v_0> recovers tau (450 real
+    degrees of freedom: a relative spread of about 7 %)."""
+    shape, alpha = (48, 40), 3.0
+    ops = band_operators(shape, alpha, 15, dtype=torch.float64)
+    for tau in (1.0, 1e-3, 50.0):
+        v0 = sample_initial_velocity(shape, alpha, 15, generator=torch.Generator().manual_seed(4)) / math.sqrt(tau)
+        assert best_scale(alpha, v0, ops) == pytest.approx(tau, rel=0.2)
+    assert best_scale(alpha, torch.zeros_like(v0), ops) == pytest.approx(math.exp(LOG_SCALE_RANGE[1]))
+
+
+def test_scaled_evidence_derivatives_and_the_scale_fixed_point():
+    """With the prior tau L the Laplace evidence's (alpha, tau) terms are F = tau/2 <L v, v> - 1/2 (M ln tau + ln|L|)
+    + 1/2 ln|tau prod(N) L + G|: alpha_gradient(..., scale=tau) is dF/dalpha (autograd), and where best_scale's
+    iteration stops, dF/dtau = 0."""
+    shape, alpha = (12, 10), 2.0
+    ops = band_operators(shape, 1.0, 5, dtype=torch.float64)
+    v0 = sample_initial_velocity(shape, 2.0, 5, generator=torch.Generator().manual_seed(2)) * 3
+    curvature = data_curvature(torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+                               0.1, ops.band)
+
+    def evidence(a, tau):
+        alpha_ops = band_operators(shape, a, 5, dtype=torch.float64)
+        prior = (tau * ops.num_voxels * alpha_ops.regularization).reshape(-1).repeat(2)
+        return (tau * prior_energy(v0, alpha_ops).sum() - 0.5 * (2 * 25 * torch.log(tau) + log_determinant(a, alpha_ops, 2))
+                + 0.5 * torch.linalg.slogdet(curvature + torch.diag(prior).to(curvature.dtype))[1])
+
+    for tau in (0.05, 1.0):
+        a, t = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (alpha, tau))
+        (grad,) = torch.autograd.grad(evidence(a, t), a)
+        g = effective_precision(curvature, alpha, ops, scale=tau)
+        assert alpha_gradient(alpha, v0, ops, g, scale=tau) == pytest.approx(float(grad), rel=1e-8)
+    tau = 1.0
+    for _ in range(200):
+        tau = best_scale(alpha, v0, ops, effective_precision(curvature, alpha, ops, scale=tau), scale=tau)
+    t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(evidence(torch.tensor(alpha, dtype=torch.float64), t), t)
+    assert abs(float(grad)) * tau < 1e-6 * 50  # relative to the M/2 = 25 of each log term's derivative x tau
+    assert tau != pytest.approx(1.0, rel=0.1)  # it moved: the test is not at its start
+
+
 def bullseye(n=32):
     y, x = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
     c = (n - 1) / 2
@@ -132,6 +173,25 @@ def test_evidence_estimate_stops_at_a_finite_fixed_point_and_is_ordered():
     joint = estimate_regularization(target, source, alpha=1.0, model="joint", **{**options, "iterations": 120})
     assert joint["alpha"] > 5 * result["alpha"]  # still growing when stopped (it reaches the bound 1e3 by 200)
     assert math.isfinite(result["objective"]) and result["ddf"].shape == (1, 2, 32, 32)
+
+
+def test_estimating_the_prior_scale_tells_a_larger_deformation_from_a_stiffer_one():
+    """A prior sample of the same alpha made 4x larger (tau 1/16) is recognised as a smaller prior precision, not a
+    smaller alpha; the estimate's effective sigma is sigma sqrt(tau)."""
+    source = bullseye()
+    options = {"truncation": 7, "iterations": 150, "warmup": 30, "alpha": 1.0, "estimate_scale": True}
+    shape = tuple(source.shape[2:])
+    ops = band_operators(shape, 3.0, 7, dtype=torch.float64)
+    estimates = []
+    for factor in (1.0, 4.0):
+        v0 = sample_initial_velocity(shape, 3.0, 7, generator=torch.Generator().manual_seed(1)) * factor
+        inverse, _ = shoot_maps(v0, ops, forward=False)
+        estimates.append(estimate_regularization(warp(source, band_to_ddf(inverse, ops).float()), source, **options))
+    small, large = estimates
+    assert 0.5 < small["scale"] < 2.0 and 1 / 32 < large["scale"] < 1 / 8  # measured 0.83 and 0.082 (true 1, 1/16)
+    assert 1.0 < small["alpha"] < 10.0 and 1.0 < large["alpha"] < 10.0  # measured 3.5 and 2.3 (true 3)
+    assert large["sigma"] == pytest.approx(0.03 * math.sqrt(large["scale"]))
+    assert [h["scale"] for h in large["history"]][:30] == [1.0] * 30  # tau moves with alpha, after the warm-up
 
 
 def test_estimation_rejects_bad_input():
