@@ -31,6 +31,16 @@ has stayed below ``u`` on ``q_min`` iterations. Two changes, both tested:
   at most ``max_alpha_change``, instead of a fixed gradient step on ``alpha`` (whose scale depends on the
   number of voxels). At a fixed point the root is that of the exact evidence derivative.
 
+* **The prior's scale** (``estimate_scale=True``; the method contract's ``alpha="map"`` uses it). With
+  ``L = (alpha A + 1)^3`` every mode's prior variance is at most ``1 / prod(N)``: a prior sample moves a
+  100 x 100 image by a third of a voxel, and on brains, whose deformations are millimetres, the estimate
+  can only lower ``alpha`` to its bound. A prior precision ``tau`` (prior ``tau L``, ``ln|tau L| = M ln tau
+  + ln|L|``, ``M`` the real degrees of freedom) is estimated with ``alpha`` by MacKay's update
+  ``tau = gamma / <L v_0, v_0>`` (:func:`best_scale`; ``gamma`` the sum of :func:`determined_share`, the
+  number of modes the data determine; ``M`` for the joint MAP). The ``v_0`` step at ``(alpha, tau)``
+  minimises FLASH's energy at ``alpha`` with the noise ``sigma sqrt(tau)``, which is what the registration
+  at the estimate uses. ``alpha`` shapes the spectrum and ``tau`` scales it.
+
 ``G`` is dense: ``G[(c, k), (c', k')] = P_cc'^(k - k') / sigma^2``, the DFT of the products of the warped
 image's derivatives ``P_cc' = sum_channels d_c W d_c' W`` (first order in the displacement). Up to
 :data:`DENSE_CURVATURE_LIMIT` band modes (the default 2D band has 450) it is built and inverted exactly;

@@ -1,0 +1,31 @@
+"""FLASH's alpha estimate on the sample brain (benchmarks/flash_map_sample.py): its Dice and its options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import benchmarks.flash_map_sample as experiment
+
+
+def test_mean_dice_skips_the_background_and_averages_the_labels():
+    fixed = torch.tensor([0, 1, 1, 2, 2, 2])
+    assert experiment.mean_dice(fixed, fixed) == 1.0
+    warped = torch.tensor([1, 1, 0, 2, 2, 0])  # label 1: 2*1/(2+2) = 0.5; label 2: 2*2/(3+2) = 0.8
+    assert experiment.mean_dice(fixed, warped) == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("option", [["--factor", "0.5"], ["--iterations", "0"], ["--threads", "0"]])
+def test_bad_options_are_one_line_before_any_work(tmp_path, option, capsys, monkeypatch):
+    monkeypatch.setattr(experiment, "run", lambda *args: pytest.fail("ran with a bad option"))
+    with pytest.raises(SystemExit):
+        experiment.main(["--output", str(tmp_path / "out"), *option])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unusable_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiment, "run", lambda *args: pytest.fail("ran without an output folder"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        experiment.main(["--output", str(tmp_path / "file" / "out")])
+    assert "--output" in capsys.readouterr().err
