@@ -41,18 +41,21 @@ from .regularization import LOG_ALPHA_RANGE
 __all__ = ["RegularizationPredictor", "PREDICTOR_NORMS", "recalibrate_batch_norm", "predicted_alpha", "log_alpha_loss"]
 
 #: the predictor's normalisation layers (module docstring)
-PREDICTOR_NORMS = ("batch", "group")
+PREDICTOR_NORMS = ("batch", "group", "none")
 _GROUPS = 8
 
 
 class _Block(nn.Module):
-    """``k x k`` convolution, batch or group norm, PReLU, then 2x max pooling where the map is still larger than 1."""
+    """``k x k`` convolution, batch, group or no normalisation, PReLU, then 2x max pooling where the map is still larger
+    than 1."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, norm: str) -> None:
         super().__init__()
         self.conv = convolution(spatial_dims, in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-        self.norm = ((nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](out_channels) if norm == "batch"
-                     else nn.GroupNorm(math.gcd(_GROUPS, out_channels), out_channels))
+        if norm == "batch":
+            self.norm = (nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](out_channels)
+        else:
+            self.norm = nn.GroupNorm(math.gcd(_GROUPS, out_channels), out_channels) if norm == "group" else nn.Identity()
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +73,7 @@ class RegularizationPredictor(nn.Module):
         fusion_channels: widths of the fusion blocks.
         kernel_size: convolution size (odd).
         initial_log_alpha: the output before training (module docstring).
-        norm: ``"batch"`` (the paper's) or ``"group"`` (module docstring).
+        norm: ``"batch"`` (the paper's), ``"group"`` or ``"none"`` (module docstring).
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, stream_channels: Sequence[int] = (16, 32, 64, 64),

@@ -77,7 +77,8 @@ LOG_ALPHA_RANGE = (math.log(1e-3), math.log(1e3))
 LOG_SCALE_RANGE = (math.log(1e-9), math.log(1e9))
 
 __all__ = ["log_determinant", "alpha_gradient", "data_precision", "data_curvature", "effective_precision", "best_alpha",
-           "determined_share", "best_scale", "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE", "LOG_SCALE_RANGE", "sample_initial_velocity", "estimate_regularization"]
+           "determined_share", "best_scale", "DENSE_CURVATURE_LIMIT", "ESTIMATION_MODELS", "LOG_ALPHA_RANGE",
+           "LOG_SCALE_RANGE", "sample_initial_velocity", "estimate_regularization"]
 
 
 def log_determinant(alpha: float | torch.Tensor, operators: BandOperators, num_components: int, power: int = 3) -> torch.Tensor:
@@ -95,8 +96,8 @@ def alpha_gradient(alpha: float, initial_velocity: torch.Tensor, operators: Band
         data_precision: None for the paper's joint MAP; or the data precision of each band mode ``g``,
             ``(D, *band)`` (:func:`effective_precision`) or ``(D,)`` for every frequency of a component
             (:func:`data_precision`): each mode's log-determinant term is then weighted by
-            ``g / (g + prod(N) L(k))``, the share of it the data determine (the Laplace approximation of the
-            evidence, module docstring).
+            ``g / (g + tau prod(N) L(k))``, the share of it the data determine (:func:`determined_share`; the
+            Laplace approximation of the evidence, module docstring).
         scale: the prior precision ``tau`` (the prior operator is ``tau L``; 1 in the paper's model).
     """
     a = operators.laplacian

@@ -55,18 +55,20 @@ def test_learns_log_alpha_from_the_pair():
         assert float(log_alpha_loss(one_at_a_time, alpha)) < 0.1 * start
 
 
-def test_with_group_norm_a_pair_predicts_the_same_in_any_batch():
+def test_with_group_or_no_norm_a_pair_predicts_the_same_in_any_batch():
     """Batch norm in training mode mixes a batch's pairs; group norm normalises each pair alone (it also removes
     each pair's intensity scale, so the contrast toy above is not learnable with it, as with instance norm)."""
     torch.manual_seed(0)
     fixed, moving = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)
-    for norm in ("batch", "group"):
+    for norm in ("batch", "group", "none"):
         net = RegularizationPredictor(2, stream_channels=(8, 8, 8, 8), fusion_channels=(8,), norm=norm).train()
         torch.nn.init.normal_(net.head.weight)
         together = net(fixed, moving)
         alone = torch.cat([net(fixed[i:i + 1], moving[i:i + 1]) for i in range(1, 4)])
-        assert torch.allclose(together[1:], alone, atol=1e-5) == (norm == "group")
-    assert isinstance(net.fusion[0].norm, torch.nn.GroupNorm) and net.fusion[0].norm.num_groups == 8
+        assert torch.allclose(together[1:], alone, atol=1e-5) == (norm != "batch")
+        if norm == "group":
+            assert isinstance(net.fusion[0].norm, torch.nn.GroupNorm) and net.fusion[0].norm.num_groups == 8
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in net.modules())  # "none"
 
 
 def test_loss_is_the_l2_on_log_alpha_and_alpha_stays_in_range():
