@@ -11,7 +11,8 @@ operators and the image term are invariant under them, so the pair's MAP label i
 ``--test`` pairs are held out for the report; of the rest, the last ``--validation`` pairs choose the epoch
 (the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. The batch
 norms' running statistics are recomputed over the training pairs before each evaluation
-(:func:`monai_diffreg.lddmm.recalibrate_batch_norm`). Reported: the chosen weights' predictions on the
+(:func:`monai_diffreg.lddmm.recalibrate_batch_norm`); with ``--freeze-norm-after E`` they are recomputed once at epoch
+``E`` and used, fixed, in training from then on. Reported: the chosen weights' predictions on the
 held-out pairs against their labels and true alphas, the prediction time and a plot.
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
@@ -83,7 +84,7 @@ def make_labels(output: Path, pairs: int, workers: int = 1) -> None:
 
 
 def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-          seed: int = 0) -> dict:
+          seed: int = 0, freeze_norm_after: int | None = None) -> dict:
     labels_path = output / "labels.jsonl"
     if not labels_path.is_file():
         raise SystemExit(f"flash_regpred_2d: no {labels_path}: run the data step first (the same --output)")
@@ -102,8 +103,15 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history, best, start = [], (math.inf, -1, None), time.perf_counter()
+    batch_norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    frozen = False
     for epoch in range(epochs):
+        if freeze_norm_after is not None and epoch == freeze_norm_after and batch_norms:
+            recalibrate_batch_norm(net, fixed[:n_train], moving[:n_train])
+            frozen = True  # from here on the training optimises the network that is evaluated
         net.train()
+        for m in batch_norms if frozen else ():
+            m.eval()
         for batch in torch.randperm(n_train).split(16):
             which = int(torch.randint(8, (1,)))
             optimizer.zero_grad()
@@ -113,7 +121,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
             optimizer.step()
         schedule.step()
         if epoch % 5 == 0 or epoch == epochs - 1:
-            if norm == "batch":
+            if batch_norms and not frozen:
                 recalibrate_batch_norm(net, fixed[:n_train], moving[:n_train])  # (leaves it in evaluation mode)
             net.eval()
             with torch.no_grad():
@@ -136,7 +144,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
         "pairs": len(rows), "train_pairs": n_train, "validation_pairs": validation, "test_pairs": test,
-        "epochs": epochs, "learning_rate": lr, "norm": norm, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "epochs": epochs, "learning_rate": lr, "norm": norm, "freeze_norm_after": freeze_norm_after, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,
@@ -188,12 +196,17 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
     parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
+    parser.add_argument("--freeze-norm-after", type=int, default=None,
+                        help="train: from this epoch on, batch norms use their statistics over the training pairs "
+                             "(recomputed once then), in training as in evaluation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args(argv)
     for name in ("pairs", "test", "validation", "epochs", "threads", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.freeze_norm_after is not None and not 0 <= args.freeze_norm_after < args.epochs:
+        parser.error(f"--freeze-norm-after must be an epoch in [0, --epochs), got {args.freeze_norm_after}")
     if not args.lr > 0:
         parser.error(f"--lr must be positive, got {args.lr}")
     try:
@@ -204,7 +217,8 @@ def main(argv=None) -> None:
     if args.step == "data":
         make_labels(args.output, args.pairs, args.workers)
     else:
-        result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm)
+        result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm,
+                       freeze_norm_after=args.freeze_norm_after)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

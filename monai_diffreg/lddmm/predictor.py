@@ -14,7 +14,10 @@ and 2x max pooling. The choices the paper leaves open, and why:
   (``benchmarks/flash_regpred_2d.py``, measured); instance normalisation did not learn at all
   there (stuck at the constant predictor: it removes the per-image statistics the deformation shows in);
   ``norm="group"`` (8 groups) normalises each pair alone over groups of channels, with nothing to recalibrate,
-  but on the bull's-eye pairs it stayed at the constant predictor for 40 epochs, as instance normalisation;
+  but on the bull's-eye pairs it stayed at the constant predictor for 40 epochs, as instance normalisation,
+  and as ``norm="none"`` (no normalisation: the training loss did not move from the constant's in 30 epochs,
+  0.4.7): the pairs' images differ by small deformations, and only batch statistics centre the features on
+  what differs between pairs;
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
   stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);

@@ -59,6 +59,30 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 
 
+def test_frozen_batch_norms_are_recalibrated_once_and_then_kept(tmp_path, monkeypatch):
+    """With freeze_norm_after the statistics are recomputed at that epoch and no more: training and every later
+    evaluation use them, and the batch norms stay in evaluation mode while training (their statistics unchanged)."""
+    with (tmp_path / "labels.jsonl").open("w") as f:
+        for index in range(8):
+            f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
+                                "map_alpha": experiment.true_alpha(index), "seconds": 1.0}) + "\n")
+    calls, original = [], experiment.recalibrate_batch_norm
+
+    def counted(net, *args, **kwargs):
+        original(net, *args, **kwargs)
+        calls.append({k: v.clone() for k, v in net.state_dict().items() if "running" in k})
+
+    monkeypatch.setattr(experiment, "recalibrate_batch_norm", counted)
+    experiment.train(tmp_path, test=2, epochs=7, validation=2)
+    assert len(calls) == 3  # evaluations at epochs 0, 5, 6
+    calls.clear()
+    result = experiment.train(tmp_path, test=2, epochs=7, validation=2, freeze_norm_after=2)
+    assert len(calls) == 2 and result["freeze_norm_after"] == 2  # the evaluation at 0, the freeze at 2
+    saved = torch.load(tmp_path / "predictor_2d.pt")
+    chosen = calls[1] if result["chosen_epoch"] >= 2 else calls[0]  # the statistics the chosen weights were evaluated with
+    assert all(torch.equal(saved[k], v) for k, v in chosen.items())
+
+
 def test_square_symmetries_are_the_eight_distinct_ones():
     image = torch.arange(16.0).view(1, 1, 4, 4)
     copies = [experiment.square_symmetry(image, k) for k in range(8)]
@@ -70,6 +94,7 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["data", "--workers", "0"], "--workers must be at least 1"),
     (["train", "--lr", "-1"], "--lr must be positive"),
     (["train", "--norm", "instance"], "invalid choice"),
+    (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
