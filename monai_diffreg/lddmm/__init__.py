@@ -6,7 +6,8 @@
 * :mod:`.flash`: the registration energy and its minimisation (:func:`flash_register`,
   :class:`FLASHRegistration`, the built-in method ``"flash"``).
 * :mod:`.regularization`: the prior, MAP / evidence estimation of ``alpha``
-  (:func:`estimate_regularization`, the image term's curvature :func:`data_curvature`) and prior sampling
+  (:func:`estimate_regularization`, the image term's curvature :func:`data_curvature`, the prior's scale
+  :func:`best_scale`) and prior sampling
   (:func:`sample_initial_velocity`).
 * :mod:`.predictor`: the CNN that predicts ``alpha`` from a pair (:class:`RegularizationPredictor`).
 * :mod:`.adjoint`: the gradient by the adjoint system integrated backward in time (a cross-check
@@ -16,8 +17,8 @@
 from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
 from .predictor import PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
-from .regularization import (ESTIMATION_MODELS, data_curvature, effective_precision, estimate_regularization,
-                             sample_initial_velocity)
+from .regularization import (ESTIMATION_MODELS, best_scale, data_curvature, determined_share, effective_precision,
+                             estimate_regularization, sample_initial_velocity)
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "estimate_regularization",
     "data_curvature",
     "effective_precision",
+    "determined_share",
+    "best_scale",
     "sample_initial_velocity",
     "RegularizationPredictor",
     "PREDICTOR_NORMS",
