@@ -144,7 +144,8 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
         "pairs": len(rows), "train_pairs": n_train, "validation_pairs": validation, "test_pairs": test,
-        "epochs": epochs, "learning_rate": lr, "norm": norm, "freeze_norm_after": freeze_norm_after, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "epochs": epochs, "learning_rate": lr, "norm": norm, "freeze_norm_after": freeze_norm_after,
+        "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,

@@ -262,9 +262,10 @@ def estimate_regularization(
 
     Returns:
         dict with ``"alpha"`` (float), ``"scale"`` (``tau``, 1.0 unless estimated), ``"sigma"`` (``sigma sqrt(tau)``:
-        the noise level at which :func:`~.flash.flash_register`, whose prior is ``L``, minimises the same energy),``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature
-        matrix, module docstring), ``"initial_velocity"``, ``"ddf"``, ``"warped"``, ``"objective"``
-        and ``"history"`` (per iteration: ``iteration``, ``alpha``, ``scale``, ``objective``, ``image``, ``prior``).
+        the noise level at which :func:`~.flash.flash_register`, whose prior is ``L``, minimises the same energy),
+        ``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature matrix, module docstring),
+        ``"initial_velocity"``, ``"ddf"``, ``"warped"``, ``"objective"`` and ``"history"`` (per iteration:
+        ``iteration``, ``alpha``, ``scale``, ``objective``, and the ``image`` and ``prior`` terms at ``tau``).
     """
     caller = "estimate_regularization"
     ndim = check_pair(fixed, moving, caller)
@@ -324,7 +325,8 @@ def estimate_regularization(
                 current = trial
                 step = min(2 * step, 4 * step_size)
             value = float(current["objective"].detach())
-            history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau), "objective": value,
+            history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau),
+                            "objective": value,
                             "image": math.exp(log_tau) * float(current["image"].detach().sum()),
                             "prior": math.exp(log_tau) * float(current["prior"].detach().sum())})
             report(0, iteration, value)
