@@ -23,18 +23,8 @@ from monai_diffreg.engines._optim_common import downsample, level_grid
 from monai_diffreg.functional import warp
 from monai_diffreg.io import atomic_path
 from monai_diffreg.lddmm import estimate_regularization, flash_register
+from monai_diffreg.metrics import mean_dice
 from monai_diffreg.sample import load_sample
-
-
-def mean_dice(fixed_labels: torch.Tensor, warped_labels: torch.Tensor) -> float:
-    """Mean Dice over the labels of ``fixed_labels`` except 0."""
-    scores = []
-    for value in fixed_labels.unique().tolist():
-        if value == 0:
-            continue
-        a, b = fixed_labels == value, warped_labels == value
-        scores.append(float(2 * (a & b).sum() / (a.sum() + b.sum())))
-    return sum(scores) / len(scores)
 
 
 def run(factor: float, iterations: int, estimate_scale: bool) -> dict:
@@ -55,8 +45,8 @@ def run(factor: float, iterations: int, estimate_scale: bool) -> dict:
             "alpha": estimate["alpha"], "scale": estimate["scale"], "sigma": estimate["sigma"],
             "estimation_iterations": len(estimate["history"]), "estimation_seconds": estimation_seconds,
             "registration_seconds": registration_seconds, "threads": torch.get_num_threads(),
-            "dice_identity": mean_dice(fixed_labels, moving_labels),
-            "dice": mean_dice(fixed_labels, warp(moving_labels.float(), registered["ddf"], mode="nearest")),
+            "dice_identity": float(mean_dice(moving_labels, fixed_labels)),
+            "dice": float(mean_dice(warp(moving_labels.float(), registered["ddf"], mode="nearest"), fixed_labels)),
             "history": estimate["history"]}
 
 

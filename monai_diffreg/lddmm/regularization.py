@@ -282,9 +282,8 @@ def estimate_regularization(
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
     base = band_operators(shape, 1.0, truncation, spacing=spacing, device=fixed.device)
-    dense = ndim * math.prod(base.band) <= DENSE_CURVATURE_LIMIT
-
     num_modes = ndim * math.prod(base.band)
+    dense = num_modes <= DENSE_CURVATURE_LIMIT
 
     def objective(v: torch.Tensor, log_a: float, log_tau: float) -> dict:
         # the v_0 step minimises E(v_0; alpha, sigma sqrt(tau)) = (image term + tau prior) / tau; the objective adds
