@@ -59,7 +59,7 @@ import torch
 
 from ..engines._optim_common import ProgressReporter, check_pair, progress_reporter
 from ..functional import spatial_gradient, warp
-from ..validation import check_choice, check_integer, check_positive
+from ..validation import check_choice, check_flag, check_integer, check_positive
 from .flash import DEFAULT_SIGMA, band_to_ddf, descent_step, flash_energy
 from .shooting import BandOperators, band_operators, shoot_maps
 
@@ -270,6 +270,7 @@ def estimate_regularization(
     caller = "estimate_regularization"
     ndim = check_pair(fixed, moving, caller)
     check_choice(model, "model", caller, ESTIMATION_MODELS)
+    check_flag(estimate_scale, "estimate_scale", caller)
     if fixed.shape[0] != 1:
         raise ValueError(f"{caller}(): one pair at a time (batch 1), got batch {fixed.shape[0]}")
     log_alpha = math.log(check_positive(alpha, "alpha", caller))

@@ -202,6 +202,8 @@ def test_estimation_rejects_bad_input():
         estimate_regularization(source.repeat(2, 1, 1, 1), source.repeat(2, 1, 1, 1).flip(-1))
     with pytest.raises(ValueError, match="'alpha'"):
         estimate_regularization(source, source.flip(-1), alpha=-1.0)
+    with pytest.raises(ValueError, match="'estimate_scale'"):
+        estimate_regularization(source, source.flip(-1), estimate_scale="yes")
 
 
 def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypatch):
