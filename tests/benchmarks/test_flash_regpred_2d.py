@@ -39,13 +39,18 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert sorted(r["index"] for r in rows) == list(range(8)) and all(r["map_alpha"] == 2.0 for r in rows)
 
 
+def _write_labels(folder, count):
+    """``count`` labelled pairs whose MAP label is their true alpha."""
+    with (folder / "labels.jsonl").open("w") as f:
+        for index in range(count):
+            f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
+                                "map_alpha": experiment.true_alpha(index), "seconds": 1.0}) + "\n")
+
+
 def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tmp_path):
     with pytest.raises(SystemExit, match="run the data step first"):
         experiment.train(tmp_path, test=2, epochs=1, validation=2)
-    with (tmp_path / "labels.jsonl").open("w") as f:
-        for index in range(8):
-            f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
-                                "map_alpha": experiment.true_alpha(index), "seconds": 1.0}) + "\n")
+    _write_labels(tmp_path, 8)
     result = experiment.train(tmp_path, test=2, epochs=7, validation=2)
     assert (result["train_pairs"], result["validation_pairs"], len(result["held_out"])) == (4, 2, 2)
     assert [h["epoch"] for h in result["history"]] == [0, 5, 6]
@@ -59,13 +64,41 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 
 
+def test_folds_hold_out_every_pair_once_and_never_train_on_it():
+    count, folds, validation = 23, 4, 3
+    held = []
+    for fold in range(folds):
+        train, chosen, out = experiment.fold_split(count, folds, fold, validation)
+        assert sorted(train + chosen + out) == list(range(count)) and len(chosen) == validation
+        assert out == list(range(out[0], out[-1] + 1)) and len(out) in (5, 6)  # contiguous, near-equal blocks
+        assert chosen == [(out[0] - k) % count for k in range(validation, 0, -1)]  # just before it, cyclically
+        held += out
+    assert sorted(held) == list(range(count))
+    with pytest.raises(SystemExit, match="too few for 2 folds with --validation 5"):
+        experiment.fold_split(9, 2, 0, 5)
+
+
+def test_cross_validation_pools_each_folds_held_out_predictions(tmp_path, capsys):
+    _write_labels(tmp_path, 9)
+    summary = experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2)
+    assert sorted(r["index"] for r in summary["held_out"]) == list(range(9))
+    assert [r["fold"] for r in summary["held_out"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    errors = [abs(r["predicted_alpha"] / r["map_alpha"] - 1) for r in summary["held_out"]]
+    assert summary["mean_abs_relative_error_vs_map"] == pytest.approx(sum(errors) / 9)
+    assert summary["within_15_percent"] == pytest.approx(sum(e <= 0.15 for e in errors) / 9)
+    assert [f["train_pairs"] for f in summary["per_fold"]] == [4, 4, 4]
+    for fold in range(3):
+        result = json.loads((tmp_path / f"fold_{fold}" / "results.json").read_text())
+        assert [r["index"] for r in result["held_out"]] == [3 * fold, 3 * fold + 1, 3 * fold + 2]
+    assert json.loads((tmp_path / "cross_validation.json").read_text())["folds"] == 3
+    experiment.main(["train", "--output", str(tmp_path), "--folds", "3", "--validation", "2", "--epochs", "1"])
+    assert "cross-validated (3 folds)" in capsys.readouterr().out
+
+
 def test_frozen_batch_norms_are_recalibrated_once_and_then_kept(tmp_path, monkeypatch):
     """With freeze_norm_after the statistics are recomputed at that epoch and no more: training and every later
     evaluation use them, and the batch norms stay in evaluation mode while training (their statistics unchanged)."""
-    with (tmp_path / "labels.jsonl").open("w") as f:
-        for index in range(8):
-            f.write(json.dumps({"index": index, "true_alpha": experiment.true_alpha(index),
-                                "map_alpha": experiment.true_alpha(index), "seconds": 1.0}) + "\n")
+    _write_labels(tmp_path, 8)
     calls, original = [], experiment.recalibrate_batch_norm
 
     def counted(net, *args, **kwargs):
@@ -94,6 +127,7 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["data", "--workers", "0"], "--workers must be at least 1"),
     (["train", "--lr", "-1"], "--lr must be positive"),
     (["train", "--norm", "instance"], "invalid choice"),
+    (["train", "--folds", "1"], "--folds must be at least 2"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
