@@ -37,8 +37,8 @@ import torch
 
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path, save_png
-from monai_diffreg.lddmm import (PREDICTOR_NORMS, RegularizationPredictor, estimate_regularization, log_alpha_loss,
-                                 predicted_alpha, recalibrate_batch_norm)
+from monai_diffreg.lddmm import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, estimate_regularization,
+                                 log_alpha_loss, predicted_alpha, recalibrate_batch_norm)
 
 ALPHA_RANGE = (1.0, 30.0)
 
@@ -111,7 +111,7 @@ def fold_split(count: int, folds: int, fold: int, validation: int) -> tuple[list
 
 
 def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-          seed: int = 0, freeze_norm_after: int | None = None) -> dict:
+          seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late") -> dict:
     """Train on all but the last ``test + validation`` pairs; report on the last ``test`` (module docstring)."""
     rows = _load(output)
     if len(rows) <= test + validation:
@@ -119,11 +119,11 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
                          f"--validation {validation}")
     n_train, n = len(rows) - test - validation, len(rows) - test
     split = (list(range(n_train)), list(range(n_train, n)), list(range(n, len(rows))))
-    return fit(rows, split, output, epochs, lr, norm, seed, freeze_norm_after)
+    return fit(rows, split, output, epochs, lr, norm, seed, freeze_norm_after, fusion)
 
 
 def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-                   seed: int = 0, freeze_norm_after: int | None = None) -> dict:
+                   seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late") -> dict:
     """Train ``folds`` times, each holding out one block of the pairs (:func:`fold_split`); every pair is predicted
     once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``."""
     rows = _load(output)
@@ -132,7 +132,7 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
         split = fold_split(len(rows), folds, fold, validation)
         folder = output / f"fold_{fold}"
         folder.mkdir(exist_ok=True)
-        result = fit(rows, split, folder, epochs, lr, norm, seed, freeze_norm_after)
+        result = fit(rows, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
         held_out += [{**r, "fold": fold} for r in result["held_out"]]
         per_fold.append({k: result[k] for k in ("train_pairs", "test_pairs", "chosen_epoch", "training_seconds",
                                                 "mean_abs_relative_error_vs_map", "median_abs_relative_error_vs_map",
@@ -140,8 +140,9 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
         print(f"fold {fold}: held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f}",
               flush=True)
     errors = sorted(abs(r["predicted_alpha"] / r["map_alpha"] - 1) for r in held_out)
-    summary = {"pairs": len(rows), "folds": folds, "validation_pairs": validation, "epochs": epochs, "learning_rate": lr,
-               "norm": norm, "freeze_norm_after": freeze_norm_after,
+    summary = {"pairs": len(rows), "folds": folds, "validation_pairs": validation, "epochs": epochs,
+               "learning_rate": lr,
+               "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
                "mean_abs_relative_error_vs_map": sum(errors) / len(errors),
                "median_abs_relative_error_vs_map": errors[len(errors) // 2],
                "within_15_percent": sum(e <= 0.15 for e in errors) / len(errors),
@@ -152,7 +153,7 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
 
 
 def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output: Path, epochs: int, lr: float,
-        norm: str, seed: int, freeze_norm_after: int | None) -> dict:
+        norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late") -> dict:
     """Train on ``split[0]``, choose the epoch on ``split[1]``, report on ``split[2]`` (positions in ``rows``);
     writes ``results.json``, ``predictor_2d.pt`` and ``predictions.png`` into ``output``."""
     train_part, validation_part, test_part = (torch.tensor(part) for part in split)
@@ -163,7 +164,7 @@ def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output:
     n_train, test = len(train_part), len(test_part)
     constant = float(labels[train_part].log().mean())  # the best constant log alpha in L2: the network's start
     torch.manual_seed(seed)
-    net = RegularizationPredictor(2, initial_log_alpha=constant, norm=norm)
+    net = RegularizationPredictor(2, initial_log_alpha=constant, norm=norm, fusion=fusion)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history, best, start = [], (math.inf, -1, None), time.perf_counter()
@@ -208,7 +209,7 @@ def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output:
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
         "pairs": len(rows), "train_pairs": n_train, "validation_pairs": len(validation_part), "test_pairs": test,
-        "epochs": epochs, "learning_rate": lr, "norm": norm, "freeze_norm_after": freeze_norm_after,
+        "epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
         "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
@@ -258,11 +259,13 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=200, help="data: labelled pairs wanted")
     parser.add_argument("--test", type=int, default=40, help="train: held-out pairs (the last ones)")
     parser.add_argument("--folds", type=int, default=None,
-                        help="train: cross-validation instead of --test: each of this many blocks of pairs held out once")
+                        help="train: cross-validation instead of --test: each of this many blocks held out once")
     parser.add_argument("--validation", type=int, default=40, help="train: pairs choosing the epoch (before the held-out ones)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
     parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
+    parser.add_argument("--fusion", choices=PREDICTOR_FUSIONS, default="late",
+                        help="train: the paper's two streams (late) or one stream of the stacked pair (early)")
     parser.add_argument("--freeze-norm-after", type=int, default=None,
                         help="train: from this epoch on, batch norms use their statistics over the training pairs "
                              "(recomputed once then), in training as in evaluation")
@@ -287,13 +290,14 @@ def main(argv=None) -> None:
         make_labels(args.output, args.pairs, args.workers)
     elif args.folds is not None:
         result = cross_validate(args.output, args.folds, args.epochs, args.validation, args.lr, args.norm,
-                                freeze_norm_after=args.freeze_norm_after)
+                                freeze_norm_after=args.freeze_norm_after, fusion=args.fusion)
         print(f"cross-validated ({args.folds} folds) mean |relative error| vs MAP "
-              f"{result['mean_abs_relative_error_vs_map']:.3f}, median {result['median_abs_relative_error_vs_map']:.3f}, "
+              f"{result['mean_abs_relative_error_vs_map']:.3f}, "
+              f"median {result['median_abs_relative_error_vs_map']:.3f}, "
               f"{result['within_15_percent']:.0%} within 15 %")
     else:
         result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm,
-                       freeze_norm_after=args.freeze_norm_after)
+                       freeze_norm_after=args.freeze_norm_after, fusion=args.fusion)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

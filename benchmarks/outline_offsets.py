@@ -95,16 +95,16 @@ def measure(case: dict, methods: list[str], threads: int = 1, options: dict | No
               "moving_offsets_from_moving_mask": offsets(moving[0, 0].numpy(), moving_mask, moving_mask), "methods": {}}
     for name in ["identity", *(m for m in methods if m != "identity")]:
         adapter = make_adapter(name, "cpu", threads, (options or {}).get(name, {}))
-        axcodes = {"axcodes": CASE_AXCODES.get(family(case.get("name", "")))} if isinstance(adapter, PackageMethod) else {}
-        adapter.prepare(fixed, moving, **axcodes)
+        orientation = {"axcodes": CASE_AXCODES.get(family(case.get("name", "")))}
+        adapter.prepare(fixed, moving, **(orientation if isinstance(adapter, PackageMethod) else {}))
         adapter.register()
         ddf = adapter.result()["ddf"].float()
         warped = warp(moving, ddf)[0, 0].numpy()
-        warped_mask = warp(case["moving_labels"].float(), ddf, mode="nearest")[0, 0].numpy() > 0
+        warped_labels = warp(case["moving_labels"].float(), ddf, mode="nearest")
+        warped_mask = warped_labels[0, 0].numpy() > 0
         errors = [o - f for o, f in zip(offsets(warped, fixed_mask, fixed_mask), fixed_offsets)]
         result["methods"][name] = {
-            "dice": float(mean_dice(warp(case["moving_labels"].float(), ddf, mode="nearest"), case["fixed_labels"].float(),
-                                    case.get("labels", [1]))),  # the benchmark's Dice
+            "dice": float(mean_dice(warped_labels, case["fixed_labels"].float(), case.get("labels", [1]))),
             "mask_offset": mean_outline_offset(warped_mask, fixed_mask), "outline_errors": errors}
         print(f"{name}: Dice {result['methods'][name]['dice']:.4f}, mask offset "
               f"{result['methods'][name]['mask_offset']:+.2f} px, outline errors "

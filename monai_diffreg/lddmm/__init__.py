@@ -16,7 +16,8 @@
 
 from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
-from .predictor import PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
+from .predictor import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha,
+                        recalibrate_batch_norm)
 from .regularization import (ESTIMATION_MODELS, best_scale, data_curvature, determined_share, effective_precision,
                              estimate_regularization, sample_initial_velocity)
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
@@ -38,6 +39,7 @@ __all__ = [
     "best_scale",
     "sample_initial_velocity",
     "RegularizationPredictor",
+    "PREDICTOR_FUSIONS",
     "PREDICTOR_NORMS",
     "predicted_alpha",
     "recalibrate_batch_norm",

@@ -24,6 +24,10 @@ and 2x max pooling. The choices the paper leaves open, and why:
 * widths 16, 32, 64, 64 per stream and 64 in the fusion blocks (the paper gives none);
 * the fusion blocks pool only while the feature map is larger than 1 voxel per axis, so any input of at
   least ``2^4`` voxels per axis works (the paper's 128^3 inputs leave 16^3 after the streams);
+* ``fusion="early"`` (beyond the paper, for experiments): one stream of the same widths encodes the two images
+  stacked as channels, so its first convolution sees them side by side at full resolution; the paper's two
+  streams (``"late"``, default) each pool their image 16-fold before the features meet, while the deformations
+  that tell alphas apart can be a fraction of a voxel;
 * the fully connected layer's bias starts at ``initial_log_alpha`` (the training labels' mean log, given
   by the caller), its weights at zero, so training starts from the constant predictor that is best in L2.
 """
@@ -41,10 +45,13 @@ from ..networks.blocks import convolution, max_pool_half
 from ..validation import check_choice
 from .regularization import LOG_ALPHA_RANGE
 
-__all__ = ["RegularizationPredictor", "PREDICTOR_NORMS", "recalibrate_batch_norm", "predicted_alpha", "log_alpha_loss"]
+__all__ = ["RegularizationPredictor", "PREDICTOR_NORMS", "PREDICTOR_FUSIONS", "recalibrate_batch_norm", "predicted_alpha",
+           "log_alpha_loss"]
 
 #: the predictor's normalisation layers (module docstring)
 PREDICTOR_NORMS = ("batch", "group", "none")
+#: where the two images meet (module docstring): the paper's two streams, or one stream of the stacked pair
+PREDICTOR_FUSIONS = ("late", "early")
 _GROUPS = 8
 
 
@@ -77,13 +84,15 @@ class RegularizationPredictor(nn.Module):
         kernel_size: convolution size (odd).
         initial_log_alpha: the output before training (module docstring).
         norm: ``"batch"`` (the paper's), ``"group"`` or ``"none"`` (module docstring).
+        fusion: ``"late"`` (the paper's two streams) or ``"early"`` (one stream of the stacked pair; module docstring).
     """
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 1, stream_channels: Sequence[int] = (16, 32, 64, 64),
                  fusion_channels: Sequence[int] = (64, 64, 64), kernel_size: int = 5,
-                 initial_log_alpha: float = 0.0, norm: str = "batch") -> None:
+                 initial_log_alpha: float = 0.0, norm: str = "batch", fusion: str = "late") -> None:
         super().__init__()
         check_choice(norm, "norm", "RegularizationPredictor", PREDICTOR_NORMS)
+        check_choice(fusion, "fusion", "RegularizationPredictor", PREDICTOR_FUSIONS)
         if spatial_dims not in (2, 3):
             raise ValueError(f"RegularizationPredictor(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
@@ -94,9 +103,14 @@ class RegularizationPredictor(nn.Module):
             return nn.Sequential(*(_Block(spatial_dims, c_in, c_out, kernel_size, norm)
                                    for c_in, c_out in zip((first, *widths[:-1]), widths)))
 
-        self.moving_stream = stream(stream_channels, in_channels)
-        self.fixed_stream = stream(stream_channels, in_channels)
-        self.fusion = stream(fusion_channels, 2 * stream_channels[-1])
+        if fusion == "late":
+            self.moving_stream = stream(stream_channels, in_channels)
+            self.fixed_stream = stream(stream_channels, in_channels)
+            self.fusion = stream(fusion_channels, 2 * stream_channels[-1])
+        else:
+            self.pair_stream = stream(stream_channels, 2 * in_channels)
+            self.fusion = stream(fusion_channels, stream_channels[-1])
+        self.early = fusion == "early"
         self.head = convolution(spatial_dims, fusion_channels[-1], 1, kernel_size=1, padding=0)
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, float(initial_log_alpha))
@@ -110,7 +124,10 @@ class RegularizationPredictor(nn.Module):
         if fixed.shape != moving.shape or fixed.ndim != self.spatial_dims + 2:
             raise ValueError(f"RegularizationPredictor: fixed and moving must be two (B, C, *spatial) tensors of one "
                              f"shape with {self.spatial_dims} spatial axes, got {tuple(fixed.shape)} and {tuple(moving.shape)}")
-        features = torch.cat([self.moving_stream(moving), self.fixed_stream(fixed)], dim=1)
+        if self.early:
+            features = self.pair_stream(torch.cat([moving, fixed], dim=1))
+        else:
+            features = torch.cat([self.moving_stream(moving), self.fixed_stream(fixed)], dim=1)
         return self.head(self.fusion(features)).flatten(2).mean(dim=2)
 
 

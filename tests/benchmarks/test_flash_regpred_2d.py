@@ -60,6 +60,8 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
     assert json.loads((tmp_path / "results.json").read_text())["test_pairs"] == 2
     assert (tmp_path / "predictions.png").stat().st_size > 0 and (tmp_path / "predictor_2d.pt").is_file()
     assert experiment.train(tmp_path, test=2, epochs=1, validation=2, norm="group")["norm"] == "group"
+    early = experiment.train(tmp_path, test=2, epochs=1, validation=2, fusion="early")
+    assert early["fusion"] == "early" and "pair_stream.0.conv.weight" in torch.load(tmp_path / "predictor_2d.pt")
     with pytest.raises(SystemExit, match="need more than --test 6 \\+ --validation 2"):
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 
@@ -128,6 +130,7 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["train", "--lr", "-1"], "--lr must be positive"),
     (["train", "--norm", "instance"], "invalid choice"),
     (["train", "--folds", "1"], "--folds must be at least 2"),
+    (["train", "--fusion", "middle"], "invalid choice"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):

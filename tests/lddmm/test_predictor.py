@@ -10,9 +10,10 @@ import torch
 from monai_diffreg.lddmm import RegularizationPredictor, log_alpha_loss, predicted_alpha, recalibrate_batch_norm
 
 
+@pytest.mark.parametrize("fusion", ["late", "early"])
 @pytest.mark.parametrize("spatial_dims, shape", [(2, (20, 24)), (3, (16, 16, 18))])
-def test_starts_at_the_given_constant_for_any_pair(spatial_dims, shape):
-    net = RegularizationPredictor(spatial_dims, initial_log_alpha=math.log(3.0)).eval()
+def test_starts_at_the_given_constant_for_any_pair(spatial_dims, shape, fusion):
+    net = RegularizationPredictor(spatial_dims, initial_log_alpha=math.log(3.0), fusion=fusion).eval()
     pairs = torch.rand(2, 3, 1, *shape, generator=torch.Generator().manual_seed(0))
     out = net(pairs[0], pairs[1])
     assert out.shape == (3, 1)
@@ -29,7 +30,20 @@ def test_the_two_streams_are_separate():
     assert not torch.allclose(net(a, b), net(b, a))
 
 
-def test_learns_log_alpha_from_the_pair():
+def test_early_fusion_is_one_stream_of_the_stacked_pair():
+    """One stream whose first convolution takes both images as channels (moving first); order still matters."""
+    torch.manual_seed(0)
+    net = RegularizationPredictor(2, stream_channels=(4, 4, 4, 4), fusion_channels=(4,), fusion="early").eval()
+    torch.nn.init.normal_(net.head.weight)
+    assert net.pair_stream[0].conv.in_channels == 2 and not hasattr(net, "fixed_stream")
+    assert net.fusion[0].conv.in_channels == 4  # the stream's width, not twice it
+    a, b = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    assert torch.allclose(net(a, b), net.head(net.fusion(net.pair_stream(torch.cat([b, a], 1)))).mean((2, 3)))
+    assert not torch.allclose(net(a, b), net(b, a))
+
+
+@pytest.mark.parametrize("fusion", ["late", "early"])
+def test_learns_log_alpha_from_the_pair(fusion):
     """A toy regression: alpha is the moving image's contrast relative to the fixed one; 150 Adam steps bring the
     L2 loss on log alpha below a tenth of the constant predictor's, in evaluation mode after recalibrating the
     batch statistics, one pair at a time too."""
@@ -38,7 +52,7 @@ def test_learns_log_alpha_from_the_pair():
     alpha = torch.exp(torch.empty(32).uniform_(-1.0, 1.0))
     moving = fixed * alpha.view(-1, 1, 1, 1)
     net = RegularizationPredictor(2, stream_channels=(8, 8, 8, 8), fusion_channels=(8,), kernel_size=3,
-                                  initial_log_alpha=float(alpha.log().mean()))
+                                  initial_log_alpha=float(alpha.log().mean()), fusion=fusion)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     with torch.no_grad():
         start = float(log_alpha_loss(net(fixed, moving), alpha))
@@ -48,7 +62,7 @@ def test_learns_log_alpha_from_the_pair():
         loss.backward()
         optimizer.step()
     recalibrate_batch_norm(net, fixed, moving)
-    assert not net.training and net.fixed_stream[0].norm.momentum == 0.1
+    assert not net.training and net.fusion[0].norm.momentum == 0.1
     with torch.no_grad():
         assert float(log_alpha_loss(net(fixed, moving), alpha)) < 0.1 * start
         one_at_a_time = torch.cat([net(fixed[i:i + 1], moving[i:i + 1]) for i in range(len(fixed))])
@@ -84,6 +98,8 @@ def test_bad_settings_and_inputs():
         RegularizationPredictor(2, kernel_size=4)
     with pytest.raises(ValueError, match="'norm' must be one of"):
         RegularizationPredictor(2, norm="instance")
+    with pytest.raises(ValueError, match="'fusion' must be one of"):
+        RegularizationPredictor(2, fusion="middle")
     net = RegularizationPredictor(2)
     with pytest.raises(ValueError, match="two \\(B, C, \\*spatial\\) tensors of one shape with 2 spatial axes"):
         net(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 18))
