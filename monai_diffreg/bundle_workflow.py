@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import USER_ERRORS
+
 __all__ = ["bundle_root", "check_run", "check_training_data", "real_anatomy_dataset", "rank_device", "run_registration", "run_evaluation"]
 
 # arguments of ``monai.bundle run`` itself (monai.bundle.scripts.run), not config overrides
 _RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id",
                   "tracking", "workflow_type", "properties_path"}
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
 
 
 def _running_workflow():
@@ -93,7 +94,7 @@ def _excepthook(default):
     def hook(kind, error, traceback):
         from .methods import user_cause
 
-        cause = user_cause(error, _USER_ERRORS)
+        cause = user_cause(error, USER_ERRORS)
         if cause is None or os.environ.get("MONAI_DIFFREG_TRACEBACK"):
             default(kind, error, traceback)
             return

@@ -32,10 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .errors import USER_ERRORS
+
 __all__ = ["main", "build_parser", "register_pairs", "evaluate_and_report"]
 
 _PROG = "monai-diffreg"
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
 # MONAI's LoadImage instantiates its DICOM reader, which complains about an optional GPU codec
 _NOISE = ("NvImgCodecPydicomReader", "nvImageCodec is not available")
 # api.AFFINE_METRICS, spelt out so that building the parser imports no torch (tests/test_cli.py checks they agree)
@@ -262,7 +263,7 @@ def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None,
                                   moving_labels=pair["moving_labels"], affine=affine, affine_metric=affine_metric,
                                   true_ddf=true_ddf, orientation=orientation, device=device,
                                   output_dir=pair["folder"], qc=qc, inverse=inverse, **(options or {}))
-            except _USER_ERRORS as err:
+            except USER_ERRORS as err:
                 if debug:
                     raise
                 failures += 1
@@ -420,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _register(args)
     except _UserError as err:
         parser.error(str(err))  # exits with status 2
-    except _USER_ERRORS as err:
+    except USER_ERRORS as err:
         if getattr(args, "debug", False):
             raise
         print(f"{_PROG}: error: {_line(err)}", file=sys.stderr)
