@@ -16,11 +16,14 @@ norms' running statistics are recomputed over the training pairs before each eva
 held-out pairs against their labels and true alphas, the prediction time and a plot. ``train --folds F``
 cross-validates instead: F trainings, each holding out one block of the pairs (:func:`fold_split`), so every pair
 is predicted once by a network that never saw it (``fold_<k>/`` and ``cross_validation.json``): one block of 40
-pairs decided as much as the data did in runs 3 and 4.
+pairs decided as much as the data did in runs 3 and 4. ``symmetric --folds F`` evaluates those folds' predictors
+again with their log alpha averaged over the square's 8 symmetries (:func:`symmetric_log_alpha`), on the validation
+pairs (which may choose it) and the held-out ones (``symmetric.json``).
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
     python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4 --norm batch]
     python -m benchmarks.flash_regpred_2d train --output DIR --folds 5 [--validation 40 --epochs 40 ...]
+    python -m benchmarks.flash_regpred_2d symmetric --output DIR --folds 5 [--validation 40]
 """
 
 from __future__ import annotations
@@ -226,6 +229,48 @@ def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output:
     return result
 
 
+def symmetric_log_alpha(net: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """``(B, 1)`` log alpha averaged over the 8 symmetries of the square (:func:`square_symmetry`), under which the
+    pair's MAP label is invariant: a test-time average, 8 forward passes."""
+    return torch.stack([net(square_symmetry(fixed, k), square_symmetry(moving, k)) for k in range(8)]).mean(0)
+
+
+def evaluate_symmetric(output: Path, folds: int, validation: int = 40) -> dict:
+    """Each fold's saved predictor (``fold_<k>/``, :func:`cross_validate`) evaluated plainly and with
+    :func:`symmetric_log_alpha`: validation L2 on log alpha (what may choose between the two) and held-out errors.
+    Writes ``symmetric.json``."""
+    rows = _load(output)
+    images = [pair(r["index"]) for r in rows]
+    fixed, moving = torch.cat([t for t, _ in images]), torch.cat([s for _, s in images])
+    labels = torch.tensor([r["map_alpha"] for r in rows])
+    summary = {"folds": folds, "validation": {"plain": [], "symmetric": []}, "held_out": []}
+    for fold in range(folds):
+        _, chosen, held = (torch.tensor(part) for part in fold_split(len(rows), folds, fold, validation))
+        folder = output / f"fold_{fold}"
+        settings = json.loads((folder / "results.json").read_text())
+        net = RegularizationPredictor(2, norm=settings["norm"], fusion=settings.get("fusion", "late"))
+        net.load_state_dict(torch.load(folder / "predictor_2d.pt", weights_only=True))
+        net.eval()
+        with torch.no_grad():
+            for name, predict in (("plain", net), ("symmetric", lambda f, m: symmetric_log_alpha(net, f, m))):
+                summary["validation"][name].append(float(log_alpha_loss(predict(fixed[chosen], moving[chosen]),
+                                                                        labels[chosen])))
+            plain = predicted_alpha(net(fixed[held], moving[held])).flatten()
+            averaged = predicted_alpha(symmetric_log_alpha(net, fixed[held], moving[held])).flatten()
+        summary["held_out"] += [{"index": rows[i]["index"], "fold": fold, "map_alpha": rows[i]["map_alpha"],
+                                 "plain": float(a), "symmetric": float(b)}
+                                for i, a, b in zip(held.tolist(), plain, averaged)]
+    for name in ("plain", "symmetric"):
+        errors = sorted(abs(r[name] / r["map_alpha"] - 1) for r in summary["held_out"])
+        summary[name] = {"validation_l2": sum(summary["validation"][name]) / folds,
+                         "mean_abs_relative_error_vs_map": sum(errors) / len(errors),
+                         "median_abs_relative_error_vs_map": errors[len(errors) // 2],
+                         "within_15_percent": sum(e <= 0.15 for e in errors) / len(errors)}
+    with atomic_path(output / "symmetric.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -254,7 +299,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("data", "train"))
+    parser.add_argument("step", choices=("data", "train", "symmetric"))
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--pairs", type=int, default=200, help="data: labelled pairs wanted")
     parser.add_argument("--test", type=int, default=40, help="train: held-out pairs (the last ones)")
@@ -288,6 +333,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.step == "data":
         make_labels(args.output, args.pairs, args.workers)
+    elif args.step == "symmetric":
+        if args.folds is None:
+            parser.error("symmetric: --folds is needed (the folds of the cross-validation to evaluate)")
+        result = evaluate_symmetric(args.output, args.folds, args.validation)
+        for name in ("plain", "symmetric"):
+            print(f"{name}: validation L2 {result[name]['validation_l2']:.4f}, held-out mean |relative error| vs MAP "
+                  f"{result[name]['mean_abs_relative_error_vs_map']:.3f}")
     elif args.folds is not None:
         result = cross_validate(args.output, args.folds, args.epochs, args.validation, args.lr, args.norm,
                                 freeze_norm_after=args.freeze_norm_after, fusion=args.fusion)

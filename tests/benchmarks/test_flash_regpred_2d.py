@@ -95,6 +95,30 @@ def test_cross_validation_pools_each_folds_held_out_predictions(tmp_path, capsys
     assert json.loads((tmp_path / "cross_validation.json").read_text())["folds"] == 3
     experiment.main(["train", "--output", str(tmp_path), "--folds", "3", "--validation", "2", "--epochs", "1"])
     assert "cross-validated (3 folds)" in capsys.readouterr().out
+    symmetric = experiment.evaluate_symmetric(tmp_path, folds=3, validation=2)
+    assert sorted(r["index"] for r in symmetric["held_out"]) == list(range(9))
+    assert len(symmetric["validation"]["plain"]) == 3 and symmetric["symmetric"]["validation_l2"] > 0
+    for row in symmetric["held_out"]:  # the plain predictions are the fold's own
+        fold = json.loads((tmp_path / f"fold_{row['fold']}" / "results.json").read_text())
+        own = next(r["predicted_alpha"] for r in fold["held_out"] if r["index"] == row["index"])
+        assert row["plain"] == pytest.approx(own, rel=1e-5)
+    experiment.main(["symmetric", "--output", str(tmp_path), "--folds", "3", "--validation", "2"])
+    assert "symmetric: validation L2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        experiment.main(["symmetric", "--output", str(tmp_path)])
+
+
+def test_symmetric_average_is_invariant_under_the_symmetries():
+    torch.manual_seed(0)
+    net = experiment.RegularizationPredictor(2, stream_channels=(4, 4, 4, 4), fusion_channels=(4,)).eval()
+    torch.nn.init.normal_(net.head.weight)
+    fixed, moving = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        reference = experiment.symmetric_log_alpha(net, fixed, moving)
+        for k in (1, 5):
+            turned = experiment.symmetric_log_alpha(net, *(experiment.square_symmetry(x, k) for x in (fixed, moving)))
+            torch.testing.assert_close(turned, reference)
+        assert not torch.allclose(net(fixed, moving), reference)
 
 
 def test_frozen_batch_norms_are_recalibrated_once_and_then_kept(tmp_path, monkeypatch):
