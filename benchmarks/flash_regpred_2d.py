@@ -4,7 +4,9 @@
 (seed ``i``) of a true alpha drawn log-uniformly in [``ALPHA_RANGE``]; its label is the evidence estimate
 of :func:`monai_diffreg.lddmm.estimate_regularization` (start alpha 1), as the paper labels its training
 pairs. One JSON line per pair is appended to ``labels.jsonl`` (resumable: finished pairs are skipped; the
-images are rebuilt from the seed). ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
+images are rebuilt from the seed). ``data --start S`` labels the same pairs from another starting alpha into
+``labels_start<S>.jsonl`` and reports how far those estimates lie from the labels (:func:`label_repeatability`):
+the labels' own repeatability, which bounds what a predictor of them can reach. ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
 L2 on log alpha, Adam from ``--lr`` (the paper's 5e-4) with a cosine decay to 0 over ``--epochs``, each training
 batch (both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
 operators and the image term are invariant under them, so the pair's MAP label is too). The last
@@ -21,6 +23,7 @@ again with their log alpha averaged over the square's 8 symmetries (:func:`symme
 pairs (which may choose it) and the held-out ones (``symmetric.json``).
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
+    python -m benchmarks.flash_regpred_2d data --output DIR --pairs 20 --start 3   # the labels' repeatability
     python -m benchmarks.flash_regpred_2d train --output DIR [--test 40 --validation 40 --epochs 150 --lr 5e-4 --norm batch]
     python -m benchmarks.flash_regpred_2d train --output DIR --folds 5 [--validation 40 --epochs 40 ...]
     python -m benchmarks.flash_regpred_2d symmetric --output DIR --folds 5 [--validation 40]
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import multiprocessing
@@ -66,28 +70,54 @@ def square_symmetry(images: torch.Tensor, which: int) -> torch.Tensor:
     return turned.flip(3) if which >= 4 else turned
 
 
-def label(index: int) -> dict:
-    """The MAP label of pair ``index`` (one line of ``labels.jsonl``)."""
+#: the estimator's starting alpha for the training labels (``labels.jsonl``)
+LABEL_START = 1.0
+
+
+def labels_file(output: Path, start: float = LABEL_START) -> Path:
+    """``labels.jsonl`` (the training labels), or ``labels_start<S>.jsonl`` for another starting alpha."""
+    return output / ("labels.jsonl" if start == LABEL_START else f"labels_start{start:g}.jsonl")
+
+
+def label(index: int, start: float = LABEL_START) -> dict:
+    """The MAP label of pair ``index`` from the starting alpha ``start`` (one line of :func:`labels_file`)."""
     target, source = pair(index)
-    start = time.perf_counter()
-    result = estimate_regularization(target, source, alpha=1.0, truncation=TRUNCATION)
-    return {"index": index, "true_alpha": true_alpha(index), "map_alpha": result["alpha"],
+    tic = time.perf_counter()
+    result = estimate_regularization(target, source, alpha=start, truncation=TRUNCATION)
+    return {"index": index, "true_alpha": true_alpha(index), "map_alpha": result["alpha"], "start": start,
             "curvature": result["curvature"], "iterations": len(result["history"]),
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - tic}
 
 
-def make_labels(output: Path, pairs: int, workers: int = 1) -> None:
-    path = output / "labels.jsonl"
+def make_labels(output: Path, pairs: int, workers: int = 1, start: float = LABEL_START) -> None:
+    """Label pairs ``0 .. pairs - 1`` into :func:`labels_file` (resumable: labelled pairs are skipped)."""
+    path = labels_file(output, start)
     done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
     missing = [index for index in range(pairs) if index not in done]
     # each worker process one thread (the caller's own setting when labelling in this process)
     with (multiprocessing.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1
           else contextlib.nullcontext()) as pool:
-        for row in (pool.imap_unordered(label, missing) if pool else map(label, missing)):
+        compute = functools.partial(label, start=start)
+        for row in (pool.imap_unordered(compute, missing) if pool else map(compute, missing)):
             with path.open("a") as f:  # one whole line per finished pair, written by this process only
                 f.write(json.dumps(row) + "\n")
             print(f"pair {row['index']}: true {row['true_alpha']:.2f}, MAP {row['map_alpha']:.2f} "
                   f"({row['seconds']:.0f} s)", flush=True)
+
+
+def label_repeatability(output: Path, start: float) -> dict:
+    """|relative difference| between the labels from ``start`` and the training labels, over the pairs both have:
+    how far an equally valid start moves the MAP estimate, a floor for any predictor's error against it."""
+    rows = {}
+    for origin in (LABEL_START, start):
+        lines = labels_file(output, origin).read_text().splitlines()
+        rows[origin] = {row["index"]: row["map_alpha"] for row in map(json.loads, lines)}
+    common = sorted(set(rows[LABEL_START]) & set(rows[start]))
+    if not common:
+        raise SystemExit(f"flash_regpred_2d: no pair labelled from both starts {LABEL_START:g} and {start:g}")
+    differences = sorted(abs(rows[start][i] / rows[LABEL_START][i] - 1) for i in common)
+    return {"start": start, "pairs": len(common), "mean_abs_relative_difference": sum(differences) / len(common),
+            "median_abs_relative_difference": differences[len(common) // 2], "max": differences[-1]}
 
 
 def _load(output: Path) -> list[dict]:
@@ -302,6 +332,9 @@ def main(argv=None) -> None:
     parser.add_argument("step", choices=("data", "train", "symmetric"))
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--pairs", type=int, default=200, help="data: labelled pairs wanted")
+    parser.add_argument("--start", type=float, default=LABEL_START,
+                        help="data: the estimator's starting alpha; another than the labels' writes "
+                             "labels_start<S>.jsonl and reports how far its estimates are from the labels")
     parser.add_argument("--test", type=int, default=40, help="train: held-out pairs (the last ones)")
     parser.add_argument("--folds", type=int, default=None,
                         help="train: cross-validation instead of --test: each of this many blocks held out once")
@@ -326,13 +359,17 @@ def main(argv=None) -> None:
         parser.error(f"--freeze-norm-after must be an epoch in [0, --epochs), got {args.freeze_norm_after}")
     if not args.lr > 0:
         parser.error(f"--lr must be positive, got {args.lr}")
+    if not args.start > 0:
+        parser.error(f"--start must be positive, got {args.start}")
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         parser.error(f"--output {str(args.output)!r} is not a usable folder: {error.strerror or error}")
     torch.set_num_threads(args.threads)
     if args.step == "data":
-        make_labels(args.output, args.pairs, args.workers)
+        make_labels(args.output, args.pairs, args.workers, args.start)
+        if args.start != LABEL_START and labels_file(args.output).is_file():
+            print(json.dumps(label_repeatability(args.output, args.start)))
     elif args.step == "symmetric":
         if args.folds is None:
             parser.error("symmetric: --folds is needed (the folds of the cross-validation to evaluate)")

@@ -39,6 +39,23 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert sorted(r["index"] for r in rows) == list(range(8)) and all(r["map_alpha"] == 2.0 for r in rows)
 
 
+def test_labels_from_another_start_go_to_their_own_file_and_report_their_distance(tmp_path, monkeypatch, capsys):
+    def fake_estimate(target, source, alpha, **kwargs):  # an estimate that depends on the start
+        return {"alpha": 2.0 if alpha == 1.0 else 2.0 * alpha ** 0.1, "curvature": "full", "history": [{}]}
+
+    monkeypatch.setattr(experiment, "estimate_regularization", fake_estimate)
+    experiment.make_labels(tmp_path, 4)
+    experiment.main(["data", "--output", str(tmp_path), "--pairs", "3", "--start", "3"])
+    rows = [json.loads(line) for line in (tmp_path / "labels_start3.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2] and all(r["start"] == 3.0 for r in rows)
+    assert len((tmp_path / "labels.jsonl").read_text().splitlines()) == 4  # the training labels untouched
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["pairs"] == 3 and report["mean_abs_relative_difference"] == pytest.approx(3 ** 0.1 - 1)
+    (tmp_path / "labels_start10.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no pair labelled from both starts 1 and 10"):
+        experiment.label_repeatability(tmp_path, 10.0)
+
+
 def _write_labels(folder, count):
     """``count`` labelled pairs whose MAP label is their true alpha."""
     with (folder / "labels.jsonl").open("w") as f:
@@ -154,6 +171,7 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["train", "--lr", "-1"], "--lr must be positive"),
     (["train", "--norm", "instance"], "invalid choice"),
     (["train", "--folds", "1"], "--folds must be at least 2"),
+    (["data", "--start", "0"], "--start must be positive"),
     (["train", "--fusion", "middle"], "invalid choice"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
