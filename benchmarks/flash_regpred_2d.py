@@ -259,37 +259,50 @@ def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output:
     return result
 
 
-def symmetric_log_alpha(net: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+def symmetric_log_alpha(net: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,
+                        calibration: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``(B, 1)`` log alpha averaged over the 8 symmetries of the square (:func:`square_symmetry`), under which the
-    pair's MAP label is invariant: a test-time average, 8 forward passes."""
-    return torch.stack([net(square_symmetry(fixed, k), square_symmetry(moving, k)) for k in range(8)]).mean(0)
+    pair's MAP label is invariant: a test-time average, 8 forward passes.
+
+    ``calibration``: training pairs ``(fixed, moving)``; a batch-normalised ``net``'s running statistics are then
+    recomputed in each symmetry before predicting in it (:func:`recalibrate_batch_norm`; the convolutions are not
+    rotation-equivariant, so statistics taken in one orientation do not fit another), which leaves ``net``
+    calibrated in the last symmetry.
+    """
+    predictions = []
+    for k in range(8):
+        if calibration is not None:
+            recalibrate_batch_norm(net, *(square_symmetry(x, k) for x in calibration))
+        predictions.append(net(square_symmetry(fixed, k), square_symmetry(moving, k)))
+    return torch.stack(predictions).mean(0)
 
 
 def evaluate_symmetric(output: Path, folds: int, validation: int = 40) -> dict:
     """Each fold's saved predictor (``fold_<k>/``, :func:`cross_validate`) evaluated plainly and with
-    :func:`symmetric_log_alpha`: validation L2 on log alpha (what may choose between the two) and held-out errors.
-    Writes ``symmetric.json``."""
+    :func:`symmetric_log_alpha` (batch statistics recomputed on the fold's training pairs in each symmetry):
+    validation L2 on log alpha (what may choose between the two) and held-out errors. Writes ``symmetric.json``."""
     rows = _load(output)
     images = [pair(r["index"]) for r in rows]
     fixed, moving = torch.cat([t for t, _ in images]), torch.cat([s for _, s in images])
     labels = torch.tensor([r["map_alpha"] for r in rows])
     summary = {"folds": folds, "validation": {"plain": [], "symmetric": []}, "held_out": []}
     for fold in range(folds):
-        _, chosen, held = (torch.tensor(part) for part in fold_split(len(rows), folds, fold, validation))
+        train_part, chosen, held = (torch.tensor(part) for part in fold_split(len(rows), folds, fold, validation))
         folder = output / f"fold_{fold}"
         settings = json.loads((folder / "results.json").read_text())
         net = RegularizationPredictor(2, norm=settings["norm"], fusion=settings.get("fusion", "late"))
         net.load_state_dict(torch.load(folder / "predictor_2d.pt", weights_only=True))
         net.eval()
+        both = torch.cat([chosen, held])
         with torch.no_grad():
-            for name, predict in (("plain", net), ("symmetric", lambda f, m: symmetric_log_alpha(net, f, m))):
-                summary["validation"][name].append(float(log_alpha_loss(predict(fixed[chosen], moving[chosen]),
-                                                                        labels[chosen])))
-            plain = predicted_alpha(net(fixed[held], moving[held])).flatten()
-            averaged = predicted_alpha(symmetric_log_alpha(net, fixed[held], moving[held])).flatten()
+            plain = net(fixed[both], moving[both]).flatten()  # with the saved (orientation 0) statistics
+            averaged = symmetric_log_alpha(net, fixed[both], moving[both],
+                                           calibration=(fixed[train_part], moving[train_part])).flatten()
+        for name, predicted in (("plain", plain), ("symmetric", averaged)):
+            summary["validation"][name].append(float(log_alpha_loss(predicted[:len(chosen)], labels[chosen])))
         summary["held_out"] += [{"index": rows[i]["index"], "fold": fold, "map_alpha": rows[i]["map_alpha"],
-                                 "plain": float(a), "symmetric": float(b)}
-                                for i, a, b in zip(held.tolist(), plain, averaged)]
+                                 "plain": float(predicted_alpha(a)), "symmetric": float(predicted_alpha(b))}
+                                for i, a, b in zip(held.tolist(), plain[len(chosen):], averaged[len(chosen):])]
     for name in ("plain", "symmetric"):
         errors = sorted(abs(r[name] / r["map_alpha"] - 1) for r in summary["held_out"])
         summary[name] = {"validation_l2": sum(summary["validation"][name]) / folds,

@@ -138,6 +138,25 @@ def test_symmetric_average_is_invariant_under_the_symmetries():
         assert not torch.allclose(net(fixed, moving), reference)
 
 
+def test_symmetric_average_recalibrates_batch_statistics_in_each_symmetry():
+    torch.manual_seed(0)
+    net = experiment.RegularizationPredictor(2, stream_channels=(4, 4, 4, 4), fusion_channels=(4,))
+    torch.nn.init.normal_(net.head.weight)
+    train = torch.rand(6, 1, 16, 16), torch.rand(6, 1, 16, 16)
+    train[0][:, :, :8] += 1.0  # not symmetric: its statistics depend on the orientation
+    fixed, moving = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    expected = []
+    with torch.no_grad():
+        for k in range(8):
+            experiment.recalibrate_batch_norm(net, *(experiment.square_symmetry(x, k) for x in train))
+            expected.append(net(experiment.square_symmetry(fixed, k), experiment.square_symmetry(moving, k)))
+        averaged = experiment.symmetric_log_alpha(net, fixed, moving, calibration=train)
+    torch.testing.assert_close(averaged, torch.stack(expected).mean(0))
+    experiment.recalibrate_batch_norm(net, *train)
+    with torch.no_grad():
+        assert not torch.allclose(experiment.symmetric_log_alpha(net, fixed, moving), averaged)
+
+
 def test_frozen_batch_norms_are_recalibrated_once_and_then_kept(tmp_path, monkeypatch):
     """With freeze_norm_after the statistics are recomputed at that epoch and no more: training and every later
     evaluation use them, and the batch norms stay in evaluation mode while training (their statistics unchanged)."""
