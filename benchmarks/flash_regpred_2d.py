@@ -6,7 +6,8 @@ of :func:`monai_diffreg.lddmm.estimate_regularization` (start alpha 1), as the p
 pairs. One JSON line per pair is appended to ``labels.jsonl`` (resumable: finished pairs are skipped; the
 images are rebuilt from the seed). ``data --start S`` labels the same pairs from another starting alpha into
 ``labels_start<S>.jsonl`` and reports how far those estimates lie from the labels (:func:`label_repeatability`):
-the labels' own repeatability, which bounds what a predictor of them can reach. ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
+the labels' own repeatability, which bounds what a predictor of them can reach.
+``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
 L2 on log alpha, Adam from ``--lr`` (the paper's 5e-4) with a cosine decay to 0 over ``--epochs``, each training
 batch (both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
 operators and the image term are invariant under them, so the pair's MAP label is too). The last
@@ -20,7 +21,7 @@ cross-validates instead: F trainings, each holding out one block of the pairs (:
 is predicted once by a network that never saw it (``fold_<k>/`` and ``cross_validation.json``): one block of 40
 pairs decided as much as the data did in runs 3 and 4. ``symmetric --folds F`` evaluates those folds' predictors
 again with their log alpha averaged over the square's 8 symmetries (:func:`symmetric_log_alpha`), on the validation
-pairs (which may choose it) and the held-out ones (``symmetric.json``).
+pairs (which may choose it) and the held-out ones (``symmetric.json``, ``symmetric.png``).
 
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 300 [--workers 2]
     python -m benchmarks.flash_regpred_2d data --output DIR --pairs 20 --start 3   # the labels' repeatability
@@ -311,7 +312,33 @@ def evaluate_symmetric(output: Path, folds: int, validation: int = 40) -> dict:
                          "within_15_percent": sum(e <= 0.15 for e in errors) / len(errors)}
     with atomic_path(output / "symmetric.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
+    plot_pooled(summary, output / "symmetric.png")
     return summary
+
+
+def plot_pooled(summary: dict, path: Path) -> None:
+    """Every pair's held-out prediction (plain and symmetric) against its MAP label, with the +-15 % band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = summary["held_out"]
+    labels = [r["map_alpha"] for r in held]
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    for name, marker in (("plain", "x"), ("symmetric", "o")):
+        ax.scatter(labels, [r[name] for r in held], s=10, marker=marker, alpha=0.6,
+                   label=f"{name}: mean |rel. error| {summary[name]['mean_abs_relative_error_vs_map']:.3f}")
+    bounds = [min(labels) * 0.8, max(labels) * 1.2]
+    ax.plot(bounds, bounds, "k--", lw=0.8)
+    ax.fill_between(bounds, [b * 0.85 for b in bounds], [b * 1.15 for b in bounds], color="k", alpha=0.1,
+                    label="within 15 %")
+    ax.set(xscale="log", yscale="log", xlabel="MAP (evidence) alpha", ylabel="predicted alpha",
+           title=f"{summary['folds']}-fold cross-validation: {len(held)} held-out pairs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path, dpi=90)
+    plt.close(fig)
 
 
 def plot(result: dict, path: Path) -> None:

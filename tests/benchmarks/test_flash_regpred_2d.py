@@ -115,6 +115,7 @@ def test_cross_validation_pools_each_folds_held_out_predictions(tmp_path, capsys
     symmetric = experiment.evaluate_symmetric(tmp_path, folds=3, validation=2)
     assert sorted(r["index"] for r in symmetric["held_out"]) == list(range(9))
     assert len(symmetric["validation"]["plain"]) == 3 and symmetric["symmetric"]["validation_l2"] > 0
+    assert (tmp_path / "symmetric.png").read_bytes()[:4] == b"\x89PNG"
     for row in symmetric["held_out"]:  # the plain predictions are the fold's own
         fold = json.loads((tmp_path / f"fold_{row['fold']}" / "results.json").read_text())
         own = next(r["predicted_alpha"] for r in fold["held_out"] if r["index"] == row["index"])
