@@ -10,3 +10,11 @@ from pathlib import Path
 
 #: the shared data folder (``$MONAI_DIFFREG_SHARED/data``, default ``../shared/data`` beside the repository)
 DEFAULT_DATA_DIR = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
+
+
+def make_output_folder(parser, folder: Path) -> None:
+    """Create a script's ``--output`` folder, or end with the parser's one-line error (status 2) naming why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--output {str(folder)!r} is not a usable folder: {error.strerror or error}")

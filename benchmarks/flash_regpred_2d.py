@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import make_output_folder
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path, save_png
 from monai_diffreg.lddmm import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, estimate_regularization,
@@ -401,10 +402,7 @@ def main(argv=None) -> None:
         parser.error(f"--lr must be positive, got {args.lr}")
     if not args.start > 0:
         parser.error(f"--start must be positive, got {args.start}")
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--output {str(args.output)!r} is not a usable folder: {error.strerror or error}")
+    make_output_folder(parser, args.output)
     torch.set_num_threads(args.threads)
     if args.step == "data":
         make_labels(args.output, args.pairs, args.workers, args.start)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from benchmarks import DEFAULT_DATA_DIR
+from benchmarks import DEFAULT_DATA_DIR, make_output_folder
 from benchmarks.adapters import PackageMethod, make_adapter
 from benchmarks.cases import CASE_AXCODES, GROUPS, VALIDATION_GROUPS, case_names, family, get_case
 from benchmarks.run import DEFAULT_CACHE
@@ -146,10 +146,7 @@ def main(argv=None) -> None:
         parser.error(f"--case must be a case of benchmarks.cases (seed 0), got {args.case!r}")
     if not args.data_dir.is_dir():
         parser.error(f"data folder not found: {args.data_dir} (set --data-dir or $MONAI_DIFFREG_SHARED)")
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--output {str(args.output)!r} is not a usable folder: {error.strerror or error}")
+    make_output_folder(parser, args.output)
     torch.set_num_threads(args.threads)
     case = torch.load(get_case(args.data_dir, groups[args.case], args.case, 1.0, args.cache_dir), weights_only=True)
     result = {"case": args.case, **measure(case, args.methods, args.threads)}
