@@ -319,11 +319,13 @@ def estimate_regularization(
                 log_alpha = moved(log_alpha, best_alpha(v, base, precision, scale=math.exp(log_tau)))
                 current = objective(v, log_alpha, log_tau)
                 current["total"].sum().backward()
-            trial, step = descent_step(current, lambda v: objective(v, log_alpha, log_tau), current["operators"], step)
+            trial, tried = descent_step(current, lambda v: objective(v, log_alpha, log_tau), current["operators"], step)
             if trial is not None:
                 trial["total"].sum().backward()
                 current = trial
-                step = min(2 * step, 4 * step_size)
+                step = min(2 * tried, 4 * step_size)
+            else:  # v_0 at its minimum for this alpha to float precision: once alpha moves, search from a full step
+                step = step_size
             value = float(current["objective"].detach())
             history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau),
                             "objective": value,

@@ -219,3 +219,26 @@ def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypat
     monkeypatch.setattr(regularization, "data_curvature", lambda *args: pytest.fail("dense curvature above the limit"))
     result = estimate_regularization(target, source, **options)
     assert result["curvature"] == "diagonal" and math.isfinite(result["alpha"])
+
+
+def test_a_failed_descent_does_not_freeze_the_velocity_for_later_alphas(monkeypatch):
+    """When no v_0 step lowers the objective at the current alpha (v_0 at its minimum to float precision), the next
+    alpha's search starts from the full step again: it used to start from the collapsed one (below the search's
+    minimum), so every later search failed at once and v_0 stayed frozen while the stopping rule counted the
+    unchanged objective as convergence."""
+    import monai_diffreg.lddmm.regularization as regularization
+
+    source = bullseye(16)
+    target = deformed_by_prior(source, 3.0, seed=0)
+    calls, original = [], regularization.descent_step
+
+    def failing_once(current, evaluate, operators, step_size):
+        calls.append(step_size)
+        if len(calls) == 3:
+            return None, 1e-7  # a search that halved its step below the minimum and gave up
+        return original(current, evaluate, operators, step_size)
+
+    monkeypatch.setattr(regularization, "descent_step", failing_once)
+    result = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=8, warmup=2, step_size=0.5)
+    assert calls[3] == 0.5 and len(calls) == 8  # afresh from the full step, and the search goes on
+    assert result["history"][-1]["objective"] < result["history"][2]["objective"]  # v_0 moved on afterwards
