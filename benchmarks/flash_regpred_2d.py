@@ -129,6 +129,13 @@ def _load(output: Path) -> list[dict]:
     return sorted((json.loads(line) for line in labels_path.read_text().splitlines()), key=lambda r: r["index"])
 
 
+def _pair_tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(fixed, moving, labels)`` of the labelled pairs: ``(N, 1, 100, 100)`` twice and the MAP alphas ``(N,)``."""
+    images = [pair(r["index"]) for r in rows]
+    return (torch.cat([t for t, _ in images]), torch.cat([s for _, s in images]),
+            torch.tensor([r["map_alpha"] for r in rows]))
+
+
 def fold_split(count: int, folds: int, fold: int, validation: int) -> tuple[list[int], list[int], list[int]]:
     """``(train, validation, held_out)`` positions of fold ``fold`` of ``folds`` over ``count`` pairs.
 
@@ -154,7 +161,7 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
                          f"--validation {validation}")
     n_train, n = len(rows) - test - validation, len(rows) - test
     split = (list(range(n_train)), list(range(n_train, n)), list(range(n, len(rows))))
-    return fit(rows, split, output, epochs, lr, norm, seed, freeze_norm_after, fusion)
+    return fit(rows, _pair_tensors(rows), split, output, epochs, lr, norm, seed, freeze_norm_after, fusion)
 
 
 def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
@@ -162,12 +169,13 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
     """Train ``folds`` times, each holding out one block of the pairs (:func:`fold_split`); every pair is predicted
     once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``."""
     rows = _load(output)
+    tensors = _pair_tensors(rows)  # once for all folds
     held_out, per_fold = [], []
     for fold in range(folds):
         split = fold_split(len(rows), folds, fold, validation)
         folder = output / f"fold_{fold}"
         folder.mkdir(exist_ok=True)
-        result = fit(rows, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
+        result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
         held_out += [{**r, "fold": fold} for r in result["held_out"]]
         per_fold.append({k: result[k] for k in ("train_pairs", "test_pairs", "chosen_epoch", "training_seconds",
                                                 "mean_abs_relative_error_vs_map", "median_abs_relative_error_vs_map",
@@ -187,15 +195,14 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
     return summary
 
 
-def fit(rows: list[dict], split: tuple[list[int], list[int], list[int]], output: Path, epochs: int, lr: float,
+def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        split: tuple[list[int], list[int], list[int]], output: Path, epochs: int, lr: float,
         norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late") -> dict:
-    """Train on ``split[0]``, choose the epoch on ``split[1]``, report on ``split[2]`` (positions in ``rows``);
+    """Train on ``split[0]``, choose the epoch on ``split[1]``, report on ``split[2]`` (positions in ``rows``, whose
+    :func:`_pair_tensors` are ``tensors``);
     writes ``results.json``, ``predictor_2d.pt`` and ``predictions.png`` into ``output``."""
     train_part, validation_part, test_part = (torch.tensor(part) for part in split)
-    images = [pair(r["index"]) for r in rows]
-    fixed = torch.cat([t for t, _ in images])
-    moving = torch.cat([s for _, s in images])
-    labels = torch.tensor([r["map_alpha"] for r in rows])
+    fixed, moving, labels = tensors
     n_train, test = len(train_part), len(test_part)
     constant = float(labels[train_part].log().mean())  # the best constant log alpha in L2: the network's start
     torch.manual_seed(seed)
@@ -284,9 +291,7 @@ def evaluate_symmetric(output: Path, folds: int, validation: int = 40) -> dict:
     :func:`symmetric_log_alpha` (batch statistics recomputed on the fold's training pairs in each symmetry):
     validation L2 on log alpha (what may choose between the two) and held-out errors. Writes ``symmetric.json``."""
     rows = _load(output)
-    images = [pair(r["index"]) for r in rows]
-    fixed, moving = torch.cat([t for t, _ in images]), torch.cat([s for _, s in images])
-    labels = torch.tensor([r["map_alpha"] for r in rows])
+    fixed, moving, labels = _pair_tensors(rows)
     summary = {"folds": folds, "validation": {"plain": [], "symmetric": []}, "held_out": []}
     for fold in range(folds):
         train_part, chosen, held = (torch.tensor(part) for part in fold_split(len(rows), folds, fold, validation))

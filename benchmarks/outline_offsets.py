@@ -10,8 +10,8 @@ on a pair whose mask follows an intensity outline (``elastix_2d``: the head's ou
 * per method, the **outline error** at level ``c``: the warped image's offset minus the fixed image's (0: the
   warped outline lies on the fixed image's outline), and the **mask offset** of the warped moving mask
   (0: the warped mask lies on the fixed mask). Where the outline errors are near 0 and the mask offset is not,
-  the masks were drawn at different places of their images' outlines (the ``masks`` row: each image's offset
-  from its own mask, the moving one measured on the moving grid).
+  the masks were drawn at different places of their images' outlines (``fixed_offsets`` and
+  ``moving_offsets_from_moving_mask``: each image's offsets from its own mask, the moving one on the moving grid).
 
     python -m benchmarks.outline_offsets --case elastix_2d --methods lddmm rdmm vsvf ants elastix --output DIR
 
@@ -83,7 +83,7 @@ def offsets(image: np.ndarray, mask: np.ndarray, scale_mask: np.ndarray) -> list
     return [mean_outline_offset(outline_region(image, level, scale_mask), mask) for level in LEVELS]
 
 
-def measure(case: dict, methods: list[str], threads: int = 1, options: dict | None = None) -> dict:
+def measure(case: dict, methods: list[str], threads: int = 1) -> dict:
     """Dice, mask offset and outline errors of each method on a 2D ``case`` (a dict of :mod:`benchmarks.cases`)."""
     fixed, moving = case["fixed"], case["moving"]
     if fixed.ndim != 4:
@@ -94,7 +94,7 @@ def measure(case: dict, methods: list[str], threads: int = 1, options: dict | No
     result = {"levels": list(LEVELS), "fixed_offsets": fixed_offsets,
               "moving_offsets_from_moving_mask": offsets(moving[0, 0].numpy(), moving_mask, moving_mask), "methods": {}}
     for name in ["identity", *(m for m in methods if m != "identity")]:
-        adapter = make_adapter(name, "cpu", threads, (options or {}).get(name, {}))
+        adapter = make_adapter(name, "cpu", threads, {})
         orientation = {"axcodes": CASE_AXCODES.get(family(case.get("name", "")))}
         adapter.prepare(fixed, moving, **(orientation if isinstance(adapter, PackageMethod) else {}))
         adapter.register()
