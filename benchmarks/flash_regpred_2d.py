@@ -296,6 +296,9 @@ def evaluate_symmetric(output: Path, folds: int, validation: int = 40) -> dict:
     for fold in range(folds):
         train_part, chosen, held = (torch.tensor(part) for part in fold_split(len(rows), folds, fold, validation))
         folder = output / f"fold_{fold}"
+        if not (folder / "results.json").is_file() or not (folder / "predictor_2d.pt").is_file():
+            raise SystemExit(f"flash_regpred_2d: no trained fold in {folder}: run train --folds {folds} first "
+                             f"(the same --output and --validation)")
         settings = json.loads((folder / "results.json").read_text())
         net = RegularizationPredictor(2, norm=settings["norm"], fusion=settings.get("fusion", "late"))
         net.load_state_dict(torch.load(folder / "predictor_2d.pt", weights_only=True))

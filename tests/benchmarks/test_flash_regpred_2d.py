@@ -124,6 +124,8 @@ def test_cross_validation_pools_each_folds_held_out_predictions(tmp_path, capsys
     assert "symmetric: validation L2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         experiment.main(["symmetric", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no trained fold in .*fold_3: run train --folds 4 first"):
+        experiment.evaluate_symmetric(tmp_path, folds=4, validation=2)
 
 
 def test_symmetric_average_is_invariant_under_the_symmetries():
