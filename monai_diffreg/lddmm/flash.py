@@ -13,8 +13,9 @@ and ``alpha`` of a few units give smooth registrations of [0, 1] images (the bun
 
 The gradient is taken by automatic differentiation through the shooting: the exact gradient of
 the discretised energy (the paper's adjoint Jacobi fields are its continuous-time counterpart).
-Descent uses the Sobolev (V-) gradient ``K grad E / prod(N) = v_0 + K grad(image term) / prod(N)``,
-as FLASH does, with a step that halves whenever the energy would increase.
+FLASH descends along the Sobolev (V-) gradient ``K grad E / prod(N) = v_0 + K grad(image term) / prod(N)``;
+here that metric starts L-BFGS's recursion (:mod:`.lbfgs`; ``memory=0`` is the Sobolev descent itself), with a
+step that halves until the energy decreases enough.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import torch
 from ..engines._optim_common import (EngineSettings, ProgressReporter, check_pair, check_schedule, downsample,
                                      level_grid, progress_reporter)
 from ..functional import warp
-from ..validation import NonFiniteError, check_integer, check_positive
-from .fourier import band_to_spatial, hermitian_part, resize_band
+from ..validation import check_integer, check_positive
+from .fourier import band_to_spatial, resize_band
+from .lbfgs import CurvatureMemory, lbfgs_step
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
-__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "sobolev_step", "descent_step", "flash_register", "FLASHRegistration"]
+__all__ = ["band_to_ddf", "prior_energy", "flash_energy", "flash_register", "FLASHRegistration"]
 
 #: chosen on validation cases among 0.3, 1, 3, 6, 10 (monai_diffreg/lddmm/README.md)
 DEFAULT_ALPHA = 10.0
@@ -71,40 +73,6 @@ def flash_energy(initial_velocity: torch.Tensor, fixed: torch.Tensor, moving: to
     return {"total": image + prior, "image": image, "prior": prior, "ddf": ddf, "warped": warped}
 
 
-def sobolev_step(initial_velocity: torch.Tensor, gradient: torch.Tensor, operators: BandOperators,
-                 step_size: float) -> torch.Tensor:
-    """``v_0 - step K grad / prod(N)``: a descent step along the V-gradient (Hermitian part kept: a real field)."""
-    return hermitian_part(initial_velocity - step_size * operators.kernel * gradient / operators.num_voxels)
-
-
-def descent_step(current: dict, evaluate, operators: BandOperators, step_size: float,
-                 min_step: float = 1e-6) -> tuple[dict | None, float]:
-    """One step along the V-gradient from ``current`` that does not increase the objective, halving the step as needed
-    (also when the trial's shooting diverges).
-
-    Args:
-        current: ``{"velocity": v_0 (its ``.grad`` set), "value": objective (float), ...}``.
-        evaluate: ``v_0 -> dict`` of the same form (with the graph kept for ``backward``).
-        operators: the band operators of ``current`` (``K`` preconditions the gradient).
-        step_size: the first step tried.
-        min_step: give up below this step.
-
-    Returns:
-        ``(accepted evaluation or None, the step used)``.
-    """
-    step = step_size
-    while True:
-        try:
-            trial = evaluate(sobolev_step(current["velocity"].detach(), current["velocity"].grad, operators, step))
-        except NonFiniteError:  # the shooting diverged: a step too long, like one that raises the energy
-            trial = None
-        if trial is not None and trial["value"] <= current["value"]:
-            return trial, step
-        if step < min_step:
-            return None, step
-        step *= 0.5
-
-
 def flash_register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -116,7 +84,7 @@ def flash_register(
     integrator: str = "rk4",
     levels: Sequence[float] = (2, 1),
     iterations: Sequence[int] = (100, 15),
-    step_size: float = 1.0,
+    memory: int = 10,
     tolerance: float = 1e-5,
     spacing: Sequence[float] | None = None,
     initial_velocity: torch.Tensor | None = None,
@@ -139,10 +107,11 @@ def flash_register(
         truncation: band frequencies per axis (odd; 16 becomes 15).
         num_steps, integrator: time discretisation of the shooting (10 steps, ``"rk4"`` or ``"euler"``).
         levels: downsampling factors, coarsest first (``(1,)``: full resolution only, as the paper).
-        iterations: gradient steps at most, per level.
-        step_size: initial step along the V-gradient (halved when the energy would increase, doubled up to
-            4 ``step_size`` after a success, carried from level to level).
-        tolerance: a level stops when an accepted step lowers the energy by less than this fraction.
+        iterations: steps at most, per level.
+        memory: curvature pairs of the L-BFGS steps (:mod:`.lbfgs`; 0: steepest descent in the Sobolev metric),
+            per level.
+        tolerance: a level stops when two successive steps each lower the energy by less than this fraction (one
+            such L-BFGS step can be a short one on the way).
         spacing: voxel size per axis of the full grid (None: voxel units).
         initial_velocity: optional starting ``v_0`` ``(B, D, *band)`` complex (any band; resized).
         inverse: also compute the forward map (``"inverse_ddf"``).
@@ -153,14 +122,14 @@ def flash_register(
         dict with ``"ddf"`` (``phi_1^-1 - id``, fixed to moving, voxels), ``"inverse_ddf"`` (``phi_1 - id``,
         with ``inverse``), ``"warped"``, ``"initial_velocity"`` (band coefficients), ``"energy"`` ``(B,)``
         (of the last level) and ``"history"`` (per accepted step: ``level``, ``iteration``, ``loss``, ``image``,
-        ``prior``, ``step_size``).
+        ``prior``, ``step``: the fraction of the L-BFGS step taken).
     """
     caller = "flash_register"
     ndim = check_pair(fixed, moving, caller)
     alpha = check_positive(alpha, "alpha", caller)
     sigma = check_positive(sigma, "sigma", caller)
     factors, counts = check_schedule(levels, iterations, caller)
-    check_positive(step_size, "step_size", caller)
+    check_integer(memory, "memory", caller)
     check_positive(tolerance, "tolerance", caller, allow_zero=True)
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
@@ -174,7 +143,7 @@ def flash_register(
                              f"({fixed.shape[0]}, {ndim}, *band), got {tuple(initial_velocity.shape)} {initial_velocity.dtype}")
         velocity = initial_velocity.detach().to(device=fixed.device, dtype=torch.complex64)
 
-    history, step = [], step_size  # the step carries over: the levels' energies have the same scale
+    history = []
     with progress_reporter(sum(counts), caller, progress, callback) as report:
         for level, (factor, count) in enumerate(zip(factors, counts)):
             grid, grid_spacing = level_grid(shape, factor, spacing)
@@ -184,24 +153,23 @@ def flash_register(
             def evaluate(v: torch.Tensor, ops=ops, images=images) -> dict:
                 v = v.detach().requires_grad_(True)
                 out = flash_energy(v, *images, ops, sigma=sigma, num_steps=num_steps, integrator=integrator)
-                out["velocity"], out["value"] = v, float(out["total"].detach().sum())
+                out["velocity"], out["loss"] = v, out["total"].sum()
                 return out
 
-            current = evaluate(resize_band(velocity, ops.band))
-            current["total"].sum().backward()
+            current, pairs, small_steps = evaluate(resize_band(velocity, ops.band)), CurvatureMemory(memory), 0
             for iteration in range(count):
-                energy = current["value"]
-                trial, step = descent_step(current, evaluate, ops, step)
+                energy = float(current["loss"].detach())
+                trial, step = lbfgs_step(current, evaluate, ops.kernel / ops.num_voxels, pairs)
                 if trial is None:
                     break
-                trial["total"].sum().backward()
                 current = trial
-                history.append({"level": level, "iteration": iteration, "loss": current["value"],
+                value = float(current["loss"].detach())
+                history.append({"level": level, "iteration": iteration, "loss": value,
                                 "image": float(current["image"].detach().sum()),
-                                "prior": float(current["prior"].detach().sum()), "step_size": step})
-                report(level, iteration, current["value"])
-                step = min(2 * step, step_size * 4)
-                if (energy - current["value"]) / max(abs(energy), 1e-12) < tolerance:
+                                "prior": float(current["prior"].detach().sum()), "step": step})
+                report(level, iteration, value)
+                small_steps = small_steps + 1 if (energy - value) / max(abs(energy), 1e-12) < tolerance else 0
+                if small_steps == 2:
                     break
             velocity = current["velocity"].detach()
             energy_last = current["total"].detach()
@@ -251,7 +219,7 @@ class FLASHRegistration(EngineSettings):
 
         check_schedule(settings["levels"], settings["iterations"], type(self).__name__)
         grid, grid_spacing = level_grid(fixed.shape[2:], settings["levels"][0], settings["spacing"])
-        shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "progress", "tolerance")}
+        shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "memory", "progress", "tolerance")}
         estimate = estimate_regularization(downsample(fixed.float(), grid), downsample(moving.float(), grid),
                                            spacing=grid_spacing, iterations=sum(settings["iterations"]),
                                            estimate_scale=True, **shared)

@@ -14,7 +14,11 @@ degree of freedom; the paper's formula drops the logarithm, a typo), and its ``a
     df/dalpha = 3/2 [ prod(N) sum_{c, k} (alpha A + 1)^2 A |v_0|^2 - sum_{c, k} A / (alpha A + 1) ]
 
 Algorithm 1 alternates an ``alpha`` step and a ``v_0`` step until the relative change of ``f``
-has stayed below ``u`` on ``q_min`` iterations. Two changes, both tested:
+has stayed below ``u`` on ``q_min`` iterations. The ``v_0`` step is an L-BFGS step started from the Sobolev
+metric (:mod:`.lbfgs`; the paper's gradient step is ``memory=0``): the image term dominates once the prior's
+scale is estimated, and the Sobolev steps then crawl. Its curvature pairs are kept across ``alpha`` steps (the
+newest is always of the current objective; pairs that no longer give a descent direction are dropped). Further
+changes, all tested:
 
 * **The evidence instead of the joint MAP** (``model="laplace"``, default). The joint posterior of
   eq. (6) is unbounded below: ``alpha -> inf`` with ``v_0 -> 0`` sends ``-1/2 ln|L|`` to ``-inf`` at
@@ -60,7 +64,8 @@ import torch
 from ..engines._optim_common import ProgressReporter, check_pair, progress_reporter
 from ..functional import spatial_gradient, warp
 from ..validation import check_choice, check_flag, check_integer, check_positive
-from .flash import DEFAULT_SIGMA, band_to_ddf, descent_step, flash_energy
+from .flash import DEFAULT_SIGMA, band_to_ddf, flash_energy
+from .lbfgs import CurvatureMemory, lbfgs_step
 from .shooting import BandOperators, band_operators, shoot_maps
 
 #: ``"laplace"``: evidence (Laplace approximation, default); ``"joint"``: the paper's joint MAP
@@ -228,13 +233,14 @@ def estimate_regularization(
     num_steps: int = 10,
     integrator: str = "rk4",
     iterations: int = 300,
-    step_size: float = 0.5,
+    memory: int = 10,
     max_alpha_change: float = 0.5,
     tolerance: float = 1e-6,
     min_converged: int = 30,
     warmup: int = 50,
     model: str = "laplace",
     estimate_scale: bool = False,
+    prior_scale: float = 1.0,
     spacing: Sequence[float] | None = None,
     callback: ProgressReporter | None = None,
     progress: bool = False,
@@ -247,7 +253,7 @@ def estimate_regularization(
         sigma: likelihood noise standard deviation (fixed, as in the paper: 0.03).
         truncation, num_steps, integrator, spacing: as :func:`~.flash.flash_register`.
         iterations: at most this many alternations (the paper's ``r``).
-        step_size: initial ``v_0`` step along the V-gradient (halved when the objective would increase).
+        memory: curvature pairs of the ``v_0`` steps' L-BFGS (:mod:`.lbfgs`; 0: the paper's Sobolev gradient steps).
         max_alpha_change: bound on ``|Δ log alpha|`` (and ``|Δ log tau|``) per iteration (the ``alpha`` step
             moves towards :func:`best_alpha` of the current ``v_0``).
         tolerance: ``u``: an iteration whose relative objective change is below it counts as converged.
@@ -258,10 +264,12 @@ def estimate_regularization(
             counts a mode's log-determinant only as far as the data determine it; ``"joint"``: the
             paper's joint MAP of eq. (6)-(7), unbounded as ``alpha -> inf`` (module docstring).
         estimate_scale: also estimate the prior precision ``tau`` (prior ``tau L``; module docstring), by
-            MacKay's update (:func:`best_scale`) before each ``alpha`` step; False: ``tau = 1``, the paper's model.
+            MacKay's update (:func:`best_scale`) before each ``alpha`` step; False: ``tau`` stays ``prior_scale``.
+        prior_scale: ``tau`` (> 0), fixed or (``estimate_scale``) the start: 1 is the paper's model with this
+            package's voxel-sum ``<L v, v>``; ``1 / prod(N)`` makes it a voxel mean.
 
     Returns:
-        dict with ``"alpha"`` (float), ``"scale"`` (``tau``, 1.0 unless estimated), ``"sigma"`` (``sigma sqrt(tau)``:
+        dict with ``"alpha"`` (float), ``"scale"`` (``tau``: ``prior_scale`` unless estimated), ``"sigma"`` (``sigma sqrt(tau)``:
         the noise level at which :func:`~.flash.flash_register`, whose prior is ``L``, minimises the same energy),
         ``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature matrix, module docstring),
         ``"initial_velocity"``, ``"ddf"``, ``"warped"``, ``"objective"`` and ``"history"`` (per iteration:
@@ -278,7 +286,7 @@ def estimate_regularization(
     for name, value in (("iterations", iterations), ("min_converged", min_converged), ("warmup", warmup)):
         check_integer(value, name, caller)
     warmup = min(warmup, iterations // 2)
-    step = check_positive(step_size, "step_size", caller)
+    check_integer(memory, "memory", caller, minimum=0)
     check_positive(max_alpha_change, "max_alpha_change", caller)
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
@@ -296,15 +304,16 @@ def estimate_regularization(
         out["objective"] = math.exp(log_tau) * out["total"].sum() - 0.5 * (
             num_modes * log_tau + log_determinant(math.exp(log_a), ops, ndim))
         out["velocity"], out["operators"], out["value"] = v, ops, float(out["objective"].detach())
+        out["loss"] = out["total"].sum()  # what the v_0 step lowers: E, the objective's v_0 part up to the factor tau
         return out
 
     def moved(log_value: float, target: float) -> float:
         return log_value + max(-max_alpha_change, min(max_alpha_change, math.log(target) - log_value))
 
     velocity = torch.zeros(1, ndim, *base.band, dtype=torch.complex64, device=fixed.device)
-    log_tau = 0.0
+    log_tau = math.log(check_positive(prior_scale, "prior_scale", caller))
     current = objective(velocity, log_alpha, log_tau)
-    current["total"].sum().backward()  # the Sobolev step's gradient: of E, whose scale does not depend on tau
+    pairs = CurvatureMemory(memory)
     history, converged, previous = [], 0, float(current["objective"].detach())
     with progress_reporter(iterations, caller, progress, callback) as report:
         for iteration in range(iterations):
@@ -318,14 +327,12 @@ def estimate_regularization(
                     log_tau = moved(log_tau, best_scale(a, v, base, precision, scale=tau))
                 log_alpha = moved(log_alpha, best_alpha(v, base, precision, scale=math.exp(log_tau)))
                 current = objective(v, log_alpha, log_tau)
-                current["total"].sum().backward()
-            trial, tried = descent_step(current, lambda v: objective(v, log_alpha, log_tau), current["operators"], step)
+            ops = current["operators"]
+            trial, _ = lbfgs_step(current, lambda v: objective(v, log_alpha, log_tau), ops.kernel / ops.num_voxels, pairs)
             if trial is not None:
-                trial["total"].sum().backward()
                 current = trial
-                step = min(2 * tried, 4 * step_size)
-            else:  # v_0 at its minimum for this alpha to float precision: once alpha moves, search from a full step
-                step = step_size
+            else:  # v_0 at its minimum for this alpha to float precision: once alpha moves, start from the metric afresh
+                pairs.forget()
             value = float(current["objective"].detach())
             history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau),
                             "objective": value,

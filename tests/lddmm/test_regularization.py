@@ -194,6 +194,22 @@ def test_estimating_the_prior_scale_tells_a_larger_deformation_from_a_stiffer_on
     assert [h["scale"] for h in large["history"]][:30] == [1.0] * 30  # tau moves with alpha, after the warm-up
 
 
+def test_a_fixed_prior_scale_is_kept_and_used():
+    """``prior_scale`` fixes tau (not estimated): a prior sample of tau L, 3x larger than one of L, is estimated at
+    about its alpha with tau fixed at its value, and tau stays there; the effective sigma is sigma sqrt(tau)."""
+    source = bullseye()
+    shape = tuple(source.shape[2:])
+    ops = band_operators(shape, 3.0, 7, dtype=torch.float64)
+    v0 = sample_initial_velocity(shape, 3.0, 7, generator=torch.Generator().manual_seed(1)) * 3.0
+    inverse, _ = shoot_maps(v0, ops, forward=False)
+    target = warp(source, band_to_ddf(inverse, ops).float())
+    result = estimate_regularization(target, source, alpha=1.0, truncation=7, iterations=150, warmup=30,
+                                     prior_scale=1 / 9)
+    assert all(h["scale"] == pytest.approx(1 / 9) for h in result["history"])
+    assert result["sigma"] == pytest.approx(0.03 / 3)
+    assert 1.5 < result["alpha"] < 6.0  # measured 2.80 (true 3)
+
+
 def test_estimation_rejects_bad_input():
     source = bullseye(16)
     with pytest.raises(ValueError, match="model"):
@@ -204,6 +220,10 @@ def test_estimation_rejects_bad_input():
         estimate_regularization(source, source.flip(-1), alpha=-1.0)
     with pytest.raises(ValueError, match="'estimate_scale'"):
         estimate_regularization(source, source.flip(-1), estimate_scale="yes")
+    with pytest.raises(ValueError, match="'prior_scale'"):
+        estimate_regularization(source, source.flip(-1), prior_scale=0.0)
+    with pytest.raises(ValueError, match="'memory'"):
+        estimate_regularization(source, source.flip(-1), memory=-1)
 
 
 def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypatch):
@@ -221,24 +241,24 @@ def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypat
     assert result["curvature"] == "diagonal" and math.isfinite(result["alpha"])
 
 
-def test_a_failed_descent_does_not_freeze_the_velocity_for_later_alphas(monkeypatch):
-    """When no v_0 step lowers the objective at the current alpha (v_0 at its minimum to float precision), the next
-    alpha's search starts from the full step again: it used to start from the collapsed one (below the search's
-    minimum), so every later search failed at once and v_0 stayed frozen while the stopping rule counted the
-    unchanged objective as convergence."""
+def test_a_failed_step_does_not_freeze_the_velocity_for_later_alphas(monkeypatch):
+    """When no v_0 step lowers the objective at the current alpha (v_0 at its minimum to float precision), the
+    curvature pairs are forgotten and the next alpha's step searches again from the full step: 0.4.8 fixed a search
+    that restarted from the collapsed step, so that every later one failed at once and v_0 froze while the stopping
+    rule counted the unchanged objective as convergence."""
     import monai_diffreg.lddmm.regularization as regularization
 
     source = bullseye(16)
     target = deformed_by_prior(source, 3.0, seed=0)
-    calls, original = [], regularization.descent_step
+    calls, original = [], regularization.lbfgs_step
 
-    def failing_once(current, evaluate, operators, step_size):
-        calls.append(step_size)
+    def failing_once(current, evaluate, metric, memory):
+        calls.append(len(memory.steps))
         if len(calls) == 3:
             return None, 1e-7  # a search that halved its step below the minimum and gave up
-        return original(current, evaluate, operators, step_size)
+        return original(current, evaluate, metric, memory)
 
-    monkeypatch.setattr(regularization, "descent_step", failing_once)
-    result = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=8, warmup=2, step_size=0.5)
-    assert calls[3] == 0.5 and len(calls) == 8  # afresh from the full step, and the search goes on
+    monkeypatch.setattr(regularization, "lbfgs_step", failing_once)
+    result = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=8, warmup=2)
+    assert len(calls) == 8 and calls[3] == 0  # the search goes on, from the metric's steepest descent
     assert result["history"][-1]["objective"] < result["history"][2]["objective"]  # v_0 moved on afterwards
