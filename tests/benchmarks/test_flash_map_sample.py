@@ -21,3 +21,26 @@ def test_an_unusable_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         experiment.main(["--output", str(tmp_path / "file" / "out")])
     assert "--output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "voxel"])
+def test_a_bad_prior_scale_is_one_line_before_any_work(tmp_path, value, capsys, monkeypatch):
+    monkeypatch.setattr(experiment, "run", lambda *args: pytest.fail("ran with a bad prior scale"))
+    with pytest.raises(SystemExit):
+        experiment.main(["--output", str(tmp_path / "out"), "--prior-scale", value])
+    assert "--prior-scale must be a positive number or 'mean'" in capsys.readouterr().err
+
+
+def test_the_prior_scale_reaches_the_estimate(monkeypatch):
+    """``mean`` is one over the estimate grid's voxel count; a number is passed as it is."""
+    seen = []
+
+    def fake_estimate(fixed, moving, **options):
+        seen.append((tuple(fixed.shape[2:]), options["prior_scale"], options["estimate_scale"]))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(experiment, "estimate_regularization", fake_estimate)
+    for scale in ("mean", 0.5):
+        with pytest.raises(RuntimeError, match="stop here"):
+            experiment.run(4.0, 3, False, scale)
+    assert seen == [((40, 48, 40), 1 / (40 * 48 * 40), False), ((40, 48, 40), 0.5, False)]
