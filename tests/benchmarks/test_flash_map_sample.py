@@ -1,10 +1,12 @@
-"""FLASH's alpha estimate on the sample brain (benchmarks/flash_map_sample.py): its options."""
+"""FLASH's alpha estimate on the sample brain (benchmarks/flash_map_sample.py): its options; the output check of
+it and of benchmarks/flash_map_timing.py."""
 
 from __future__ import annotations
 
 import pytest
 
 import benchmarks.flash_map_sample as experiment
+import benchmarks.flash_map_timing as timing
 
 
 @pytest.mark.parametrize("option", [["--factor", "0.5"], ["--iterations", "0"], ["--threads", "0"]])
@@ -15,11 +17,12 @@ def test_bad_options_are_one_line_before_any_work(tmp_path, option, capsys, monk
     assert "must be at least 1" in capsys.readouterr().err
 
 
-def test_an_unusable_output_folder_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(experiment, "run", lambda *args: pytest.fail("ran without an output folder"))
+@pytest.mark.parametrize("script", [experiment, timing], ids=["flash_map_sample", "flash_map_timing"])
+def test_an_unusable_output_folder_is_one_line(tmp_path, capsys, monkeypatch, script):
+    monkeypatch.setattr(script, "run", lambda *args: pytest.fail("ran without an output folder"))
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
-        experiment.main(["--output", str(tmp_path / "file" / "out")])
+        script.main(["--output", str(tmp_path / "file" / "out")])
     assert "--output" in capsys.readouterr().err
 
 
