@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import make_output_folder
 from monai_diffreg.engines._optim_common import downsample, level_grid
 from monai_diffreg.functional import warp
 from monai_diffreg.io import atomic_path
@@ -74,10 +75,7 @@ def main(argv=None) -> None:
             prior_scale = -1.0
         if not 0 < prior_scale < float("inf"):
             parser.error(f"--prior-scale must be a positive number or 'mean', got {args.prior_scale!r}")
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"--output {args.output}: {error.strerror}")
+    make_output_folder(parser, args.output)
     torch.set_num_threads(args.threads)
     result = run(args.factor, args.iterations, args.estimate_scale, prior_scale)
     with atomic_path(args.output / "result.json") as tmp:
