@@ -92,7 +92,11 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
 class _SymmetricBilinearSample(torch.autograd.Function):
     """``grid_sample`` (bilinear, ``align_corners``) whose grid derivative is the mean of the exact ones at
     ``grid + offset`` and ``grid - offset`` (``warp``'s ``displacement_gradient="symmetric"``); the value and the
-    image derivative are ``grid_sample``'s. Once differentiable."""
+    image derivative are ``grid_sample``'s. Once differentiable.
+
+    The two agree except where a kink (a voxel plane) lies within the offset of a sampling position: the backward
+    takes the exact derivative everywhere (one pass) and the mean of the two only at those positions, unless they
+    are most of them (e.g. at the identity), where it takes the mean everywhere."""
 
     @staticmethod
     def forward(ctx, image, grid, padding_mode, offset):
@@ -106,10 +110,27 @@ class _SymmetricBilinearSample(torch.autograd.Function):
         sampler_backward = (torch.ops.aten.grid_sampler_2d_backward if image.ndim == 4
                             else torch.ops.aten.grid_sampler_3d_backward)
         grad_output = grad_output.contiguous()
+        image_too = bool(ctx.needs_input_grad[0])
 
-        def gradients(positions, image_too):  # (d/d image or None, d/d grid); interpolation 0 = bilinear
-            return sampler_backward(grad_output, image, positions, 0, ctx.padding, True, [image_too, True])
+        def gradients(out, source, positions, mask):  # (d/d image, d/d grid); interpolation 0 = bilinear
+            return sampler_backward(out, source, positions, 0, ctx.padding, True, mask)
 
-        grad_image = gradients(grid, True)[0] if ctx.needs_input_grad[0] else None
-        grad_grid = 0.5 * (gradients(grid + offset, False)[1] + gradients(grid - offset, False)[1])
-        return grad_image, grad_grid, None, None
+        def symmetric(out, source, positions):
+            return 0.5 * (gradients(out, source, positions + offset, [False, True])[1]
+                          + gradients(out, source, positions - offset, [False, True])[1])
+
+        voxels = (grid + 1) * (_SYMMETRIC_OFFSET / offset)  # sampling positions in voxels, grid order
+        near_kink = ((voxels - voxels.round()).abs() <= 2 * _SYMMETRIC_OFFSET).any(-1)        # (B, *S)
+        if float(near_kink.float().mean()) > 0.5:
+            grad_image = gradients(grad_output, image, grid, [True, False])[0] if image_too else None
+            return grad_image, symmetric(grad_output, image, grid), None, None
+        grad_image, grad_grid = gradients(grad_output, image, grid, [image_too, True])
+        trailing = (1,) * (image.ndim - 3)  # the positions near a kink, as a (1, K, 1[, 1]) grid of one batch item
+        for b in range(grid.shape[0]):
+            where = near_kink[b]
+            count = int(where.sum())
+            if count:
+                positions = grid[b][where].view(1, count, *trailing, -1)
+                out = grad_output[b][:, where].reshape(1, -1, count, *trailing)
+                grad_grid[b][where] = symmetric(out, image[b:b + 1], positions).view(count, -1)
+        return (grad_image if image_too else None), grad_grid, None, None
