@@ -1,6 +1,6 @@
 """Limited-memory BFGS steps on band-limited initial velocities, preconditioned by a diagonal metric.
 
-FLASH's Sobolev step ``v_0 - s K grad / prod(N)`` (:func:`~.flash.sobolev_step`) is steepest descent in the
+FLASH's Sobolev step ``v_0 - s K grad / prod(N)`` is steepest descent in the
 prior's metric: Newton's step for the prior term alone. Where the image term dominates (a small noise ``sigma``,
 e.g. the ``sigma sqrt(tau)`` of the evidence estimate on brains) that metric is badly conditioned and the steps
 crawl. L-BFGS (Nocedal & Wright, Algorithm 7.4) corrects it with the curvature pairs ``(s, y)`` (step, change of
@@ -88,7 +88,10 @@ def lbfgs_step(current: dict, evaluate: Callable[[torch.Tensor], dict], metric: 
         metric: the diagonal inverse metric the recursion starts from (:func:`lbfgs_direction`).
         memory: updated in place with the accepted step's pair; when the direction is not a descent direction
             (stale pairs of an objective that has changed) it is forgotten and the metric's steepest descent used.
-        sufficient_decrease: Armijo's constant; min_step: give up below this fraction of the full step.
+        sufficient_decrease: Armijo's constant; min_step: give up below this fraction of the full step, or once the
+            decrease the step predicts, ``-step * slope``, is below the loss's float resolution ``8 eps |loss|``
+            (no evaluation could tell such a decrease from rounding: near a minimum in float32 the search would
+            otherwise halve about 20 times for nothing).
 
     Returns:
         ``(accepted evaluation, its gradient computed, or None; the step fraction used)``.
@@ -103,8 +106,9 @@ def lbfgs_step(current: dict, evaluate: Callable[[torch.Tensor], dict], metric: 
         if not slope < 0:  # a zero gradient: at a minimum
             return None, 0.0
     value, start = float(current["loss"].detach()), current["velocity"].detach()
+    resolution = 8 * torch.finfo(current["loss"].dtype).eps * abs(value)
     step = 1.0
-    while step >= min_step:
+    while step >= min_step and -step * slope > resolution:
         try:
             trial = evaluate(start + step * direction)
         except NonFiniteError:  # the shooting diverged: a step too long
