@@ -83,9 +83,11 @@ def run(integrator: str, iterations: int, estimate_scale: bool, size: int = SIZE
             "estimate_scale": estimate_scale, "threads": torch.get_num_threads(), "seconds": seconds,
             "peak_mb": peak_mb, "target_seconds": TARGET_SECONDS, "ratio_to_target": seconds / TARGET_SECONDS,
             "estimation_iterations": count, "seconds_per_iteration": seconds / max(count, 1),
+            "evaluations": estimate["history"][-1]["evaluations"] if count else 0,
             "alpha": estimate["alpha"], "scale": estimate["scale"], "curvature": estimate["curvature"],
             "one_evaluation_stages": stages,
-            "history": [{k: h[k] for k in ("iteration", "alpha", "scale", "objective")} for h in estimate["history"]]}
+            "history": [{k: h[k] for k in ("iteration", "alpha", "scale", "objective", "evaluations", "seconds")}
+                        for h in estimate["history"]]}
 
 
 def main(argv=None) -> None:
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["one_evaluation_stages"].items()
                        if k != "max_displacement_voxels")
     print(f"{result['grid']} ({args.integrator}, {result['threads']} threads): alpha {result['alpha']:.4g}, tau "
-          f"{result['scale']:.3g} after {result['estimation_iterations']} iterations in {result['seconds']:.1f} s "
+          f"{result['scale']:.3g} after {result['estimation_iterations']} iterations ({result['evaluations']} evaluations) in {result['seconds']:.1f} s "
           f"({result['ratio_to_target']:.1f}x the {TARGET_SECONDS:.0f} s target; {result['seconds_per_iteration']:.2f} s "
           f"an iteration), peak {result['peak_mb']:.0f} MB; one evaluation: {stages}")
 

@@ -57,6 +57,7 @@ effective number of parameters: on the 2D bull's-eye pairs the diagonal gave abo
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import torch
@@ -235,6 +236,7 @@ def estimate_regularization(
     iterations: int = 300,
     memory: int = 10,
     max_alpha_change: float = 0.5,
+    min_alpha_change: float = 1e-3,
     tolerance: float = 1e-6,
     min_converged: int = 30,
     warmup: int = 50,
@@ -256,6 +258,8 @@ def estimate_regularization(
         memory: curvature pairs of the ``v_0`` steps' L-BFGS (:mod:`.lbfgs`; 0: the paper's Sobolev gradient steps).
         max_alpha_change: bound on ``|Δ log alpha|`` (and ``|Δ log tau|``) per iteration (the ``alpha`` step
             moves towards :func:`best_alpha` of the current ``v_0``).
+        min_alpha_change: ``alpha`` (and ``tau``) stays where it is while its target is closer than this in log
+            (1e-3: 0.1 %), and the ``v_0`` step goes on from the last evaluation instead of shooting again.
         tolerance: ``u``: an iteration whose relative objective change is below it counts as converged.
         min_converged: ``q_min``: stop after this many converged iterations.
         warmup: ``v_0`` steps at the starting ``alpha`` before ``alpha`` moves (from ``v_0 = 0`` the
@@ -268,12 +272,18 @@ def estimate_regularization(
         prior_scale: ``tau`` (> 0), fixed or (``estimate_scale``) the start: 1 is the paper's model with this
             package's voxel-sum ``<L v, v>``; ``1 / prod(N)`` makes it a voxel mean.
 
+    Once a ``v_0`` search finds no descent even from the metric's steepest descent (``v_0`` at its minimum to float
+    precision), it is not repeated until ``alpha`` or ``tau`` moves (it would repeat exactly); once the ``alpha`` step
+    too leaves them where they are, it is not repeated either: those iterations cost nothing and count as converged,
+    as they would have.
+
     Returns:
         dict with ``"alpha"`` (float), ``"scale"`` (``tau``: ``prior_scale`` unless estimated), ``"sigma"`` (``sigma sqrt(tau)``:
         the noise level at which :func:`~.flash.flash_register`, whose prior is ``L``, minimises the same energy),
         ``"curvature"`` (``"full"`` or ``"diagonal"``: the evidence's curvature matrix, module docstring),
         ``"initial_velocity"``, ``"ddf"``, ``"warped"``, ``"objective"`` and ``"history"`` (per iteration:
-        ``iteration``, ``alpha``, ``scale``, ``objective``, and the ``image`` and ``prior`` terms at ``tau``).
+        ``iteration``, ``alpha``, ``scale``, ``objective``, ``evaluations`` and ``seconds`` (energy evaluations and
+        wall time so far), and the ``image`` and ``prior`` terms at ``tau``).
     """
     caller = "estimate_regularization"
     ndim = check_pair(fixed, moving, caller)
@@ -288,15 +298,19 @@ def estimate_regularization(
     warmup = min(warmup, iterations // 2)
     check_integer(memory, "memory", caller, minimum=0)
     check_positive(max_alpha_change, "max_alpha_change", caller)
+    check_positive(min_alpha_change, "min_alpha_change", caller, allow_zero=True)
     fixed32, moving32 = fixed.float(), moving.float()
     shape = tuple(fixed.shape[2:])
     base = band_operators(shape, 1.0, truncation, spacing=spacing, device=fixed.device)
     num_modes = ndim * math.prod(base.band)
     dense = num_modes <= DENSE_CURVATURE_LIMIT
+    evaluations, started = 0, time.perf_counter()
 
     def objective(v: torch.Tensor, log_a: float, log_tau: float) -> dict:
         # the v_0 step minimises E(v_0; alpha, sigma sqrt(tau)) = (image term + tau prior) / tau; the objective adds
         # the tau- and alpha-dependent log-determinant -1/2 (M ln tau + ln|L|)
+        nonlocal evaluations
+        evaluations += 1
         ops = band_operators(shape, math.exp(log_a), truncation, spacing=spacing, device=fixed.device)
         v = v.detach().requires_grad_(True)
         out = flash_energy(v, fixed32, moving32, ops, sigma=sigma * math.exp(0.5 * log_tau), num_steps=num_steps,
@@ -308,34 +322,42 @@ def estimate_regularization(
         return out
 
     def moved(log_value: float, target: float) -> float:
-        return log_value + max(-max_alpha_change, min(max_alpha_change, math.log(target) - log_value))
+        change = math.log(target) - log_value
+        return log_value if abs(change) < min_alpha_change else \
+            log_value + max(-max_alpha_change, min(max_alpha_change, change))
 
     velocity = torch.zeros(1, ndim, *base.band, dtype=torch.complex64, device=fixed.device)
     log_tau = math.log(check_positive(prior_scale, "prior_scale", caller))
     current = objective(velocity, log_alpha, log_tau)
     pairs = CurvatureMemory(memory)
-    history, converged, previous = [], 0, float(current["objective"].detach())
+    history, converged, previous = [], 0, current["value"]
+    stalled = settled = False  # no descent left for v_0 / the last alpha step left alpha and tau where they were
     with progress_reporter(iterations, caller, progress, callback) as report:
         for iteration in range(iterations):
-            if iteration >= warmup:
+            if iteration >= warmup and not (stalled and settled):  # (both: it would only repeat itself)
                 v = current["velocity"].detach()
                 a, tau = math.exp(log_alpha), math.exp(log_tau)
                 precision = None if model == "joint" else (
                     effective_precision(data_curvature(current["warped"].detach(), sigma, base.band), a, base, scale=tau)
                     if dense else data_precision(current["warped"].detach(), sigma))
-                if estimate_scale:
-                    log_tau = moved(log_tau, best_scale(a, v, base, precision, scale=tau))
-                log_alpha = moved(log_alpha, best_alpha(v, base, precision, scale=math.exp(log_tau)))
-                current = objective(v, log_alpha, log_tau)
-            ops = current["operators"]
-            trial, _ = lbfgs_step(current, lambda v: objective(v, log_alpha, log_tau), ops.kernel / ops.num_voxels, pairs)
-            if trial is not None:
-                current = trial
-            else:  # v_0 at its minimum for this alpha to float precision: once alpha moves, start from the metric afresh
-                pairs.forget()
-            value = float(current["objective"].detach())
+                new_tau = moved(log_tau, best_scale(a, v, base, precision, scale=tau)) if estimate_scale else log_tau
+                new_alpha = moved(log_alpha, best_alpha(v, base, precision, scale=math.exp(new_tau)))
+                settled = (new_alpha, new_tau) == (log_alpha, log_tau)
+                if not settled:
+                    log_alpha, log_tau, stalled = new_alpha, new_tau, False
+                    current = objective(v, log_alpha, log_tau)
+            if not stalled:
+                ops, from_metric = current["operators"], not pairs.steps
+                trial, _ = lbfgs_step(current, lambda v: objective(v, log_alpha, log_tau), ops.kernel / ops.num_voxels,
+                                      pairs)
+                if trial is not None:
+                    current = trial
+                else:  # v_0 at its minimum for this alpha to float precision: next, start from the metric afresh
+                    pairs.forget()
+                    stalled = from_metric
+            value = current["value"]
             history.append({"iteration": iteration, "alpha": math.exp(log_alpha), "scale": math.exp(log_tau),
-                            "objective": value,
+                            "objective": value, "evaluations": evaluations, "seconds": time.perf_counter() - started,
                             "image": math.exp(log_tau) * float(current["image"].detach().sum()),
                             "prior": math.exp(log_tau) * float(current["prior"].detach().sum())})
             report(0, iteration, value)
@@ -352,4 +374,4 @@ def estimate_regularization(
     return {"alpha": math.exp(log_alpha), "scale": math.exp(log_tau), "sigma": sigma * math.exp(0.5 * log_tau),
             "curvature": "full" if dense else "diagonal",
             "initial_velocity": velocity, "ddf": ddf, "warped": warp(moving32, ddf),
-            "objective": history[-1]["objective"] if history else float(current["objective"].detach()), "history": history}
+            "objective": history[-1]["objective"] if history else current["value"], "history": history}

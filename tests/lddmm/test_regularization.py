@@ -262,3 +262,28 @@ def test_a_failed_step_does_not_freeze_the_velocity_for_later_alphas(monkeypatch
     result = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=8, warmup=2)
     assert len(calls) == 8 and calls[3] == 0  # the search goes on, from the metric's steepest descent
     assert result["history"][-1]["objective"] < result["history"][2]["objective"]  # v_0 moved on afterwards
+
+
+def test_alpha_inside_its_resolution_and_a_stalled_velocity_cost_no_evaluations(monkeypatch):
+    """An alpha step smaller than ``min_alpha_change`` is not taken (no new shooting), and once a v_0 search from the
+    metric's steepest descent has failed, it is not repeated until alpha moves: those iterations count as converged
+    without an evaluation."""
+    import monai_diffreg.lddmm.regularization as regularization
+
+    source = bullseye(16)
+    target = deformed_by_prior(source, 3.0, seed=0)
+    frozen = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=12, warmup=4,
+                                     min_alpha_change=100.0)
+    assert [h["alpha"] for h in frozen["history"]] == [1.0] * 12
+    calls, original = [], regularization.lbfgs_step
+
+    def failing(current, evaluate, metric, memory):
+        calls.append(len(memory.steps))
+        return (None, 1e-7) if len(calls) >= 3 else original(current, evaluate, metric, memory)
+
+    monkeypatch.setattr(regularization, "lbfgs_step", failing)
+    result = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=40, warmup=10,
+                                     min_converged=5, min_alpha_change=100.0)
+    assert calls == [0, 1, 2, 0]  # the L-BFGS search fails, then the metric's; no search after that
+    history = result["history"]
+    assert len(history) == 10 + 5 and history[-1]["evaluations"] == history[3]["evaluations"]
