@@ -344,6 +344,9 @@ def _estimate_regularization(args: argparse.Namespace) -> int:
     options = _parse_options(args.option)
     if "alpha" in options:
         raise _UserError("estimate-regularization estimates alpha: do not give --option alpha=...")
+    for flag, path in (("--fixed", args.fixed), ("--moving", args.moving)):
+        if not Path(path).is_file():  # checked here: register() would name itself in the message
+            raise FileNotFoundError(f"estimate-regularization: {flag} file not found: {path!r}")
     result = register(args.fixed, args.moving, bundle="flash", device=args.device, alpha="map", **options)
     print(json.dumps({**result.info["method_summary"], "fixed": args.fixed, "moving": args.moving,
                       "seconds": round(result.timings["registration"], 3)}))

@@ -204,3 +204,6 @@ def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
     assert printed["alpha_source"] == "map" and 1e-3 <= printed["alpha"] <= 1e3 and printed["seconds"] > 0
     assert printed["alpha_estimation_curvature"] == "full"  # 3 x 5^3 = 375 band modes
     assert main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(tmp_path / "nope.nii.gz")]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.endswith("estimate-regularization: --moving file not found: " + repr(str(tmp_path / "nope.nii.gz")))
+    assert len(message.splitlines()) == 1 and "register" not in message
