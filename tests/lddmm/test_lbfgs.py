@@ -132,3 +132,29 @@ def test_steps_on_a_flash_energy_stay_hermitian_and_beat_the_sobolev_metric_alon
     start = float(evaluate(torch.zeros(1, 2, 7, 7, dtype=torch.complex64))["loss"].detach())
     assert final[10] < final[0] < start
     assert final[10] < 0.75 * final[0]  # measured 1711 and 2877 (from 5.8e5)
+
+
+def test_line_search_stops_below_the_float_resolution_of_the_loss():
+    """Near a minimum in float32, where every trial's loss differs from the current one only by rounding, the search
+    gives up as soon as the decrease it predicts is below ``8 eps |loss|`` instead of halving down to ``min_step``; a
+    predicted decrease above it is searched as before."""
+    target = hermitian_part(_random(torch.Generator().manual_seed(4))).to(torch.complex64)
+    offset = torch.full((), 1e6)  # a large constant part of the loss, as the image term at a minimum
+
+    def evaluate(v):
+        v = v.detach().requires_grad_(True)
+        return {"velocity": v, "loss": offset + 0.5 * ((v - target).abs() ** 2).sum()}
+
+    counted = []
+
+    def counting(v):
+        counted.append(v)
+        return evaluate(v)
+
+    near = evaluate(target + 1e-4 * hermitian_part(_random(torch.Generator().manual_seed(5))).to(torch.complex64))
+    assert lbfgs_step(near, counting, torch.ones(()), CurvatureMemory())[0] is None
+    assert len(counted) == 0  # predicted 1e-7 x the loss: below its float32 resolution, nothing tried
+    counted.clear()
+    far = evaluate(target + 1.0)
+    trial, step = lbfgs_step(far, counting, torch.ones(()), CurvatureMemory())
+    assert trial is not None and step == 1.0 and len(counted) == 1
