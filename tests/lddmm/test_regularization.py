@@ -224,6 +224,8 @@ def test_estimation_rejects_bad_input():
         estimate_regularization(source, source.flip(-1), prior_scale=0.0)
     with pytest.raises(ValueError, match="'memory'"):
         estimate_regularization(source, source.flip(-1), memory=-1)
+    with pytest.raises(ValueError, match="'min_alpha_change'"):
+        estimate_regularization(source, source.flip(-1), min_alpha_change=-0.1)
 
 
 def test_evidence_falls_back_to_the_diagonal_curvature_above_the_limit(monkeypatch):
