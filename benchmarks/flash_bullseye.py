@@ -93,7 +93,7 @@ def plot(results: dict, path: Path) -> None:
     axes[4].set_yscale("log")
     axes[4].set_xlabel("iteration")
     axes[4].set_ylabel("alpha")
-    axes[4].set_title("estimates: evidence (solid), joint MAP (dotted); truth dashed")
+    axes[4].set_title("evidence (solid), joint MAP (dotted),\ntruth (dashed)", fontsize=10)
     fig.tight_layout()
     save_png(fig, path, dpi=90)
     plt.close(fig)
