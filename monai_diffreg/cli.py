@@ -347,6 +347,7 @@ def _estimate_regularization(args: argparse.Namespace) -> int:
     for flag, path in (("--fixed", args.fixed), ("--moving", args.moving)):
         if not Path(path).is_file():  # checked here: register() would name itself in the message
             raise FileNotFoundError(f"estimate-regularization: {flag} file not found: {path!r}")
+    options.setdefault("progress", sys.stderr.isatty())  # minutes of work: a progress bar where someone watches
     result = register(args.fixed, args.moving, bundle="flash", device=args.device, alpha="map", **options)
     print(json.dumps({**result.info["method_summary"], "fixed": args.fixed, "moving": args.moving,
                       "seconds": round(result.timings["registration"], 3)}))

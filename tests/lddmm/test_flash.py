@@ -207,3 +207,33 @@ def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert message.endswith("estimate-regularization: --moving file not found: " + repr(str(tmp_path / "nope.nii.gz")))
     assert len(message.splitlines()) == 1 and "register" not in message
+
+
+def test_cli_estimate_regularization_shows_progress_on_a_terminal(tmp_path, monkeypatch, capsys):
+    """The estimate takes minutes on a brain: on a terminal the command turns FLASH's progress bar on (unless
+    ``--option progress=false``); piped, it stays off."""
+    import json
+    import sys
+
+    import monai_diffreg.api as api
+    from monai_diffreg.cli import main
+
+    calls = []
+
+    class Result:
+        info = {"method_summary": {"alpha": 3.0, "alpha_source": "map"}}
+        timings = {"registration": 1.0}
+
+    def fake_register(*args, **kwargs):
+        calls.append(kwargs)
+        return Result()
+
+    monkeypatch.setattr(api, "register", fake_register)
+    files = [tmp_path / "f.nii.gz", tmp_path / "m.nii.gz"]
+    for path in files:
+        path.touch()  # the command checks they exist; the stand-in register reads nothing
+    for tty, extra, expected in ((True, [], True), (False, [], False), (True, ["--option", "progress=false"], False)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        assert main(["estimate-regularization", "--fixed", str(files[0]), "--moving", str(files[1]), *extra]) == 0
+        assert calls[-1]["progress"] is expected and calls[-1]["alpha"] == "map"
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["alpha"] == 3.0
