@@ -86,7 +86,9 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
     if displacement_gradient == "exact" or mode != "bilinear" or not grid.requires_grad:
         return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     offset = grid.new_tensor([_SYMMETRIC_OFFSET * scales[k] for k in reversed(range(ddf.shape[1]))])
-    return _SymmetricBilinearSample.apply(image, grid, padding_mode, offset)
+    # sampling positions within twice the offset of a voxel plane: those where ddf (voxels) is near an integer
+    near_plane = ((ddf.detach() + 2 * _SYMMETRIC_OFFSET).remainder_(1.0) <= 4 * _SYMMETRIC_OFFSET).any(1)  # (B, *S)
+    return _SymmetricBilinearSample.apply(image, grid, padding_mode, offset, near_plane)
 
 
 class _SymmetricBilinearSample(torch.autograd.Function):
@@ -95,18 +97,19 @@ class _SymmetricBilinearSample(torch.autograd.Function):
     image derivative are ``grid_sample``'s. Once differentiable.
 
     The two agree except where a kink (a voxel plane) lies within the offset of a sampling position: the backward
-    takes the exact derivative everywhere (one pass) and the mean of the two only at those positions, unless they
-    are most of them (e.g. at the identity), where it takes the mean everywhere."""
+    takes the exact derivative everywhere (one pass) and the mean of the two only at the positions ``near_plane``
+    ``(B, *S)`` marks (within twice the offset), unless they are most of them (e.g. at the identity), where it
+    takes the mean everywhere."""
 
     @staticmethod
-    def forward(ctx, image, grid, padding_mode, offset):
-        ctx.save_for_backward(image, grid, offset)
+    def forward(ctx, image, grid, padding_mode, offset, near_plane):
+        ctx.save_for_backward(image, grid, offset, near_plane)
         ctx.padding = {"zeros": 0, "border": 1, "reflection": 2}[padding_mode]  # grid_sample's enumeration
         return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
 
     @staticmethod
     def backward(ctx, grad_output):
-        image, grid, offset = ctx.saved_tensors
+        image, grid, offset, near_plane = ctx.saved_tensors
         sampler_backward = (torch.ops.aten.grid_sampler_2d_backward if image.ndim == 4
                             else torch.ops.aten.grid_sampler_3d_backward)
         grad_output = grad_output.contiguous()
@@ -119,18 +122,16 @@ class _SymmetricBilinearSample(torch.autograd.Function):
             return 0.5 * (gradients(out, source, positions + offset, [False, True])[1]
                           + gradients(out, source, positions - offset, [False, True])[1])
 
-        voxels = (grid + 1) * (_SYMMETRIC_OFFSET / offset)  # sampling positions in voxels, grid order
-        near_kink = ((voxels - voxels.round()).abs() <= 2 * _SYMMETRIC_OFFSET).any(-1)        # (B, *S)
-        if float(near_kink.float().mean()) > 0.5:
+        if float(near_plane.float().mean()) > 0.5:
             grad_image = gradients(grad_output, image, grid, [True, False])[0] if image_too else None
-            return grad_image, symmetric(grad_output, image, grid), None, None
+            return grad_image, symmetric(grad_output, image, grid), None, None, None
         grad_image, grad_grid = gradients(grad_output, image, grid, [image_too, True])
-        trailing = (1,) * (image.ndim - 3)  # the positions near a kink, as a (1, K, 1[, 1]) grid of one batch item
+        ndim, trailing = grid.shape[-1], (1,) * (image.ndim - 3)  # the near positions as a (1, K, 1[, 1]) grid
         for b in range(grid.shape[0]):
-            where = near_kink[b]
-            count = int(where.sum())
+            index = near_plane[b].flatten().nonzero().squeeze(1)
+            count = index.numel()
             if count:
-                positions = grid[b][where].view(1, count, *trailing, -1)
-                out = grad_output[b][:, where].reshape(1, -1, count, *trailing)
-                grad_grid[b][where] = symmetric(out, image[b:b + 1], positions).view(count, -1)
-        return (grad_image if image_too else None), grad_grid, None, None
+                positions = grid[b].reshape(-1, ndim).index_select(0, index).view(1, count, *trailing, ndim)
+                out = grad_output[b].flatten(1).index_select(1, index).view(1, -1, count, *trailing)
+                grad_grid[b].view(-1, ndim).index_copy_(0, index, symmetric(out, image[b:b + 1], positions).view(count, ndim))
+        return (grad_image if image_too else None), grad_grid, None, None, None

@@ -123,39 +123,34 @@ def product_grid_size(band: Sequence[int]) -> tuple[int, ...]:
     return tuple(3 * (t // 2) + 1 + (3 * (t // 2) + 1) % 2 for t in band)
 
 
-def _embed(coefficients: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Place centred band coefficients at their FFT indices (``k mod P``) of a zero grid of ``size``."""
-    out = coefficients
-    ndim = len(size)
-    for axis, p in enumerate(size):
-        dim = out.ndim - ndim + axis
-        t = out.shape[dim]
-        k = t // 2
-        non_negative, negative = out.narrow(dim, k, k + 1), out.narrow(dim, 0, k)
-        zeros_shape = list(out.shape)
-        zeros_shape[dim] = p - t
-        out = torch.cat([non_negative, out.new_zeros(zeros_shape), negative], dim=dim)
-    return out
+@lru_cache(maxsize=32)
+def _half_spectrum_index(band: tuple[int, ...], size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Where the band's coefficients with ``k_D >= 0`` sit in the flattened half spectrum
+    ``(P_1, ..., P_{D-1}, P_D // 2 + 1)`` of a padded grid (FFT order, ``k mod P``): a ``long`` index over
+    ``(T_1, ..., T_{D-1}, K_D + 1)`` flattened, axes before the last in centred order (cached; never modify)."""
+    frequencies = band_frequencies(band[:-1], dtype=torch.int64) + [torch.arange(band[-1] // 2 + 1)]
+    extents = (*size[:-1], size[-1] // 2 + 1)
+    index = torch.zeros((), dtype=torch.int64)
+    for k, p, n in zip(frequencies, size, extents):
+        index = index[..., None] * n + k % p
+    return index.flatten().to(device)
 
 
-def _extract(spectrum: torch.Tensor, band: Sequence[int], trailing: int = 0) -> torch.Tensor:
-    """Inverse of :func:`_embed`: the centred band ``(..., T_1, ..., T_D)`` of an FFT-ordered spectrum
-    (of the axes before the last ``trailing`` ones, which are left as they are)."""
-    out = spectrum
-    ndim = len(band) + trailing
-    for axis, t in enumerate(band):
-        dim = out.ndim - ndim + axis
-        k = t // 2
-        p = out.shape[dim]
-        out = torch.cat([out.narrow(dim, p - k, k), out.narrow(dim, 0, k + 1)], dim=dim)
-    return out
+def _embed_half(coefficients: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The half spectrum ``(..., P_1, ..., P_{D-1}, P_D // 2 + 1)`` of a padded grid holding centred band coefficients
+    ``(..., T_1, ..., T_D)`` at their FFT indices and zeros elsewhere (what ``irfftn`` reads of a Hermitian field)."""
+    band, size = tuple(coefficients.shape[-len(size):]), tuple(size)
+    leading = coefficients.shape[:-len(size)]
+    index = _half_spectrum_index(band, size, coefficients.device)
+    values = coefficients[..., band[-1] // 2:].reshape(*leading, -1)
+    flat = coefficients.new_zeros(*leading, math.prod(size[:-1]) * (size[-1] // 2 + 1))
+    return flat.index_copy(-1, index, values).view(*leading, *size[:-1], size[-1] // 2 + 1)
 
 
 def to_product_grid(coefficients: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Real values on the padded grid ``size`` of real band-limited fields (Hermitian ``(..., T_1, ..., T_D)``)."""
     dims = tuple(range(-len(size), 0))
-    half = _embed(coefficients, size)[..., : size[-1] // 2 + 1]
-    return torch.fft.irfftn(half, s=tuple(size), dim=dims, norm="forward")
+    return torch.fft.irfftn(_embed_half(coefficients, size), s=tuple(size), dim=dims, norm="forward")
 
 
 def from_product_grid(values: torch.Tensor, band: Sequence[int]) -> torch.Tensor:
@@ -163,8 +158,8 @@ def from_product_grid(values: torch.Tensor, band: Sequence[int]) -> torch.Tensor
     ndim = len(band)
     dims = tuple(range(-ndim, 0))
     half = torch.fft.rfftn(values, dim=dims, norm="forward")
-    k = band[-1] // 2
-    leading = _extract(half[..., : k + 1], band[:-1], trailing=1)
+    index = _half_spectrum_index(tuple(band), tuple(values.shape[-ndim:]), values.device)
+    leading = half.flatten(-ndim).index_select(-1, index).view(*half.shape[:-ndim], *band[:-1], band[-1] // 2 + 1)
     # negative frequencies of the last axis: c(k_1, ..., -k_D) = conj(c(-k_1, ..., k_D))
     negative = torch.flip(leading[..., 1:], dims=dims).conj()
     return torch.cat([negative, leading], dim=-1)
@@ -199,14 +194,17 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
 def band_to_spatial(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Real values on the image grid of band-limited fields: ``(B, C, *band)`` complex -> ``(B, C, *shape)`` real.
 
-    Separable synthesis (one ``(N_d, T_d)`` matrix per axis), exact for any grid size.
+    Separable synthesis (one ``(N_d, T_d)`` matrix per axis), exact for any grid size. The last axis, where the
+    values reach the image's size, is synthesised in real arithmetic: ``Re(X E^T) = [Re X, Im X] [Re E, -Im E]^T``
+    (no complex image-sized intermediate).
     """
     out = coefficients
-    ndim = len(shape)
-    for axis, n in enumerate(shape):
+    for axis, n in enumerate(shape[:-1]):
         matrix = _synthesis_matrix(n, out.shape[2 + axis], out.device, _complex_dtype(out.dtype))
         out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ matrix.T, -1, 2 + axis)
-    return out.real
+    matrix = _synthesis_matrix(shape[-1], out.shape[-1], out.device, _complex_dtype(out.dtype))
+    real_matrix = torch.cat([matrix.real, -matrix.imag], dim=1).T  # (2 T_D, N_D)
+    return torch.cat([out.real, out.imag], dim=-1) @ real_matrix
 
 
 def spatial_to_band(values: torch.Tensor, band: Sequence[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 import monai_diffreg as md
 from monai_diffreg.functional import compose_ddf, warp
-from monai_diffreg.lddmm.fourier import _embed, band_to_spatial, resize_band, spatial_to_band
+from monai_diffreg.lddmm.fourier import _embed_half, band_to_spatial, resize_band, spatial_to_band
 from monai_diffreg.lddmm.shooting import band_operators, geodesic_rates
 from monai_diffreg.lddmm.shooting import shoot as shoot_band
 from monai_diffreg.mermaid import LDDMMRegistration, apply_kernel, gaussian_multiplier, kernel_energy, kernel_multiplier
@@ -96,7 +96,7 @@ def _band_limited(shape, band, frequencies, amplitude, seed):
 def _flash_setting(shape, truncation, spacing):
     """FLASH's operators and its kernel as a full-grid multiplier: ``K`` on the band, 0 outside it."""
     ops = band_operators(shape, 2.0, truncation, spacing=spacing, dtype=torch.float64)
-    multiplier = _embed(ops.kernel, shape)[..., : shape[-1] // 2 + 1]
+    multiplier = _embed_half(ops.kernel, shape)
     return ops, multiplier
 
 
