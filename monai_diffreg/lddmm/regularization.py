@@ -262,8 +262,10 @@ def estimate_regularization(
             (1e-3: 0.1 %), and the ``v_0`` step goes on from the last evaluation instead of shooting again.
         tolerance: ``u``: an iteration whose relative objective change is below it counts as converged.
         min_converged: ``q_min``: stop after this many converged iterations.
-        warmup: ``v_0`` steps at the starting ``alpha`` before ``alpha`` moves (from ``v_0 = 0`` the
-            ``alpha`` gradient alone would only grow ``alpha``); at most half of ``iterations``.
+        warmup: at most this many ``v_0`` steps at the starting ``alpha`` before ``alpha`` moves (from ``v_0 = 0``
+            the ``alpha`` gradient alone would only grow ``alpha``); at most half of ``iterations``. The warm-up
+            ends sooner once ``v_0`` has converged at that ``alpha``: two successive iterations' relative changes
+            below ``tolerance``, or no descent left.
         model: ``"laplace"`` (default): the ``alpha`` gradient of the Laplace-approximated evidence, which
             counts a mode's log-determinant only as far as the data determine it; ``"joint"``: the
             paper's joint MAP of eq. (6)-(7), unbounded as ``alpha -> inf`` (module docstring).
@@ -330,7 +332,7 @@ def estimate_regularization(
     log_tau = math.log(check_positive(prior_scale, "prior_scale", caller))
     current = objective(velocity, log_alpha, log_tau)
     pairs = CurvatureMemory(memory)
-    history, converged, previous = [], 0, current["value"]
+    history, converged, settling, previous = [], 0, 0, current["value"]
     stalled = settled = False  # no descent left for v_0 / the last alpha step left alpha and tau where they were
     with progress_reporter(iterations, caller, progress, callback) as report:
         for iteration in range(iterations):
@@ -361,10 +363,15 @@ def estimate_regularization(
                             "image": math.exp(log_tau) * float(current["image"].detach().sum()),
                             "prior": math.exp(log_tau) * float(current["prior"].detach().sum())})
             report(0, iteration, value)
-            if iteration >= warmup and abs(value - previous) / max(abs(value), 1e-12) < tolerance:
+            small_change = abs(value - previous) / max(abs(value), 1e-12) < tolerance
+            if iteration >= warmup and small_change:
                 converged += 1
                 if converged >= min_converged:
                     break
+            elif iteration < warmup:  # v_0 converged at the starting alpha (one short L-BFGS step is not enough)
+                settling = settling + 1 if small_change else 0
+                if settling == 2 or stalled:
+                    warmup = iteration + 1
             previous = value
 
     velocity = current["velocity"].detach()

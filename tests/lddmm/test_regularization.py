@@ -288,4 +288,21 @@ def test_alpha_inside_its_resolution_and_a_stalled_velocity_cost_no_evaluations(
                                      min_converged=5, min_alpha_change=100.0)
     assert calls == [0, 1, 2, 0]  # the L-BFGS search fails, then the metric's; no search after that
     history = result["history"]
-    assert len(history) == 10 + 5 and history[-1]["evaluations"] == history[3]["evaluations"]
+    # the stall at iteration 3 also ends the warm-up: 4 iterations, then the 5 converged ones
+    assert len(history) == 4 + 5 and history[-1]["evaluations"] == history[3]["evaluations"]
+
+
+def test_the_warm_up_ends_once_the_velocity_has_converged_at_the_starting_alpha():
+    """alpha starts moving after two successive iterations whose relative objective change is below the tolerance,
+    not after all ``warmup`` v_0 steps (0.4.11: they only polished v_0 at an alpha about to change)."""
+    source = bullseye(16)
+    target = deformed_by_prior(source, 3.0, seed=0)
+    tolerance = 1e-4
+    history = estimate_regularization(target, source, alpha=1.0, truncation=5, iterations=200, warmup=60,
+                                      tolerance=tolerance)["history"]
+    first_move = next(i for i, h in enumerate(history) if h["alpha"] != 1.0)
+    assert 2 < first_move < 60
+    changes = [abs(history[i]["objective"] - history[i - 1]["objective"]) / abs(history[i]["objective"])
+               for i in (first_move - 2, first_move - 1)]
+    stalled = history[first_move - 1]["evaluations"] == history[first_move - 2]["evaluations"]
+    assert all(change < tolerance for change in changes) or stalled, changes
