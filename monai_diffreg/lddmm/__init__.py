@@ -15,7 +15,7 @@
 """
 
 from .adjoint import adjoint_gradient
-from .flash import FLASHRegistration, band_to_ddf, flash_energy, flash_register
+from .flash import FLASHRegistration, MapFoldingWarning, band_to_ddf, flash_energy, flash_register
 from .predictor import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha,
                         recalibrate_batch_norm)
 from .regularization import (ESTIMATION_MODELS, best_scale, data_curvature, determined_share, effective_precision,
@@ -28,6 +28,7 @@ __all__ = [
     "shoot",
     "shoot_maps",
     "band_to_ddf",
+    "MapFoldingWarning",
     "flash_energy",
     "flash_register",
     "FLASHRegistration",

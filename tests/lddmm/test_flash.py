@@ -4,6 +4,7 @@ method "flash" through the method contract, bad options."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from monai_diffreg.lddmm import FLASHRegistration, band_operators, band_to_ddf, 
 from monai_diffreg.lddmm.flash import prior_energy
 from monai_diffreg.lddmm.fourier import band_to_spatial, hermitian_part
 from monai_diffreg.methods import check_method_output, load_method
+from monai_diffreg.metrics.jacobian import folding_percentage
 
 
 def blobs(shape, seed=0):
@@ -169,9 +171,31 @@ def test_alpha_map_estimates_alpha_and_reports_it_in_the_summary():
     assert summary["alpha_source"] == "map" and summary["alpha_estimation_curvature"] == "full"
     assert 1e-3 <= summary["alpha"] <= 1e3 and summary["alpha"] != 3.0  # moved from its start
     assert summary["prior_scale"] != 1.0 and summary["effective_sigma"] == pytest.approx(0.01 * summary["prior_scale"] ** 0.5)
+    assert summary["folding_percent"] == pytest.approx(float(folding_percentage(out["ddf"])))
     given = check_method_output(FLASHRegistration(alpha=2.0, truncation=7, iterations=[2, 2])(fixed, fixed.flip(-1)),
                                 fixed, "flash")
     assert given["summary"] == {"alpha": 2.0, "alpha_source": "given"}
+
+
+@pytest.mark.parametrize("folding, warns", [(0.0, False), (0.01, False), (5.0, True)])
+def test_alpha_map_warns_when_its_field_folds(monkeypatch, folding, warns):
+    """Above MAP_FOLDING_WARNING_PERCENT of folded voxels alpha="map" warns once, naming the share, the estimate and
+    the fixed default; the summary records the share either way (the folding itself is stood in for: the estimate
+    folds on brains, not on a small test pair)."""
+    import monai_diffreg.lddmm.flash as flash
+
+    monkeypatch.setattr(flash, "folding_percentage", lambda ddf: torch.full((ddf.shape[0],), folding))
+    shape = (16, 16)
+    fixed = blobs(shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = FLASHRegistration(alpha="map", truncation=5, iterations=[6, 2])(fixed, fixed.roll(1, -1))
+    found = [w for w in caught if issubclass(w.category, flash.MapFoldingWarning)]
+    assert out["summary"]["folding_percent"] == pytest.approx(folding)
+    assert len(found) == (1 if warns else 0)
+    if warns:
+        message = str(found[0].message)
+        assert "5.00 % of voxels" in message and f"alpha {out['summary']['alpha']:.3g}" in message and "alpha=10" in message
 
 
 def test_contract_rejects_a_summary_that_is_not_json():
