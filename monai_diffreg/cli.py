@@ -240,7 +240,7 @@ def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None,
     """
     from tqdm.auto import tqdm
 
-    from .api import DissimilarityWarning, MisalignmentWarning, SpacingWarning, register
+    from .api import register
 
     true_ddf = None
     if moving is None:
@@ -256,30 +256,42 @@ def register_pairs(method: Any, fixed: str | None, moving: Sequence[str] | None,
     batch = len(pairs) > 1
     progress = tqdm(pairs, desc="registering", unit="pair", disable=not batch, file=sys.stderr)
     for pair in progress:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 result = register(fixed, pair["moving"], method, fixed_labels=fixed_labels,
                                   moving_labels=pair["moving_labels"], affine=affine, affine_metric=affine_metric,
                                   true_ddf=true_ddf, orientation=orientation, device=device,
                                   output_dir=pair["folder"], qc=qc, inverse=inverse, **(options or {}))
-            except USER_ERRORS as err:
-                if debug:
-                    raise
-                failures += 1
-                msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-                tqdm.write(f"{_PROG}: error: {_line(msg)}", file=sys.stderr)
-                continue
-            finally:
-                for w in caught:
-                    if issubclass(w.category, (MisalignmentWarning, DissimilarityWarning, SpacingWarning)):
-                        tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
-                    elif not any(noise in str(w.message) for noise in _NOISE):
-                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        except USER_ERRORS as err:
+            if debug:
+                raise
+            failures += 1
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            tqdm.write(f"{_PROG}: error: {_line(msg)}", file=sys.stderr)
+            continue
+        finally:
+            _show_warnings(caught)
         tqdm.write(_report(pair, result), file=sys.stdout)
     if batch:
         print(f"{len(pairs) - failures}/{len(pairs)} pairs registered into {output_dir}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Print what one registration warned, once each: the input and result checks of :func:`register` as one line,
+    any other warning as Python shows it. Called outside the recording context (inside it, showing a warning would
+    only record it again)."""
+    from tqdm.auto import tqdm
+
+    from .api import DissimilarityWarning, MisalignmentWarning, SpacingWarning
+
+    for w in caught:
+        if issubclass(w.category, (MisalignmentWarning, DissimilarityWarning, SpacingWarning)):
+            tqdm.write(f"{_PROG}: warning: {_line(w.message)}", file=sys.stderr)
+        elif not any(noise in str(w.message) for noise in _NOISE):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _register(args: argparse.Namespace) -> int:

@@ -156,6 +156,37 @@ def test_misalignment_warning_printed(shift_method, tmp_path, capsys):
     assert "monai-diffreg: warning: register(): the pair looks misaligned" in err and "--affine" in err
 
 
+_WARNING_METHOD_RUN = """
+import sys, warnings
+import torch
+from monai_diffreg import methods
+from monai_diffreg.cli import main
+
+class WarningShift:
+    def __call__(self, fixed, moving):
+        warnings.warn("the stand-in method's own warning", RuntimeWarning)
+        ddf = torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:])
+        ddf[:, 0] = 1.0
+        return {"ddf": ddf}
+
+methods.register_method("warning-shift", WarningShift, "constant shift that warns (test)")
+sys.exit(main(["register", "--fixed", sys.argv[1], "--moving", sys.argv[2], "--bundle", "warning-shift",
+               "--output-dir", sys.argv[3], "--no-qc"]))
+"""
+
+
+def test_a_method_warning_is_shown_once_and_the_run_ends(pair_files, tmp_path):
+    """A warning of a category the command line does not turn into one line (e.g. FLASH's MapFoldingWarning) is shown
+    as Python shows it, once, and the run goes on (0.4.11 fixed a loop: showing it inside the recording context
+    recorded it again, forever). In a process of its own: under pytest every shown warning is pytest's record."""
+    out = tmp_path / "o"
+    run = subprocess.run([sys.executable, "-c", _WARNING_METHOD_RUN, pair_files["fixed"], pair_files["m1"], str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (out / "ddf.nii.gz").is_file() and "det J <= 0" in run.stdout
+    assert run.stderr.count("the stand-in method's own warning") == 1
+
+
 def test_console_entry_point_subprocess(tmp_path):
     """The real process: one-line error on stderr, status 1, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "monai_diffreg.cli", "register", "--fixed", str(tmp_path / "nope.nii"),
