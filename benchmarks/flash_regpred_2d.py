@@ -18,7 +18,8 @@ norms' running statistics are recomputed over the training pairs before each eva
 ``E`` and used, fixed, in training from then on. Reported: the chosen weights' predictions on the
 held-out pairs against their labels and true alphas, the prediction time and a plot. ``train --folds F``
 cross-validates instead: F trainings, each holding out one block of the pairs (:func:`fold_split`), so every pair
-is predicted once by a network that never saw it (``fold_<k>/`` and ``cross_validation.json``): one block of 40
+is predicted once by a network that never saw it (``fold_<k>/`` and ``cross_validation.json``; a run cut short
+resumes: folds finished with the same pairs and settings are reused): one block of 40
 pairs decided as much as the data did in runs 3 and 4. ``symmetric --folds F`` evaluates those folds' predictors
 again with their log alpha averaged over the square's 8 symmetries (:func:`symmetric_log_alpha`), on the validation
 pairs (which may choose it) and the held-out ones (``symmetric.json``, ``symmetric.png``).
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import multiprocessing
@@ -167,7 +169,8 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
 def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
                    seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late") -> dict:
     """Train ``folds`` times, each holding out one block of the pairs (:func:`fold_split`); every pair is predicted
-    once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``."""
+    once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``.
+    A fold an earlier run finished with the same pairs, labels and settings is reused, not trained again."""
     rows = _load(output)
     tensors = _pair_tensors(rows)  # once for all folds
     held_out, per_fold = [], []
@@ -175,7 +178,13 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
         split = fold_split(len(rows), folds, fold, validation)
         folder = output / f"fold_{fold}"
         folder.mkdir(exist_ok=True)
-        result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
+        settings = {"epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion,
+                    "freeze_norm_after": freeze_norm_after, "seed": seed}
+        result = _finished_fold(folder, rows, split, settings)
+        if result is None:
+            result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
+        else:
+            print(f"fold {fold}: finished by an earlier run with the same pairs and settings, reused", flush=True)
         held_out += [{**r, "fold": fold} for r in result["held_out"]]
         per_fold.append({k: result[k] for k in ("train_pairs", "test_pairs", "chosen_epoch", "training_seconds",
                                                 "mean_abs_relative_error_vs_map", "median_abs_relative_error_vs_map",
@@ -250,9 +259,9 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
         per_pair = (time.perf_counter() - tic) / test
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
-        "pairs": len(rows), "train_pairs": n_train, "validation_pairs": len(validation_part), "test_pairs": test,
+        "pairs": len(rows), "labels_sha256": _labels_sha256(rows), "train_pairs": n_train, "validation_pairs": len(validation_part), "test_pairs": test,
         "epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
-        "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "seed": seed, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,
@@ -261,11 +270,31 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
         "held_out": [{**r, "predicted_alpha": p} for r, p in zip(held, predicted)],
         "history": history,
     }
-    with atomic_path(output / "results.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
-    torch.save(net.state_dict(), output / "predictor_2d.pt")
+    with atomic_path(output / "predictor_2d.pt") as tmp:
+        torch.save(net.state_dict(), tmp)
     plot(result, output / "predictions.png")
+    with atomic_path(output / "results.json") as tmp:  # last: a fold with results.json is complete
+        tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _finished_fold(folder: Path, rows: list[dict], split: tuple[list[int], list[int], list[int]],
+                   settings: dict) -> dict | None:
+    """The fold's ``results.json`` when an earlier run finished it with these ``settings`` on the same labelled pairs
+    and split (so a cross-validation cut short resumes where it stopped); otherwise None."""
+    path = folder / "results.json"
+    if not path.is_file() or not (folder / "predictor_2d.pt").is_file():
+        return None
+    result = json.loads(path.read_text())
+    same = (all(result.get(k) == v for k, v in settings.items()) and result.get("labels_sha256") == _labels_sha256(rows)
+            and [r["index"] for r in result["held_out"]] == [rows[i]["index"] for i in split[2]]
+            and result.get("train_pairs") == len(split[0]) and result.get("validation_pairs") == len(split[1]))
+    return result if same else None
+
+
+def _labels_sha256(rows: list[dict]) -> str:
+    """Fingerprint of the labelled pairs (indices and MAP labels) a training saw."""
+    return hashlib.sha256(json.dumps([(r["index"], r["map_alpha"]) for r in rows]).encode()).hexdigest()
 
 
 def symmetric_log_alpha(net: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,

@@ -128,6 +128,26 @@ def test_cross_validation_pools_each_folds_held_out_predictions(tmp_path, capsys
         experiment.evaluate_symmetric(tmp_path, folds=4, validation=2)
 
 
+def test_cross_validation_cut_short_resumes_with_the_folds_it_finished(tmp_path, monkeypatch):
+    _write_labels(tmp_path, 9)
+    first = experiment.cross_validate(tmp_path, folds=3, epochs=1, validation=2)
+    (tmp_path / "fold_2" / "results.json").unlink()  # as if killed while training fold 2
+    trained = []
+    real_fit = experiment.fit
+    monkeypatch.setattr(experiment, "fit", lambda rows, tensors, split, folder, *a: trained.append(folder.name)
+                        or real_fit(rows, tensors, split, folder, *a))
+    again = experiment.cross_validate(tmp_path, folds=3, epochs=1, validation=2)
+    assert trained == ["fold_2"]
+    assert [r["predicted_alpha"] for r in again["held_out"][:6]] == [r["predicted_alpha"] for r in first["held_out"][:6]]
+    experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2)  # other settings: every fold again
+    assert trained == ["fold_2", "fold_0", "fold_1", "fold_2"]
+    rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    rows[4]["map_alpha"] *= 2  # one pair relabelled: every fold saw it
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2)
+    assert trained[4:] == ["fold_0", "fold_1", "fold_2"]
+
+
 def test_symmetric_average_is_invariant_under_the_symmetries():
     torch.manual_seed(0)
     net = experiment.RegularizationPredictor(2, stream_channels=(4, 4, 4, 4), fusion_channels=(4,)).eval()
