@@ -9,7 +9,7 @@ images are rebuilt from the seed). ``data --start S`` labels the same pairs from
 the labels' own repeatability, which bounds what a predictor of them can reach.
 ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
 L2 on log alpha, Adam from ``--lr`` (the paper's 5e-4) with a cosine decay to 0 over ``--epochs``, each training
-batch (both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
+batch of ``--batch-size`` pairs (the paper's 16; both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
 operators and the image term are invariant under them, so the pair's MAP label is too). The last
 ``--test`` pairs are held out for the report; of the rest, the last ``--validation`` pairs choose the epoch
 (the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. The batch
@@ -155,7 +155,7 @@ def fold_split(count: int, folds: int, fold: int, validation: int) -> tuple[list
 
 
 def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-          seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late") -> dict:
+          seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late", batch_size: int = 16) -> dict:
     """Train on all but the last ``test + validation`` pairs; report on the last ``test`` (module docstring)."""
     rows = _load(output)
     if len(rows) <= test + validation:
@@ -163,11 +163,12 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
                          f"--validation {validation}")
     n_train, n = len(rows) - test - validation, len(rows) - test
     split = (list(range(n_train)), list(range(n_train, n)), list(range(n, len(rows))))
-    return fit(rows, _pair_tensors(rows), split, output, epochs, lr, norm, seed, freeze_norm_after, fusion)
+    return fit(rows, _pair_tensors(rows), split, output, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size)
 
 
 def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-                   seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late") -> dict:
+                   seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late",
+                   batch_size: int = 16) -> dict:
     """Train ``folds`` times, each holding out one block of the pairs (:func:`fold_split`); every pair is predicted
     once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``.
     A fold an earlier run finished with the same pairs, labels and settings is reused, not trained again."""
@@ -179,10 +180,10 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
         folder = output / f"fold_{fold}"
         folder.mkdir(exist_ok=True)
         settings = {"epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion,
-                    "freeze_norm_after": freeze_norm_after, "seed": seed}
+                    "freeze_norm_after": freeze_norm_after, "seed": seed, "batch_size": batch_size}
         result = _finished_fold(folder, rows, split, settings)
         if result is None:
-            result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion)
+            result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size)
         else:
             print(f"fold {fold}: finished by an earlier run with the same pairs and settings, reused", flush=True)
         held_out += [{**r, "fold": fold} for r in result["held_out"]]
@@ -194,7 +195,7 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
     errors = sorted(abs(r["predicted_alpha"] / r["map_alpha"] - 1) for r in held_out)
     summary = {"pairs": len(rows), "folds": folds, "validation_pairs": validation, "epochs": epochs,
                "learning_rate": lr,
-               "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
+               "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after, "batch_size": batch_size,
                "mean_abs_relative_error_vs_map": sum(errors) / len(errors),
                "median_abs_relative_error_vs_map": errors[len(errors) // 2],
                "within_15_percent": sum(e <= 0.15 for e in errors) / len(errors),
@@ -206,7 +207,7 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
 
 def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         split: tuple[list[int], list[int], list[int]], output: Path, epochs: int, lr: float,
-        norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late") -> dict:
+        norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late", batch_size: int = 16) -> dict:
     """Train on ``split[0]``, choose the epoch on ``split[1]``, report on ``split[2]`` (positions in ``rows``, whose
     :func:`_pair_tensors` are ``tensors``);
     writes ``results.json``, ``predictor_2d.pt`` and ``predictions.png`` into ``output``."""
@@ -228,7 +229,7 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
         net.train()
         for m in batch_norms if frozen else ():
             m.eval()
-        for batch in train_part[torch.randperm(n_train)].split(16):
+        for batch in _batches(train_part[torch.randperm(n_train)], batch_size):
             which = int(torch.randint(8, (1,)))
             optimizer.zero_grad()
             loss = log_alpha_loss(net(square_symmetry(fixed[batch], which), square_symmetry(moving[batch], which)),
@@ -261,7 +262,7 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
     result = {
         "pairs": len(rows), "labels_sha256": _labels_sha256(rows), "train_pairs": n_train, "validation_pairs": len(validation_part), "test_pairs": test,
         "epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
-        "seed": seed, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "seed": seed, "batch_size": batch_size, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,
@@ -276,6 +277,15 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
     with atomic_path(output / "results.json") as tmp:  # last: a fold with results.json is complete
         tmp.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``order`` in batches of ``batch_size``; a last batch of one pair joins the one before (batch norm cannot
+    train on a single pair)."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 def _finished_fold(folder: Path, rows: list[dict], split: tuple[list[int], list[int], list[int]],
@@ -418,6 +428,7 @@ def main(argv=None) -> None:
                         help="train: cross-validation instead of --test: each of this many blocks held out once")
     parser.add_argument("--validation", type=int, default=40, help="train: pairs choosing the epoch (before the held-out ones)")
     parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=16, help="train: pairs per training batch (the paper's 16)")
     parser.add_argument("--lr", type=float, default=5e-4, help="train: Adam's initial learning rate (cosine decay to 0)")
     parser.add_argument("--norm", choices=PREDICTOR_NORMS, default="batch", help="train: the predictor's normalisation")
     parser.add_argument("--fusion", choices=PREDICTOR_FUSIONS, default="late",
@@ -428,11 +439,13 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args(argv)
-    for name in ("pairs", "test", "validation", "epochs", "threads", "workers"):
+    for name in ("pairs", "test", "validation", "epochs", "batch_size", "threads", "workers"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
+    if args.batch_size < 2 and args.norm == "batch":
+        parser.error("--batch-size must be at least 2 with --norm batch (batch statistics of one pair)")
     if args.freeze_norm_after is not None and not 0 <= args.freeze_norm_after < args.epochs:
         parser.error(f"--freeze-norm-after must be an epoch in [0, --epochs), got {args.freeze_norm_after}")
     if not args.lr > 0:
@@ -454,14 +467,14 @@ def main(argv=None) -> None:
                   f"{result[name]['mean_abs_relative_error_vs_map']:.3f}")
     elif args.folds is not None:
         result = cross_validate(args.output, args.folds, args.epochs, args.validation, args.lr, args.norm,
-                                freeze_norm_after=args.freeze_norm_after, fusion=args.fusion)
+                                freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size)
         print(f"cross-validated ({args.folds} folds) mean |relative error| vs MAP "
               f"{result['mean_abs_relative_error_vs_map']:.3f}, "
               f"median {result['median_abs_relative_error_vs_map']:.3f}, "
               f"{result['within_15_percent']:.0%} within 15 %")
     else:
         result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm,
-                       freeze_norm_after=args.freeze_norm_after, fusion=args.fusion)
+                       freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

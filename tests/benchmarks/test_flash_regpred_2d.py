@@ -83,6 +83,20 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 
 
+def test_training_batches_have_the_batch_size_asked(tmp_path, monkeypatch):
+    _write_labels(tmp_path, 9)  # 5 training pairs
+    sizes = []
+    real_loss = experiment.log_alpha_loss
+    monkeypatch.setattr(experiment, "log_alpha_loss", lambda predicted, alpha: sizes.append(len(alpha))
+                        or real_loss(predicted, alpha))
+    result = experiment.train(tmp_path, test=2, epochs=1, validation=2, batch_size=3)
+    assert result["batch_size"] == 3
+    assert sizes == [3, 2, 5, 2]  # two training batches, then the training and validation losses
+    sizes.clear()
+    experiment.train(tmp_path, test=2, epochs=1, validation=2, batch_size=4)
+    assert sizes == [5, 5, 2]  # a last batch of one pair joins the one before (batch norm needs two)
+
+
 def test_folds_hold_out_every_pair_once_and_never_train_on_it():
     count, folds, validation = 23, 4, 3
     held = []
@@ -215,6 +229,8 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["train", "--folds", "1"], "--folds must be at least 2"),
     (["data", "--start", "0"], "--start must be positive"),
     (["train", "--fusion", "middle"], "invalid choice"),
+    (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--batch-size", "1"], "--batch-size must be at least 2 with --norm batch"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
