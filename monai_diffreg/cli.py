@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--moving", required=True, metavar="M", help="moving image file")
     est.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     est.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="FLASH setting (sigma, truncation, num_steps, integrator, iterations), JSON value; repeatable")
+                     help="FLASH setting (sigma, truncation, num_steps, integrator, iterations) or estimation={...} "
+                          "(the estimate's own settings, e.g. {\"estimate_scale\": false} for the paper's fixed "
+                          "prior scale), JSON value; repeatable")
     est.add_argument("--debug", action="store_true", help="show tracebacks")
     swp = sub.add_parser("sweep", help="register one pair once per value of a method option; CSV and plot",
                          description="Register one pair once per value of one method option (e.g. a HyperMorph "

@@ -195,6 +195,12 @@ def flash_register(
     return out
 
 
+#: keywords of ``estimate_regularization`` that ``FLASHRegistration(alpha="map", estimation={...})`` passes on (the
+#: others come from the holder's own settings)
+ESTIMATION_SETTINGS = ("alpha", "max_alpha_change", "min_alpha_change", "min_converged", "warmup", "model",
+                       "estimate_scale", "prior_scale")
+
+
 class FLASHRegistration(EngineSettings):
     """Settings holder for :func:`flash_register`: ``FLASHRegistration(alpha=6.0)(fixed, moving)``.
 
@@ -204,21 +210,37 @@ class FLASHRegistration(EngineSettings):
     images the paper's ``tau = 1`` sends ``alpha`` to its bound), then registers at that ``alpha`` and the
     effective noise ``sigma sqrt(tau)`` (the same energy) from the estimate's ``v_0``; the output's ``"summary"``
     holds ``alpha``, ``prior_scale``, ``effective_sigma`` and ``folding_percent`` (the method contract copies it into
-    ``summary.json``). On brains that prior is weak enough for the band-limited map to fold (9-11 % of the voxels of
+    ``summary.json``). ``estimation`` passes the estimate's own settings (e.g. ``{"estimate_scale": False,
+    "prior_scale": 1.0}``: the paper's model with ``tau`` fixed; ``{"alpha": 10}``: the starting ``alpha``). On brains that prior is weak enough for the band-limited map to fold (9-11 % of the voxels of
     the validation case niivue_mni, lddmm docs): above :data:`MAP_FOLDING_WARNING_PERCENT` it warns with
     :class:`MapFoldingWarning`.
 
     Args:
+        estimation: with ``alpha="map"``, keywords of :func:`~.regularization.estimate_regularization` that this
+            holder does not set itself (:data:`ESTIMATION_SETTINGS`); ``estimate_scale`` defaults to True here.
         **settings: any keyword of :func:`flash_register` except ``initial_velocity``, ``inverse`` and ``callback``.
     """
 
     engine = staticmethod(flash_register)
     per_call = ("initial_velocity", "callback", "inverse")
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, estimation: dict | None = None, **settings: object) -> None:
         super().__init__(**settings)
+        name = type(self).__name__
         if self.settings["alpha"] != "map":
-            check_positive(self.settings["alpha"], "alpha", type(self).__name__)
+            check_positive(self.settings["alpha"], "alpha", name)
+        if estimation is not None and not isinstance(estimation, dict):
+            raise TypeError(f"{name}(): 'estimation' must be a dict of estimate settings, got {type(estimation).__name__}")
+        self.estimation = dict(estimation or {})
+        if self.estimation and self.settings["alpha"] != "map":
+            raise ValueError(f"{name}(): 'estimation' applies to alpha='map' only, got alpha={self.settings['alpha']!r}")
+        unknown = sorted(set(self.estimation) - set(ESTIMATION_SETTINGS))
+        if unknown:
+            raise TypeError(f"{name}(): unknown 'estimation' setting(s) {unknown}; allowed: {list(ESTIMATION_SETTINGS)}")
+
+    def __repr__(self) -> str:
+        extra = f", estimation={self.estimation!r}" if self.estimation else ""
+        return super().__repr__()[:-1] + extra + ")"
 
     def __call__(self, fixed: torch.Tensor, moving: torch.Tensor, inverse: bool = True,
                  callback: ProgressReporter | None = None) -> dict:
@@ -235,7 +257,7 @@ class FLASHRegistration(EngineSettings):
         shared = {k: settings[k] for k in ("sigma", "truncation", "num_steps", "integrator", "memory", "progress", "tolerance")}
         estimate = estimate_regularization(downsample(fixed.float(), grid), downsample(moving.float(), grid),
                                            spacing=grid_spacing, iterations=sum(settings["iterations"]),
-                                           estimate_scale=True, **shared)
+                                           **{"estimate_scale": True, **self.estimation}, **shared)
         settings["alpha"], settings["sigma"] = estimate["alpha"], estimate["sigma"]
         out = flash_register(fixed, moving, inverse=inverse, callback=callback,
                              initial_velocity=estimate["initial_velocity"], **settings)

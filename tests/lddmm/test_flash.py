@@ -177,6 +177,38 @@ def test_alpha_map_estimates_alpha_and_reports_it_in_the_summary():
     assert given["summary"] == {"alpha": 2.0, "alpha_source": "given"}
 
 
+def test_alpha_map_passes_its_estimation_settings_to_the_estimate():
+    """``estimation`` reaches the estimate: the paper's model (``tau`` fixed at 1) keeps the prior scale and the
+    noise level; every keyword of the estimate is either the holder's own setting or an estimation setting."""
+    import inspect
+
+    from monai_diffreg.lddmm.flash import ESTIMATION_SETTINGS
+    from monai_diffreg.lddmm.regularization import estimate_regularization
+
+    own = {"sigma", "truncation", "num_steps", "integrator", "memory", "progress", "tolerance", "spacing", "iterations",
+           "callback"}
+    keywords = set(inspect.signature(estimate_regularization).parameters) - {"fixed", "moving"}
+    assert set(ESTIMATION_SETTINGS) == keywords - own and not set(ESTIMATION_SETTINGS) & own
+    shape = (24, 24)
+    fixed = blobs(shape)
+    _, truth = deformation(shape, 0.02, seed=5)
+    method = FLASHRegistration(alpha="map", sigma=0.01, truncation=7, iterations=[20, 5],
+                               estimation={"estimate_scale": False, "prior_scale": 1.0, "alpha": 2.0})
+    assert "estimation={'estimate_scale': False" in repr(method)
+    summary = method(fixed, warp(fixed, truth))["summary"]
+    assert summary["prior_scale"] == 1.0 and summary["effective_sigma"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("settings, error, message", [
+    ({"alpha": 3.0, "estimation": {"warmup": 5}}, ValueError, "'estimation' applies to alpha='map' only"),
+    ({"alpha": "map", "estimation": {"sigma": 0.1}}, TypeError, "unknown 'estimation' setting\\(s\\) \\['sigma'\\]"),
+    ({"alpha": "map", "estimation": [("warmup", 5)]}, TypeError, "'estimation' must be a dict"),
+])
+def test_bad_estimation_settings_are_one_clear_error(settings, error, message):
+    with pytest.raises(error, match=message):
+        FLASHRegistration(**settings)
+
+
 @pytest.mark.parametrize("folding, warns", [(0.0, False), (0.01, False), (5.0, True)])
 def test_alpha_map_warns_when_its_field_folds(monkeypatch, folding, warns):
     """Above MAP_FOLDING_WARNING_PERCENT of folded voxels alpha="map" warns once, naming the share, the estimate and
@@ -227,6 +259,10 @@ def test_cli_estimate_regularization_prints_json(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["alpha_source"] == "map" and 1e-3 <= printed["alpha"] <= 1e3 and printed["seconds"] > 0
     assert printed["alpha_estimation_curvature"] == "full"  # 3 x 5^3 = 375 band modes
+    assert main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
+                 "--option", "truncation=5", "--option", "iterations=[5, 5]",
+                 "--option", 'estimation={"estimate_scale": false, "prior_scale": 1}']) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["prior_scale"] == 1  # the paper's tau, kept
     assert main(["estimate-regularization", "--fixed", str(paths["fixed"]), "--moving", str(tmp_path / "nope.nii.gz")]) == 1
     message = capsys.readouterr().err.strip()
     assert message.endswith("estimate-regularization: --moving file not found: " + repr(str(tmp_path / "nope.nii.gz")))
