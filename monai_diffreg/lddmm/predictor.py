@@ -17,7 +17,10 @@ and 2x max pooling. The choices the paper leaves open, and why:
   but on the bull's-eye pairs it stayed at the constant predictor for 40 epochs, as instance normalisation,
   and as ``norm="none"`` (no normalisation: the training loss did not move from the constant's in 30 epochs,
   0.4.7): the pairs' images differ by small deformations, and only batch statistics centre the features on
-  what differs between pairs;
+  what differs between pairs; for the same reason the batches must not be small: with the paper's 16 pairs a
+  batch's mean is too noisy an estimate of the training set's, and the loss in evaluation mode rose after
+  epoch 10 while training went on; with 64 it fell to the end (validation L2 on log alpha 0.096 vs 0.071 on the
+  same split, ``benchmarks/flash_regpred_2d.py --batch-size``, measured, lddmm docs);
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
   stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);
