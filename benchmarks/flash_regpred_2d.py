@@ -9,8 +9,9 @@ images are rebuilt from the seed). ``data --start S`` labels the same pairs from
 the labels' own repeatability, which bounds what a predictor of them can reach.
 ``train``: :class:`monai_diffreg.lddmm.RegularizationPredictor` (2D),
 L2 on log alpha, Adam from ``--lr`` (the paper's 5e-4) with a cosine decay to 0 over ``--epochs``, each training
-batch of ``--batch-size`` pairs (the paper's 16; both images) in one of the 8 symmetries of the square (:func:`square_symmetry`: the periodic band, its
-operators and the image term are invariant under them, so the pair's MAP label is too). The last
+batch of ``--batch-size`` pairs (the paper's 16; both images) in one of the 8 symmetries of the square
+(:func:`square_symmetry`: the periodic band, its operators and the image term are invariant under them, so the
+pair's MAP label is too). The last
 ``--test`` pairs are held out for the report; of the rest, the last ``--validation`` pairs choose the epoch
 (the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. The batch
 norms' running statistics are recomputed over the training pairs before each evaluation
@@ -260,7 +261,8 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
         per_pair = (time.perf_counter() - tic) / test
     errors = [p / r["map_alpha"] - 1 for p, r in zip(predicted, held)]
     result = {
-        "pairs": len(rows), "labels_sha256": _labels_sha256(rows), "train_pairs": n_train, "validation_pairs": len(validation_part), "test_pairs": test,
+        "pairs": len(rows), "labels_sha256": _labels_sha256(rows), "train_pairs": n_train,
+        "validation_pairs": len(validation_part), "test_pairs": test,
         "epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
         "seed": seed, "batch_size": batch_size, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
