@@ -35,7 +35,7 @@ from .lbfgs import CurvatureMemory, lbfgs_step
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
 
 __all__ = ["band_to_ddf", "prior_energy", "flash_energy", "flash_register", "FLASHRegistration", "MapFoldingWarning",
-           "MAP_FOLDING_WARNING_PERCENT"]
+           "MAP_FOLDING_WARNING_PERCENT", "ESTIMATION_SETTINGS"]
 
 #: chosen on validation cases among 0.3, 1, 3, 6, 10 (monai_diffreg/lddmm/README.md)
 DEFAULT_ALPHA = 10.0
@@ -210,10 +210,10 @@ class FLASHRegistration(EngineSettings):
     images the paper's ``tau = 1`` sends ``alpha`` to its bound), then registers at that ``alpha`` and the
     effective noise ``sigma sqrt(tau)`` (the same energy) from the estimate's ``v_0``; the output's ``"summary"``
     holds ``alpha``, ``prior_scale``, ``effective_sigma`` and ``folding_percent`` (the method contract copies it into
-    ``summary.json``). ``estimation`` passes the estimate's own settings (e.g. ``{"estimate_scale": False,
-    "prior_scale": 1.0}``: the paper's model with ``tau`` fixed; ``{"alpha": 10}``: the starting ``alpha``). On brains that prior is weak enough for the band-limited map to fold (9-11 % of the voxels of
-    the validation case niivue_mni, lddmm docs): above :data:`MAP_FOLDING_WARNING_PERCENT` it warns with
-    :class:`MapFoldingWarning`.
+    ``summary.json``). On brains that prior is weak enough for the band-limited map to fold (9-11 % of the voxels
+    of the validation case niivue_mni, lddmm docs): above :data:`MAP_FOLDING_WARNING_PERCENT` it warns with
+    :class:`MapFoldingWarning`. ``estimation`` passes the estimate's own settings (e.g. ``{"estimate_scale": False,
+    "prior_scale": 1.0}``: the paper's model with ``tau`` fixed; ``{"alpha": 10}``: the starting ``alpha``).
 
     Args:
         estimation: with ``alpha="map"``, keywords of :func:`~.regularization.estimate_regularization` that this
