@@ -99,8 +99,10 @@ def make_labels(output: Path, pairs: int, workers: int = 1, start: float = LABEL
     path = labels_file(output, start)
     done = {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
     missing = [index for index in range(pairs) if index not in done]
-    # each worker process one thread (the caller's own setting when labelling in this process)
-    with (multiprocessing.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1
+    # each worker process one thread (the caller's own setting when labelling in this process); spawned, not
+    # forked: a fork of a process running threads (torch's, a test runner's) can leave a worker hung for good
+    spawn = multiprocessing.get_context("spawn")
+    with (spawn.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1
           else contextlib.nullcontext()) as pool:
         compute = functools.partial(label, start=start)
         for row in (pool.imap_unordered(compute, missing) if pool else map(compute, missing)):

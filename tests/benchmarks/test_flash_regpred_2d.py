@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import benchmarks.flash_regpred_2d as experiment
+
+#: the training labels of the 2D experiment (its data step, 1020 pairs)
+RUN5 = Path(experiment.__file__).parent / "results" / "2026-12-07-flash-regpred-2d-run5"
 
 
 def test_true_alphas_are_log_uniform_in_range_and_reproducible():
@@ -34,9 +38,18 @@ def test_labelling_resumes_where_it_stopped(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and len(calls) == 5
     assert all(r["map_alpha"] == 2.0 and r["true_alpha"] == experiment.true_alpha(r["index"]) for r in rows)
-    experiment.make_labels(tmp_path, 8, workers=2)  # two processes (forked: the fake estimate too)
+
+
+def test_labelling_in_worker_processes_reproduces_the_committed_labels(tmp_path):
+    committed = {}
+    for line in (RUN5 / "labels.jsonl").read_text().splitlines()[:2]:
+        committed[json.loads(line)["index"]] = json.loads(line)
+    (tmp_path / "labels.jsonl").write_text(json.dumps(committed[0]) + "\n")  # pair 0 done: pair 1 is labelled
+    experiment.make_labels(tmp_path, 2, workers=2)  # in spawned processes of one thread each, the real estimator
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert sorted(r["index"] for r in rows) == list(range(8)) and all(r["map_alpha"] == 2.0 for r in rows)
+    assert [r["index"] for r in rows] == [0, 1] and rows[0] == committed[0]
+    assert rows[1]["map_alpha"] == pytest.approx(committed[1]["map_alpha"], rel=1e-4)
+    assert rows[1]["iterations"] == committed[1]["iterations"]
 
 
 def test_labels_from_another_start_go_to_their_own_file_and_report_their_distance(tmp_path, monkeypatch, capsys):
