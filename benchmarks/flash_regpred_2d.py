@@ -13,7 +13,9 @@ batch of ``--batch-size`` pairs (the paper's 16; both images) in one of the 8 sy
 (:func:`square_symmetry`: the periodic band, its operators and the image term are invariant under them, so the
 pair's MAP label is too). The last
 ``--test`` pairs are held out for the report; of the rest, the last ``--validation`` pairs choose the epoch
-(the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. The batch
+(the weights with the lowest validation loss, evaluated every 5 epochs) and the others train. ``--difference-gain``
+sets the predictor's ``difference_gain`` (``balanced``: :func:`monai_diffreg.lddmm.balanced_difference_gain` of the
+training pairs). The batch
 norms' running statistics are recomputed over the training pairs before each evaluation
 (:func:`monai_diffreg.lddmm.recalibrate_batch_norm`); with ``--freeze-norm-after E`` they are recomputed once at epoch
 ``E`` and used, fixed, in training from then on. Reported: the chosen weights' predictions on the
@@ -49,8 +51,8 @@ import torch
 from benchmarks import make_output_folder
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path, save_png
-from monai_diffreg.lddmm import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, estimate_regularization,
-                                 log_alpha_loss, predicted_alpha, recalibrate_batch_norm)
+from monai_diffreg.lddmm import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, balanced_difference_gain,
+                                 estimate_regularization, log_alpha_loss, predicted_alpha, recalibrate_batch_norm)
 
 ALPHA_RANGE = (1.0, 30.0)
 
@@ -158,7 +160,8 @@ def fold_split(count: int, folds: int, fold: int, validation: int) -> tuple[list
 
 
 def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
-          seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late", batch_size: int = 16) -> dict:
+          seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late", batch_size: int = 16,
+          difference_gain: float | str = 1.0) -> dict:
     """Train on all but the last ``test + validation`` pairs; report on the last ``test`` (module docstring)."""
     rows = _load(output)
     if len(rows) <= test + validation:
@@ -166,12 +169,13 @@ def train(output: Path, test: int, epochs: int, validation: int = 40, lr: float 
                          f"--validation {validation}")
     n_train, n = len(rows) - test - validation, len(rows) - test
     split = (list(range(n_train)), list(range(n_train, n)), list(range(n, len(rows))))
-    return fit(rows, _pair_tensors(rows), split, output, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size)
+    return fit(rows, _pair_tensors(rows), split, output, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size,
+               difference_gain)
 
 
 def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, lr: float = 5e-4, norm: str = "batch",
                    seed: int = 0, freeze_norm_after: int | None = None, fusion: str = "late",
-                   batch_size: int = 16) -> dict:
+                   batch_size: int = 16, difference_gain: float | str = 1.0) -> dict:
     """Train ``folds`` times, each holding out one block of the pairs (:func:`fold_split`); every pair is predicted
     once by a network that never saw it. Writes ``fold_<k>/`` (as :func:`train`) and ``cross_validation.json``.
     A fold an earlier run finished with the same pairs, labels and settings is reused, not trained again."""
@@ -183,10 +187,12 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
         folder = output / f"fold_{fold}"
         folder.mkdir(exist_ok=True)
         settings = {"epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion,
-                    "freeze_norm_after": freeze_norm_after, "seed": seed, "batch_size": batch_size}
+                    "freeze_norm_after": freeze_norm_after, "seed": seed, "batch_size": batch_size,
+                    "difference_gain": difference_gain}
         result = _finished_fold(folder, rows, split, settings)
         if result is None:
-            result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size)
+            result = fit(rows, tensors, split, folder, epochs, lr, norm, seed, freeze_norm_after, fusion, batch_size,
+                         difference_gain)
         else:
             print(f"fold {fold}: finished by an earlier run with the same pairs and settings, reused", flush=True)
         held_out += [{**r, "fold": fold} for r in result["held_out"]]
@@ -199,6 +205,7 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
     summary = {"pairs": len(rows), "folds": folds, "validation_pairs": validation, "epochs": epochs,
                "learning_rate": lr,
                "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after, "batch_size": batch_size,
+               "difference_gain": difference_gain,
                "mean_abs_relative_error_vs_map": sum(errors) / len(errors),
                "median_abs_relative_error_vs_map": errors[len(errors) // 2],
                "within_15_percent": sum(e <= 0.15 for e in errors) / len(errors),
@@ -210,16 +217,20 @@ def cross_validate(output: Path, folds: int, epochs: int, validation: int = 40, 
 
 def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         split: tuple[list[int], list[int], list[int]], output: Path, epochs: int, lr: float,
-        norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late", batch_size: int = 16) -> dict:
+        norm: str, seed: int, freeze_norm_after: int | None, fusion: str = "late", batch_size: int = 16,
+        difference_gain: float | str = 1.0) -> dict:
     """Train on ``split[0]``, choose the epoch on ``split[1]``, report on ``split[2]`` (positions in ``rows``, whose
-    :func:`_pair_tensors` are ``tensors``);
+    :func:`_pair_tensors` are ``tensors``); ``difference_gain``: the predictor's, or ``"balanced"`` for
+    :func:`~monai_diffreg.lddmm.balanced_difference_gain` of the training pairs;
     writes ``results.json``, ``predictor_2d.pt`` and ``predictions.png`` into ``output``."""
     train_part, validation_part, test_part = (torch.tensor(part) for part in split)
     fixed, moving, labels = tensors
     n_train, test = len(train_part), len(test_part)
     constant = float(labels[train_part].log().mean())  # the best constant log alpha in L2: the network's start
+    gain = (balanced_difference_gain(fixed[train_part], moving[train_part]) if difference_gain == "balanced"
+            else float(difference_gain))
     torch.manual_seed(seed)
-    net = RegularizationPredictor(2, initial_log_alpha=constant, norm=norm, fusion=fusion)
+    net = RegularizationPredictor(2, initial_log_alpha=constant, norm=norm, fusion=fusion, difference_gain=gain)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     history, best, start = [], (math.inf, -1, None), time.perf_counter()
@@ -266,7 +277,8 @@ def fit(rows: list[dict], tensors: tuple[torch.Tensor, torch.Tensor, torch.Tenso
         "pairs": len(rows), "labels_sha256": _labels_sha256(rows), "train_pairs": n_train,
         "validation_pairs": len(validation_part), "test_pairs": test,
         "epochs": epochs, "learning_rate": lr, "norm": norm, "fusion": fusion, "freeze_norm_after": freeze_norm_after,
-        "seed": seed, "batch_size": batch_size, "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
+        "seed": seed, "batch_size": batch_size, "difference_gain": difference_gain, "difference_gain_value": gain,
+        "chosen_epoch": best[1], "alpha_range": ALPHA_RANGE,
         "training_seconds": training_seconds, "prediction_seconds_per_pair": per_pair,
         "map_seconds_per_pair": sum(r["seconds"] for r in held) / test,
         "constant_predictor_relative_error": sum(abs(math.exp(constant) / r["map_alpha"] - 1) for r in held) / test,
@@ -419,6 +431,19 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _difference_gain(text: str) -> float | str:
+    """``--difference-gain``: ``"balanced"`` or a positive number."""
+    if text == "balanced":
+        return text
+    try:
+        gain = float(text)
+    except ValueError:
+        gain = math.nan
+    if not (math.isfinite(gain) and gain > 0):
+        raise argparse.ArgumentTypeError(f"'balanced' or a positive number, got {text!r}")
+    return gain
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("data", "train", "symmetric"))
@@ -440,6 +465,9 @@ def main(argv=None) -> None:
     parser.add_argument("--freeze-norm-after", type=int, default=None,
                         help="train: from this epoch on, batch norms use their statistics over the training pairs "
                              "(recomputed once then), in training as in evaluation")
+    parser.add_argument("--difference-gain", type=_difference_gain, default=1.0,
+                        help="train: the predictor's difference_gain (1: the images as they are, the paper's), or "
+                             "'balanced' (balanced_difference_gain of the training pairs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
     parser.add_argument("--workers", type=int, default=1, help="data: pairs labelled at once (one thread each)")
     args = parser.parse_args(argv)
@@ -471,14 +499,16 @@ def main(argv=None) -> None:
                   f"{result[name]['mean_abs_relative_error_vs_map']:.3f}")
     elif args.folds is not None:
         result = cross_validate(args.output, args.folds, args.epochs, args.validation, args.lr, args.norm,
-                                freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size)
+                                freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size,
+                                difference_gain=args.difference_gain)
         print(f"cross-validated ({args.folds} folds) mean |relative error| vs MAP "
               f"{result['mean_abs_relative_error_vs_map']:.3f}, "
               f"median {result['median_abs_relative_error_vs_map']:.3f}, "
               f"{result['within_15_percent']:.0%} within 15 %")
     else:
         result = train(args.output, args.test, args.epochs, args.validation, args.lr, args.norm,
-                       freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size)
+                       freeze_norm_after=args.freeze_norm_after, fusion=args.fusion, batch_size=args.batch_size,
+                       difference_gain=args.difference_gain)
         print(f"held-out mean |relative error| vs MAP {result['mean_abs_relative_error_vs_map']:.3f} "
               f"(constant predictor {result['constant_predictor_relative_error']:.3f}), "
               f"{result['prediction_seconds_per_pair'] * 1e3:.1f} ms per pair")

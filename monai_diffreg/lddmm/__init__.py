@@ -16,8 +16,8 @@
 
 from .adjoint import adjoint_gradient
 from .flash import FLASHRegistration, MapFoldingWarning, band_to_ddf, flash_energy, flash_register
-from .predictor import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, log_alpha_loss, predicted_alpha,
-                        recalibrate_batch_norm)
+from .predictor import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, balanced_difference_gain,
+                        log_alpha_loss, predicted_alpha, recalibrate_batch_norm)
 from .regularization import (ESTIMATION_MODELS, best_scale, data_curvature, determined_share, effective_precision,
                              estimate_regularization, sample_initial_velocity)
 from .shooting import BandOperators, band_operators, shoot, shoot_maps
@@ -45,5 +45,6 @@ __all__ = [
     "predicted_alpha",
     "recalibrate_batch_norm",
     "log_alpha_loss",
+    "balanced_difference_gain",
     "adjoint_gradient",
 ]

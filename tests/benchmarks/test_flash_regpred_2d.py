@@ -96,6 +96,21 @@ def test_training_reports_held_out_predictions_of_the_validation_chosen_epoch(tm
         experiment.train(tmp_path, test=6, epochs=1, validation=2)
 
 
+def test_the_balanced_difference_gain_is_taken_from_the_training_pairs_and_saved(tmp_path):
+    _write_labels(tmp_path, 8)
+    experiment.main(["train", "--output", str(tmp_path), "--test", "2", "--validation", "2", "--epochs", "1",
+                     "--difference-gain", "balanced"])
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = experiment._load(tmp_path)
+    fixed, moving, _ = experiment._pair_tensors(rows[:4])  # the training pairs
+    gain = experiment.balanced_difference_gain(fixed, moving)
+    assert result["difference_gain"] == "balanced" and result["difference_gain_value"] == pytest.approx(gain)
+    assert gain > 10  # the pairs differ by small deformations
+    assert float(torch.load(tmp_path / "predictor_2d.pt")["difference_gain"]) == pytest.approx(gain)
+    fixed_gain = experiment.train(tmp_path, test=2, epochs=1, validation=2, difference_gain=3.0)
+    assert (fixed_gain["difference_gain"], fixed_gain["difference_gain_value"]) == (3.0, 3.0)
+
+
 def test_training_batches_have_the_batch_size_asked(tmp_path, monkeypatch):
     _write_labels(tmp_path, 9)  # 5 training pairs
     sizes = []
@@ -168,6 +183,10 @@ def test_cross_validation_cut_short_resumes_with_the_folds_it_finished(tmp_path,
     assert [r["predicted_alpha"] for r in again["held_out"][:6]] == [r["predicted_alpha"] for r in first["held_out"][:6]]
     experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2)  # other settings: every fold again
     assert trained == ["fold_2", "fold_0", "fold_1", "fold_2"]
+    experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2, difference_gain="balanced")
+    experiment.cross_validate(tmp_path, folds=3, epochs=2, validation=2)
+    assert trained[4:] == ["fold_0", "fold_1", "fold_2"] * 2
+    del trained[4:]
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     rows[4]["map_alpha"] *= 2  # one pair relabelled: every fold saw it
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -243,6 +262,8 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["data", "--start", "0"], "--start must be positive"),
     (["train", "--fusion", "middle"], "invalid choice"),
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--difference-gain", "0"], "'balanced' or a positive number, got '0'"),
+    (["train", "--difference-gain", "auto"], "'balanced' or a positive number, got 'auto'"),
     (["train", "--batch-size", "1"], "--batch-size must be at least 2 with --norm batch"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])
