@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.4.12"
+__version__ = "0.4.13"
 
 #: public name -> module that defines it
 _EXPORTS = {

@@ -17,9 +17,10 @@ and 2x max pooling. The choices the paper leaves open, and why:
   but on the bull's-eye pairs it stayed at the constant predictor for 40 epochs, as instance normalisation,
   and as ``norm="none"`` (no normalisation: the training loss did not move from the constant's in 30 epochs,
   0.4.7): the pairs' images differ by small deformations, and only batch statistics centre the features on
-  what differs between pairs; for the same reason the batches must not be small: with the paper's 16 pairs a
-  batch's mean is too noisy an estimate of the training set's, and the loss in evaluation mode rose after
-  epoch 10 while training went on; with 64 it fell to the end (validation L2 on log alpha 0.096 vs 0.071 on the
+  what differs between pairs (with the images as they are: with the balanced ``difference_gain`` below,
+  ``norm="none"`` learns too, to twice batch norm's validation loss); for the same reason the batches must not
+  be small: with the paper's 16 pairs a batch's mean is too noisy an estimate of the training set's, and the
+  loss in evaluation mode rose after epoch 10 while training went on; with 64 it fell to the end (validation L2 on log alpha 0.096 vs 0.071 on the
   same split, ``benchmarks/flash_regpred_2d.py --batch-size``, measured, lddmm docs);
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
@@ -37,7 +38,9 @@ and 2x max pooling. The choices the paper leaves open, and why:
   difference's standard deviation is 1/35 of the images'), so at the start every feature answers the image both
   share, and Adam's bounded steps take most of the training to grow the weights that read the difference;
   :func:`balanced_difference_gain` gives the difference the images' own spread. It is an invertible linear map of
-  the input, so nothing the network can represent is lost; the gain is stored with the weights (a buffer);
+  the input, so nothing the network can represent is lost; the gain is stored with the weights (a buffer). On the
+  bull's-eye pairs it cut the validation L2 on log alpha from 0.071 to 0.017 and the cross-validated error from
+  19.6 % to 10.5 % of MAP (lddmm docs);
 * the fully connected layer's bias starts at ``initial_log_alpha`` (the training labels' mean log, given
   by the caller), its weights at zero, so training starts from the constant predictor that is best in L2.
 """
