@@ -1,13 +1,18 @@
-"""Time of FLASH's alpha estimate on a 128^3 brain pair (issue 18's target: 30 s on 2 CPU threads; the paper: 257 s).
+"""Time of FLASH's alpha estimate on a 128^3 brain pair (issue 18's target: 30 s on 2 CPU threads; the paper: 257 s),
+and of the alpha predictor's prediction on it (issue 18's target: 0.5 s; the paper: 2.16 s).
 
 The built-in sample pair at the paper's preprocessing grid: area-downsampled from 1 mm to 1.25 mm and centre-cropped
 to 128 x 128 x 128, intensities divided by their maxima. Runs :func:`monai_diffreg.lddmm.estimate_regularization`
 (the paper's settings by default: Euler, 10 steps, 16 -> 15 frequencies, ``u`` 1e-6, ``q_min`` 30, start alpha 3;
 ``--estimate-scale`` also estimates the prior's scale) and reports its wall time, peak memory, iterations and the
 estimate, next to one energy evaluation split into stages (shooting, the map on the image grid, warp and image term,
-backward). Writes ``result.json`` into ``--output``.
+backward). Then the prediction of :class:`monai_diffreg.lddmm.RegularizationPredictor` (3D, evaluation mode; its time
+does not depend on the weights) in :data:`PREDICTORS`' settings: median, fastest and slowest of ``--repeats`` after a
+warm-up, peak memory, and the ratio to the estimate's time in the same process. Writes ``result.json`` into
+``--output``.
 
-    python -m benchmarks.flash_map_timing --output DIR [--integrator euler --iterations 300 --estimate-scale --threads 2]
+    python -m benchmarks.flash_map_timing --output DIR [--integrator euler --iterations 300 --estimate-scale --threads 2
+                                                       --repeats 5]
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ from benchmarks.memory import measure
 from monai_diffreg.engines._optim_common import downsample
 from monai_diffreg.functional import warp
 from monai_diffreg.io import atomic_path
-from monai_diffreg.lddmm import band_operators, band_to_ddf, estimate_regularization, sample_initial_velocity, shoot
+from monai_diffreg.lddmm import (RegularizationPredictor, band_operators, band_to_ddf, estimate_regularization,
+                                 sample_initial_velocity, shoot)
 from monai_diffreg.sample import load_sample
 
 SIZE = 128
 SPACING_MM = 1.25
 TARGET_SECONDS = 30.0
+PREDICTION_TARGET_SECONDS = 0.5
+#: the predictor settings timed: the paper's two streams, one stream of the stacked pair (the 2D experiment's
+#: choice), and the same with 3^3 convolutions instead of the default 5^3
+PREDICTORS = {"paper_two_streams": {"fusion": "late"}, "early_fusion": {"fusion": "early"},
+              "early_fusion_kernel_3": {"fusion": "early", "kernel_size": 3}}
 
 
 def brain_pair(size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,20 +83,38 @@ def stage_seconds(fixed: torch.Tensor, moving: torch.Tensor, integrator: str, re
     return totals
 
 
-def run(integrator: str, iterations: int, estimate_scale: bool, size: int = SIZE) -> dict:
+def prediction_timing(fixed: torch.Tensor, moving: torch.Tensor, repeats: int) -> dict:
+    """Per :data:`PREDICTORS` setting: ``seconds`` (median of ``repeats`` predictions after a warm-up), ``fastest``,
+    ``slowest`` and ``peak_mb`` (of the warm-up: the first call's allocations)."""
+    timings = {}
+    for name, settings in PREDICTORS.items():
+        net = RegularizationPredictor(3, **settings).eval()
+        with torch.inference_mode():
+            _, _, peak_mb = measure(net, fixed, moving)
+            seconds = sorted(measure(net, fixed, moving)[1] for _ in range(repeats))
+        timings[name] = {**settings, "seconds": seconds[len(seconds) // 2], "fastest": seconds[0],
+                         "slowest": seconds[-1], "peak_mb": peak_mb}
+    return timings
+
+
+def run(integrator: str, iterations: int, estimate_scale: bool, size: int = SIZE, repeats: int = 5) -> dict:
     fixed, moving = brain_pair(size)
     stages = stage_seconds(fixed, moving, integrator)
     estimate, seconds, peak_mb = measure(
         estimate_regularization, fixed, moving, alpha=3.0, truncation=16, integrator=integrator, iterations=iterations,
         tolerance=1e-6, min_converged=30, estimate_scale=estimate_scale, spacing=(SPACING_MM,) * 3)
     count = len(estimate["history"])
+    predictions = prediction_timing(fixed, moving, repeats)
+    for timing in predictions.values():
+        timing["ratio_to_estimate"] = timing["seconds"] / seconds
+        timing["ratio_to_target"] = timing["seconds"] / PREDICTION_TARGET_SECONDS
     return {"grid": list(fixed.shape[2:]), "spacing_mm": SPACING_MM, "integrator": integrator, "iterations": iterations,
             "estimate_scale": estimate_scale, "threads": torch.get_num_threads(), "seconds": seconds,
             "peak_mb": peak_mb, "target_seconds": TARGET_SECONDS, "ratio_to_target": seconds / TARGET_SECONDS,
             "estimation_iterations": count, "seconds_per_iteration": seconds / max(count, 1),
             "evaluations": estimate["history"][-1]["evaluations"] if count else 0,
             "alpha": estimate["alpha"], "scale": estimate["scale"], "curvature": estimate["curvature"],
-            "one_evaluation_stages": stages,
+            "one_evaluation_stages": stages, "prediction": predictions, "prediction_repeats": repeats,
             "history": [{k: h[k] for k in ("iteration", "alpha", "scale", "objective", "evaluations", "seconds")}
                         for h in estimate["history"]]}
 
@@ -97,12 +126,13 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=300, help="at most this many estimation iterations (>= 1)")
     parser.add_argument("--estimate-scale", action="store_true", help="also estimate the prior precision tau")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed predictions per predictor setting (>= 1)")
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.threads < 1:
-        parser.error("--iterations and --threads must be at least 1")
+    if args.iterations < 1 or args.threads < 1 or args.repeats < 1:
+        parser.error("--iterations, --threads and --repeats must be at least 1")
     make_output_folder(parser, args.output)
     torch.set_num_threads(args.threads)
-    result = run(args.integrator, args.iterations, args.estimate_scale)
+    result = run(args.integrator, args.iterations, args.estimate_scale, repeats=args.repeats)
     with atomic_path(args.output / "result.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["one_evaluation_stages"].items()
@@ -111,6 +141,10 @@ def main(argv=None) -> None:
           f"{result['scale']:.3g} after {result['estimation_iterations']} iterations ({result['evaluations']} evaluations) in {result['seconds']:.1f} s "
           f"({result['ratio_to_target']:.1f}x the {TARGET_SECONDS:.0f} s target; {result['seconds_per_iteration']:.2f} s "
           f"an iteration), peak {result['peak_mb']:.0f} MB; one evaluation: {stages}")
+    for name, timing in result["prediction"].items():
+        print(f"prediction, {name}: {timing['seconds']:.3f} s (median of {args.repeats}; "
+              f"{timing['ratio_to_target']:.1f}x the {PREDICTION_TARGET_SECONDS} s target, "
+              f"1/{1 / timing['ratio_to_estimate']:.0f} of the estimate), peak {timing['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

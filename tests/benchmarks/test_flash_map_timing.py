@@ -22,25 +22,43 @@ def test_the_pair_is_the_sample_at_the_papers_grid():
 
 
 def test_a_small_run_reports_its_time_stages_and_estimate(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiment, "run", lambda *args: _small_run(*args))
-    experiment.main(["--output", str(tmp_path / "out"), "--iterations", "3", "--threads", "1"])
+    monkeypatch.setattr(experiment, "run", lambda *args, **kwargs: _small_run(*args, **kwargs))
+    experiment.main(["--output", str(tmp_path / "out"), "--iterations", "3", "--threads", "1", "--repeats", "2"])
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["grid"] == [24, 24, 24] and result["estimation_iterations"] == 3 and result["seconds"] > 0
     assert set(result["one_evaluation_stages"]) == {"shooting", "map_on_grid", "warp_and_image_term", "backward",
                                                    "max_displacement_voxels"}
     assert result["ratio_to_target"] == pytest.approx(result["seconds"] / 30.0)
+    assert set(result["prediction"]) == set(experiment.PREDICTORS) and result["prediction_repeats"] == 2
+    for name, timing in result["prediction"].items():
+        assert timing["fastest"] <= timing["seconds"] <= timing["slowest"] and timing["peak_mb"] >= 0
+        assert timing["ratio_to_estimate"] == pytest.approx(timing["seconds"] / result["seconds"])
+        assert timing["ratio_to_target"] == pytest.approx(timing["seconds"] / 0.5)
+    assert result["prediction"]["early_fusion_kernel_3"]["kernel_size"] == 3
+
+
+def test_prediction_timing_runs_each_setting_once_to_warm_up_then_repeats(monkeypatch):
+    calls = []
+    real = experiment.RegularizationPredictor.forward
+    monkeypatch.setattr(experiment.RegularizationPredictor, "forward",
+                        lambda net, fixed, moving: calls.append(net.early) or real(net, fixed, moving))
+    pair = torch.rand(2, 1, 1, 16, 16, 16)
+    timings = experiment.prediction_timing(pair[0], pair[1], repeats=3)
+    assert list(timings) == list(experiment.PREDICTORS)
+    assert calls == [False] * 4 + [True] * 8  # per setting: the warm-up and three timed predictions
 
 
 _run = experiment.run
 
 
-def _small_run(integrator, iterations, estimate_scale):
-    return _run(integrator, iterations, estimate_scale, size=24)
+def _small_run(integrator, iterations, estimate_scale, repeats):
+    return _run(integrator, iterations, estimate_scale, size=24, repeats=repeats)
 
 
-@pytest.mark.parametrize("option", [["--iterations", "0"], ["--threads", "0"], ["--integrator", "midpoint"]])
+@pytest.mark.parametrize("option", [["--iterations", "0"], ["--threads", "0"], ["--repeats", "0"],
+                                    ["--integrator", "midpoint"]])
 def test_bad_options_are_one_line_before_any_work(tmp_path, option, capsys, monkeypatch):
-    monkeypatch.setattr(experiment, "run", lambda *args: pytest.fail("ran with a bad option"))
+    monkeypatch.setattr(experiment, "run", lambda *args, **kwargs: pytest.fail("ran with a bad option"))
     with pytest.raises(SystemExit):
         experiment.main(["--output", str(tmp_path / "out"), *option])
     err = capsys.readouterr().err
