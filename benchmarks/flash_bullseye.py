@@ -36,13 +36,18 @@ def bullseye(n: int = SIZE) -> torch.Tensor:
     return (0.5 * outer.float() + 0.5 * inner.float())[None, None]
 
 
-def deformed(source: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, float]:
-    """The source deformed by a prior sample of ``alpha``; returns it and the largest displacement (voxels)."""
-    shape = tuple(source.shape[2:])
+def prior_ddf(shape: tuple[int, ...], alpha: float, seed: int) -> torch.Tensor:
+    """The displacement ``phi_1^-1 - id`` (voxels, ``(1, D, *shape)``) of the prior sample ``seed`` of ``alpha``."""
     ops = band_operators(shape, alpha, TRUNCATION, dtype=torch.float64)
     v0 = sample_initial_velocity(shape, alpha, TRUNCATION, generator=torch.Generator().manual_seed(seed))
     inverse, _ = shoot_maps(v0, ops, forward=False)
-    ddf = band_to_ddf(inverse, ops).float()
+    return band_to_ddf(inverse, ops).float()
+
+
+def deformed(source: torch.Tensor, alpha: float, seed: int) -> tuple[torch.Tensor, float]:
+    """The source deformed by a prior sample of ``alpha`` (:func:`prior_ddf`); returns it and the largest
+    displacement (voxels)."""
+    ddf = prior_ddf(tuple(source.shape[2:]), alpha, seed)
     return warp(source, ddf), float(ddf.abs().max())
 
 
