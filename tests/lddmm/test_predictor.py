@@ -101,7 +101,8 @@ def test_balanced_difference_gain_is_the_images_spread_over_the_differences():
 def test_the_balanced_gain_learns_what_small_differences_hide():
     """Pairs that share one image and differ by a faint pattern whose strength is log alpha (a thousandth of the
     image's contrast): with the balanced gain 150 Adam steps bring the L2 loss on log alpha below a tenth of the
-    constant predictor's; with the images as they are (gain 1) it stays above half of it."""
+    constant predictor's, and below a tenth of what the same steps reach with the images as they are (gain 1:
+    0.06-0.7 of the constant's, depending on the machine's threads; the balanced gain 7e-4)."""
     generator = torch.Generator().manual_seed(0)
     shared, faint = torch.rand(1, 1, 16, 16, generator=generator), torch.rand(1, 1, 16, 16, generator=generator)
     log_alpha = torch.empty(32).uniform_(-1.0, 1.0, generator=generator)
@@ -123,7 +124,7 @@ def test_the_balanced_gain_learns_what_small_differences_hide():
         with torch.no_grad():
             losses[gain] = float(log_alpha_loss(net(fixed, moving), log_alpha.exp())) / start
     (plain, balanced), gain = losses.values(), list(losses)[1]
-    assert gain > 100 and balanced < 0.1 and plain > 0.5
+    assert gain > 100 and balanced < 0.1 and balanced < 0.1 * plain
 
 
 def test_with_group_or_no_norm_a_pair_predicts_the_same_in_any_batch():
