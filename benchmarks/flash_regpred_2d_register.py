@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.flash_bullseye import prior_ddf
 from benchmarks.flash_regpred_2d import TRUNCATION, pair, true_alpha
-from monai_diffreg.io import atomic_path, save_png
+from monai_diffreg.io import save_json, save_png
 from monai_diffreg.lddmm import flash_register
 from monai_diffreg.metrics.jacobian import folding_percentage
 
@@ -77,8 +77,7 @@ def run(output: Path, pairs: int) -> dict:
                "true_displacement_mean_voxels": sum(r["true_displacement_mean_voxels"] for r in rows) / len(rows),
                "field_difference_mean_voxels": sum(r["field_difference_mean_voxels"] for r in rows) / len(rows),
                "threads": torch.get_num_threads(), "rows": rows}
-    with atomic_path(output / "registration.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+    save_json(summary, output / "registration.json")
     plot(summary, output / "registration.png")
     return summary
 
