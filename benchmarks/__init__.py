@@ -12,6 +12,20 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path(os.environ.get("MONAI_DIFFREG_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 
 
+def positive_number_or(parser, option: str, text: str, keyword: str) -> float | str:
+    """``text`` of ``option`` as ``keyword`` itself or a positive finite number, or end with the parser's one-line
+    error (status 2)."""
+    if text == keyword:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        parser.error(f"{option} must be a positive number or {keyword!r}, got {text!r}")
+    return value
+
+
 def make_output_folder(parser, folder: Path) -> None:
     """Create a script's ``--output`` folder, or end with the parser's one-line error (status 2) naming why not."""
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import make_output_folder
+from benchmarks import make_output_folder, positive_number_or
 from monai_diffreg.engines._optim_common import downsample, level_grid
 from monai_diffreg.functional import warp
 from monai_diffreg.io import atomic_path
@@ -67,14 +67,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.factor < 1 or args.iterations < 1 or args.threads < 1:
         parser.error("--factor, --iterations and --threads must be at least 1")
-    prior_scale = args.prior_scale
-    if prior_scale != "mean":
-        try:
-            prior_scale = float(prior_scale)
-        except ValueError:
-            prior_scale = -1.0
-        if not 0 < prior_scale < float("inf"):
-            parser.error(f"--prior-scale must be a positive number or 'mean', got {args.prior_scale!r}")
+    prior_scale = positive_number_or(parser, "--prior-scale", args.prior_scale, "mean")
     make_output_folder(parser, args.output)
     torch.set_num_threads(args.threads)
     result = run(args.factor, args.iterations, args.estimate_scale, prior_scale)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import make_output_folder
+from benchmarks import make_output_folder, positive_number_or
 from benchmarks.flash_bullseye import TRUNCATION, bullseye, deformed
 from monai_diffreg.io import atomic_path, save_png
 from monai_diffreg.lddmm import (PREDICTOR_FUSIONS, PREDICTOR_NORMS, RegularizationPredictor, balanced_difference_gain,
@@ -431,19 +431,6 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _difference_gain(text: str) -> float | str:
-    """``--difference-gain``: ``"balanced"`` or a positive number."""
-    if text == "balanced":
-        return text
-    try:
-        gain = float(text)
-    except ValueError:
-        gain = math.nan
-    if not (math.isfinite(gain) and gain > 0):
-        raise argparse.ArgumentTypeError(f"'balanced' or a positive number, got {text!r}")
-    return gain
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("data", "train", "symmetric"))
@@ -465,7 +452,7 @@ def main(argv=None) -> None:
     parser.add_argument("--freeze-norm-after", type=int, default=None,
                         help="train: from this epoch on, batch norms use their statistics over the training pairs "
                              "(recomputed once then), in training as in evaluation")
-    parser.add_argument("--difference-gain", type=_difference_gain, default=1.0,
+    parser.add_argument("--difference-gain", default="1",
                         help="train: the predictor's difference_gain (1: the images as they are, the paper's), or "
                              "'balanced' (balanced_difference_gain of the training pairs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (data --workers N: 1 per worker)")
@@ -474,6 +461,7 @@ def main(argv=None) -> None:
     for name in ("pairs", "test", "validation", "epochs", "batch_size", "threads", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    args.difference_gain = positive_number_or(parser, "--difference-gain", args.difference_gain, "balanced")
     if args.folds is not None and args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
     if args.batch_size < 2 and args.norm == "batch":

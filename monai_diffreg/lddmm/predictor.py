@@ -20,8 +20,9 @@ and 2x max pooling. The choices the paper leaves open, and why:
   what differs between pairs (with the images as they are: with the balanced ``difference_gain`` below,
   ``norm="none"`` learns too, to twice batch norm's validation loss); for the same reason the batches must not
   be small: with the paper's 16 pairs a batch's mean is too noisy an estimate of the training set's, and the
-  loss in evaluation mode rose after epoch 10 while training went on; with 64 it fell to the end (validation L2 on log alpha 0.096 vs 0.071 on the
-  same split, ``benchmarks/flash_regpred_2d.py --batch-size``, measured, lddmm docs);
+  loss in evaluation mode rose after epoch 10 while training went on; with 64 it fell to the end (validation L2
+  on log alpha 0.096 vs 0.071 on the same split, ``benchmarks/flash_regpred_2d.py --batch-size``, measured,
+  lddmm docs);
 * the output is ``log alpha`` (:func:`predicted_alpha` takes its exponential): ``alpha`` spans decades
   (the estimator keeps it in [1e-3, 1e3]), and an L2 loss on ``alpha`` itself would be dominated by the
   stiffest pairs; the L2 loss of the paper is applied to ``log alpha`` (:func:`log_alpha_loss`);
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks.blocks import convolution, max_pool_half
-from ..validation import check_choice
+from ..validation import check_choice, check_positive
 from .regularization import LOG_ALPHA_RANGE
 
 __all__ = ["RegularizationPredictor", "PREDICTOR_NORMS", "PREDICTOR_FUSIONS", "recalibrate_batch_norm", "predicted_alpha",
@@ -113,11 +114,8 @@ class RegularizationPredictor(nn.Module):
             raise ValueError(f"RegularizationPredictor(): 'spatial_dims' must be 2 or 3, got {spatial_dims!r}")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"RegularizationPredictor(): 'kernel_size' must be an odd integer >= 1, got {kernel_size!r}")
-        if isinstance(difference_gain, bool) or not isinstance(difference_gain, (int, float)) or not (
-                math.isfinite(difference_gain) and difference_gain > 0):
-            raise ValueError(f"RegularizationPredictor(): 'difference_gain' must be a positive finite number, "
-                             f"got {difference_gain!r}")
-        self.register_buffer("difference_gain", torch.tensor(float(difference_gain)))
+        gain = check_positive(difference_gain, "difference_gain", "RegularizationPredictor")
+        self.register_buffer("difference_gain", torch.tensor(gain))
         self.spatial_dims = spatial_dims
 
         def stream(widths: Sequence[int], first: int) -> nn.Sequential:

@@ -262,8 +262,8 @@ def test_square_symmetries_are_the_eight_distinct_ones():
     (["data", "--start", "0"], "--start must be positive"),
     (["train", "--fusion", "middle"], "invalid choice"),
     (["train", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["train", "--difference-gain", "0"], "'balanced' or a positive number, got '0'"),
-    (["train", "--difference-gain", "auto"], "'balanced' or a positive number, got 'auto'"),
+    (["train", "--difference-gain", "0"], "--difference-gain must be a positive number or 'balanced', got '0'"),
+    (["train", "--difference-gain", "auto"], "--difference-gain must be a positive number or 'balanced', got 'auto'"),
     (["train", "--batch-size", "1"], "--batch-size must be at least 2 with --norm batch"),
     (["train", "--epochs", "10", "--freeze-norm-after", "10"], "--freeze-norm-after must be an epoch in [0, --epochs)"),
 ])

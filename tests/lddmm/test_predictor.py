@@ -159,7 +159,7 @@ def test_bad_settings_and_inputs():
     with pytest.raises(ValueError, match="'fusion' must be one of"):
         RegularizationPredictor(2, fusion="middle")
     for gain in (0, -2.0, math.nan, math.inf, True, "30"):
-        with pytest.raises(ValueError, match="'difference_gain' must be a positive finite number"):
+        with pytest.raises(ValueError, match="'difference_gain' must be a finite number > 0"):
             RegularizationPredictor(2, difference_gain=gain)
     net = RegularizationPredictor(2)
     with pytest.raises(ValueError, match="two \\(B, C, \\*spatial\\) tensors of one shape with 2 spatial axes"):
