@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -60,11 +61,20 @@ def run(output: Path, pairs: int) -> dict:
     if not path.is_file():
         raise SystemExit(f"flash_regpred_2d_register: no {path}: run flash_regpred_2d train --folds and symmetric "
                          f"first (the same --output)")
-    held = sorted(json.loads(path.read_text())["held_out"], key=lambda r: r["index"])
-    chosen = [held[round(k * (len(held) - 1) / max(pairs - 1, 1))] for k in range(min(pairs, len(held)))]
+    try:
+        held = sorted(json.loads(path.read_text())["held_out"], key=lambda r: r["index"])
+        alphas = [(r["index"], {"predicted": r["symmetric"], "map": r["map_alpha"]}) for r in held]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"flash_regpred_2d_register: {path} is not a symmetric step's output ({error!r}): run "
+                         f"flash_regpred_2d symmetric again") from None
+    if not alphas:
+        raise SystemExit(f"flash_regpred_2d_register: {path} holds no held-out pairs")
+    if not os.access(output, os.W_OK):
+        raise SystemExit(f"flash_regpred_2d_register: cannot write registration.json into {output}")
+    chosen = [alphas[round(k * (len(alphas) - 1) / max(pairs - 1, 1))] for k in range(min(pairs, len(alphas)))]
     rows = []
-    for number, held_row in enumerate(chosen, 1):
-        row = register_pair(held_row["index"], {"predicted": held_row["symmetric"], "map": held_row["map_alpha"]})
+    for number, (index, pair_alphas) in enumerate(chosen, 1):
+        row = register_pair(index, pair_alphas)
         rows.append(row)
         print(f"pair {row['index']} ({number}/{len(chosen)}): endpoint error at the predicted alpha "
               f"{row['predicted']['endpoint_error_voxels']:.4f}, at MAP's {row['map']['endpoint_error_voxels']:.4f} "
@@ -114,11 +124,10 @@ def main(argv=None) -> None:
         parser.error("--pairs and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     summary = run(args.output, args.pairs)
-    mean = summary["mean"]
-    print(f"{summary['pairs']} pairs: mean endpoint error {mean['predicted']['endpoint_error_voxels']:.4f} voxels at the "
-          f"predicted alpha, {mean['map']['endpoint_error_voxels']:.4f} at MAP's (no registration "
-          f"{summary['true_displacement_mean_voxels']:.4f}); the two fields {summary['field_difference_mean_voxels']:.4f} "
-          f"voxels apart on average")
+    predicted, at_map = (summary["mean"][name]["endpoint_error_voxels"] for name in ALPHAS)
+    print(f"{summary['pairs']} pairs: mean endpoint error {predicted:.4f} voxels at the predicted alpha, {at_map:.4f} "
+          f"at MAP's (no registration {summary['true_displacement_mean_voxels']:.4f}); the two fields "
+          f"{summary['field_difference_mean_voxels']:.4f} voxels apart on average")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,21 @@ def test_pairs_registered_at_both_alphas(tmp_path, capsys):
     assert same["predicted"]["endpoint_error_voxels"] == same["map"]["endpoint_error_voxels"]
 
 
-def test_bad_input_is_one_line(tmp_path, capsys):
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit, match="no .*symmetric.json: run flash_regpred_2d train --folds and symmetric first"):
         experiment.run(tmp_path, pairs=2)
+    for text in ("{", json.dumps({"rows": []}), json.dumps({"held_out": [{"index": 1}]})):
+        (tmp_path / "symmetric.json").write_text(text)
+        with pytest.raises(SystemExit, match="symmetric.json is not a symmetric step's output"):
+            experiment.run(tmp_path, pairs=2)
+    (tmp_path / "symmetric.json").write_text(json.dumps({"held_out": []}))
+    with pytest.raises(SystemExit, match="holds no held-out pairs"):
+        experiment.run(tmp_path, pairs=2)
+    (tmp_path / "symmetric.json").write_text(json.dumps({"held_out": [{"index": 1, "map_alpha": 2, "symmetric": 2}]}))
+    monkeypatch.setattr(experiment.os, "access", lambda path, mode: False)  # read-only (root writes anywhere)
+    with pytest.raises(SystemExit, match="cannot write registration.json into"):
+        experiment.run(tmp_path, pairs=2)
+    monkeypatch.undo()
     with pytest.raises(SystemExit):
         experiment.main(["--output", str(tmp_path), "--pairs", "0"])
     assert "--pairs and --threads must be at least 1" in capsys.readouterr().err
